@@ -1,0 +1,1 @@
+"""The text-IR grammar (qir.lark), shipped as package data."""
