@@ -1,7 +1,7 @@
 """Quantization ops: the boundary between real and stored integer values."""
 from __future__ import annotations
 
-from . import OpDef, OpError, register_op
+from . import AttrSpec, OpDef, OpError, register_op
 
 
 def _verify_quantize(op):
@@ -35,3 +35,16 @@ register_op(OpDef("q.quantize", operands=["x"],
 register_op(OpDef("q.dequantize", operands=["x"],
                   verify_fn=lambda op: (_verify_same_shape(op), _verify_dequantize(op)),
                   summary="(q - zero_point) * scale as float."))
+
+
+def _verify_range(op):
+    _verify_same_shape(op)
+    if op.attrs["min"] > op.attrs["max"]:
+        raise OpError(f"min {op.attrs['min']} > max {op.attrs['max']}")
+
+
+register_op(OpDef("q.range", operands=["x"],
+                  attrs={"min": AttrSpec("float"), "max": AttrSpec("float")},
+                  infer=lambda op: [op.operands[0].type], verify_fn=_verify_range,
+                  summary="Identity on floats that records the calibrated real range of x "
+                          "(written by 'calibrate', consumed by 'insert-qdq')."))
