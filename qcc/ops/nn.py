@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from ..types import TensorType, numpy_dtype
+from ..types import TensorType
 from . import OpDef, OpError, attr, attrs, register_op, same_as_operand
 
 LAYOUTS = ("NCHW", "NHWC")

@@ -3,8 +3,9 @@
 Shape arguments are attributes whenever they are known at import time. Two ops
 may take them as operands instead, because ONNX models compute them:
 
-* ``nn.reshape(x, shape?)``: with attribute ``shape`` (fully resolved, no 0 or
-  -1) and one operand, or ``shape = []`` and a second i64 operand. A constant
+* ``nn.reshape(x, shape?)``: with attribute ``shape`` (resolved at import:
+  literal dims, a 0 is a zero-size dim; one -1 is still inferred) and one
+  operand, or ``shape = []`` and a second i64 operand. A constant
   second operand is resolved by the shape rule with ONNX's rules (0 copies the
   input dimension, -1 takes what is left).
 * ``nn.slice(x, starts, ends, axes?, steps?)``: ONNX Slice. Its shape rule
@@ -15,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import TensorType, numpy_dtype, DTYPES
-from . import OpDef, OpError, attr, attrs, register_op, same_as_operand
+from ..types import TensorType, DTYPES
+from . import OpDef, OpError, attr, attrs, register_op
 
 
 def _norm_axis(axis, rank, what="axis"):
@@ -51,7 +52,8 @@ def _reshape_rule(op):
     if op.attrs["shape"]:
         if len(op.operands) > 1:
             raise OpError("give the target shape as the attribute or as an operand, not both")
-        return [x.with_shape(resolve_reshape(x.shape, op.attrs["shape"]))]
+        # An attribute shape is literal: a 0 there is a real zero-size dim, not "copy".
+        return [x.with_shape(resolve_reshape(x.shape, op.attrs["shape"], allowzero=True))]
     if len(op.operands) < 2:
         raise OpError("needs a 'shape' attribute or a shape operand")
     target = op.operands[1].constant()
