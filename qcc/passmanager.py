@@ -27,6 +27,7 @@ entry-point group of installed distributions.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -103,6 +104,8 @@ def _format_option(value) -> str:
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_format_option(v) for v in value) + "]"
+    if isinstance(value, str) and (not value or re.search(r"[,{}\[\]=\"'\s]", value)):
+        return '"' + value + '"'  # so the spec parses back
     return str(value)
 
 
@@ -238,6 +241,19 @@ def load_pass_plugin(path) -> List[str]:
     return names
 
 
+@contextlib.contextmanager
+def scoped_registry():
+    """Undo every pass, pipeline and plugin file registered inside the block (for tests)."""
+    _load_registered()
+    saved = dict(_PASSES), dict(_PIPELINES), dict(_plugin_files)
+    try:
+        yield
+    finally:
+        for live, old in zip((_PASSES, _PIPELINES, _plugin_files), saved):
+            live.clear()
+            live.update(old)
+
+
 def registered_passes() -> Dict[str, type]:
     _load_registered()
     return dict(sorted(_PASSES.items()))
@@ -368,12 +384,25 @@ def option_types(cls: type) -> Dict[str, Any]:
     return {f.name: hints.get(f.name, str) for f in cls.option_fields()}
 
 
+def describe_pass_options(cls: type) -> List[str]:
+    """``name: type = default`` for each option of a pass class (for --list-passes)."""
+    out = []
+    fields = {f.name: f for f in cls.option_fields()}
+    for key, hint in option_types(cls).items():
+        default = _field_default(fields[key])
+        shown = "" if default is _NO_DEFAULT else f" = {_format_option(default)}"
+        out.append(f"{key}: {_type_name(hint)}{shown}")
+    return out
+
+
 def make_pass(name: str, options: Optional[Dict[str, str]] = None) -> Pass:
-    """Instantiate a registered pass from option text."""
+    """Instantiate a registered pass from option text (``max-elements`` also names ``max_elements``)."""
     cls = get_pass(name)
     types = option_types(cls)
     kwargs = {}
     for key, text in (options or {}).items():
+        if key not in types and key.replace("-", "_") in types:
+            key = key.replace("-", "_")
         if key not in types:
             raise PipelineError(f"pass '{name}' has no option '{key}'; {_describe_options(types)}")
         kwargs[key] = _convert(text, types[key], f"option '{key}' of pass '{name}'")
@@ -408,6 +437,8 @@ def parse_pipeline(text: str, _depth: int = 0) -> List[Pass]:
 def _expand_pipeline(p: Pipeline, options: Dict[str, str], depth: int) -> List[Pass]:
     values = {}
     for key, text in options.items():
+        if key not in p.options and key.replace("-", "_") in p.options:
+            key = key.replace("-", "_")
         if key not in p.options:
             raise PipelineError(f"pipeline '{p.name}' has no option '{key}'; {_describe_options(p.options)}")
         values[key] = _convert(text, p.options[key], f"option '{key}' of pipeline '{p.name}'")
