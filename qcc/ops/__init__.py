@@ -193,7 +193,7 @@ def _load_builtin():
     global _loaded
     if not _loaded:
         _loaded = True
-        from . import core, nn, quant, qnn  # noqa: F401  (registers the built-in ops)
+        from . import core, nn, quant, qnn, qnn_s8  # noqa: F401  (registers the built-in ops)
 
 
 # ---------------------------------------------------------------- shape-rule helpers

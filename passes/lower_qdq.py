@@ -1,0 +1,387 @@
+"""lower-qdq: QDQ islands -> affine int8 ``s8.*`` ops (TFLite Micro / CMSIS-NN numerics).
+
+A QDQ model computes each layer in float between dequantize and quantize:
+
+    y_q = Q(act(op(DQ(x_q), DQ(w_q), DQ(b_q))), s_out, zp_out)
+
+This pass replaces every such island by one ``s8`` op whose integer
+arithmetic is TFLite's (``qcc/ops/qnn_s8.py`` states it). The parameters come
+from the scales exactly as TFLite Micro derives them (float64 arithmetic on the
+float32 scales, then ``QuantizeMultiplier``):
+
+    conv, per-channel dense:  m[c] = s_in * s_w[c] / s_out
+    per-tensor dense:         m    = f64(f32(s_in * s_w)) / s_out      (GetQuantizedConvolutionMultipler)
+    add:                      t = 2 max(s_a, s_b); m_a = s_a / t; m_b = s_b / t; m = t / (2^20 s_out)
+    softmax:                  PreprocessSoftmaxScaling(1, s_in, 5), diff_min = -CalculateInputRadius(5, shift)
+
+Biases stay the given int32 values. A ReLU / ReLU6 / Clip (separate op or fused
+``act``) becomes the clamp: [max(-128, zp + round(lo / s)), min(127, zp + round(hi / s))].
+NCHW float ops are lowered to NHWC ``s8`` ops between ``nn.transpose`` ops; transposes
+sink through ``s8.add`` and a transpose that only moves unit dimensions becomes a
+reshape, so ``canonicalize`` afterwards removes the layout round trips.
+
+Before::
+
+    %1 = q.dequantize %x : tensor<1x8x8x4xf32>
+    %2 = q.dequantize %w : tensor<8x1x1x4xf32>
+    %3 = nn.conv2d %1, %2 {layout = "NHWC", act = "relu"} : tensor<1x8x8x8xf32>
+    %4 = q.quantize %3 : tensor<1x8x8x8x!q.uniform<i8:f32, 0.05:-128>>
+
+After ``-p lower-qdq``::
+
+    %1 = s8.conv2d %x, %w {act_max = 127, act_min = -128, input_zp = 3, multiplier = [...],
+                           output_zp = -128, shift = [...], ...} : tensor<1x8x8x8x!q.uniform<i8:f32, 0.05:-128>>
+"""
+from __future__ import annotations
+
+from typing import List, Literal, Optional
+
+import numpy as np
+
+from qcc.graph import Op, Value
+from qcc.passmanager import register_pass, register_pipeline
+from qcc.rewriter import PatternPass, RewritePattern, Rewriter
+from qcc.simulator_s8 import quantize_multiplier, softmax_params
+from qcc.types import PerAxisQuant, TensorType, UniformQuant
+
+NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
+
+
+def _round_away(x: float) -> int:
+    return int(np.sign(x) * np.floor(abs(x) + 0.5))
+
+
+def _quant_i8(v: Value) -> Optional[UniformQuant]:
+    t = v.type
+    return t.quant if t.dtype == "i8" and isinstance(t.quant, UniformQuant) else None
+
+
+def _dequantized(v: Value) -> Optional[Value]:
+    """The stored tensor behind ``q.dequantize``, or None."""
+    return v.producer.operands[0] if v.producer is not None and v.producer.opname == "q.dequantize" else None
+
+
+def _scales(q) -> np.ndarray:
+    return np.asarray(q.scales if isinstance(q, PerAxisQuant) else [q.scale], np.float64)
+
+
+def _zero_points(q) -> np.ndarray:
+    return np.asarray(q.zero_points if isinstance(q, PerAxisQuant) else [q.zero_point], np.int64)
+
+
+def _sole_user(v: Value, graph) -> Optional[Op]:
+    users = graph.users(v)
+    return users[0] if len(users) == 1 and not graph.is_output(v) else None
+
+
+def _clamp(act: str, lo: float, hi: float, out: UniformQuant):
+    """TFLite CalculateActivationRangeQuantized: bounds quantized with f32 division, rounded away."""
+    if act == "relu":
+        lo, hi = max(lo, 0.0), hi
+    elif act == "relu6":
+        lo, hi = max(lo, 0.0), min(hi, 6.0)
+    amin, amax = -128, 127
+    if np.isfinite(lo):
+        amin = max(amin, out.zero_point + _round_away(float(np.float32(lo) / np.float32(out.scale))))
+    if np.isfinite(hi):
+        amax = min(amax, out.zero_point + _round_away(float(np.float32(hi) / np.float32(out.scale))))
+    return amin, amax
+
+
+def _const(rewriter: Rewriter, w: np.ndarray, scales) -> Value:
+    """An i8 weight constant typed with its per-output-channel (axis 0) scales."""
+    quant = PerAxisQuant(0, tuple(float(s) for s in scales), (0,) * len(scales))
+    return rewriter.create_op("qcc.const", [], {"value": w}, [TensorType(w.shape, "i8", quant)]).result
+
+
+def _multipliers(reals, rounding: str):
+    pairs = [quantize_multiplier(float(m), rounding) for m in reals]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+class LowerQuantizedIsland(RewritePattern):
+    """Q(act(op(DQ ...))) -> one s8 op; anchored on the closing q.quantize."""
+
+    op_names = ("q.quantize",)
+
+    def __init__(self, fc_rounding: str = "double"):
+        self.fc_rounding = fc_rounding
+
+    def match_and_rewrite(self, op, rewriter):
+        out_q = _quant_i8(op.result)
+        if out_q is None:
+            return rewriter.notify_match_failure(op, "the result is not a per-tensor i8 type")
+        g = rewriter.graph
+        lo, hi = -np.inf, np.inf
+        core = op.operands[0].producer
+        chain = [op]
+        # A separate ReLU / Clip between the layer and the quantize becomes the clamp.
+        while core is not None and core.opname in ("nn.relu", "nn.clip"):
+            if _sole_user(core.result, g) is not chain[-1]:
+                return rewriter.notify_match_failure(op, "the activation has other users")
+            if core.opname == "nn.relu":
+                lo = max(lo, 0.0)
+            else:
+                lo, hi = max(lo, core.attrs["min"]), min(hi, core.attrs["max"])
+            chain.append(core)
+            core = core.operands[0].producer
+        if core is None:
+            return rewriter.notify_match_failure(op, "quantizes a graph input (no layer to lower)")
+        if _sole_user(core.result, g) is not chain[-1]:
+            return rewriter.notify_match_failure(op, f"the float result of {core.describe()} has other users")
+        lower = getattr(self, "_" + core.opname.replace(".", "_"), None)
+        if lower is None:
+            return rewriter.notify_match_failure(op, f"no int8 lowering for {core.describe()}")
+        act = core.attrs.get("act", "none")
+        if act not in ("none", "relu", "relu6"):
+            return rewriter.notify_match_failure(op, f"fused activation '{act}' has no int8 clamp")
+        rewriter.anchor = op
+        new = lower(core, op, out_q, _clamp(act, lo, hi, out_q), rewriter)
+        if isinstance(new, str):
+            return rewriter.notify_match_failure(op, new)
+        rewriter.replace_op(op, new)
+        return True
+
+    # ------------------------------------------------------------ helpers
+    @staticmethod
+    def _to_nhwc(x: Value, layout: str, rewriter: Rewriter) -> Value:
+        if layout == "NHWC":
+            return x
+        shape = tuple(x.shape[i] for i in NCHW_TO_NHWC)
+        return rewriter.create_op("nn.transpose", [x], {"perm": NCHW_TO_NHWC},
+                                  [TensorType(shape, x.type.dtype, x.type.quant)]).result
+
+    @staticmethod
+    def _from_nhwc(y: Value, layout: str, rewriter: Rewriter) -> Value:
+        if layout == "NHWC":
+            return y
+        shape = tuple(y.shape[i] for i in NHWC_TO_NCHW)
+        return rewriter.create_op("nn.transpose", [y], {"perm": NHWC_TO_NCHW},
+                                  [TensorType(shape, y.type.dtype, y.type.quant)]).result
+
+    @staticmethod
+    def _weights(v: Value, axis_of_channels: int):
+        """(int8 array, per-channel scales) of a dequantized constant with symmetric quantization."""
+        w = _dequantized(v)
+        if w is None or w.constant() is None or w.type.dtype != "i8":
+            return None, "the weights are not a dequantized i8 constant"
+        q = w.type.quant
+        if np.any(_zero_points(q) != 0):
+            return None, "the weights are not symmetric (zero point != 0)"
+        if isinstance(q, PerAxisQuant) and q.axis != axis_of_channels:
+            return None, f"the weights are quantized along axis {q.axis}, not the output channels"
+        return (np.asarray(w.constant(), np.int8), _scales(q)), None
+
+    @staticmethod
+    def _bias(v: Optional[Value], product_scales: np.ndarray, out_q: UniformQuant, rewriter, n: int):
+        if v is None:
+            return None, None
+        b = _dequantized(v)
+        if b is None or b.constant() is None or b.type.dtype != "i32":
+            return None, "the bias is not a dequantized i32 constant"
+        q = b.type.quant
+        if np.any(_zero_points(q) != 0):
+            return None, "the bias zero point is not 0"
+        # TFLite's check: the bias scale must match s_in * s_w to within 2% of an output step.
+        if np.any(np.abs(_scales(q) - product_scales) / out_q.scale > 0.02):
+            return None, "the bias scale is not s_in * s_w"
+        return rewriter.create_const(np.asarray(b.constant(), np.int32).reshape(n), like=b), None
+
+    def _input(self, v: Value):
+        x = _dequantized(v)
+        return (x, _quant_i8(x)) if x is not None and _quant_i8(x) is not None else (None, None)
+
+    # ------------------------------------------------------------ layers
+    def _nn_conv2d(self, conv, q, out_q, clamp, rewriter):
+        x, in_q = self._input(conv.operands[0])
+        if x is None:
+            return "the input is not a dequantized per-tensor i8 tensor"
+        layout = conv.attrs["layout"]
+        wq, why = self._weights(conv.operands[1], 0)
+        if why:
+            return why
+        w, s_w = wq
+        if layout == "NCHW":
+            w = np.ascontiguousarray(w.transpose(0, 2, 3, 1))
+        cout = w.shape[0]
+        s_w = np.broadcast_to(s_w, (cout,))
+        bias, why = self._bias(conv.operands[2] if len(conv.operands) > 2 else None,
+                               in_q.scale * s_w, out_q, rewriter, cout)
+        if why:
+            return why
+        mult, shift = _multipliers([in_q.scale * s / out_q.scale for s in s_w], "double")
+        a = conv.attrs
+        attrs = dict(strides=a["strides"], pads=a["pads"], dilations=a["dilations"], group=a["group"],
+                     input_zp=in_q.zero_point, output_zp=out_q.zero_point, multiplier=mult, shift=shift,
+                     act_min=clamp[0], act_max=clamp[1])
+        wv = _const(rewriter, w, s_w)
+        operands = [self._to_nhwc(x, layout, rewriter), wv] + ([bias] if bias is not None else [])
+        shape = tuple(q.result.shape[i] for i in NCHW_TO_NHWC) if layout == "NCHW" else q.result.shape
+        y = rewriter.create_op("s8.conv2d", operands, attrs, [TensorType(shape, "i8", out_q)], name=conv.name)
+        return self._from_nhwc(y.result, layout, rewriter)
+
+    def _dense_common(self, x_v, w_v, b_v, w_axis, transpose, q, out_q, clamp, rewriter, name):
+        x, in_q = self._input(x_v)
+        if x is None:
+            return "the input is not a dequantized per-tensor i8 tensor"
+        wq, why = self._weights(w_v, w_axis)
+        if why:
+            return why
+        w, s_w = wq
+        w = np.ascontiguousarray(w.T) if transpose else w
+        n = w.shape[0]
+        if s_w.size == 1:  # TFLite multiplies the float32 scales in float32 here
+            product = float(np.float32(in_q.scale) * np.float32(s_w[0]))
+            reals = [product / out_q.scale]
+            products = np.full(n, product)
+        else:
+            reals = [in_q.scale * s / out_q.scale for s in s_w]
+            products = in_q.scale * s_w
+        bias, why = self._bias(b_v, products, out_q, rewriter, n)
+        if why:
+            return why
+        mult, shift = _multipliers(reals, self.fc_rounding)
+        wv = _const(rewriter, w, np.broadcast_to(s_w, (n,)))
+        attrs = dict(input_zp=in_q.zero_point, output_zp=out_q.zero_point, multiplier=mult, shift=shift,
+                     rounding=self.fc_rounding, act_min=clamp[0], act_max=clamp[1])
+        return rewriter.create_op("s8.dense", [x, wv] + ([bias] if bias is not None else []), attrs,
+                                  [TensorType(q.result.shape, "i8", out_q)], name=name).result
+
+    def _nn_dense(self, dense, q, out_q, clamp, rewriter):
+        b = dense.operands[2] if len(dense.operands) > 2 else None
+        return self._dense_common(dense.operands[0], dense.operands[1], b, 0, False, q, out_q, clamp,
+                                  rewriter, dense.name)
+
+    def _nn_matmul(self, mm, q, out_q, clamp, rewriter):
+        if len(mm.operands[1].shape) != 2:
+            return "only a 2-D constant right operand lowers to s8.dense"
+        return self._dense_common(mm.operands[0], mm.operands[1], None, 1, True, q, out_q, clamp, rewriter, mm.name)
+
+    def _nn_add(self, add, q, out_q, clamp, rewriter):
+        # matmul + bias add (an ONNX MatMul followed by Add of a dequantized i32 bias)
+        for i in (0, 1):
+            mm = add.operands[i].producer
+            if mm is not None and mm.opname == "nn.matmul" and _dequantized(add.operands[1 - i]) is not None \
+                    and _dequantized(add.operands[1 - i]).type.dtype == "i32":
+                if _sole_user(mm.result, rewriter.graph) is not add:
+                    return "the matmul result has other users"
+                return self._dense_common(mm.operands[0], mm.operands[1], add.operands[1 - i], 1, True, q, out_q,
+                                          clamp, rewriter, mm.name)
+        (a, qa), (b, qb) = self._input(add.operands[0]), self._input(add.operands[1])
+        if a is None or b is None:
+            return "the operands are not dequantized per-tensor i8 tensors"
+        if a.shape != b.shape:
+            return "s8.add does not broadcast"
+        left_shift = 20
+        twice_max = 2 * max(qa.scale, qb.scale)
+        in_mult, in_shift = _multipliers([qa.scale / twice_max, qb.scale / twice_max], "double")
+        mult, shift = _multipliers([twice_max / ((1 << left_shift) * out_q.scale)], "double")
+        attrs = dict(input_zp=[qa.zero_point, qb.zero_point], output_zp=out_q.zero_point, left_shift=left_shift,
+                     input_multiplier=in_mult, input_shift=in_shift, multiplier=mult, shift=shift,
+                     act_min=clamp[0], act_max=clamp[1])
+        return rewriter.create_op("s8.add", [a, b], attrs, [TensorType(a.shape, "i8", out_q)],
+                                  name=add.name).result
+
+    def _pool(self, kind, pool, q, out_q, clamp, rewriter, kernel, strides, pads):
+        x, in_q = self._input(pool.operands[0])
+        if x is None:
+            return "the input is not a dequantized per-tensor i8 tensor"
+        if in_q != out_q:
+            return "pooling must keep the scale and zero point"
+        layout = pool.attrs["layout"]
+        shape = tuple(q.result.shape[i] for i in NCHW_TO_NHWC) if layout == "NCHW" else q.result.shape
+        attrs = dict(kernel=kernel, strides=strides, pads=pads, act_min=clamp[0], act_max=clamp[1])
+        y = rewriter.create_op(kind, [self._to_nhwc(x, layout, rewriter)], attrs,
+                               [TensorType(shape, "i8", out_q)], name=pool.name)
+        return self._from_nhwc(y.result, layout, rewriter)
+
+    def _nn_avgpool(self, pool, q, out_q, clamp, rewriter):
+        a = pool.attrs
+        if a["ceil_mode"] or (a["count_include_pad"] and any(a["pads"])):
+            return "ceil_mode and count_include_pad with padding have no int8 lowering"
+        return self._pool("s8.avgpool", pool, q, out_q, clamp, rewriter, a["kernel"], a["strides"], a["pads"])
+
+    def _nn_maxpool(self, pool, q, out_q, clamp, rewriter):
+        a = pool.attrs
+        if a["ceil_mode"] or a.get("dilations", [1, 1]) != [1, 1]:
+            return "ceil_mode and dilations have no int8 lowering"
+        return self._pool("s8.maxpool", pool, q, out_q, clamp, rewriter, a["kernel"], a["strides"], a["pads"])
+
+    def _nn_global_avgpool(self, pool, q, out_q, clamp, rewriter):
+        x = pool.operands[0]
+        hw = list(x.shape[1:3]) if pool.attrs["layout"] == "NHWC" else list(x.shape[2:4])
+        return self._pool("s8.avgpool", pool, q, out_q, clamp, rewriter, hw, hw, [0, 0, 0, 0])
+
+    def _nn_softmax(self, sm, q, out_q, clamp, rewriter):
+        x, in_q = self._input(sm.operands[0])
+        if x is None:
+            return "the input is not a dequantized per-tensor i8 tensor"
+        if sm.attrs["axis"] % len(x.shape) != len(x.shape) - 1:
+            return "int8 softmax works on the last axis"
+        if out_q != UniformQuant(1.0 / 256, -128):
+            return "the int8 softmax output must have scale 1/256 and zero point -128"
+        mult, shift, diff_min = softmax_params(in_q.scale)
+        return rewriter.create_op("s8.softmax", [x], dict(multiplier=mult, shift=shift, diff_min=diff_min),
+                                  [TensorType(x.shape, "i8", out_q)], name=sm.name).result
+
+
+class SinkTransposeThroughAdd(RewritePattern):
+    """s8.add(transpose(a, p), transpose(b, p)) -> transpose(s8.add(a, b), p)."""
+
+    op_names = ("s8.add",)
+
+    def match_and_rewrite(self, op, rewriter):
+        ta, tb = (v.producer for v in op.operands)
+        if not all(t is not None and t.opname == "nn.transpose" for t in (ta, tb)):
+            return rewriter.notify_match_failure(op, "the operands are not both transposes")
+        if ta.attrs["perm"] != tb.attrs["perm"]:
+            return rewriter.notify_match_failure(op, "the operands are transposed differently")
+        a, b = ta.operands[0], tb.operands[0]
+        rewriter.anchor = op
+        add = rewriter.create_op("s8.add", [a, b], dict(op.attrs), [op.result.type.with_shape(a.shape)],
+                                 name=op.name)
+        t = rewriter.create_op("nn.transpose", [add.result], {"perm": ta.attrs["perm"]}, [op.result.type])
+        rewriter.replace_op(op, t)
+        return True
+
+
+class UnitTransposeToReshape(RewritePattern):
+    """A transpose of an integer tensor that only moves size-1 dimensions is a reshape."""
+
+    op_names = ("nn.transpose",)
+
+    def match_and_rewrite(self, op, rewriter):
+        x = op.operands[0]
+        if x.type.is_float:
+            return rewriter.notify_match_failure(op, "float transposes are left to to-nhwc")
+        moved = [p for p in op.attrs["perm"] if x.shape[p] != 1]
+        if moved != sorted(moved):
+            return rewriter.notify_match_failure(op, "moves a dimension larger than 1")
+        rewriter.anchor = op
+        r = rewriter.create_op("nn.reshape", [x], {"shape": list(op.result.shape)}, [op.result.type])
+        rewriter.replace_op(op, r)
+        return True
+
+
+@register_pass
+class LowerQDQ(PatternPass):
+    """Lower QDQ islands (DQ -> conv/dense/add/pool/softmax -> Q) to affine int8 s8 ops.
+
+    See the module docstring for the arithmetic and a before/after example.
+    """
+
+    name = "lower-qdq"
+    fc_rounding: Literal["double", "single"] = "double"
+
+    def patterns(self) -> List[RewritePattern]:
+        return [LowerQuantizedIsland(self.fc_rounding), SinkTransposeThroughAdd(), UnitTransposeToReshape()]
+
+
+# Already-quantized (QDQ) models. lower-qdq runs before to-nhwc: it needs each
+# float layer right behind its dequantize ops, and it converts layouts itself.
+register_pipeline(
+    "int8", lambda opts: ["fold-batchnorm", "canonicalize", "fuse-activation",
+                          f"lower-qdq{{fc_rounding={opts.get('fc_rounding', 'double')}}}",
+                          "canonicalize", "to-nhwc", "const-fold", "dce"],
+    "Compile a QDQ int8 model (e.g. a converted .tflite) to s8 ops bit-exact with TFLite Micro",
+    {"fc_rounding": str})
