@@ -124,7 +124,51 @@ def _opt_parser(prog: str) -> argparse.ArgumentParser:
                            help="print every constant in full")
     p.add_argument("--timing", action="store_true", help="print the time each pass took to stderr")
     p.add_argument("--pass-stats", action="store_true", help="print each pass's statistics to stderr")
+    _add_quant_options(p)
     return p
+
+
+def _add_quant_options(p: argparse.ArgumentParser):
+    """--calib / --act-max / --report: handed to passes as their context (keys calib, act_max)."""
+    p.add_argument("--calib", metavar="DATA", help="calibration data (.npz keyed by input name, .npy or a folder)")
+    p.add_argument("--act-max", metavar="NAME=M", action="append", default=[],
+                   help="force the range [-M, M] on a tensor (repeatable, or a .json file)")
+    p.add_argument("--report", metavar="REPORT.md",
+                   help="write a per-layer quantization report (format, range, SQNR vs float) here")
+
+
+def _set_context(passes, args: argparse.Namespace):
+    context = {"calib": getattr(args, "calib", None), "act_max": list(getattr(args, "act_max", []) or []) or None}
+    for p in passes:
+        p.context = context
+
+
+def _run_with_report(pm, graph, args):
+    """Run the pipeline; with --report, keep the float graph from just before 'calibrate' and compare."""
+    if not getattr(args, "report", None):
+        return pm.run(graph)
+    import copy
+    from .passmanager import PassManager
+    from .report import format_report, layer_report
+    names = [p.name for p in pm.passes]
+    if "calibrate" not in names or not args.calib:
+        raise InputError("--report needs a pipeline that quantizes (with 'calibrate') and --calib data")
+    cut = names.index("calibrate")
+    head, tail = pm.passes[:cut], pm.passes[cut:]
+    pm.passes = head
+    report = pm.run(graph)
+    float_graph = copy.deepcopy(graph)
+    pm.passes = tail
+    report.records += pm.run(graph).records
+    pm.passes = head + tail
+    from .calibration_data import CalibrationData
+    samples = []
+    for batch in CalibrationData(args.calib, float_graph).batches(16):
+        samples += [{k: a[i] for k, a in batch.items()} for i in range(next(iter(batch.values())).shape[0])]
+        break
+    with _writing(args.report):
+        Path(args.report).write_text(format_report(layer_report(float_graph, graph, samples)))
+    return report
 
 
 def list_passes() -> str:
@@ -156,7 +200,8 @@ def _opt(args: argparse.Namespace) -> int:
     pm = PassManager.parse(args.pipeline, print_ir_after_all=args.print_ir_after_all,
                            print_ir_after=args.print_ir_after, stream=sys.stderr, elide_over=elide_over)
     graph = load_graph(args.input)
-    report = pm.run(graph)
+    _set_context(pm.passes, args)
+    report = _run_with_report(pm, graph, args)
     if args.timing:
         sys.stderr.write(report.format_timing())
     if args.pass_stats:
@@ -239,19 +284,10 @@ def sim_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 # ---------------------------------------------------------------- qcc
-def _qcc_parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Compile an ONNX model to C for a microcontroller.")
-    p.add_argument("args", nargs="*", help=argparse.SUPPRESS)
-    return p
-
-
-def _qcc(args: argparse.Namespace) -> int:
-    print("qcc: not implemented yet", file=sys.stderr)
-    return 1
-
-
 def qcc_main(argv: Optional[Sequence[str]] = None) -> int:
-    return _run("qcc", _qcc_parser("qcc"), _qcc, argv)
+    """The compiler; its options and driver live in qcc/compiler.py."""
+    from .compiler import main as compiler_main
+    return compiler_main(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:  # `python -m qcc.cli` runs qcc-opt

@@ -1,0 +1,242 @@
+"""Render a lowered graph into the files of the cmsis backend.
+
+Files (paths relative to the output folder):
+
+    NAME.h                  the API (sizes, formats, arena size, run/quantize/dequantize)
+    NAME.c                  one specialized function per layer, the arena, NAME_run
+    NAME_weights.c          const weight, bias, shift and table arrays (flash)
+    Makefile                libNAME.a, `make run` (QEMU), `make size`
+    firmware/NAME_main.c    batch harness: float samples in, outputs out (semihosting or host stdio)
+    firmware/*              startup, semihosting I/O and linker scripts copied from examples/firmware,
+                            so the folder builds on its own
+
+Python computes every number (``plan.py``, ``layers.py``); the templates hold
+all C. The output is deterministic: same graph, same bytes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import jinja2
+import numpy as np
+
+from qcc.errors import InputError, UnsupportedModelError
+from qcc.graph import Graph
+from qcc.types import FixedPoint, UniformQuant
+
+from .layers import LayerBuilder, ctype, format_values, storage_min_max
+from .naming import c_comment, c_identifier
+from .plan import Plan, make_plan
+from .targets import TARGETS
+
+FIRMWARE_FILES = ("startup.c", "semihost_io.c", "semihost_io.h", "fw_sections.ld")
+SHORT_CTYPES = {"s8": "int8_t", "s16": "int16_t", "s32": "int32_t"}
+
+
+@dataclass
+class GeneratedModel:
+    name: str
+    target: str
+    files: Dict[str, bytes]
+    plan: Plan
+    weight_bytes: int
+    float_output: bool = False
+    layers: List[dict] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+
+
+def find_firmware_dir() -> Optional[Path]:
+    """examples/firmware of the qcc checkout (or $QCC_FIRMWARE_DIR); None when absent."""
+    env = os.environ.get("QCC_FIRMWARE_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "examples" / "firmware")
+    for c in candidates:
+        if all((c / f).is_file() for f in FIRMWARE_FILES):
+            return c
+    return None
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("qcc.backends.cmsis", "templates"),
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+def _hexf(x: float) -> str:
+    h = float(np.float32(x)).hex()            # e.g. '0x1.8000000000000p-3'
+    mant, exp = h.split("p")
+    if "." in mant:
+        mant = mant.rstrip("0").rstrip(".")
+    return f"{mant}p{exp}f"
+
+
+def _io_context(io, role: str, macro: str) -> dict:
+    v = io.value
+    q = v.type.quant
+    lo, hi = storage_min_max(v)
+    ctx = {"index": io.index, "role": role, "macro": macro, "size": v.type.size, "shape": list(v.shape),
+           "ctype": ctype(v), "qmin": lo, "qmax": hi,
+           "comment": c_comment(f"'{io.name}' {v.type.dtype} {list(v.shape)}"),
+           "qmin_f": "-1.0e9f", "qmax_f": "1.0e9f", "qmin_pre": -1000000000, "qmax_pre": 1000000000}
+    if isinstance(q, FixedPoint):
+        ctx.update(fixed=True, frac_bits=q.frac_bits, zero_point=0, scale_literal=_hexf(2.0 ** -q.frac_bits),
+                   mul_literal=_hexf(2.0 ** q.frac_bits))
+    elif isinstance(q, UniformQuant):
+        ctx.update(fixed=False, frac_bits=None, zero_point=q.zero_point, scale_literal=_hexf(q.scale))
+    elif q is None:  # plain integers: scale 1
+        ctx.update(fixed=True, frac_bits=0, zero_point=0, scale_literal=_hexf(1.0), mul_literal=_hexf(1.0))
+    else:
+        raise UnsupportedModelError(f"{role} '{io.name}' is quantized per axis; the C API needs one scale")
+    return ctx
+
+
+def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_output: bool = False,
+             firmware_dir: Optional[Path] = None, version: str = "") -> GeneratedModel:
+    """The files of ``graph`` compiled for ``target``; the graph is not changed."""
+    if target not in TARGETS:
+        raise InputError(f"unknown target '{target}' (known: {', '.join(TARGETS)})")
+    if not version:
+        from qcc import __version__ as version
+    tgt = TARGETS[target]
+    name = c_identifier(name or graph.name, fallback="model")
+    NAME = name.upper()
+    graph.verify()
+    plan = make_plan(graph, float_output=float_output)
+    builder = LayerBuilder(name)
+    env = _environment()
+
+    def ptr(v, const: bool) -> str:
+        kind, where = plan.where(v)
+        t = ctype(v)
+        if kind == "input":
+            return f"in{where}"
+        if kind == "output":
+            return f"out{where}"
+        if kind == "const":
+            return builder.const_value(v, "constant")
+        return f"({'const ' if const else ''}{t} *)({name}_arena + {where})"
+
+    layers, calls, layer_info = [], [], []
+    for i, step in enumerate(plan.steps):
+        if step.op is None:
+            src = ptr(step.inputs[0], True)
+            if step.kind == "copy":
+                calls.append(f"memcpy(out{step.out_index}, {src}, {step.inputs[0].type.size} * sizeof(*out{step.out_index}));")
+            else:
+                calls.append(f"{name}_dequantize_output{step.out_index}({src}, out{step.out_index});")
+            continue
+        ctx = builder.build(i, step.op)
+        macro = getattr(env.get_template(f"ops/{ctx['kind']}.j2").module, ctx["kind"])
+        layers.append(str(macro(ctx)).strip("\n"))
+        args = [ptr(v, True) for v in step.inputs] + [ptr(step.output, False)]
+        calls.append(f"{ctx['fn']}({', '.join(args)});")
+        layer_info.append({"fn": ctx["fn"], "op": step.op.opname, "name": step.op.name,
+                           "shape": list(step.output.shape), "where": plan.where(step.output)})
+
+    inputs = [_io_context(io, "input", f"{NAME}_INPUT{io.index}") for io in plan.inputs]
+    outputs = [_io_context(io, "output", f"{NAME}_OUTPUT{io.index}") for io in plan.outputs]
+    offset = 0
+    for t in inputs:
+        t["offset"] = offset
+        offset += t["size"]
+    params = [f"const {t['ctype']} *in{t['index']}" for t in inputs]
+    params += [f"{'float' if float_output else t['ctype']} *out{t['index']}" for t in outputs]
+    consts = [{"symbol": c.symbol, "ctype": c.ctype, "count": len(c.values), "comment": c.comment,
+               "text": format_values(c.values)} for c in builder.consts]
+    common = {"name": name, "NAME": NAME, "version": version, "target": target,
+              "model_comment": c_comment(f"@{graph.name}"), "inputs": inputs, "outputs": outputs,
+              "run_params": ", ".join(params), "arena_size": plan.arena_size, "float_output": float_output,
+              "consts": consts}
+    env.globals["ctypes"] = SHORT_CTYPES
+    helpers = str(env.get_template("helpers.j2").module.helpers(sorted(builder.dots)))
+    if any(s.kind.startswith("s8.") for s in plan.steps):  # affine int8 helpers (layers_s8.py)
+        helpers += str(env.get_template("ops/s8_common.j2").module.s8_common())
+    files = {
+        f"{name}.h": env.get_template("model.h.j2").render(common),
+        f"{name}.c": env.get_template("model.c.j2").render(common, helpers=helpers, layers=layers, calls=calls),
+        f"{name}_weights.c": env.get_template("weights.c.j2").render(common),
+        "Makefile": env.get_template("Makefile.j2").render(
+            common, cpu_flags=" ".join(tgt.cpu_flags), qemu_machine=tgt.qemu_machine,
+            linker_script=tgt.linker_script),
+        f"firmware/{name}_main.c": env.get_template("main.c.j2").render(common, in_floats=max(offset, 1)),
+    }
+    files = {k: v.encode("ascii") for k, v in files.items()}
+    warnings = []
+    fw = firmware_dir or find_firmware_dir()
+    if fw is None:
+        warnings.append("examples/firmware not found (set QCC_FIRMWARE_DIR): the output folder has no "
+                        "startup code or linker script, so `make run` needs FIRMWARE_DIR=...; "
+                        "`make` (the library) works")
+    else:
+        for f in FIRMWARE_FILES + (tgt.linker_script,):
+            files[f"firmware/{f}"] = (Path(fw) / f).read_bytes()
+    weight_bytes = sum(len(c.values) * np.dtype(_NP[c.ctype]).itemsize for c in builder.consts)
+    return GeneratedModel(name, target, files, plan, weight_bytes, float_output, layer_info, warnings)
+
+
+_NP = {"int8_t": np.int8, "int16_t": np.int16, "int32_t": np.int32, "uint8_t": np.uint8, "uint16_t": np.uint16}
+
+
+def write_files(files: Dict[Path, bytes]):
+    """Write every file or none.
+
+    Each file goes to a temporary name first; then existing files are moved
+    aside, the new ones renamed into place, and the old ones dropped. On any
+    error the old files come back, and new files and folders are removed.
+    """
+    files = {Path(k): v for k, v in files.items()}
+    for path in files:
+        if path.is_dir():
+            raise InputError(f"cannot write {path}: it is a folder")
+    created_dirs: List[Path] = []
+    temps, backups, placed = [], [], []
+    done = False
+    try:
+        for path in sorted(Path(p) for p in files):
+            missing = [d for d in [path.parent, *path.parent.parents] if not d.exists()]
+            for d in reversed(missing):
+                d.mkdir()
+                created_dirs.append(d)
+            tmp = path.with_name(f".{path.name}.qcc-tmp")
+            tmp.write_bytes(files[path])
+            temps.append((tmp, path))
+        for tmp, path in temps:
+            if path.exists() or path.is_symlink():
+                backup = path.with_name(f".{path.name}.qcc-old")
+                os.replace(path, backup)
+                backups.append((backup, path))
+            os.replace(tmp, path)
+            placed.append(path)
+        done = True
+    except OSError as e:
+        raise InputError(f"cannot write {e.filename or 'the output files'}: {e.strerror or e}") from None
+    finally:
+        if done:
+            for backup, _ in backups:
+                _unlink(backup)
+        else:
+            for path in placed:
+                _unlink(path)
+            for backup, path in backups:
+                try:
+                    os.replace(backup, path)
+                except OSError:
+                    pass
+            for tmp, _ in temps:
+                _unlink(tmp)
+            for d in reversed(created_dirs):
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
+
+
+def _unlink(path: Path):
+    try:
+        path.unlink()
+    except OSError:
+        pass

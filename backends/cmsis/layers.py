@@ -1,0 +1,251 @@
+"""Per-layer template contexts: the constants each kernel macro is specialized with.
+
+Python only computes numbers here (shapes, strides, shifts, clamps, folded
+biases, bounds that pick 32- or 64-bit arithmetic); the C lives in
+``templates/ops/*.j2``, one macro per op kind, named by ``ctx["kind"]``.
+
+Folded at compile time, with the simulator's own helpers so the numbers are
+the contract's: ``bias_eff[c] = rshift_round(bias[c], -bias_shift[c])`` (the
+accumulator's start value). Accumulators are int32 and wrap modulo 2^32 in C
+(unsigned arithmetic), which is exact whenever the true sum fits int32 — the
+qnn contract, checked by the simulator and by check-quantized.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List
+
+import numpy as np
+
+from qcc.errors import UnsupportedModelError
+from qcc.graph import Op, Value
+from qcc.simulator import rshift_round
+
+from .naming import c_comment, c_identifier
+from .layers_s8 import S8_CONTEXTS, S8_HANDLED_ATTRS, build_s8
+
+C_TYPES = {"i8": "int8_t", "i16": "int16_t", "i32": "int32_t", "u8": "uint8_t", "u16": "uint16_t"}
+SHORT = {"i8": "s8", "i16": "s16", "i32": "s32"}
+INT32_MAX = (1 << 31) - 1
+_REQ = {"out_shift", "act_min", "act_max"}
+_WIN = {"kernel", "strides", "pads", "act_min", "act_max"}
+# Every attribute each kernel honours. An op carrying another one (the op
+# contract grew) is refused rather than compiled with that attribute ignored.
+HANDLED_ATTRS = {
+    "qnn.conv2d": _REQ | {"strides", "pads", "dilations", "group", "bias_shift"},
+    "qnn.dense": _REQ | {"bias_shift"},
+    "qnn.add": _REQ | {"a_shift", "b_shift"},
+    "qnn.requantize": _REQ,
+    "qnn.maxpool": _WIN,
+    "qnn.avgpool": _WIN | {"count_include_pad", "out_shift"},
+    "qnn.lut": {"table"},
+    "qnn.lut_interp": {"table"},
+    "qnn.softmax": {"axis", "table", "table_shift"},
+    "nn.transpose": {"perm"},
+    "nn.concat": {"axis"},
+    "nn.pad": {"pads", "value"},
+}
+HANDLED_ATTRS.update(S8_HANDLED_ATTRS)  # affine int8 kernels: layers_s8.py
+
+
+def ctype(v: Value) -> str:
+    return C_TYPES[v.type.dtype]
+
+
+def storage_min_max(v: Value):
+    info = np.iinfo(v.type.np_dtype)
+    return int(info.min), int(info.max)
+
+
+@dataclass
+class ConstArray:
+    symbol: str
+    ctype: str
+    values: List[int]
+    comment: str
+
+
+def format_values(values, per_line: int = 16) -> str:
+    items = [str(int(v)) for v in values]
+    lines = [", ".join(items[i:i + per_line]) for i in range(0, len(items), per_line)]
+    return ",\n    ".join(lines)
+
+
+class LayerBuilder:
+    """Makes the context of every step and collects the constant arrays they need."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.consts: List[ConstArray] = []
+        self.const_of: Dict[int, str] = {}   # id(Value) -> symbol of a constant data tensor
+        self.dots = set()                    # (x short type, w short type) dot helpers needed
+
+    # ------------------------------------------------------------ constants
+    def add_const(self, symbol: str, dtype: str, values, comment: str) -> str:
+        self.consts.append(ConstArray(symbol, C_TYPES[dtype], [int(v) for v in np.ravel(values)], c_comment(comment)))
+        return symbol
+
+    def const_value(self, v: Value, what: str) -> str:
+        """Symbol of a constant data operand (emitted once)."""
+        if id(v) not in self.const_of:
+            sym = f"{self.prefix}_c{len(self.const_of)}"
+            self.const_of[id(v)] = self.add_const(sym, v.type.dtype, v.constant(), f"{what} {v.name}")
+        return self.const_of[id(v)]
+
+    # ------------------------------------------------------------ steps
+    def build(self, index: int, op: Op) -> dict:
+        unknown = sorted(set(op.attrs) - HANDLED_ATTRS[op.opname])
+        if unknown:
+            raise UnsupportedModelError(f"{op.describe()}: the cmsis backend does not implement attribute(s) "
+                                        f"{', '.join(unknown)}")
+        kind = op.opname.replace(".", "_") if op.opname in S8_CONTEXTS else op.opname.split(".")[1]
+        fn = f"l{index}_{c_identifier(op.name or kind, fallback=kind, max_len=32)}"
+        shapes = " x ".join("[" + ",".join(map(str, v.shape)) + "]" for v in op.operands)
+        ctx = {"kind": kind, "fn": fn, "index": index,
+               "comment": c_comment(f"{op.opname} \"{op.name}\": {shapes} -> [{','.join(map(str, op.result.shape))}]", 160),
+               "yt": ctype(op.result)}
+        ctx.update(build_s8(self, op, fn) if op.opname in S8_CONTEXTS else getattr(self, "_" + kind)(op, fn))
+        return ctx
+
+    def _per_channel(self, fn: str, what: str, values: List[int], channels: int, index_var: str, comment: str) -> str:
+        """A literal when every channel shares the value, else a table indexed by ``index_var``."""
+        vals = np.broadcast_to(np.asarray(values, np.int64), (channels,))
+        if np.all(vals == vals[0]):
+            return str(int(vals[0]))
+        dtype = "i8" if what == "shift" else "i32"
+        return self.add_const(f"{self.prefix}_{fn}_{what}", dtype, vals, comment) + f"[{index_var}]"
+
+    def _weights_and_bias(self, op: Op, fn: str, channels: int, index_var: str) -> dict:
+        w = op.operands[1].constant()
+        wsym = self.add_const(f"{self.prefix}_{fn}_w", op.operands[1].type.dtype, w,
+                              f"{op.name} weights {list(w.shape)}")
+        b = op.operands[2].constant() if len(op.operands) > 2 else None
+        shifts = np.broadcast_to(np.asarray(op.attrs["bias_shift"], np.int64), (channels,))
+        bias = np.zeros(channels, np.int64) if b is None else rshift_round(np.asarray(b, np.int64), -shifts)
+        if np.abs(bias).max(initial=0) > INT32_MAX:
+            raise UnsupportedModelError(f"{op.describe()}: bias << bias_shift does not fit int32")
+        bias_expr = self._per_channel(fn, "b", bias.tolist(), channels, index_var,
+                                      f"{op.name} bias << bias_shift")
+        shift = self._per_channel(fn, "shift", op.attrs["out_shift"], channels, index_var,
+                                  f"{op.name} output shifts")
+        xs, ws = SHORT[op.operands[0].type.dtype], SHORT[op.operands[1].type.dtype]
+        self.dots.add((xs, ws))
+        return {"w": wsym, "bias": bias_expr, "shift": shift, "dot": f"qcc_dot_{xs}_{ws}",
+                "xt": ctype(op.operands[0]), "wt": ctype(op.operands[1]),
+                "lo": op.attrs["act_min"], "hi": op.attrs["act_max"]}
+
+    def _conv2d(self, op: Op, fn: str) -> dict:
+        n, h, w, c = op.operands[0].shape
+        cout, kh, kw, cg = op.operands[1].shape
+        _, oh, ow, _ = op.result.shape
+        g = op.attrs["group"]
+        sh, sw = op.attrs["strides"]
+        dh, dw = op.attrs["dilations"]
+        pt, pl, pb, pr = op.attrs["pads"]
+        ctx = self._weights_and_bias(op, fn, cout, "oc")
+        ctx.update(n=n, h=h, w_=w, c=c, oh=oh, ow=ow, cout=cout, kh=kh, kw=kw, cg=cg, cog=cout // g, group=g,
+                   sh=sh, sw=sw, dh=dh, dw=dw, pt=pt, pl=pl,
+                   # Window taps can fall outside the input only with padding (or a ragged last window).
+                   check_y=pt > 0 or (oh - 1) * sh - pt + (kh - 1) * dh >= h,
+                   check_x=pl > 0 or (ow - 1) * sw - pl + (kw - 1) * dw >= w,
+                   # One contiguous dot over a whole window row: input row KW*C and weight row KW*CG
+                   # are both contiguous when the convolution is not grouped and not dilated.
+                   row_dot=g == 1 and dw == 1 and kw > 1)
+        return ctx
+
+    def _dense(self, op: Op, fn: str) -> dict:
+        x = op.operands[0]
+        nout, k = op.operands[1].shape
+        ctx = self._weights_and_bias(op, fn, nout, "j")
+        ctx.update(m=x.type.size // k, k=k, nout=nout)
+        return ctx
+
+    def _add(self, op: Op, fn: str) -> dict:
+        a, b = op.operands
+        ash, bsh = op.attrs["a_shift"], op.attrs["b_shift"]
+        amax = max(abs(x) for x in storage_min_max(a)) << ash
+        bmax = max(abs(x) for x in storage_min_max(b)) << bsh
+        return {"at": ctype(a), "bt": ctype(b), "size": op.result.type.size, "a_mul": 1 << ash, "b_mul": 1 << bsh,
+                "shift": op.attrs["out_shift"][0], "lo": op.attrs["act_min"], "hi": op.attrs["act_max"],
+                "wide": amax + bmax > INT32_MAX}
+
+    def _requantize(self, op: Op, fn: str) -> dict:
+        return {"xt": ctype(op.operands[0]), "size": op.result.type.size, "shift": op.attrs["out_shift"][0],
+                "lo": op.attrs["act_min"], "hi": op.attrs["act_max"]}
+
+    def _pool(self, op: Op) -> dict:
+        n, h, w, c = op.operands[0].shape
+        _, oh, ow, _ = op.result.shape
+        kh, kw = op.attrs["kernel"]
+        sh, sw = op.attrs["strides"]
+        pt, pl, _, _ = op.attrs["pads"]
+        return {"xt": ctype(op.operands[0]), "n": n, "h": h, "w_": w, "c": c, "oh": oh, "ow": ow, "kh": kh,
+                "kw": kw, "sh": sh, "sw": sw, "pt": pt, "pl": pl, "lo": op.attrs["act_min"],
+                "hi": op.attrs["act_max"]}
+
+    def _maxpool(self, op: Op, fn: str) -> dict:
+        ctx = self._pool(op)
+        ctx["xmin"] = storage_min_max(op.operands[0])[0]
+        return ctx
+
+    def _avgpool(self, op: Op, fn: str) -> dict:
+        ctx = self._pool(op)
+        ctx["include_pad"] = op.attrs["count_include_pad"]
+        kh, kw = op.attrs["kernel"]
+        s = op.attrs.get("out_shift", 0)
+        # out_shift s moves the format in the same rounding: sum / (count << s), or (sum << -s) / count.
+        ctx["num_mul"], ctx["den_mul"] = 1 << max(-s, 0), 1 << max(s, 0)
+        biggest = max(abs(x) for x in storage_min_max(op.operands[0])) * kh * kw * ctx["num_mul"]
+        # div_round_away forms 2|num| + den: 64-bit only when that can leave int32.
+        ctx["wide"] = 2 * biggest + kh * kw * ctx["den_mul"] > INT32_MAX
+        return ctx
+
+    def _lut(self, op: Op, fn: str) -> dict:
+        table = self.add_const(f"{self.prefix}_{fn}_table", op.result.type.dtype, op.attrs["table"],
+                               f"{op.name} table, indexed by x + 128")
+        return {"xt": ctype(op.operands[0]), "size": op.result.type.size, "table": table}
+
+    def _lut_interp(self, op: Op, fn: str) -> dict:
+        table = self.add_const(f"{self.prefix}_{fn}_table", "i32", op.attrs["table"],
+                               f"{op.name} table sampled every 256 input steps")
+        return {"xt": ctype(op.operands[0]), "size": op.result.type.size, "table": table}
+
+    def _softmax(self, op: Op, fn: str) -> dict:
+        x = op.operands[0]
+        cols = x.shape[-1] if x.shape else 1
+        table = self.add_const(f"{self.prefix}_{fn}_table", "i32", op.attrs["table"],
+                               f"{op.name} exp table (Q0.15)")
+        return {"xt": ctype(x), "rows": x.type.size // cols, "cols": cols, "table": table,
+                "ts": op.attrs["table_shift"], "out_frac": 7 if op.result.type.dtype == "i8" else 15,
+                "ymax": storage_min_max(op.result)[1]}
+
+    def _transpose(self, op: Op, fn: str) -> dict:
+        x = op.operands[0]
+        perm = op.attrs["perm"]
+        strides = [int(np.prod(x.shape[i + 1:], dtype=np.int64)) for i in range(x.type.rank)]
+        return {"xt": ctype(x), "dims": [x.shape[p] for p in perm], "strides": [strides[p] for p in perm]}
+
+    def _concat(self, op: Op, fn: str) -> dict:
+        first = op.operands[0]
+        axis = op.attrs["axis"] % first.type.rank
+        outer = int(np.prod(first.shape[:axis], dtype=np.int64))
+        chunks = [int(np.prod(v.shape[axis:], dtype=np.int64)) for v in op.operands]
+        offsets = [sum(chunks[:i]) for i in range(len(chunks))]
+        return {"xts": [ctype(v) for v in op.operands], "outer": outer, "parts": list(zip(chunks, offsets)),
+                "total": sum(chunks)}
+
+    def _pad(self, op: Op, fn: str) -> dict:
+        x = op.operands[0]
+        rank = x.type.rank
+        pads = op.attrs["pads"]
+        if any(p < 0 for p in pads):
+            raise UnsupportedModelError(f"{op.describe()}: negative pads (cropping) are not supported")
+        value = op.attrs["value"]
+        lo, hi = storage_min_max(x)
+        if value != int(value) or not lo <= value <= hi:
+            raise UnsupportedModelError(f"{op.describe()}: pad value {value} is not a {x.type.dtype} integer")
+        out = op.result.shape
+        out_strides = [int(np.prod(out[i + 1:], dtype=np.int64)) for i in range(rank)]
+        begin = sum(pads[i] * out_strides[i] for i in range(rank))
+        return {"xt": ctype(x), "value": int(value), "size": op.result.type.size, "in_dims": list(x.shape),
+                "out_strides": out_strides, "begin": begin, "row": x.shape[-1] if rank else 1}

@@ -1,0 +1,166 @@
+"""Template contexts of the affine int8 ``s8.*`` kernels (TFLite Micro / CMSIS-NN arithmetic).
+
+The arithmetic is qcc/ops/qnn_s8.py's, bit for bit (qcc.simulator_s8 is the
+contract); the C lives in ``templates/ops/s8_*.j2`` and the shared fixed-point
+helpers in ``templates/ops/s8_common.j2``. Python only folds constants:
+
+- Input zero point into the bias (conv and dense):
+      sum((x - zp) * w) = sum(x * w) - zp * sum(w)
+  so ``bias_fold[c] = bias[c] - zp * sum(w[c])`` and the inner loop is a plain
+  int8 dot product (the SMLAD helper ``qcc_dot_s8_s8``). A window tap that
+  falls into the padding contributes 0 to the true sum, so the kernel adds
+  ``zp * sum(w[c] over that tap)`` back for it. Everything is summed modulo
+  2^32 (unsigned), which is exact whenever the true accumulator fits int32,
+  the s8 contract (the simulator checks it).
+- Output zero point into the clamp: ``clamp(r + zp, lo, hi)`` is computed as
+  ``r < lo - zp ? lo : r > hi - zp ? hi : r + zp``, which cannot overflow.
+- Depthwise weights ``[Cout, KH, KW, 1]`` are transposed to ``[KH, KW, Cout]``
+  so the innermost loop runs over contiguous channels.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+
+from qcc.errors import UnsupportedModelError
+from qcc.graph import Op
+
+_REQUANT = {"input_zp", "output_zp", "multiplier", "shift", "rounding", "act_min", "act_max"}
+_WINDOW = {"kernel", "strides", "pads", "act_min", "act_max"}
+# Every attribute each s8 kernel honours (an op carrying another one is refused).
+S8_HANDLED_ATTRS = {
+    "s8.conv2d": _REQUANT | {"strides", "pads", "dilations", "group"},
+    "s8.dense": set(_REQUANT),
+    "s8.add": {"input_zp", "output_zp", "left_shift", "input_multiplier", "input_shift", "multiplier", "shift",
+               "rounding", "act_min", "act_max"},
+    "s8.requantize": set(_REQUANT),
+    "s8.avgpool": set(_WINDOW),
+    "s8.maxpool": set(_WINDOW),
+    "s8.softmax": {"multiplier", "shift", "diff_min"},
+}
+REQUANT_FN = {"double": "qcc_s8_requant", "single": "qcc_s8_requant_single"}
+SOFTMAX_MAX_COLS = 4095  # sum of exp terms (each <= 2^19) must stay inside int32
+
+
+def _wrap32(v: int) -> int:
+    return ((int(v) + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+def _per_channel(builder, fn: str, what: str, dtype: str, values: List[int], channels: int, index: str,
+                 comment: str) -> str:
+    """A literal when every channel shares the value, else a const table indexed by ``index``."""
+    vals = np.broadcast_to(np.asarray(values, np.int64), (channels,))
+    if np.all(vals == vals[0]):
+        return str(int(vals[0]))
+    return builder.add_const(f"{builder.prefix}_{fn}_{what}", dtype, vals, comment) + f"[{index}]"
+
+
+def _epilogue(builder, op: Op, fn: str, channels: int, index: str) -> dict:
+    """Requantization and clamp of conv/dense/requantize (multiplier/shift per tensor or channel)."""
+    a = op.attrs
+    zp = a["output_zp"]
+    mult = _per_channel(builder, fn, "mult", "i32", a["multiplier"], channels, index,
+                        f"{op.name} requantization multipliers")
+    shift = _per_channel(builder, fn, "shift", "i8", a["shift"], channels, index, f"{op.name} requantization shifts")
+    return {"requant": REQUANT_FN[a["rounding"]], "mult": mult, "shift": shift, "ozp": zp,
+            "lo": a["act_min"], "hi": a["act_max"], "rlo": a["act_min"] - zp, "rhi": a["act_max"] - zp}
+
+
+def _weights(builder, op: Op, fn: str, w: np.ndarray, fold_zp: int) -> dict:
+    """Weight table and the bias with ``-zp * sum(w[c])`` folded in (int32, wrapped modulo 2^32)."""
+    cout = w.shape[0]
+    wsym = builder.add_const(f"{builder.prefix}_{fn}_w", "i8", w, f"{op.name} weights {list(w.shape)}")
+    b = op.operands[2].constant().astype(np.int64) if len(op.operands) > 2 else np.zeros(cout, np.int64)
+    folded = b - fold_zp * w.reshape(cout, -1).astype(np.int64).sum(axis=1)
+    bias = _per_channel(builder, fn, "b", "i32", [_wrap32(v) for v in folded], cout, "oc",
+                        f"{op.name} bias - input_zp * sum(w)")
+    builder.dots.add(("s8", "s8"))
+    return {"w": wsym, "bias": bias, "dot": "qcc_dot_s8_s8"}
+
+
+def _conv2d(builder, op: Op, fn: str) -> dict:
+    a = op.attrs
+    n, h, w_, c = op.operands[0].shape
+    cout, kh, kw, cg = op.operands[1].shape
+    _, oh, ow, _ = op.result.shape
+    g = a["group"]
+    sh, sw = a["strides"]
+    dh, dw = a["dilations"]
+    pt, pl, _, _ = a["pads"]
+    zp = a["input_zp"]
+    w = np.asarray(op.operands[1].constant(), np.int8)
+    ctx = {"n": n, "h": h, "w_": w_, "c": c, "oh": oh, "ow": ow, "cout": cout, "kh": kh, "kw": kw, "cg": cg,
+           "cog": cout // g, "group": g, "sh": sh, "sw": sw, "dh": dh, "dw": dw, "pt": pt, "pl": pl, "izp": zp,
+           # Window taps leave the input only with padding (or a ragged last window).
+           "check_y": pt > 0 or (oh - 1) * sh - pt + (kh - 1) * dh >= h,
+           "check_x": pl > 0 or (ow - 1) * sw - pl + (kw - 1) * dw >= w_}
+    ctx.update(_epilogue(builder, op, fn, cout, "oc"))
+    if cg == 1 and g == c:
+        # Depthwise (channel multiplier cout / c): channels innermost, weights [KH][KW][Cout].
+        wt = np.ascontiguousarray(w.reshape(cout, kh * kw).T)
+        wsym = builder.add_const(f"{builder.prefix}_{fn}_w", "i8", wt, f"{op.name} depthwise weights [KH,KW,Cout]")
+        b = op.operands[2].constant() if len(op.operands) > 2 else np.zeros(cout, np.int64)
+        bias = builder.add_const(f"{builder.prefix}_{fn}_b", "i32", b, f"{op.name} bias")
+        ctx.update(depthwise=True, w=wsym, bias_table=bias, mult_ch=cout // c)
+        return ctx
+    ctx.update(_weights(builder, op, fn, w, zp), depthwise=False,
+               # One contiguous dot over a whole window row when not grouped and not dilated.
+               row_dot=g == 1 and dw == 1 and kw > 1)
+    return ctx
+
+
+def _dense(builder, op: Op, fn: str) -> dict:
+    nout, k = op.operands[1].shape
+    w = np.asarray(op.operands[1].constant(), np.int8)
+    ctx = {"m": op.operands[0].type.size // k, "k": k, "nout": nout}
+    ctx.update(_weights(builder, op, fn, w, op.attrs["input_zp"]))
+    ctx.update(_epilogue(builder, op, fn, nout, "oc"))
+    return ctx
+
+
+def _requantize(builder, op: Op, fn: str) -> dict:
+    ctx = {"size": op.result.type.size, "izp": op.attrs["input_zp"]}
+    ctx.update(_epilogue(builder, op, fn, 1, "0"))
+    return ctx
+
+
+def _add(builder, op: Op, fn: str) -> dict:
+    a = op.attrs
+    zp = a["output_zp"]
+    return {"size": op.result.type.size, "requant": REQUANT_FN[a["rounding"]], "left_shift": a["left_shift"],
+            "zp_a": a["input_zp"][0], "zp_b": a["input_zp"][1],
+            "mult_a": a["input_multiplier"][0], "shift_a": a["input_shift"][0],
+            "mult_b": a["input_multiplier"][1], "shift_b": a["input_shift"][1],
+            "mult": a["multiplier"][0], "shift": a["shift"][0], "ozp": zp,
+            "lo": a["act_min"], "hi": a["act_max"], "rlo": a["act_min"] - zp, "rhi": a["act_max"] - zp}
+
+
+def _pool(builder, op: Op, fn: str) -> dict:
+    n, h, w, c = op.operands[0].shape
+    _, oh, ow, _ = op.result.shape
+    kh, kw = op.attrs["kernel"]
+    sh, sw = op.attrs["strides"]
+    pt, pl, _, _ = op.attrs["pads"]
+    return {"n": n, "h": h, "w_": w, "c": c, "oh": oh, "ow": ow, "kh": kh, "kw": kw, "sh": sh, "sw": sw,
+            "pt": pt, "pl": pl, "lo": op.attrs["act_min"], "hi": op.attrs["act_max"]}
+
+
+def _softmax(builder, op: Op, fn: str) -> dict:
+    x = op.operands[0]
+    cols = x.shape[-1] if x.shape else 1
+    if cols > SOFTMAX_MAX_COLS:
+        raise UnsupportedModelError(f"{op.describe()}: softmax over {cols} > {SOFTMAX_MAX_COLS} values would "
+                                    f"overflow the int32 sum of the int8 softmax")
+    a = op.attrs
+    return {"rows": x.type.size // cols, "cols": cols, "mult": a["multiplier"], "shift": a["shift"],
+            "diff_min": a["diff_min"]}
+
+
+S8_CONTEXTS = {"s8.conv2d": _conv2d, "s8.dense": _dense, "s8.requantize": _requantize, "s8.add": _add,
+               "s8.avgpool": _pool, "s8.maxpool": _pool, "s8.softmax": _softmax}
+
+
+def build_s8(builder, op: Op, fn: str) -> dict:
+    """Context of one s8 layer; ``builder`` is the LayerBuilder (constants, dot helpers)."""
+    return S8_CONTEXTS[op.opname](builder, op, fn)

@@ -1,0 +1,210 @@
+"""The ``qcc`` compile driver: load a model, lower it to integers, emit C.
+
+    qcc model.onnx -o build/net.c --target cortex-m4 --calib calib.npz          # q7
+    qcc model.onnx -o build/net.c --target cortex-m7 --calib calib.npz --bits 16
+    qcc lowered.qir -o build/net.c --target cortex-m0plus                       # already lowered
+
+A float model (ONNX, or a .qir with float compute ops) runs the ``qmn{bits=..}``
+pipeline with the calibration data (``--act-max NAME=V`` forces a tensor's range
+to [-V, V]); an already lowered .qir (q.quantize -> qnn.* -> q.dequantize) goes
+straight to the backend. The C, header, weights, Makefile and firmware harness
+are written into the folder of ``-o`` all at once or not at all.
+
+The driver is the one place that connects the core to a backend: it looks the
+backend up by name (``qcc.backends.get_backend``); the core itself never
+imports backends.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .graph import Graph
+
+TARGET_NAMES = ("cortex-m0", "cortex-m0plus", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55")
+SCHEMES = ("qmn", "int8")
+# Ops a fully lowered graph may hold; anything else means the graph is still float.
+BOUNDARY_OPS = frozenset({"qcc.const", "q.quantize", "q.dequantize"})
+INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose",
+                               "nn.concat", "nn.pad"})
+
+
+def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="Compile a model to integer-only C for a Cortex-M microcontroller.",
+        epilog="examples:\n"
+               "  qcc digits.onnx -o build/digits.c --target cortex-m4 --calib calib.npz\n"
+               "  qcc kws.onnx -o out/kws.c --target cortex-m7 --calib mfcc.npy --bits 16 --act-max conv1=32\n"
+               "  qcc net.qir -o out/net.c --target cortex-m0plus        (an already lowered graph)\n\n"
+               "Writes NAME.c, NAME.h, NAME_weights.c, Makefile and firmware/ into the folder of -o;\n"
+               "then `make` builds libNAME.a, `make run INPUT=samples.bin` runs it in QEMU, `make size`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="a float .onnx model, or a .qir graph (lowered or float)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT/NAME.c", help="the C file to write")
+    p.add_argument("--target", required=True, choices=TARGET_NAMES, help="the Cortex-M core")
+    p.add_argument("--calib", metavar="DATA", help="calibration inputs (.npz keyed by input name, .npy, or a folder)")
+    p.add_argument("--scheme", choices=SCHEMES,
+                   help="quantization scheme: qmn (Qm.n fixed point, the default for float models) or int8 "
+                        "(affine TFLite/CMSIS-NN int8, the default and only choice for QDQ models; no --calib)")
+    p.add_argument("--bits", type=int, default=8, choices=(8, 16), help="activation/weight bits: 8 (q7) or 16 (q15)")
+    p.add_argument("--name", help="C name prefix and file stem (default: the stem of -o)")
+    p.add_argument("--report", metavar="FILE", help="write a compile report (JSON): layers, memory plan, sizes")
+    p.add_argument("--emit-ir", metavar="FILE.qir", help="also write the lowered graph as text IR")
+    p.add_argument("--act-max", metavar="NAME=V", action="append", default=[],
+                   help="force the range of tensor NAME to [-V, V] (repeatable)")
+    p.add_argument("--float-output", action="store_true",
+                   help="NAME_run returns float outputs (dequantized in C) instead of quantized ones")
+    p.add_argument("--backend", default="cmsis", help=argparse.SUPPRESS)
+    return p
+
+
+def is_lowered(graph: Graph) -> bool:
+    """True when only integer ops remain between q.quantize and q.dequantize."""
+    return all(op.opname.startswith(("qnn.", "s8.")) or op.opname in BOUNDARY_OPS
+               or (op.opname in INTEGER_SHAPE_OPS and not op.result.type.is_float) for op in graph.ops)
+
+
+def parse_act_max(specs: Sequence[str]) -> Dict[str, float]:
+    out = {}
+    for spec in specs:
+        name, sep, value = spec.rpartition("=")
+        try:
+            v = float(value)
+        except ValueError:
+            v = float("nan")
+        if not sep or not name or not np.isfinite(v) or v <= 0:
+            raise InputError(f"--act-max takes NAME=V with V a positive number, got '{spec}'")
+        out[name] = v
+    return out
+
+
+def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max: Dict[str, float],
+          model_path: str) -> None:
+    """Run the quantization pipeline on a float graph in place."""
+    import qcc.passes  # noqa: F401  (registers the passes and pipelines)
+    from .passmanager import PassManager
+    if not calib and not act_max:
+        raise InputError(f"{model_path} is a float model: qcc needs calibration inputs to quantize it; "
+                         f"pass --calib DATA (.npz keyed by input name, .npy, or a folder of them)")
+    if calib and not Path(calib).exists():
+        raise InputError(f"no such calibration file or folder: {calib}")
+    pm = PassManager.parse(f"{scheme}{{bits={bits}}}")
+    context = {"calib": calib or "", "act_max": dict(act_max)}
+    for p in pm.passes:
+        p.context = context
+    graph.context = context
+    pm.run(graph)
+
+
+def is_qdq(graph: Graph) -> bool:
+    """True for a pre-quantized model: QuantizeLinear/DequantizeLinear around float ops."""
+    return any(op.opname in ("q.quantize", "q.dequantize") for op in graph.ops)
+
+
+def lower_qdq(graph: Graph, *, scheme: str, model_path: str) -> None:
+    """Run the ``int8`` pipeline (no calibration: the model carries its scales) in place."""
+    import qcc.passes  # noqa: F401  (registers the passes and pipelines)
+    from .passmanager import PassManager
+    if scheme != "int8":
+        raise InputError(f"{model_path} is already quantized (QuantizeLinear/DequantizeLinear): it compiles "
+                         f"with --scheme int8 only, got --scheme {scheme}")
+    PassManager.parse("int8").run(graph)
+
+
+def compile_model(model: str, output: str, target: str, *, calib: Optional[str] = None,
+                  scheme: Optional[str] = None,
+                  bits: int = 8, name: Optional[str] = None, report: Optional[str] = None,
+                  emit_ir: Optional[str] = None, act_max: Optional[Dict[str, float]] = None,
+                  float_output: bool = False, backend: str = "cmsis"):
+    """Compile ``model`` and write every output file; returns the backend's GeneratedModel."""
+    from qcc.backends import get_backend
+    from .cli import load_graph
+    out = Path(output)
+    if out.suffix != ".c":
+        raise InputError(f"-o takes the path of the C file to write (OUT/NAME.c), got '{output}'")
+    if bits not in (8, 16):
+        raise InputError(f"--bits must be 8 or 16, got {bits}")
+    graph = load_graph(model)
+    if is_lowered(graph):
+        pass
+    elif is_qdq(graph):
+        lower_qdq(graph, scheme=scheme or "int8", model_path=model)
+    elif scheme == "int8":
+        raise InputError(f"--scheme int8 compiles QDQ models (QuantizeLinear/DequantizeLinear); {model} is a "
+                         f"float model: use --scheme qmn with --calib DATA")
+    else:
+        lower(graph, calib=calib, bits=bits, scheme=scheme or "qmn", act_max=act_max or {}, model_path=model)
+    gen = get_backend(backend).generate(graph, name=name or out.stem, target=target, float_output=float_output)
+    files = {out.parent / rel: data for rel, data in gen.files.items()}
+    if emit_ir:
+        files.update(_ir_files(graph, Path(emit_ir)))
+    if report:
+        files[Path(report)] = (json.dumps(make_report(gen, graph, model), indent=2) + "\n").encode()
+    from qcc.backends.cmsis.generate import write_files
+    write_files(files)
+    return gen
+
+
+def _ir_files(graph: Graph, path: Path) -> Dict[Path, bytes]:
+    from .printer import print_graph_with_resources, sidecar_path
+    text, resources = print_graph_with_resources(graph)
+    files = {path: text.encode()}
+    if resources:
+        buf = io.BytesIO()
+        np.savez(buf, **resources)
+        files[sidecar_path(path)] = buf.getvalue()
+    return files
+
+
+def _macs(op) -> int:
+    if op.opname == "qnn.conv2d":
+        cout, kh, kw, cg = op.operands[1].shape
+        return op.result.type.size * kh * kw * cg
+    if op.opname == "qnn.dense":
+        return op.result.type.size * op.operands[1].shape[1]
+    return 0
+
+
+def make_report(gen, graph: Graph, model: str) -> dict:
+    plan = gen.plan
+    layers: List[dict] = []
+    for info, step in zip(gen.layers, [s for s in plan.steps if s.op is not None]):
+        layers.append({**info, "where": list(info["where"]), "macs": _macs(step.op),
+                       "bytes": step.output.type.size * step.output.type.np_dtype.itemsize})
+
+    def io(t):
+        q = t.value.type.quant
+        return {"name": t.name, "shape": list(t.value.shape), "dtype": t.value.type.dtype,
+                "scale": getattr(q, "scale", 1.0), "zero_point": getattr(q, "zero_point", 0),
+                "frac_bits": getattr(q, "frac_bits", None)}
+
+    return {"model": str(model), "name": gen.name, "target": gen.target,
+            "arena_bytes": plan.arena_size, "arena_lower_bound_bytes": plan.lower_bound,
+            "weight_bytes": gen.weight_bytes, "macs": sum(e["macs"] for e in layers),
+            "inputs": [io(t) for t in plan.inputs], "outputs": [io(t) for t in plan.outputs],
+            "layers": layers, "warnings": gen.warnings}
+
+
+def _command(args: argparse.Namespace) -> int:
+    import sys
+    gen = compile_model(args.model, args.output, args.target, calib=args.calib, scheme=args.scheme,
+                        bits=args.bits, name=args.name, report=args.report, emit_ir=args.emit_ir,
+                        act_max=parse_act_max(args.act_max), float_output=args.float_output,
+                        backend=args.backend)
+    folder = Path(args.output).parent
+    for w in gen.warnings:
+        print(f"qcc: warning: {w}", file=sys.stderr)
+    print(f"qcc: wrote {folder / (gen.name + '.c')}, {gen.name}.h, {gen.name}_weights.c, Makefile "
+          f"(arena {gen.plan.arena_size} bytes, weights {gen.weight_bytes} bytes)", file=sys.stderr)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .cli import _run
+    return _run("qcc", build_parser("qcc"), _command, argv)
