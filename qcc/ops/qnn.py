@@ -19,7 +19,10 @@ fused ReLU (``[0, max]``) or ReLU6 (``[0, 6 * 2^n]``).
 ``qnn.requantize``: y = clamp(rshift_round(x, out_shift), lo, hi)
 ``qnn.maxpool``:    max over the window's in-bounds elements, then clamp
 ``qnn.avgpool``:    sum over the window / count, rounded half away from zero, then clamp;
-                    count = in-bounds elements, or the whole window with count_include_pad
+                    count = in-bounds elements, or the whole window with count_include_pad.
+                    An optional ``out_shift`` s (default 0) changes the format in the same
+                    single rounding: y = div_round_away(sum, count << s) for s >= 0,
+                    div_round_away(sum << -s, count) for s < 0 (n_y = n_x - s)
 ``qnn.lut``:        y = table[x - storage_min] (a 256-entry table for i8 input)
 ``qnn.softmax``:    see its summary below.
 """
@@ -160,13 +163,20 @@ def _verify_pool(op):
         raise OpError("pooling keeps the storage type")
 
 
+def _verify_avgpool(op):
+    _verify_pool(op)
+    if not -16 <= op.attrs["out_shift"] <= 16:
+        raise OpError(f"'out_shift' must lie in [-16, 16], got {op.attrs['out_shift']}")
+
+
 register_op(OpDef(
     "qnn.maxpool", operands=["x"], attrs=attrs(*_WINDOW, attr("act_min", "int"), attr("act_max", "int")),
     infer=_pool_rule, verify_fn=_verify_pool, summary="Integer max pooling; padding never wins."))
 register_op(OpDef(
     "qnn.avgpool", operands=["x"],
-    attrs=attrs(*_WINDOW, attr("count_include_pad", "bool", False), attr("act_min", "int"), attr("act_max", "int")),
-    infer=_pool_rule, verify_fn=_verify_pool,
+    attrs=attrs(*_WINDOW, attr("count_include_pad", "bool", False), attr("out_shift", "int", 0),
+                attr("act_min", "int"), attr("act_max", "int")),
+    infer=_pool_rule, verify_fn=_verify_avgpool,
     summary="Integer average pooling; the mean rounds half away from zero."))
 
 
@@ -184,3 +194,5 @@ register_op(OpDef(
 
 # qnn.softmax is registered by the module that implements its integer algorithm
 # (qcc/ops/qnn_softmax.py), whose docstring states the algorithm.
+
+from . import qnn_softmax  # noqa: E402,F401  (registers qnn.softmax and qnn.lut_interp with the built-ins)

@@ -1,0 +1,207 @@
+"""assign-qmn: settle the Qm.n format of every fake-quant point.
+
+Activations (one n per ``activation_groups`` group, see propagate-scales):
+start from the range rule ``n0 = W-1 - ceil(log2(max|x|))`` on the group's
+calibrated range. With ``search`` and calibration data, every candidate
+``n in n0-1 .. n0+2`` is scored by the squared error of fake-quantizing the
+group's real calibration activations,
+``sum (x - clamp(round(x * 2^n)) * 2^-n)^2``, and the least wins (a larger n
+trades clipping of rare outliers for resolution; ties keep the smaller n).
+The input of a softmax/sigmoid/tanh is scored after the function instead,
+``sum (f(x) - f(fq(x)))^2`` over ``n0-1 .. n0+4`` (the error of the layer
+output: clipped very negative logits vanish in a softmax anyway).
+Outputs of softmax, sigmoid and tanh are pinned to Q0.(W-1). 16-bit
+activations (other than softmax/sigmoid/tanh inputs) then drop one more
+fractional bit as a guard against values beyond the calibration range (at
+16 bits the resolution lost is negligible; saturation is not).
+
+Weights: ``n_c = Ww-1 - ceil(log2(max|w_c|))`` per output channel (or one n
+per tensor), with ``search`` the best of ``n_c-1 .. n_c+2`` by squared error
+(n_c-1 wins when max|w_c| is a power of two, which n_c would saturate).
+Biases: i32 at the accumulator precision ``n_x + n_c``; when a bias would not
+fit int32 there, it is stored ``s_c`` bits coarser and shifted left by
+``bias_shift = s_c`` at run time (``n_b = n_x + n_c - s_c``).
+
+Calibration data come from the ``data`` option or the pipeline context key
+``calib``; without data the range rule alone decides (``search`` is skipped).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List
+
+import numpy as np
+
+from qcc.graph import Graph, Op
+from qcc.passmanager import Pass, PassResult, register_pass
+
+from ._qmn_util import (UNIT_OUTPUT, WEIGHTED, activation_groups, bits_of, channel_frac_bits,
+                        context_value, dequantized_source, fixed_type, frac_bits_for, load_samples,
+                        per_channel_type, range_of)
+from .insert_qdq import weight_frac_bits
+
+INT32_MAX = (1 << 31) - 1
+
+
+def fake_quant_error(x: np.ndarray, n: int, bits: int) -> float:
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    q = np.clip(np.round(x * 2.0 ** n), lo, hi)
+    return float(np.sum((x - q * 2.0 ** -n) ** 2))
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+UNIT_FNS = {"nn.softmax": _softmax, "nn.sigmoid": lambda x: 1 / (1 + np.exp(-x)), "nn.tanh": np.tanh}
+
+
+def unit_output_error(x: np.ndarray, n: int, bits: int, fn) -> float:
+    """Squared error after softmax/sigmoid/tanh: only what survives the function matters (clipping very
+    negative logits costs nothing after a softmax, resolution near the top does)."""
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    q = np.clip(np.round(x * 2.0 ** n), lo, hi) * 2.0 ** -n
+    return float(np.sum((fn(x) - fn(q)) ** 2))
+
+
+def _feeds_unit(graph: Graph, group):
+    """The float function of a softmax/sigmoid/tanh fed by a single-member group, else None."""
+    if len(group) != 1:
+        return None
+    deq = [u for u in graph.users(group[0].result) if u.opname == "q.dequantize"]
+    users = [u for d in deq for u in graph.users(d.result)]
+    if len(users) == 1 and users[0].opname in UNIT_FNS:
+        if users[0].opname == "nn.softmax" and users[0].attrs["axis"] not in (-1, users[0].result.type.rank - 1):
+            return None
+        return UNIT_FNS[users[0].opname]
+    return None
+
+
+def _unit_output(graph: Graph, q: Op) -> bool:
+    v = q.operands[0]
+    if v.producer is not None and v.producer.opname == "q.range":
+        v = v.producer.operands[0]
+    return v.producer is not None and v.producer.opname in UNIT_OUTPUT
+
+
+@register_pass
+@dataclass
+class AssignQmn(Pass):
+    """Choose the fractional bits n of every activation, weight and bias (Qm.n formats).
+
+    Before (``insert-qdq`` guessed n = 5 from the range [-1, 3])::
+
+        %1 = q.quantize %0 : tensor<1x4x!q.fixed<i8, 5>>
+
+    After ``-p assign-qmn{search=false}`` the same rule confirms n = 5; with
+    search and calibration data, n = 4..7 may win by squared error.
+    """
+
+    name = "assign-qmn"
+    search: bool = True
+    per_channel: bool = True
+    data: str = ""
+    samples: int = 16
+
+    def run(self, graph: Graph) -> PassResult:
+        groups = activation_groups(graph)
+        acts = self._activations(graph, groups) if self.search else {}
+        changed = 0
+        for group in groups:
+            bits = bits_of(group[0].result.type.dtype)
+            if any(_unit_output(graph, q) for q in group):
+                n = bits - 1
+            else:
+                ranges = [r for r in (range_of(q) for q in group) if r is not None]
+                m = max((max(abs(lo), abs(hi)) for lo, hi in ranges), default=0.0)
+                n = frac_bits_for(m, bits)
+                xs = [acts[id(q)] for q in group if id(q) in acts]
+                fn = _feeds_unit(graph, group)
+                if xs and fn is not None:
+                    x = xs[0].astype(np.float64)
+                    n = min(range(n - 1, n + 5), key=lambda c: (unit_output_error(x, c, bits, fn), c))
+                elif xs:
+                    x = np.concatenate([a.ravel() for a in xs]).astype(np.float64)
+                    n = min(range(n - 1, n + 3), key=lambda c: (fake_quant_error(x, c, bits), c))
+                if bits == 16 and fn is None:
+                    n -= 1  # a guard bit: resolution is plentiful, inputs beyond the calibration range are not
+            for q in group:
+                if q.result.type.quant.frac_bits != n:
+                    q.result.type = fixed_type(q.result.shape, q.result.type.dtype, n)
+                    changed += 1
+        weights = 0
+        for op in graph.ops:
+            if op.opname in WEIGHTED:
+                changed += self._weights(op)
+                weights += 1
+        return PassResult(bool(changed), {"groups": len(groups), "layers": weights, "changed": changed,
+                                          "searched": bool(acts)})
+
+    def _activations(self, graph: Graph, groups) -> Dict[int, np.ndarray]:
+        """Real values entering each activation quantize op on the calibration samples."""
+        path = self.data or context_value(self, graph, "calib")
+        if not path:
+            return {}
+        from qcc.interpreter import run_graph_all
+        import qcc.simulator  # noqa: F401  (kernels of the q.* ops)
+        wanted = {id(q): q.operands[0] for g in groups for q in g}
+        seen: Dict[int, List[np.ndarray]] = {k: [] for k in wanted}
+        for sample in load_samples(graph, path, self.samples):
+            env = run_graph_all(graph, sample)
+            for k, v in wanted.items():
+                seen[k].append(env[v])
+        return {k: np.stack(v) for k, v in seen.items() if v}
+
+    @staticmethod
+    def _fit_accumulator(w: np.ndarray, n_w: List[int], bits: int, x_dtype: str) -> List[int]:
+        """Lower n_c until xmax * sum|w_q| stays below 2^30 (half the int32 range: bias and rounding
+        get the other half), so check-quantized's worst case holds (matters for 16x16-bit layers)."""
+        xmax = 1 << (bits_of(x_dtype) - 1)
+        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        flat = w.reshape(w.shape[0], -1)
+        out = []
+        for c, n in enumerate(n_w):
+            while n > -16 and xmax * np.abs(np.clip(np.round(flat[c] * 2.0 ** n), lo, hi)).sum() >= 1 << 30:
+                n -= 1
+            out.append(n)
+        return out
+
+    def _weights(self, op: Op) -> int:
+        changed = 0
+        qw = dequantized_source(op.operands[1])
+        if qw is None or not qw.operands[0].is_constant():
+            return 0
+        w = np.asarray(qw.operands[0].constant(), np.float64)
+        bits = bits_of(qw.result.type.dtype)
+        n_w = weight_frac_bits(w, bits, self.per_channel)
+        if self.search:
+            flat = w.reshape(w.shape[0], -1)
+            if self.per_channel:
+                n_w = [min(range(n - 1, n + 3), key=lambda c: (fake_quant_error(flat[i], c, bits), c))
+                       for i, n in enumerate(n_w)]
+            else:
+                best = min(range(n_w[0] - 1, n_w[0] + 3), key=lambda c: (fake_quant_error(flat, c, bits), c))
+                n_w = [best] * len(n_w)
+        src = dequantized_source(op.operands[0])
+        if src is not None:
+            n_w = self._fit_accumulator(w, n_w, bits, src.result.type.dtype)
+        new_t = per_channel_type(w.shape, qw.result.type.dtype, n_w)
+        if new_t != qw.result.type:
+            qw.result.type = new_t
+            changed += 1
+        qb = dequantized_source(op.operands[2]) if len(op.operands) > 2 else None
+        if qb is not None and src is not None and qb.operands[0].is_constant():
+            n_x = channel_frac_bits(src.result.type)[0]
+            b = np.abs(np.asarray(qb.operands[0].constant(), np.float64))
+            n_b = []
+            for bc, nc in zip(b, n_w):
+                n = n_x + nc
+                while bc * 2.0 ** n > INT32_MAX // 4 and n > -31:  # headroom: weights take up to 2^30
+                    n -= 1
+                n_b.append(n)
+            new_b = per_channel_type(b.shape, "i32", n_b)
+            if new_b != qb.result.type:
+                qb.result.type = new_b
+                changed += 1
+        return changed

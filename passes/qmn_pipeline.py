@@ -1,0 +1,53 @@
+"""The named pipeline ``qmn``: float cleanup, then the Qm.n fixed-point flow.
+
+    qcc-opt model.onnx -p qmn --calib data.npz -o q.qir
+    qcc-opt model.onnx -p "qmn{bits=16,method=mse,weight_bits=8,per_channel=true,search=true}" --calib data.npz
+
+expands to::
+
+    canonicalize, fold-batchnorm, fuse-activation, to-nhwc, const-fold, dce,   (those registered)
+    calibrate{method, p, bits, data}, insert-qdq{bits, weight_bits, per_channel},
+    propagate-scales, assign-qmn{search, per_channel, data, samples},
+    lower-quantized{float_output}, check-quantized, dce
+
+Calibration data: the ``data`` option, else the driver's context key ``calib``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from qcc.passmanager import make_pass, register_pipeline, registered_passes
+
+FLOAT_CLEANUP = ("canonicalize", "fold-batchnorm", "fuse-activation", "to-nhwc", "const-fold", "canonicalize",
+                 "dce")
+DEFAULTS: Dict[str, Any] = {"bits": 8, "method": "percentile", "p": 99.99, "weight_bits": 0,
+                            "per_channel": True, "search": True, "float_output": False, "data": "",
+                            "samples": 16}
+
+
+def _build(options: Dict[str, Any]) -> List:
+    o = {**DEFAULTS, **options}
+    known = registered_passes()
+    passes: List = [name for name in FLOAT_CLEANUP if name in known]
+    calibrate = {"method": o["method"], "bits": str(o["bits"])}
+    if o["method"] == "percentile":
+        calibrate["p"] = str(o["p"])
+    if o["data"]:
+        calibrate["data"] = o["data"]
+    passes.append(make_pass("calibrate", calibrate))
+    passes.append(make_pass("insert-qdq", {"bits": str(o["bits"]), "weight_bits": str(o["weight_bits"]),
+                                           "per_channel": str(o["per_channel"])}))
+    passes.append("propagate-scales")
+    assign = {"search": str(o["search"]), "per_channel": str(o["per_channel"]), "samples": str(o["samples"])}
+    if o["data"]:
+        assign["data"] = o["data"]
+    passes.append(make_pass("assign-qmn", assign))
+    passes.append(make_pass("lower-quantized", {"float_output": str(o["float_output"])}))
+    passes += ["check-quantized", "dce"]
+    return passes
+
+
+register_pipeline(
+    "qmn", _build, "Quantize to Qm.n fixed point (q7/q15) and lower to integer qnn ops.",
+    {"bits": int, "method": str, "p": float, "weight_bits": int, "per_channel": bool, "search": bool,
+     "float_output": bool, "data": str, "samples": int})
