@@ -7,9 +7,13 @@
 #   examples/digits/run_on_qemu.sh                 # cortex-m4, q7, into build/digits-qemu
 #   TARGET=cortex-m7 BITS=16 OUT=/tmp/d examples/digits/run_on_qemu.sh
 #
-# Needs: qcc installed (pip install -e .), arm-none-eabi-gcc, newlib, qemu-system-arm, make.
+# First it runs .ci/setup, which installs what is missing (apt-get: the Arm
+# toolchain, newlib, QEMU, make; pip: qcc itself). SKIP_SETUP=1 skips that.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
+if [ -z "${SKIP_SETUP:-}" ]; then
+    bash "$HERE/../../.ci/setup"
+fi
 TARGET="${TARGET:-cortex-m4}"
 BITS="${BITS:-8}"
 OUT="${OUT:-build/digits-qemu}"
