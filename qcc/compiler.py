@@ -103,8 +103,11 @@ def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max
 
 
 def is_qdq(graph: Graph) -> bool:
-    """True for a pre-quantized model: QuantizeLinear/DequantizeLinear around float ops."""
-    return any(op.opname in ("q.quantize", "q.dequantize") for op in graph.ops)
+    """True for a pre-quantized model: DequantizeLinear feeding float ops (a lowered or
+    half-lowered Qm.n graph only dequantizes its outputs)."""
+    if any(op.opname.startswith("qnn.") for op in graph.ops):
+        return False
+    return any(op.opname == "q.dequantize" and graph.uses(op.result) for op in graph.ops)
 
 
 def lower_qdq(graph: Graph, *, scheme: str, model_path: str) -> None:

@@ -222,3 +222,14 @@ def test_integer_shape_ops_keep_integers():
     assert y.dtype == np.int8
     flat = xv.transpose(0, 3, 1, 2).ravel()
     assert y.ravel().tolist() == [0] + flat.tolist() + flat.tolist() + [0]
+
+
+def test_avgpool_out_shift_changes_format_in_one_rounding():
+    x = np.array([1, 2, 3, 5], np.int8).reshape(1, 2, 2, 1)  # sum 11, count 4
+    base = {"kernel": [2, 2], "act_min": -128, "act_max": 127}
+    y = run1("qnn.avgpool", x, {**base, "out_shift": -2}, fx((1, 1, 1, 1), 2))
+    assert y.ravel().tolist() == [11]                          # 11 * 4 / 4
+    y = run1("qnn.avgpool", x, {**base, "out_shift": 1}, fx((1, 1, 1, 1), -1))
+    assert y.ravel().tolist() == [1]                           # 11 / 8 = 1.375 -> 1
+    y = run1("qnn.avgpool", -x, {**base, "out_shift": 2}, fx((1, 1, 1, 1), -2))
+    assert y.ravel().tolist() == [-1]                          # -11 / 16 = -0.6875 -> -1

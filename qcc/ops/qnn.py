@@ -24,7 +24,9 @@ fused ReLU (``[0, max]``) or ReLU6 (``[0, 6 * 2^n]``).
                     single rounding: y = div_round_away(sum, count << s) for s >= 0,
                     div_round_away(sum << -s, count) for s < 0 (n_y = n_x - s)
 ``qnn.lut``:        y = table[x - storage_min] (a 256-entry table for i8 input)
-``qnn.softmax``:    see its summary below.
+``qnn.softmax``:    exp-table softmax over the last axis, output Q0.7 / Q0.15;
+``qnn.lut_interp``: i16 -> i16 map by a 257-entry table with linear interpolation;
+                    both stated exactly in qcc/ops/qnn_softmax.py.
 """
 from __future__ import annotations
 
