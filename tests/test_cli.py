@@ -263,6 +263,8 @@ def test_sim_input_errors(tmp_path):
 
 
 # ---------------------------------------------------------------- qcc
-def test_qcc_is_a_stub_for_now():
-    code, _, err = run(qcc_main, "model.onnx")
-    assert code == 1 and "not implemented yet" in err
+def test_qcc_reports_a_missing_model_without_traceback(tmp_path):
+    code, _, err = run(qcc_main, tmp_path / "missing.onnx", "-o", tmp_path / "out" / "net.c",
+                       "--target", "cortex-m4")
+    assert code != 0 and "missing.onnx" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
