@@ -189,9 +189,21 @@ def make_report(gen, graph: Graph, model: str) -> dict:
 
     return {"model": str(model), "name": gen.name, "target": gen.target,
             "arena_bytes": plan.arena_size, "arena_lower_bound_bytes": plan.lower_bound,
+            "memory": _memory(gen),
             "weight_bytes": gen.weight_bytes, "macs": sum(e["macs"] for e in layers),
             "inputs": [io(t) for t in plan.inputs], "outputs": [io(t) for t in plan.outputs],
             "layers": layers, "warnings": gen.warnings}
+
+
+def _memory(gen) -> dict:
+    """The backend's memory plan numbers (peak RAM, lower bound, RAM per layer), when it has them."""
+    import importlib
+    try:
+        plan_mod = importlib.import_module(type(gen).__module__.rsplit(".", 1)[0] + ".plan")
+    except ImportError:
+        return {}
+    report = getattr(plan_mod, "memory_report", None)
+    return report(gen.plan) if report else {}
 
 
 def _command(args: argparse.Namespace) -> int:

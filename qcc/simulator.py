@@ -165,13 +165,14 @@ def _pad_nhwc(x: np.ndarray, pads) -> np.ndarray:
     return np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
 
 
-def conv2d_acc(op, x: np.ndarray, w: np.ndarray, b=None) -> np.ndarray:
-    """The int32 accumulators ``(bias << bias_shift) + sum(x * w)`` of qnn.conv2d, NHWC, int64."""
-    a = op.attrs
-    g = a["group"]
-    sh, sw = a["strides"]
-    dh, dw = a["dilations"]
-    xp = _pad_nhwc(np.asarray(x, np.int64), a["pads"])
+def window_sums(xp: np.ndarray, w: np.ndarray, strides, dilations, group: int) -> np.ndarray:
+    """Exact ``sum(x * w)`` of an NHWC convolution over an already padded int64 input.
+
+    Shared by the Qm.n and the affine int8 simulators: only what surrounds the
+    sums (bias, zero points, requantization) differs between them.
+    """
+    sh, sw = strides
+    dh, dw = dilations
     n, hp, wp, c = xp.shape
     cout, kh, kw, cg = w.shape
     oh = (hp - dh * (kh - 1) - 1) // sh + 1
@@ -180,15 +181,22 @@ def conv2d_acc(op, x: np.ndarray, w: np.ndarray, b=None) -> np.ndarray:
     # [N, OH, OW, KH, KW, C] view of every window.
     cols = np.lib.stride_tricks.as_strided(
         xp, (n, oh, ow, kh, kw, c), (s[0], s[1] * sh, s[2] * sw, s[1] * dh, s[2] * dw, s[3]), writeable=False)
-    cols = cols.reshape(n, oh, ow, kh, kw, g, cg)
-    wg = np.asarray(w, np.int64).reshape(g, cout // g, kh, kw, cg)
-    acc = np.empty((n, oh, ow, g, cout // g), np.int64)
-    for gi in range(g):
+    cols = cols.reshape(n, oh, ow, kh, kw, group, cg)
+    wg = np.asarray(w, np.int64).reshape(group, cout // group, kh, kw, cg)
+    acc = np.empty((n, oh, ow, group, cout // group), np.int64)
+    for gi in range(group):
         lhs = cols[..., gi, :].reshape(n * oh * ow, kh * kw * cg)
-        rhs = wg[gi].reshape(cout // g, kh * kw * cg).T
-        acc[..., gi, :] = _exact_matmul(lhs, rhs).reshape(n, oh, ow, cout // g)
-    acc = acc.reshape(n, oh, ow, cout)
-    return acc + _bias_term(op, b, cout)
+        rhs = wg[gi].reshape(cout // group, kh * kw * cg).T
+        acc[..., gi, :] = _exact_matmul(lhs, rhs).reshape(n, oh, ow, cout // group)
+    return acc.reshape(n, oh, ow, cout)
+
+
+def conv2d_acc(op, x: np.ndarray, w: np.ndarray, b=None) -> np.ndarray:
+    """The int32 accumulators ``(bias << bias_shift) + sum(x * w)`` of qnn.conv2d, NHWC, int64."""
+    a = op.attrs
+    xp = _pad_nhwc(np.asarray(x, np.int64), a["pads"])
+    acc = window_sums(xp, w, a["strides"], a["dilations"], a["group"])
+    return acc + _bias_term(op, b, w.shape[0])
 
 
 @kernel("qnn.conv2d")

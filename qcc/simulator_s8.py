@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from .interpreter import kernel
-from .simulator import INT32_MAX, INT32_MIN, _check_int32, _exact_matmul
+from .simulator import INT32_MAX, INT32_MIN, _check_int32, _exact_matmul, window_sums
 
 # ---------------------------------------------------------------- multipliers
 
@@ -113,27 +113,10 @@ def _epilogue(op, acc):
 def conv2d_acc_s8(op, x, w, b=None) -> np.ndarray:
     """``bias + sum((x - input_zp) * w)`` of s8.conv2d, NHWC, int64 (padding contributes 0)."""
     a = op.attrs
-    g = a["group"]
-    sh, sw = a["strides"]
-    dh, dw = a["dilations"]
     pt, pl, pb, pr = a["pads"]
     xs = np.asarray(x, np.int64) - a["input_zp"]
     xp = np.pad(xs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    n, hp, wp, c = xp.shape
-    cout, kh, kw, cg = w.shape
-    oh = (hp - dh * (kh - 1) - 1) // sh + 1
-    ow = (wp - dw * (kw - 1) - 1) // sw + 1
-    s = xp.strides
-    cols = np.lib.stride_tricks.as_strided(
-        xp, (n, oh, ow, kh, kw, c), (s[0], s[1] * sh, s[2] * sw, s[1] * dh, s[2] * dw, s[3]), writeable=False)
-    cols = cols.reshape(n, oh, ow, kh, kw, g, cg)
-    wg = np.asarray(w, np.int64).reshape(g, cout // g, kh, kw, cg)
-    acc = np.empty((n, oh, ow, g, cout // g), np.int64)
-    for gi in range(g):
-        lhs = cols[..., gi, :].reshape(n * oh * ow, kh * kw * cg)
-        rhs = wg[gi].reshape(cout // g, kh * kw * cg).T
-        acc[..., gi, :] = _exact_matmul(lhs, rhs).reshape(n, oh, ow, cout // g)
-    acc = acc.reshape(n, oh, ow, cout)
+    acc = window_sums(xp, w, a["strides"], a["dilations"], a["group"])
     return acc if b is None else acc + np.asarray(b, np.int64)
 
 

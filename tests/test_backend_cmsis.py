@@ -168,13 +168,16 @@ def test_float_output_api(tmp_path):
 
 def test_memory_plan_reuses_and_respects_lifetimes():
     g = random_graph(8, 0)
-    plan = generate(g, "net", "cortex-m4").plan
+    from qcc.backends.cmsis.plan import make_plan
+    plan = make_plan(g, inplace=False)  # without in-place layers: never below the lower bound
     assert plan.lower_bound <= plan.arena_size < sum(b.size for b in plan.buffers)
     for a in plan.buffers:
         assert a.offset % 8 == 0
         for b in plan.buffers:
             if a is not b and a.start <= b.end and b.start <= a.end:  # live together: disjoint bytes
                 assert a.offset + a.size <= b.offset or b.offset + b.size <= a.offset
+    # with in-place layers, overlaps are only the checked in-place pairs (tests/test_memory_plan.py)
+    assert generate(g, "net", "cortex-m4").plan.arena_size <= plan.arena_size
 
 
 def test_deterministic_output():

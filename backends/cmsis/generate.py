@@ -29,7 +29,7 @@ from qcc.types import FixedPoint, UniformQuant
 
 from .layers import LayerBuilder, ctype, format_values, storage_min_max
 from .naming import c_comment, c_identifier
-from .plan import Plan, make_plan
+from .plan import Plan, _nbytes, make_plan
 from .targets import TARGETS
 
 FIRMWARE_FILES = ("startup.c", "semihost_io.c", "semihost_io.h", "fw_sections.ld")
@@ -109,27 +109,26 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     builder = LayerBuilder(name)
     env = _environment()
 
+    def arena_ptr(offset: int, t: str, const: bool) -> str:
+        return f"({'const ' if const else ''}{t} *)({name}_arena + {offset})"
+
     def ptr(v, const: bool) -> str:
         kind, where = plan.where(v)
-        t = ctype(v)
-        if kind == "input":
-            return f"in{where}"
-        if kind == "output":
-            return f"out{where}"
         if kind == "const":
             return builder.const_value(v, "constant")
-        return f"({'const ' if const else ''}{t} *)({name}_arena + {where})"
+        return arena_ptr(where, ctype(v), const)
 
     layers, calls, layer_info = [], [], []
     for i, step in enumerate(plan.steps):
         if step.op is None:
-            src = ptr(step.inputs[0], True)
-            if step.kind == "copy":
-                calls.append(f"memcpy(out{step.out_index}, {src}, {step.inputs[0].type.size} * sizeof(*out{step.out_index}));")
-            else:
-                calls.append(f"{name}_dequantize_output{step.out_index}({src}, out{step.out_index});")
+            v = step.inputs[0]
+            dst = arena_ptr(plan.output_offsets[step.out_index], ctype(v), False)
+            calls.append(f"memcpy({dst}, {ptr(v, True)}, {_nbytes(v)});")
             continue
         ctx = builder.build(i, step.op)
+        # An in-place layer's input and output alias (plan.py, inplace.py): no restrict then.
+        ctx["restrict"] = "" if plan.is_inplace(step) else "restrict "
+        ctx["reverse"] = plan.is_reversed(step)  # output loops last to first (conv2d.j2)
         macro = getattr(env.get_template(f"ops/{ctx['kind']}.j2").module, ctx["kind"])
         layers.append(str(macro(ctx)).strip("\n"))
         args = [ptr(v, True) for v in step.inputs] + [ptr(step.output, False)]
@@ -143,6 +142,10 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     for t in inputs:
         t["offset"] = offset
         offset += t["size"]
+    for t, off in zip(inputs, plan.input_offsets):
+        t["arena_ptr"] = arena_ptr(off, t["ctype"], False)
+    for t, off in zip(outputs, plan.output_offsets):
+        t["arena_ptr"] = arena_ptr(off, t["ctype"], False)
     params = [f"const {t['ctype']} *in{t['index']}" for t in inputs]
     params += [f"{'float' if float_output else t['ctype']} *out{t['index']}" for t in outputs]
     consts = [{"symbol": c.symbol, "ctype": c.ctype, "count": len(c.values), "comment": c.comment,

@@ -6,24 +6,32 @@ itself); an output is the operand of the ``q.dequantize`` that produces a
 float graph output (or an integer graph output itself). Everything between is
 run by ``steps``, in the graph's topological order.
 
-Memory: every tensor lives in one of the caller's input buffers, the caller's
-output buffers, a weight array, or the single static arena. Reshape-like ops
-(``ALIAS_OPS``) cost nothing: their result *is* their operand's bytes, so a
-buffer's lifetime covers all its aliases. A buffer is live from the step that
-writes it to the last step that reads it (both inclusive, so an op's output
-never overlaps its inputs). Offsets come from a greedy first fit over buffers
-sorted by size (largest first): each takes the lowest 8-byte aligned offset
-that overlaps no already placed buffer whose lifetime meets its own.
-``arena_size`` is the end of the highest buffer; ``lower_bound`` is the
-largest total of simultaneously live bytes (no plan can do better).
+Memory: every tensor lives in the single static arena or is a weight array:
+the API inputs (the caller writes them before step 0, ``NAME_input*()``),
+the API outputs (live until after the last step, ``NAME_output*()``) and
+every step's result. Reshape-like ops (``ALIAS_OPS``) cost nothing: their
+result *is* their operand's bytes, so a buffer's lifetime covers all its
+aliases. A buffer is live from the step that writes it to the last step that
+reads it (both inclusive, so an op's output never overlaps its inputs) —
+except in-place layers (``inplace.py``): an output may sit ``disp`` bytes
+from an operand that dies at its step when the kernel's loop order proves no
+store hits a byte read later. Linked buffers form chains placed as one
+block. Blocks are placed largest first by best fit (TFLite Micro's greedy
+planner: the smallest gap between conflicting blocks that fits) or first
+fit, whichever gives the smaller arena. ``arena_size`` is the end of the
+highest buffer; ``lower_bound`` is the largest total of simultaneously live
+bytes (no plan without in-place layers can do better); ``check_plan``
+verifies that no two live buffers share a byte except legal in-place pairs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from qcc.errors import UnsupportedModelError
+from qcc.errors import QccError, UnsupportedModelError
 from qcc.graph import Graph, Op, Value
+
+from .inplace import INPLACE_OPS, max_displacement, min_displacement_reversed
 
 ALIAS_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze"})
 COMPUTE_OPS = frozenset({
@@ -35,6 +43,10 @@ S8_OPS = frozenset({"s8.conv2d", "s8.dense", "s8.add", "s8.requantize", "s8.maxp
 COMPUTE_OPS = COMPUTE_OPS | S8_OPS
 WEIGHTED_OPS = ("qnn.conv2d", "qnn.dense", "s8.conv2d", "s8.dense")
 ALIGN = 8
+
+
+class PlanError(QccError):
+    """The memory plan broke its own invariant (a compiler bug, never the user's input)."""
 
 
 @dataclass
@@ -57,6 +69,23 @@ class Buffer:
 
 
 @dataclass
+class Link:
+    """An output written over ``src``, the operand that dies at its step, ``disp`` bytes from it.
+
+    ``limit`` is the kernel's bound (inplace.py): disp <= limit when the loops
+    run forward, disp >= limit when they run last to first (``reverse``).
+    """
+
+    src: Buffer
+    disp: int
+    limit: int
+    reverse: bool = False
+
+    def allows(self, disp: int) -> bool:
+        return disp >= self.limit if self.reverse else disp <= self.limit
+
+
+@dataclass
 class Step:
     """One call in the run function: an op of the graph, or a synthetic copy/dequantize to an output."""
 
@@ -76,6 +105,27 @@ class Plan:
     location: Dict[int, Tuple[str, int]] = field(default_factory=dict)  # id(root) -> (kind, index/offset)
     arena_size: int = 0
     lower_bound: int = 0
+    input_offsets: List[int] = field(default_factory=list)   # arena offset of API input i
+    output_offsets: List[int] = field(default_factory=list)  # arena offset of API output j
+    inplace: Dict[int, "Link"] = field(default_factory=dict)  # id(output buffer) -> its in-place link
+    live_bytes: List[int] = field(default_factory=list)      # bytes live during each step (no in-place)
+
+    def is_inplace(self, step: "Step") -> bool:
+        """True when ``step`` writes its output over one of its dying operands."""
+        return self._link(step) is not None
+
+    def is_reversed(self, step: "Step") -> bool:
+        """True when ``step`` runs in place with its output loops last to first (conv2d.j2 ``reverse``)."""
+        link = self._link(step)
+        return link is not None and link.reverse
+
+    def _link(self, step: "Step") -> Optional["Link"]:
+        if step.output is None:
+            return None
+        for b in self.buffers:
+            if b.root is step.output:
+                return self.inplace.get(id(b))
+        return None
 
     def root(self, v: Value) -> Value:
         return alias_root(v)
@@ -136,7 +186,12 @@ def find_io(graph: Graph) -> Tuple[List[TensorIO], List[TensorIO], set]:
     return inputs, outputs, boundary
 
 
-def make_plan(graph: Graph, float_output: bool = False) -> Plan:
+def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) -> Plan:
+    """Schedule ``graph`` and place every API and intermediate tensor in the arena.
+
+    ``float_output`` only changes the run wrapper (it dequantizes the in-arena
+    outputs); ``inplace=False`` turns off in-place layers (for comparisons).
+    """
     inputs, outputs, boundary = find_io(graph)
     bad = []
     steps: List[Step] = []
@@ -162,38 +217,234 @@ def make_plan(graph: Graph, float_output: bool = False) -> Plan:
         raise UnsupportedModelError("the cmsis backend cannot compile these ops of graph "
                                     f"@{graph.name}: " + "; ".join(bad))
 
-    location: Dict[int, Tuple[str, int]] = {}
-    for io in inputs:
-        location.setdefault(id(alias_root(io.value)), ("input", io.index))
-    produced = {id(s.output) for s in steps}
-    for io in outputs:
-        r = alias_root(io.value)
-        if not float_output and id(r) in produced and id(r) not in location:
-            location[id(r)] = ("output", io.index)
-        else:
-            steps.append(Step("dequantize" if float_output else "copy", None, [io.value], None, io.index))
+    # Buffers: API inputs (written by the caller before step 0), every step's result, and an own
+    # buffer per API output (an output whose tensor is an input, a constant or another output's
+    # gets a copy step). Outputs stay live after the last step, so the caller can read them.
     buffers: List[Buffer] = []
     by_root: Dict[int, Buffer] = {}
+    location: Dict[int, Tuple[str, int]] = {}
+    for io in inputs:
+        r = alias_root(io.value)
+        if id(r) not in by_root:
+            by_root[id(r)] = Buffer(r, _nbytes(r), 0, 0)
+            buffers.append(by_root[id(r)])
+    out_buffers: List[Buffer] = []
+    produced = {id(s.output) for s in steps}
+    claimed = set()
+    for io in outputs:
+        r = alias_root(io.value)
+        if id(r) in produced and id(r) not in claimed:
+            claimed.add(id(r))
+            out_buffers.append(None)  # filled when its step is reached
+        else:
+            steps.append(Step("copy", None, [io.value], None, io.index))
+            out_buffers.append(Buffer(io.value, _nbytes(io.value), -1, -1))
+    last = len(steps)
     for i, s in enumerate(steps):
         for v in s.inputs:
             b = by_root.get(id(alias_root(v)))
             if b is not None:
                 b.end = max(b.end, i)
-        if s.output is not None and id(s.output) not in location:
+        if s.output is not None:
             b = Buffer(s.output, _nbytes(s.output), i, i)
             by_root[id(s.output)] = b
             buffers.append(b)
-    placed: List[Buffer] = []
-    for b in sorted(buffers, key=lambda b: (-b.size, b.start)):
-        spans = sorted((p.offset, p.offset + p.size) for p in placed if p.start <= b.end and b.start <= p.end)
-        off = 0
-        for lo, hi in spans:
-            if off + b.size <= lo:
-                break
-            off = max(off, -(-hi // ALIGN) * ALIGN)
-        b.offset = off
-        placed.append(b)
-        location[id(b.root)] = ("arena", off)
-    arena = max((b.offset + b.size for b in buffers), default=0)
-    lower = max((sum(b.size for b in buffers if b.start <= i <= b.end) for i in range(len(steps))), default=0)
-    return Plan(inputs, outputs, steps, buffers, location, arena, lower)
+        else:
+            b = out_buffers[s.out_index]
+            b.start = b.end = i
+            buffers.append(b)
+    for j, io in enumerate(outputs):
+        b = out_buffers[j] if out_buffers[j] is not None else by_root[id(alias_root(io.value))]
+        out_buffers[j] = b
+        b.end = last
+    in_buffers = [by_root[id(alias_root(io.value))] for io in inputs]
+
+    # In-place candidates: a step may displace its output onto an operand that dies there.
+    # A chain of in-place layers drifts by the sum of its displacements (forward kernels move down);
+    # a reversible kernel may instead move up, so each link takes the direction that keeps the
+    # chain's footprint (the span of its members) smallest.
+    links: Dict[int, Link] = {}   # id(output buffer) -> link to the dying operand it overwrites
+    rel: Dict[int, int] = {}      # offset of a chained buffer relative to its chain's head
+    span: Dict[int, Tuple[int, int]] = {}   # chain head id -> (lowest, highest) byte relative to the head
+    head: Dict[int, int] = {}
+    if inplace:
+        taken = set()
+        for i, s in enumerate(steps):
+            if s.op is None or s.op.opname not in INPLACE_OPS:
+                continue
+            out = by_root[id(s.output)]
+            best = None
+            for v in s.inputs:
+                src = by_root.get(id(alias_root(v)))
+                if src is None or src.end != i or id(src) in taken:
+                    continue
+                # every operand reading the same bytes constrains the displacement
+                same = [j for j, w in enumerate(s.inputs) if alias_root(w) is src.root]
+                fwd = [max_displacement(s.op, j) for j in same]
+                rev = [min_displacement_reversed(s.op, j) for j in same]
+                options = []
+                if all(d is not None for d in fwd):
+                    limit = min(fwd)
+                    options.append(Link(src, min(limit, 0) // ALIGN * ALIGN, limit, False))
+                if all(d is not None for d in rev):
+                    limit = max(rev)
+                    options.append(Link(src, -(-max(limit, 0) // ALIGN) * ALIGN, limit, True))
+                h = head.get(id(src), id(src))
+                base = rel.get(id(src), 0)
+                lo, hi = span.get(h, (0, src.size))
+                for link in options:
+                    r = base + link.disp
+                    if r + out.size <= base or r >= base + src.size:
+                        continue  # no overlap with its input: nothing to gain
+                    cost = (max(hi, r + out.size) - min(lo, r), link.reverse)
+                    if best is None or cost < best[0]:
+                        best = (cost, link, h, r)
+            if best is not None:
+                (_, link, h, r) = best
+                links[id(out)] = link
+                taken.add(id(link.src))
+                rel.setdefault(id(link.src), 0)
+                head.setdefault(id(link.src), h)
+                rel[id(out)], head[id(out)] = r, h
+                lo, hi = span.get(h, (0, link.src.size))
+                span[h] = (min(lo, r), max(hi, r + out.size))
+
+    # Chains move as one block (see _place), which can cost more than a link saves; so drop, one at a
+    # time in schedule order, every link whose removal makes the arena smaller. Then keep the best of
+    # best fit / first fit (ties: best fit, TFLM's choice).
+    def evaluate(chosen):
+        results = []
+        for rank, fit in enumerate(("best", "first")):
+            placement = _place(buffers, chosen, fit)
+            results.append((max((b.size + placement[id(b)] for b in buffers), default=0), rank, placement))
+        return min(results, key=lambda r: r[:2])
+
+    used_links = dict(links)
+    arena, _, placement = evaluate(used_links)
+    for key in list(links):
+        trial = {k: v for k, v in used_links.items() if k != key}
+        result = evaluate(trial)
+        if result[0] < arena:
+            used_links, (arena, _, placement) = trial, result
+    plain = evaluate({})
+    if plain[0] <= arena:  # in-place layers never make the arena larger than the plain plan
+        used_links, (arena, _, placement) = {}, plain
+    for b in buffers:
+        b.offset = placement[id(b)]
+        location[id(b.root)] = ("arena", b.offset)
+    nsteps = max(last, 1)
+    live = [sum(b.size for b in buffers if b.start <= i <= b.end) for i in range(nsteps)]
+    plan = Plan(inputs, outputs, steps, buffers, location, arena, max(live, default=0))
+    plan.input_offsets = [b.offset for b in in_buffers]
+    plan.output_offsets = [b.offset for b in out_buffers]
+    plan.inplace = dict(used_links)
+    plan.live_bytes = live[:len(steps)]
+    check_plan(plan)
+    return plan
+
+
+def _place(buffers: List[Buffer], links: Dict[int, Link], fit: str) -> Dict[int, int]:
+    """Offsets for ``buffers``: linked chains move as one block; ``fit`` is "best" (TFLM) or "first".
+
+    A chain (input -> in-place output -> ...) becomes one block whose extent
+    covers all members at their displacements and whose lifetime runs from the
+    first member's start to the last member's end. Blocks are placed largest
+    first; "best" takes the smallest gap between conflicting placed blocks that
+    fits, "first" the lowest one.
+    """
+    parent = {k: link.src for k, link in links.items()}
+    disp = {k: link.disp for k, link in links.items()}
+    rel: Dict[int, int] = {}
+    head: Dict[int, Buffer] = {}
+
+    def resolve(b: Buffer):
+        if id(b) in rel:
+            return
+        if id(b) in parent:
+            p = parent[id(b)]
+            resolve(p)
+            rel[id(b)] = rel[id(p)] + disp[id(b)]
+            head[id(b)] = head[id(p)]
+        else:
+            rel[id(b)], head[id(b)] = 0, b
+    for b in buffers:
+        resolve(b)
+    blocks: Dict[int, List[Buffer]] = {}
+    for b in buffers:
+        blocks.setdefault(id(head[id(b)]), []).append(b)
+    items = []
+    for members in blocks.values():
+        lo = min(rel[id(b)] for b in members)
+        hi = max(rel[id(b)] + b.size for b in members)
+        items.append((hi - lo, min(b.start for b in members), max(b.end for b in members), lo, members))
+    items.sort(key=lambda t: (-t[0], t[1]))
+    placed: List[Tuple[int, int, int, int]] = []   # (offset, size, start, end)
+    offsets: Dict[int, int] = {}
+    for size, start, end, lo, members in items:
+        spans = sorted((o, o + s) for o, s, a, z in placed if a <= end and start <= z)
+        off, best, best_gap = 0, None, None
+        for s_lo, s_hi in spans:
+            gap = s_lo - off
+            if gap >= size and (best is None or gap < best_gap):
+                best, best_gap = off, gap
+                if fit == "first":
+                    break
+            off = max(off, -(-s_hi // ALIGN) * ALIGN)
+        if best is None:
+            best = off
+        placed.append((best, size, start, end))
+        for b in members:
+            offsets[id(b)] = best + rel[id(b)] - lo
+    return offsets
+
+
+def check_plan(plan: Plan) -> None:
+    """Raise PlanError unless no two simultaneously live buffers share a byte (in-place pairs excepted).
+
+    An in-place pair is an output and the operand that dies at its step, with
+    the output displaced within what ``inplace.py`` allows for the kernel's loop direction.
+    """
+    problems = []
+    bufs = plan.buffers
+    for b in bufs:
+        if b.offset < 0 or b.offset % ALIGN or b.offset + b.size > plan.arena_size:
+            problems.append(f"buffer {_describe(b.root)} at {b.offset}+{b.size} outside/unaligned in arena "
+                            f"{plan.arena_size}")
+    for i, a in enumerate(bufs):
+        for b in bufs[i + 1:]:
+            if not (a.start <= b.end and b.start <= a.end):
+                continue
+            if a.offset < b.offset + b.size and b.offset < a.offset + a.size:
+                ok = False
+                for out, src in ((a, b), (b, a)):
+                    link = plan.inplace.get(id(out))
+                    if link is not None and link.src is src and out.start == src.end \
+                            and link.allows(out.offset - src.offset):
+                        ok = True
+                if not ok:
+                    problems.append(f"buffers {_describe(a.root)} [{a.start},{a.end}] @{a.offset}+{a.size} and "
+                                    f"{_describe(b.root)} [{b.start},{b.end}] @{b.offset}+{b.size} overlap")
+    if problems:
+        raise PlanError("memory plan is invalid (a qcc bug): " + "; ".join(problems))
+
+
+def memory_report(plan: Plan) -> dict:
+    """The plan's numbers for reports: arena (peak RAM), lower bound, and RAM per layer.
+
+    ``lower_bound_bytes`` is the largest total of simultaneously live tensors
+    (inputs and outputs included) when no layer runs in place: no plan without
+    in-place layers can use less. ``arena_bytes`` may go below it thanks to
+    in-place layers. Per layer, ``live_bytes`` is that live total during the
+    step and ``offset`` where its result sits.
+    """
+    where = {id(b.root): b for b in plan.buffers}
+    layers = []
+    for i, s in enumerate(plan.steps):
+        b = where.get(id(s.output)) if s.output is not None else None
+        layers.append({"step": i, "op": s.kind, "name": s.op.name if s.op is not None else f"output{s.out_index}",
+                       "live_bytes": plan.live_bytes[i], "bytes": b.size if b else 0,
+                       "offset": b.offset if b else plan.output_offsets[s.out_index],
+                       "in_place": plan.is_inplace(s)})
+    return {"arena_bytes": plan.arena_size, "lower_bound_bytes": plan.lower_bound,
+            "input_offsets": list(plan.input_offsets), "output_offsets": list(plan.output_offsets),
+            "in_place_layers": sum(1 for s in plan.steps if plan.is_inplace(s)), "layers": layers}

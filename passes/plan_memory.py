@@ -1,0 +1,41 @@
+"""plan-memory: report the static memory plan of a lowered graph (the graph is not changed).
+
+The plan itself needs back-end facts (which kernels may run in place and at
+which displacement depends on their loop order in the C templates), so it
+lives in the back end (``backends/cmsis/plan.py``, ``inplace.py``); this pass
+is the thin wrapper that runs it on a graph and reports its numbers as stats:
+
+    arena_bytes        peak RAM: inputs, outputs and activations in one arena
+    lower_bound_bytes  max over steps of the bytes live at once without in-place layers
+    in_place_layers    layers writing over an operand that dies at them
+    live_bytes         bytes live during each step, in schedule order
+
+``inplace=false`` plans without in-place layers (then arena >= lower bound).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qcc.graph import Graph
+from qcc.passmanager import Pass, PassResult, register_pass
+
+
+@register_pass
+@dataclass
+class PlanMemory(Pass):
+    """Compute the static memory plan (peak RAM, lower bound, RAM per layer); changes nothing."""
+
+    name = "plan-memory"
+    backend: str = "cmsis"
+    inplace: bool = True
+
+    def run(self, graph: Graph) -> PassResult:
+        from qcc.backends import get_backend
+        plan_mod = get_backend(self.backend).plan
+        plan = plan_mod.make_plan(graph, inplace=self.inplace)
+        report = plan_mod.memory_report(plan)
+        self.report = report
+        return PassResult(False, {"arena_bytes": report["arena_bytes"],
+                                  "lower_bound_bytes": report["lower_bound_bytes"],
+                                  "in_place_layers": report["in_place_layers"],
+                                  "live_bytes": [e["live_bytes"] for e in report["layers"]]})
