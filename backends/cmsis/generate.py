@@ -49,9 +49,14 @@ class GeneratedModel:
 
 
 def find_firmware_dir() -> Optional[Path]:
-    """examples/firmware of the qcc checkout (or $QCC_FIRMWARE_DIR); None when absent."""
+    """$QCC_FIRMWARE_DIR, else the installed ``qcc.firmware`` (examples/firmware); None when absent."""
     env = os.environ.get("QCC_FIRMWARE_DIR")
     candidates = [Path(env)] if env else []
+    try:
+        import qcc.firmware
+        candidates.append(Path(qcc.firmware.__file__).resolve().parent)
+    except ImportError:
+        pass
     candidates.append(Path(__file__).resolve().parents[2] / "examples" / "firmware")
     for c in candidates:
         if all((c / f).is_file() for f in FIRMWARE_FILES):

@@ -1,13 +1,15 @@
 """Cortex-M targets of the cmsis backend: compiler flags, QEMU board, linker script.
 
-The same table as examples/firmware/targets.py (tests/test_backend_cmsis.py
-checks that they agree); repeated here because the firmware folder is not part
-of the installed package.
+The table itself lives with the firmware (``qcc.firmware.targets``, the
+checkout's examples/firmware) so the Makefiles, the firmware self-tests and
+the back end read one source.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Tuple
+
+from qcc.firmware.targets import TARGETS as _FIRMWARE_TARGETS
 
 
 @dataclass(frozen=True)
@@ -22,16 +24,5 @@ class Target:
         return self.name not in ("cortex-m0", "cortex-m0plus", "cortex-m3")
 
 
-TARGETS = {t.name: t for t in (
-    Target("cortex-m0", ("-mcpu=cortex-m0", "-mthumb", "-mfloat-abi=soft"), "mps2-an385", "mps2.ld"),
-    Target("cortex-m0plus", ("-mcpu=cortex-m0plus", "-mthumb", "-mfloat-abi=soft"), "mps2-an385", "mps2.ld"),
-    Target("cortex-m3", ("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"), "mps2-an385", "mps2.ld"),
-    Target("cortex-m4", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
-           "mps2-an386", "mps2.ld"),
-    Target("cortex-m7", ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16"),
-           "mps2-an500", "mps2.ld"),
-    Target("cortex-m33", ("-mcpu=cortex-m33", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16"),
-           "mps2-an505", "mps2-an505.ld"),
-    Target("cortex-m55", ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard", "-mfpu=auto"),
-           "mps3-an547", "mps3-an547.ld"),
-)}
+TARGETS = {name: Target(name, tuple(t.cpu_flags), t.qemu_machine, t.linker_script)
+           for name, t in _FIRMWARE_TARGETS.items()}
