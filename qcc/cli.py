@@ -19,7 +19,7 @@ import contextlib
 import io
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -80,7 +80,7 @@ def _writing(path: str):
         raise InputError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-def load_graph(path: str) -> Graph:
+def load_graph(path: str, input_shapes: Optional[Dict[str, Tuple[int, ...]]] = None) -> Graph:
     """A graph from a .qir file, an .onnx model, or IR text on stdin ('-')."""
     from .parser import parse, parse_file
     if path == "-":
@@ -94,7 +94,7 @@ def load_graph(path: str) -> Graph:
         return parse_file(p)
     if p.suffix == ".onnx":
         from .loader import load_model
-        return load_model(p)
+        return load_model(p, input_shapes or None)
     raise InputError(f"cannot tell the format of {path}: expected a .qir or .onnx file")
 
 
@@ -125,14 +125,40 @@ def _opt_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--timing", action="store_true", help="print the time each pass took to stderr")
     p.add_argument("--pass-stats", action="store_true", help="print each pass's statistics to stderr")
     _add_quant_options(p)
+    _add_input_shape_option(p)
     return p
 
 
-def _add_quant_options(p: argparse.ArgumentParser):
-    """--calib / --act-max / --report: handed to passes as their context (keys calib, act_max)."""
+def _add_input_shape_option(p: argparse.ArgumentParser):
+    p.add_argument("--input-shape", metavar="NAME=1x49x10x1", action="append", default=[],
+                   help="fix the shape of an ONNX input whose dimensions are dynamic (repeatable)")
+
+
+def parse_input_shapes(specs: Sequence[str]) -> Dict[str, Tuple[int, ...]]:
+    """``NAME=1x49x10x1`` options as {name: shape}."""
+    shapes = {}
+    for spec in specs:
+        name, sep, dims = spec.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or any(d <= 0 for d in shape):
+            raise InputError(f"--input-shape takes NAME=DxDx... with positive dimensions, got '{spec}'")
+        shapes[name] = shape
+    return shapes
+
+
+def _add_calib_options(p: argparse.ArgumentParser):
+    """--calib / --act-max: handed to passes as their context (keys calib, act_max)."""
     p.add_argument("--calib", metavar="DATA", help="calibration data (.npz keyed by input name, .npy or a folder)")
     p.add_argument("--act-max", metavar="NAME=M", action="append", default=[],
                    help="force the range [-M, M] on a tensor (repeatable, or a .json file)")
+
+
+def _add_quant_options(p: argparse.ArgumentParser):
+    """--calib / --act-max / --report."""
+    _add_calib_options(p)
     p.add_argument("--report", metavar="REPORT.md",
                    help="write a per-layer quantization report (format, range, SQNR vs float) here")
 
@@ -199,7 +225,7 @@ def _opt(args: argparse.Namespace) -> int:
     elide_over = ELIDE_OVER if args.elide else None
     pm = PassManager.parse(args.pipeline, print_ir_after_all=args.print_ir_after_all,
                            print_ir_after=args.print_ir_after, stream=sys.stderr, elide_over=elide_over)
-    graph = load_graph(args.input)
+    graph = load_graph(args.input, parse_input_shapes(args.input_shape))
     _set_context(pm.passes, args)
     report = _run_with_report(pm, graph, args)
     if args.timing:
@@ -236,6 +262,11 @@ def _sim_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT.npz", help="save the outputs here (default: print them)")
     _add_pipeline_option(p, "passes to run on the model before simulating it")
     _add_plugin_option(p)
+    _add_calib_options(p)
+    _add_input_shape_option(p)
+    p.add_argument("--raw", action="store_true",
+                   help="save the integer tensors of a quantized graph's outputs (before their dequantize) "
+                        "instead of the dequantized floats")
     return p
 
 
@@ -255,7 +286,16 @@ def load_inputs(path: str, graph: Graph) -> Dict[str, np.ndarray]:
                              f"{len(graph.inputs)} inputs ({names}); give an .npz keyed by input name")
         return {graph.inputs[0].name: data}
     with data:
-        return {k: data[k] for k in data.files}
+        arrays = {k: data[k] for k in data.files}
+    names = [v.name for v in graph.inputs]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise InputError(f"{path} has no array for input {', '.join(missing)} of graph @{graph.name} "
+                         f"(its keys: {', '.join(arrays) or 'none'}; inputs: {', '.join(names)})")
+    extra = sorted(set(arrays) - set(names))
+    if extra:  # datasets often carry labels beside the inputs
+        print(f"note: ignoring {path} keys that name no graph input: {', '.join(extra)}", file=sys.stderr)
+    return {n: arrays[n] for n in names}
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -263,8 +303,11 @@ def _sim(args: argparse.Namespace) -> int:
     from .passmanager import PassManager
     _load_plugins(args.load_pass_plugin)
     pm = PassManager.parse(args.pipeline)
-    graph = load_graph(args.model)
+    graph = load_graph(args.model, parse_input_shapes(args.input_shape))
+    _set_context(pm.passes, args)
     pm.run(graph)
+    if args.raw:
+        _output_raw_integers(graph)
     outputs = run_batched(graph, load_inputs(args.inputs, graph))
     if args.output:
         from .printer import atomic_write_files
@@ -277,6 +320,16 @@ def _sim(args: argparse.Namespace) -> int:
             print(f"{name}: {a.dtype} {list(a.shape)}")
             print(np.array2string(a, threshold=64))
     return 0
+
+
+def _output_raw_integers(graph: Graph):
+    """Make each dequantized output of ``graph`` give its stored integers instead."""
+    raw = [v.producer.operands[0] if v.producer is not None and v.producer.opname == "q.dequantize" else v
+           for v in graph.outputs]
+    if all(v.type.is_float for v in raw):
+        raise InputError(f"--raw needs a quantized graph; the outputs of @{graph.name} are float "
+                         f"(run a quantizing pipeline first, e.g. -p qmn --calib DATA)")
+    graph.set_outputs(raw, graph.output_names)
 
 
 def sim_main(argv: Optional[Sequence[str]] = None) -> int:

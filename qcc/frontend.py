@@ -265,9 +265,18 @@ def _pin_input_shapes(model, input_shapes: Optional[dict], source: str):
         tt = vi.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
         if vi.name in given:
+            declared = dims
             dims = [int(d) for d in given[vi.name]]
             if any(d <= 0 for d in dims):
                 raise InputError(f"{source}: --input-shape {vi.name}: dimensions must be positive, got {dims}")
+            if tt.HasField("shape") and len(declared) != len(dims):
+                shown = "x".join(str(d) if d else "N" for d in declared)
+                raise InputError(f"{source}: --input-shape {vi.name} gives {len(dims)} dimensions but the model "
+                                 f"declares {len(declared)} ({shown})")
+            clash = [(i, d, g) for i, (d, g) in enumerate(zip(declared, dims)) if d is not None and d != g]
+            if tt.HasField("shape") and clash:
+                i, d, g = clash[0]
+                raise InputError(f"{source}: --input-shape {vi.name}: dimension {i} is {d} in the model, not {g}")
         elif dims and dims[0] is None:
             dims[0] = 1
         if not tt.HasField("shape") and vi.name not in given:

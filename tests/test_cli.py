@@ -256,7 +256,7 @@ def test_sim_input_errors(tmp_path):
     assert code == 1 and "holds one array but graph @big has 2 inputs (x, z)" in err
     np.savez(tmp_path / "wrong.npz", x=np.zeros(20, np.float32), q=np.zeros(20, np.float32))
     code, _, err = run(sim_main, src, "--inputs", tmp_path / "wrong.npz")
-    assert code == 1 and "no input named q" in err
+    assert code == 1 and "has no array for input z" in err and "keys: x, q" in err
     (tmp_path / "junk.npz").write_text("not numpy")
     code, _, err = run(sim_main, src, "--inputs", tmp_path / "junk.npz")
     assert code == 1 and "cannot read" in err and "Traceback" not in err
@@ -268,3 +268,30 @@ def test_qcc_reports_a_missing_model_without_traceback(tmp_path):
                        "--target", "cortex-m4")
     assert code != 0 and "missing.onnx" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_sim_ignores_label_keys_and_writes_raw_integers(tmp_path):
+    digits = ROOT / "examples" / "digits"
+    out = tmp_path / "raw.npz"
+    code, _, err = run(sim_main, digits / "digits.onnx", "-p", "qmn", "--calib", digits / "calib.npz",
+                       "--inputs", digits / "test.npz", "--raw", "-o", out)
+    assert code == 0, err
+    assert "ignoring" in err and "labels" in err
+    raw = np.load(out)["logits"]
+    assert raw.dtype == np.int8 and raw.shape == (360, 1, 10)
+    code, _, err = run(sim_main, digits / "digits.onnx", "--inputs", digits / "test.npz", "--raw")
+    assert code == 1 and "--raw needs a quantized graph" in err
+
+
+def test_input_shape_option_is_checked_against_the_model(tmp_path):
+    model = ROOT / "examples" / "digits" / "digits.onnx"
+    code, out, err = run(opt_main, model, "--input-shape", "input=1x8x8x1", "-p", "dce")
+    assert code == 0 and "tensor<1x8x8x1xf32>" in out
+    code, _, err = run(opt_main, model, "--input-shape", "input=1x8x8")
+    assert code == 1 and "gives 3 dimensions but the model declares 4" in err
+    code, _, err = run(opt_main, model, "--input-shape", "input=1x8x9x1")
+    assert code == 1 and "dimension 2 is 8 in the model, not 9" in err
+    code, _, err = run(opt_main, model, "--input-shape", "nope=1x2")
+    assert code == 1 and "the model's inputs are input" in err
+    code, _, err = run(opt_main, model, "--input-shape", "input=1xfoo")
+    assert code == 1 and "NAME=DxDx" in err
