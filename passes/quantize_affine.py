@@ -1,0 +1,257 @@
+"""quantize-affine: calibrated ranges -> TFLite-style affine int8 QDQ form.
+
+Turns the ``q.range`` ops of ``calibrate`` and the float weights into exactly
+the QDQ form ``lower-qdq`` matches (the form ``frontend_qdq`` imports from QDQ
+ONNX), using TFLite's post-training quantization rules:
+
+Activations, asymmetric per tensor (``GetAsymmetricQuantizationParams``, float32)::
+
+    min' = min(min, 0), max' = max(max, 0)      (0 must be exactly representable)
+    s    = (max' - min') / 255
+    zp   = clamp(round(-128 - min' / s), -128, 127)
+
+``q.range %x`` becomes ``q.dequantize(q.quantize %x)`` with that type. Results
+that TFLite requires to keep their input's parameters take them from the input
+instead of their own range: max / average pooling and the shape ops (reshape,
+transpose, ...; these move to the integer side: ``DQ -> reshape`` becomes
+``reshape -> DQ``). Softmax output is fixed at s = 1/256, zp = -128. A concat
+keeps its own range and becomes an integer ``nn.concat`` whose inputs with other
+parameters are rescaled by ``s8.requantize`` (m = s_in / s_out, TFLite's rule
+that concat inputs and output share parameters).
+
+Weights of ``nn.conv2d`` / ``nn.dense``, symmetric per output channel (axis 0)::
+
+    s_w[c] = max |w[c]| / 127    (1 for an all-zero channel),
+    w_q    = clamp(round_half_away(w / s_w[c]), -127, 127)            int8
+    b_q    = clamp(round_half_away(b / (s_in * s_w[c])), int32)       int32
+
+each stored as a constant with a per-axis quant type followed by ``q.dequantize``
+(``per_channel=false``: one scale for the whole tensor). ``s_in`` is the scale of
+the layer's dequantized input, so a layer is quantized only once its input is.
+
+The pipeline ``int8-calibrated`` (float model -> s8 ops) is registered here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from qcc.errors import InputError, PassError
+from qcc.graph import Graph, Op, Value
+from qcc.passmanager import Pass, PassResult, make_pass, register_pass, register_pipeline, registered_passes
+from qcc.simulator_s8 import quantize_multiplier
+from qcc.types import PerAxisQuant, TensorType, UniformQuant
+
+SHARES_INPUT_QUANT = frozenset({"nn.maxpool", "nn.avgpool", "nn.global_avgpool"})
+# Shape ops the int8 graph runs on quantized tensors directly (frontend_qdq.SHAPE_OPS).
+INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose"})
+WEIGHTED = {"nn.conv2d": (1, 2), "nn.dense": (1, 2)}  # opname -> (weight operand, bias operand)
+SOFTMAX_QUANT = UniformQuant(1.0 / 256, -128)
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def round_half_away(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def asymmetric_params(lo: float, hi: float) -> UniformQuant:
+    """TFLite's int8 activation parameters for the real range [lo, hi] (float32 arithmetic)."""
+    lo, hi = np.float32(min(lo, 0.0)), np.float32(max(hi, 0.0))
+    if hi == lo:  # a constant-zero tensor: any scale represents it exactly
+        return UniformQuant(1.0, 0)
+    scale = np.float32((hi - lo) / np.float32(255))
+    zp_from_min = np.float32(-128) - lo / scale
+    zp = int(np.clip(round_half_away(np.float64(zp_from_min)), -128, 127))
+    return UniformQuant(float(scale), zp)
+
+
+def symmetric_weights(w: np.ndarray, per_channel: bool):
+    """(int8 weights, per-output-channel float32 scales) with round half away from zero."""
+    w = np.asarray(w, np.float32)
+    n = w.shape[0]
+    if per_channel:
+        amax = np.abs(w.reshape(n, -1)).max(axis=1)
+    else:
+        amax = np.full(n, np.abs(w).max())
+    scales = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    shape = (n,) + (1,) * (w.ndim - 1)
+    q = np.clip(round_half_away(w.astype(np.float64) / scales.reshape(shape)), -127, 127)
+    return q.astype(np.int8), scales
+
+
+def _dq_input_quant(v: Value) -> Optional[UniformQuant]:
+    """The per-tensor i8 type behind a ``q.dequantize`` result, or None."""
+    p = v.producer
+    if p is None or p.opname != "q.dequantize":
+        return None
+    q = p.operands[0].type.quant
+    return q if isinstance(q, UniformQuant) and p.operands[0].type.dtype == "i8" else None
+
+
+@register_pass
+@dataclass
+class QuantizeAffine(Pass):
+    """Replace q.range by TFLite int8 quantize/dequantize pairs and quantize weights and biases.
+
+    Before (``-p quantize-affine``)::
+
+        %1 = q.range %x {max = 1.0, min = 0.0} : tensor<1x4x4x1xf32>
+        %2 = nn.conv2d %1, %w, %b {layout = "NHWC", ...} : tensor<1x4x4x2xf32>
+        %3 = q.range %2 {max = 2.0, min = -1.0} : tensor<1x4x4x2xf32>
+
+    After::
+
+        %1 = q.quantize %x : tensor<1x4x4x1x!q.uniform<i8:f32, 0.003921569:-128>>
+        %2 = q.dequantize %1 : tensor<1x4x4x1xf32>
+        %w = qcc.const ... : tensor<2x3x3x1x!q.per_axis<i8:f32:0, {...}>>
+        %3 = q.dequantize %w ...
+        %b = qcc.const ... : tensor<2x!q.per_axis<i32:f32:0, {...}>>
+        %4 = q.dequantize %b ...
+        %5 = nn.conv2d %2, %3, %4 ...
+        %6 = q.quantize %5 : tensor<...x!q.uniform<i8:f32, 0.011764706:-43>>
+        %7 = q.dequantize %6 : tensor<1x4x4x2xf32>
+    """
+
+    name = "quantize-affine"
+    per_channel: bool = True
+
+    def run(self, graph: Graph) -> PassResult:
+        stats = {"activations": 0, "shared": 0, "weights": 0, "shape_ops": 0}
+        for op in graph.ops:
+            if op.opname == "q.range":
+                self._quantize_range(graph, op, stats)
+            elif op.opname in WEIGHTED:
+                self._quantize_weights(graph, op, stats)
+            elif op.opname in INTEGER_SHAPE_OPS:
+                self._sink_dequantize(graph, op, stats)
+        changed = any(stats.values())
+        return PassResult(changed, stats)
+
+    # ------------------------------------------------------------ activations
+    def _quantize_range(self, graph: Graph, rng: Op, stats: Dict[str, int]):
+        x = rng.operands[0]
+        producer = x.producer
+        quant = None
+        if producer is not None and producer.opname in SHARES_INPUT_QUANT:
+            quant = _dq_input_quant(producer.operands[0])  # TFLite: pooling keeps s and zp
+            stats["shared"] += quant is not None
+        elif producer is not None and producer.opname == "nn.softmax":
+            quant = SOFTMAX_QUANT
+        if quant is None:
+            quant = asymmetric_params(rng.attrs["min"], rng.attrs["max"])
+        if producer is not None and producer.opname == "nn.concat" and self._integer_concat(graph, rng, quant):
+            stats["concats"] = stats.get("concats", 0) + 1
+            return
+        q = graph.add_op("q.quantize", [x], {}, [TensorType(x.shape, "i8", quant)], name=rng.name)
+        dq = graph.add_op("q.dequantize", [q.result], {}, [TensorType(x.shape, "f32")], name=rng.name)
+        graph.replace_all_uses(rng.result, dq.result)
+        graph.erase_op(rng)
+        if producer is not None:
+            graph.move_after_seq(q, producer)
+            graph.move_after_seq(dq, q)
+        stats["activations"] += 1
+
+    @staticmethod
+    def _integer_concat(graph: Graph, rng: Op, out_q: UniformQuant) -> bool:
+        """Q(concat(DQ(x_i))) -> DQ(concat(requantize(x_i))): TFLite gives every concat input the
+        output's parameters, rescaling (s8.requantize, m = s_i / s_out) the inputs that differ."""
+        concat = rng.operands[0].producer
+        if any(_dq_input_quant(v) is None for v in concat.operands) or graph.users(concat.result) != [rng] \
+                or graph.is_output(concat.result):
+            return False
+        stored = []
+        for v in concat.operands:
+            x = v.producer.operands[0]
+            in_q = x.type.quant
+            if in_q != out_q:
+                mult, shift = quantize_multiplier(in_q.scale / out_q.scale)
+                x = graph.add_op("s8.requantize", [x], dict(
+                    input_zp=in_q.zero_point, output_zp=out_q.zero_point, multiplier=[mult], shift=[shift],
+                    act_min=-128, act_max=127), [TensorType(x.shape, "i8", out_q)], name=concat.name).result
+            stored.append(x)
+        cat = graph.add_op("nn.concat", stored, dict(concat.attrs), [TensorType(concat.result.shape, "i8", out_q)],
+                           name=concat.name)
+        dq = graph.add_op("q.dequantize", [cat.result], {}, [concat.result.type], name=concat.name)
+        graph.replace_all_uses(rng.result, dq.result)
+        graph.erase_op(rng)
+        graph.erase_op(concat)
+        return True
+
+    def _sink_dequantize(self, graph: Graph, op: Op, stats: Dict[str, int]):
+        """DQ -> shape op  ==>  shape op on the int8 tensor -> DQ (the form lower-qdq expects)."""
+        x = op.operands[0]
+        if _dq_input_quant(x) is None:
+            return
+        stored = x.producer.operands[0]
+        out = op.result
+        moved = graph.add_op(op.opname, [stored], dict(op.attrs), [TensorType(out.shape, "i8", stored.type.quant)],
+                             name=op.name)
+        dq = graph.add_op("q.dequantize", [moved.result], {}, [out.type], name=op.name)
+        graph.replace_all_uses(out, dq.result)
+        graph.erase_op(op)
+        graph.move_after_seq(moved, x.producer)
+        graph.move_after_seq(dq, moved)
+        stats["shape_ops"] += 1
+
+    # ------------------------------------------------------------ weights and biases
+    def _quantize_weights(self, graph: Graph, op: Op, stats: Dict[str, int]):
+        w_index, b_index = WEIGHTED[op.opname]
+        in_q = _dq_input_quant(op.operands[0])
+        w_v = op.operands[w_index]
+        if in_q is None or w_v.constant() is None or not w_v.type.is_float:
+            return  # input not quantized (no calibrated range) or weights not a float constant
+        w_q, s_w = symmetric_weights(w_v.constant(), self.per_channel)
+        w_quant = PerAxisQuant(0, tuple(float(s) for s in s_w), (0,) * len(s_w))
+        wc = graph.add_const(w_q, name=(w_v.producer.name or w_v.name or "w") + ".q", quant=w_quant)
+        wc.name = wc.producer.name
+        graph.set_operand(op, w_index, self._dequantize(graph, wc, w_v.type))
+        if len(op.operands) > b_index:
+            b_v = op.operands[b_index]
+            b = b_v.constant()
+            if b is None:
+                raise PassError(f"{op.describe()}: the bias is not a constant; quantize-affine needs "
+                                f"const-fold before it")
+            s_b = (np.float64(in_q.scale) * s_w.astype(np.float64))
+            b_q = np.clip(round_half_away(np.asarray(b, np.float64).reshape(-1) / s_b), INT32_MIN, INT32_MAX)
+            b_quant = PerAxisQuant(0, tuple(float(s) for s in s_b), (0,) * len(s_b))
+            bc = graph.add_const(b_q.astype(np.int32).reshape(b_v.shape),
+                                 name=(b_v.producer.name or b_v.name or "b") + ".q", quant=b_quant)
+            bc.name = bc.producer.name
+            graph.set_operand(op, b_index, self._dequantize(graph, bc, b_v.type))
+        stats["weights"] += 1
+
+    @staticmethod
+    def _dequantize(graph: Graph, stored: Value, float_type: TensorType) -> Value:
+        return graph.add_op("q.dequantize", [stored], {}, [TensorType(float_type.shape, "f32")]).result
+
+
+# ---------------------------------------------------------------- the pipeline
+FLOAT_CLEANUP = ("fold-batchnorm", "canonicalize", "fuse-activation", "to-nhwc", "const-fold", "dce")
+DEFAULTS = {"bits": 8, "method": "minmax", "p": 99.99, "per_channel": True, "data": "", "fc_rounding": "double"}
+
+
+def _build(options) -> List:
+    o = {**DEFAULTS, **options}
+    if o["bits"] != 8:  # accepted so drivers can pass {bits=N} to every scheme alike
+        raise InputError(f"int8-calibrated quantizes to 8 bits only, got bits={o['bits']}")
+    known = registered_passes()
+    passes: List = [name for name in FLOAT_CLEANUP if name in known]
+    calibrate = {"method": o["method"]}
+    if o["method"] == "percentile":
+        calibrate["p"] = str(o["p"])
+        calibrate["symmetric"] = "false"  # affine ranges: clip each side separately
+    if o["data"]:
+        calibrate["data"] = o["data"]
+    passes.append(make_pass("calibrate", calibrate))
+    passes.append(make_pass("quantize-affine", {"per_channel": str(o["per_channel"])}))
+    passes.append(make_pass("lower-qdq", {"fc_rounding": o["fc_rounding"]}))
+    passes += ["canonicalize", "dce"]
+    return passes
+
+
+register_pipeline(
+    "int8-calibrated", _build,
+    "Quantize a float model with calibrated TFLite-style affine int8 and lower it to s8 ops",
+    {"bits": int, "method": str, "p": float, "per_channel": bool, "data": str, "fc_rounding": str})
