@@ -30,7 +30,9 @@ FORMAT_PRESERVING = ("nn.maxpool", "nn.global_maxpool", "nn.reshape", "nn.flatte
                      "nn.dropout")
 # Fixed output format Q0.(W-1), whatever the input format.
 UNIT_OUTPUT = ("nn.softmax", "nn.sigmoid", "nn.tanh")
-WEIGHTED = ("nn.conv2d", "nn.dense")
+# Layers with constant weights (operand 1, output channels on axis 0) and bias (operand 2);
+# scale_shift's per-channel scale and shift quantize like a depthwise 1x1 conv's.
+WEIGHTED = ("nn.conv2d", "nn.dense", "nn.scale_shift")
 
 
 def dtype_for_bits(bits: int) -> str:

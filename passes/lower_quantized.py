@@ -13,6 +13,8 @@ all have twins becomes its integer op, reading the twins:
     reshape, flatten, squeeze, transpose, concat, pad   the same op on integers (pad value * 2^n)
     softmax      qnn.softmax (exp table), output Q0.7 / Q0.15
     sigmoid/tanh qnn.lut (i8) or qnn.lut_interp (i16), output Q0.7 / Q0.15
+    scale_shift (depthwise 1x1 qnn.conv2d), mul, sub, leaky_relu, hard_sigmoid, hard_swish:
+                 see _lower_elementwise.py
 
 Output formats of conv/dense/add come from the fake-quant pair after them; a
 ``q.quantize`` of a value that already has a twin becomes nothing (same
@@ -38,6 +40,7 @@ from qcc.rewriter import Rewriter
 from qcc.simulator import quantize_array, round_half_away
 from qcc.types import TensorType, storage_range
 
+from ._lower_elementwise import ElementwiseLowerings
 from ._qmn_util import bits_of, channel_frac_bits, fixed_type, frac_bits, qdq_after
 
 SHAPE_OPS = ("nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose")
@@ -55,7 +58,7 @@ def _sigmoid(x):
 
 @register_pass
 @dataclass
-class LowerQuantized(Pass):
+class LowerQuantized(ElementwiseLowerings, Pass):
     """Replace fake-quant float ops by integer qnn ops with shift requantization.
 
     Before::
@@ -193,7 +196,8 @@ class LowerQuantized(Pass):
             return 0, min(hi, int(round_half_away(6.0 * 2.0 ** frac_bits(t))))
         if act != "none":
             raise UnsupportedModelError(f"lower-quantized cannot fuse act '{act}' of {op.describe()} into a "
-                                        f"shift requantization (only relu and relu6)")
+                                        f"shift requantization (only relu and relu6); run legalize-qmn first "
+                                        f"(part of the qmn pipeline) to split it into its own op")
         return lo, hi
 
     def _weighted(self, op: Op, x: Value, out_t: TensorType):

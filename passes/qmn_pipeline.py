@@ -5,7 +5,8 @@
 
 expands to::
 
-    canonicalize, fold-batchnorm, fuse-activation, to-nhwc, const-fold, dce,   (those registered)
+    canonicalize, fold-batchnorm, fuse-activation, to-nhwc, legalize-qmn, const-fold, canonicalize, dce,
+    (those registered)
     calibrate{method, p, bits, data}, insert-qdq{bits, weight_bits, per_channel},
     propagate-scales, assign-qmn{search, per_channel, data, samples},
     lower-quantized{float_output}, check-quantized, dce
@@ -18,8 +19,8 @@ from typing import Any, Dict, List
 
 from qcc.passmanager import make_pass, register_pipeline, registered_passes
 
-FLOAT_CLEANUP = ("canonicalize", "fold-batchnorm", "fuse-activation", "to-nhwc", "const-fold", "canonicalize",
-                 "dce")
+FLOAT_CLEANUP = ("canonicalize", "fold-batchnorm", "fuse-activation", "to-nhwc", "legalize-qmn", "const-fold",
+                 "canonicalize", "dce")
 DEFAULTS: Dict[str, Any] = {"bits": 8, "method": "percentile", "p": 99.99, "weight_bits": 0,
                             "per_channel": True, "search": True, "float_output": False, "data": "",
                             "samples": 16}

@@ -223,6 +223,21 @@ def _qadd(op, a, b):
     return saturate(y, op.attrs["act_min"], op.attrs["act_max"], op.results[0].type.np_dtype)
 
 
+@kernel("qnn.sub")
+def _qsub(op, a, b):
+    acc = (np.asarray(a, np.int64) << op.attrs["a_shift"]) - (np.asarray(b, np.int64) << op.attrs["b_shift"])
+    _check_int32(acc, op, "difference")
+    y = rshift_round(acc, op.attrs["out_shift"][0])
+    return saturate(y, op.attrs["act_min"], op.attrs["act_max"], op.results[0].type.np_dtype)
+
+
+@kernel("qnn.mul")
+def _qmul(op, a, b):
+    # i8/i16 operands: the product fits int32; a left out_shift is taken before the clamp (int64).
+    y = rshift_round(np.asarray(a, np.int64) * np.asarray(b, np.int64), op.attrs["out_shift"][0])
+    return saturate(y, op.attrs["act_min"], op.attrs["act_max"], op.results[0].type.np_dtype)
+
+
 @kernel("qnn.requantize")
 def _qrequant(op, x):
     y = rshift_round(np.asarray(x, np.int64), op.attrs["out_shift"][0])

@@ -16,6 +16,10 @@ Zero padding. ``act_min``/``act_max`` are the storage bounds, narrowed by a
 fused ReLU (``[0, max]``) or ReLU6 (``[0, 6 * 2^n]``).
 
 ``qnn.add``:        y = clamp(rshift_round((a << a_shift) + (b << b_shift), out_shift), lo, hi)
+``qnn.sub``:        y = clamp(rshift_round((a << a_shift) - (b << b_shift), out_shift), lo, hi)
+``qnn.mul``:        y = clamp(rshift_round(a * b, out_shift), lo, hi)     (out_shift = n_a + n_b - n_y;
+                    the product of two i16 values fits int32; a left shift is done in 64 bits
+                    before the clamp, like every requantization)
 ``qnn.requantize``: y = clamp(rshift_round(x, out_shift), lo, hi)
 ``qnn.maxpool``:    max over the window's in-bounds elements, then clamp
 ``qnn.avgpool``:    sum over the window / count, rounded half away from zero, then clamp;
@@ -131,6 +135,23 @@ register_op(OpDef(
     "qnn.add", operands=["a", "b"], attrs=attrs(attr("a_shift", "int", 0), attr("b_shift", "int", 0), *_REQUANT),
     infer=_add_rule, verify_fn=_verify_add,
     summary="Elementwise add of two fixed-point tensors aligned by left shifts, then requantized."))
+register_op(OpDef(
+    "qnn.sub", operands=["a", "b"], attrs=attrs(attr("a_shift", "int", 0), attr("b_shift", "int", 0), *_REQUANT),
+    infer=_add_rule, verify_fn=_verify_add,
+    summary="Elementwise a - b of two fixed-point tensors aligned by left shifts, then requantized."))
+
+
+def _verify_mul(op):
+    _check_int_io(op)
+    if len(op.attrs["out_shift"]) != 1:
+        raise OpError("'out_shift' must have one entry")
+    if any(v.type.dtype not in ("i8", "i16") for v in op.operands):
+        raise OpError("multiplies i8 or i16 tensors (their product must fit int32)")
+
+
+register_op(OpDef(
+    "qnn.mul", operands=["a", "b"], attrs=attrs(*_REQUANT), infer=_add_rule, verify_fn=_verify_mul,
+    summary="Elementwise product of two fixed-point tensors, requantized by a rounded shift."))
 
 
 def _same_shape_rule(op):
