@@ -126,6 +126,9 @@ def _opt_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--pass-stats", action="store_true", help="print each pass's statistics to stderr")
     _add_quant_options(p)
     _add_input_shape_option(p)
+    p.add_argument("--emit-onnx", metavar="FILE.onnx",
+                   help="also write the resulting graph as ONNX (quantized values in QDQ form, for "
+                        "onnxruntime or Netron); the IR then goes only to -o, not to stdout")
     return p
 
 
@@ -234,11 +237,14 @@ def _opt(args: argparse.Namespace) -> int:
         for key, stats in report.stats().items():
             shown = {k: v for k, v in stats.items() if k != "match_failures"}
             sys.stderr.write(f"// {key}: {shown}\n")
+    if args.emit_onnx:
+        from .onnx_export import write_onnx
+        write_onnx(graph, args.emit_onnx)
     if args.output:
         from .printer import write_qir
         with _writing(args.output):
             write_qir(graph, args.output, elide_over=elide_over)
-    else:
+    elif not args.emit_onnx:
         from .printer import print_graph
         sys.stdout.write(print_graph(graph, elide_over=elide_over))
         sys.stdout.flush()
