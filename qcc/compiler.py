@@ -29,6 +29,7 @@ from .graph import Graph
 
 TARGET_NAMES = ("cortex-m0", "cortex-m0plus", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55")
 SCHEMES = ("qmn", "int8")
+KERNEL_CHOICES = ("qcc", "cmsis-nn")
 # Ops a fully lowered graph may hold; anything else means the graph is still float.
 BOUNDARY_OPS = frozenset({"qcc.const", "q.quantize", "q.dequantize"})
 INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose",
@@ -60,6 +61,9 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
                    help="force the range of tensor NAME to [-V, V] (repeatable)")
     p.add_argument("--float-output", action="store_true",
                    help="NAME_run returns float outputs (dequantized in C) instead of quantized ones")
+    p.add_argument("--kernels", choices=KERNEL_CHOICES, default="qcc",
+                   help="qcc (own specialized C, the default) or cmsis-nn: the affine int8 layers call the "
+                        "CMSIS-NN library (the Makefile builds it from CMSIS_NN_DIR)")
     p.add_argument("--backend", default="cmsis", help=argparse.SUPPRESS)
     return p
 
@@ -124,7 +128,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                   scheme: Optional[str] = None,
                   bits: int = 8, name: Optional[str] = None, report: Optional[str] = None,
                   emit_ir: Optional[str] = None, act_max: Optional[Dict[str, float]] = None,
-                  float_output: bool = False, backend: str = "cmsis"):
+                  float_output: bool = False, backend: str = "cmsis", kernels: str = "qcc"):
     """Compile ``model`` and write every output file; returns the backend's GeneratedModel."""
     from qcc.backends import get_backend
     from .cli import load_graph
@@ -143,7 +147,9 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                          f"float model: use --scheme qmn with --calib DATA")
     else:
         lower(graph, calib=calib, bits=bits, scheme=scheme or "qmn", act_max=act_max or {}, model_path=model)
-    gen = get_backend(backend).generate(graph, name=name or out.stem, target=target, float_output=float_output)
+    extra = {"kernels": kernels} if kernels != "qcc" else {}  # only the cmsis backend knows cmsis-nn
+    gen = get_backend(backend).generate(graph, name=name or out.stem, target=target, float_output=float_output,
+                                        **extra)
     files = {out.parent / rel: data for rel, data in gen.files.items()}
     if emit_ir:
         files.update(_ir_files(graph, Path(emit_ir)))
@@ -211,7 +217,7 @@ def _command(args: argparse.Namespace) -> int:
     gen = compile_model(args.model, args.output, args.target, calib=args.calib, scheme=args.scheme,
                         bits=args.bits, name=args.name, report=args.report, emit_ir=args.emit_ir,
                         act_max=parse_act_max(args.act_max), float_output=args.float_output,
-                        backend=args.backend)
+                        backend=args.backend, kernels=args.kernels)
     folder = Path(args.output).parent
     for w in gen.warnings:
         print(f"qcc: warning: {w}", file=sys.stderr)

@@ -31,6 +31,7 @@ from .layers import LayerBuilder, ctype, format_values, storage_min_max
 from .naming import c_comment, c_identifier
 from .plan import Plan, _nbytes, make_plan
 from .targets import TARGETS
+from .cmsis_nn import KERNELS, CmsisNNKernels
 
 FIRMWARE_FILES = ("startup.c", "semihost_io.c", "semihost_io.h", "fw_sections.ld")
 SHORT_CTYPES = {"s8": "int8_t", "s16": "int16_t", "s32": "int32_t"}
@@ -46,6 +47,8 @@ class GeneratedModel:
     float_output: bool = False
     layers: List[dict] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    kernels: str = "qcc"        # "cmsis-nn": s8 layers call the CMSIS-NN library (cmsis_nn.py)
+    scratch_bytes: int = 0      # CMSIS-NN scratch region at the end of the arena (included in arena_size)
 
 
 def find_firmware_dir() -> Optional[Path]:
@@ -100,10 +103,15 @@ def _io_context(io, role: str, macro: str) -> dict:
 
 
 def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_output: bool = False,
-             firmware_dir: Optional[Path] = None, version: str = "") -> GeneratedModel:
-    """The files of ``graph`` compiled for ``target``; the graph is not changed."""
+             firmware_dir: Optional[Path] = None, version: str = "", kernels: str = "qcc") -> GeneratedModel:
+    """The files of ``graph`` compiled for ``target``; the graph is not changed.
+
+    ``kernels="cmsis-nn"`` makes the affine int8 layers call the CMSIS-NN library (cmsis_nn.py).
+    """
     if target not in TARGETS:
         raise InputError(f"unknown target '{target}' (known: {', '.join(TARGETS)})")
+    if kernels not in KERNELS:
+        raise InputError(f"unknown kernels '{kernels}' (known: {', '.join(KERNELS)})")
     if not version:
         from qcc import __version__ as version
     tgt = TARGETS[target]
@@ -112,6 +120,9 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     graph.verify()
     plan = make_plan(graph, float_output=float_output)
     builder = LayerBuilder(name)
+    nn = CmsisNNKernels(builder, tgt) if kernels == "cmsis-nn" else None
+    if nn is not None and any(plan.is_inplace(s) for s in plan.steps if s.op is not None and nn.handles(s.op)):
+        plan = make_plan(graph, float_output=float_output, inplace=False)  # CMSIS-NN layers run out of place
     env = _environment()
 
     def arena_ptr(offset: int, t: str, const: bool) -> str:
@@ -130,17 +141,26 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
             dst = arena_ptr(plan.output_offsets[step.out_index], ctype(v), False)
             calls.append(f"memcpy({dst}, {ptr(v, True)}, {_nbytes(v)});")
             continue
-        ctx = builder.build(i, step.op)
+        if nn is not None and nn.handles(step.op):
+            ctx = nn.build(i, step.op, builder.base_context(i, step.op))
+        else:
+            ctx = builder.build(i, step.op)
         # An in-place layer's input and output alias (plan.py, inplace.py): no restrict then.
         ctx["restrict"] = "" if plan.is_inplace(step) else "restrict "
         ctx["reverse"] = plan.is_reversed(step)  # output loops last to first (conv2d.j2)
         macro = getattr(env.get_template(f"ops/{ctx['kind']}.j2").module, ctx["kind"])
         layers.append(str(macro(ctx)).strip("\n"))
         args = [ptr(v, True) for v in step.inputs] + [ptr(step.output, False)]
-        calls.append(f"{ctx['fn']}({', '.join(args)});")
+        call = f"{ctx['fn']}({', '.join(args)})"
+        # A CMSIS-NN layer returns arm_cmsis_nn_status: NAME_invoke stops with 1 + the failing step.
+        calls.append(f"if ({call} != ARM_CMSIS_NN_SUCCESS)\n        return {i + 1};" if ctx.get("status")
+                     else f"{call};")
         layer_info.append({"fn": ctx["fn"], "op": step.op.opname, "name": step.op.name,
                            "shape": list(step.output.shape), "where": plan.where(step.output)})
 
+    if nn is not None:
+        nn.warnings = list(dict.fromkeys(nn.warnings))
+        nn.place_scratch(plan)  # before arena_size is read below
     inputs = [_io_context(io, "input", f"{NAME}_INPUT{io.index}") for io in plan.inputs]
     outputs = [_io_context(io, "output", f"{NAME}_OUTPUT{io.index}") for io in plan.outputs]
     offset = 0
@@ -163,17 +183,20 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     helpers = str(env.get_template("helpers.j2").module.helpers(sorted(builder.dots)))
     if any(s.kind.startswith("s8.") for s in plan.steps):  # affine int8 helpers (layers_s8.py)
         helpers += str(env.get_template("ops/s8_common.j2").module.s8_common())
+    if nn is not None:
+        helpers += str(env.get_template("ops/cmsisnn_common.j2").module.cmsisnn_common(
+            name, NAME, nn.scratch_offset, nn.scratch))
     files = {
         f"{name}.h": env.get_template("model.h.j2").render(common),
         f"{name}.c": env.get_template("model.c.j2").render(common, helpers=helpers, layers=layers, calls=calls),
         f"{name}_weights.c": env.get_template("weights.c.j2").render(common),
         "Makefile": env.get_template("Makefile.j2").render(
             common, cpu_flags=" ".join(tgt.cpu_flags), qemu_machine=tgt.qemu_machine,
-            linker_script=tgt.linker_script),
+            linker_script=tgt.linker_script, cmsis_nn=nn is not None),
         f"firmware/{name}_main.c": env.get_template("main.c.j2").render(common, in_floats=max(offset, 1)),
     }
     files = {k: v.encode("ascii") for k, v in files.items()}
-    warnings = []
+    warnings = list(nn.warnings) if nn is not None else []
     fw = firmware_dir or find_firmware_dir()
     if fw is None:
         warnings.append("examples/firmware not found (set QCC_FIRMWARE_DIR): the output folder has no "
@@ -183,7 +206,8 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
         for f in FIRMWARE_FILES + (tgt.linker_script,):
             files[f"firmware/{f}"] = (Path(fw) / f).read_bytes()
     weight_bytes = sum(len(c.values) * np.dtype(_NP[c.ctype]).itemsize for c in builder.consts)
-    return GeneratedModel(name, target, files, plan, weight_bytes, float_output, layer_info, warnings)
+    return GeneratedModel(name, target, files, plan, weight_bytes, float_output, layer_info, warnings,
+                          kernels, nn.scratch if nn is not None else 0)
 
 
 _NP = {"int8_t": np.int8, "int16_t": np.int16, "int32_t": np.int32, "uint8_t": np.uint8, "uint16_t": np.uint16}

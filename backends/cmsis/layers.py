@@ -35,6 +35,8 @@ HANDLED_ATTRS = {
     "qnn.conv2d": _REQ | {"strides", "pads", "dilations", "group", "bias_shift"},
     "qnn.dense": _REQ | {"bias_shift"},
     "qnn.add": _REQ | {"a_shift", "b_shift"},
+    "qnn.sub": _REQ | {"a_shift", "b_shift"},
+    "qnn.mul": _REQ,
     "qnn.requantize": _REQ,
     "qnn.maxpool": _WIN,
     "qnn.avgpool": _WIN | {"count_include_pad", "out_shift"},
@@ -98,14 +100,19 @@ class LayerBuilder:
         if unknown:
             raise UnsupportedModelError(f"{op.describe()}: the cmsis backend does not implement attribute(s) "
                                         f"{', '.join(unknown)}")
+        ctx = self.base_context(index, op)
+        kind, fn = ctx["kind"], ctx["fn"]
+        ctx.update(build_s8(self, op, fn) if op.opname in S8_CONTEXTS else getattr(self, "_" + kind)(op, fn))
+        return ctx
+
+    def base_context(self, index: int, op: Op) -> dict:
+        """kind, function name and comment of a step (also used by cmsis_nn.py's kernels)."""
         kind = op.opname.replace(".", "_") if op.opname in S8_CONTEXTS else op.opname.split(".")[1]
         fn = f"l{index}_{c_identifier(op.name or kind, fallback=kind, max_len=32)}"
         shapes = " x ".join("[" + ",".join(map(str, v.shape)) + "]" for v in op.operands)
-        ctx = {"kind": kind, "fn": fn, "index": index,
-               "comment": c_comment(f"{op.opname} \"{op.name}\": {shapes} -> [{','.join(map(str, op.result.shape))}]", 160),
-               "yt": ctype(op.result)}
-        ctx.update(build_s8(self, op, fn) if op.opname in S8_CONTEXTS else getattr(self, "_" + kind)(op, fn))
-        return ctx
+        return {"kind": kind, "fn": fn, "index": index,
+                "comment": c_comment(f"{op.opname} \"{op.name}\": {shapes} -> [{','.join(map(str, op.result.shape))}]", 160),
+                "yt": ctype(op.result)}
 
     def _per_channel(self, fn: str, what: str, values: List[int], channels: int, index_var: str, comment: str) -> str:
         """A literal when every channel shares the value, else a table indexed by ``index_var``."""
@@ -168,6 +175,14 @@ class LayerBuilder:
         return {"at": ctype(a), "bt": ctype(b), "size": op.result.type.size, "a_mul": 1 << ash, "b_mul": 1 << bsh,
                 "shift": op.attrs["out_shift"][0], "lo": op.attrs["act_min"], "hi": op.attrs["act_max"],
                 "wide": amax + bmax > INT32_MAX}
+
+    def _sub(self, op: Op, fn: str) -> dict:
+        return self._add(op, fn)  # same context; sub.j2 subtracts the aligned b
+
+    def _mul(self, op: Op, fn: str) -> dict:
+        a, b = op.operands
+        return {"at": ctype(a), "bt": ctype(b), "size": op.result.type.size, "shift": op.attrs["out_shift"][0],
+                "lo": op.attrs["act_min"], "hi": op.attrs["act_max"]}
 
     def _requantize(self, op: Op, fn: str) -> dict:
         return {"xt": ctype(op.operands[0]), "size": op.result.type.size, "shift": op.attrs["out_shift"][0],
