@@ -173,30 +173,16 @@ def _set_context(passes, args: argparse.Namespace):
 
 
 def _run_with_report(pm, graph, args):
-    """Run the pipeline; with --report, keep the float graph from just before 'calibrate' and compare."""
+    """Run the pipeline; with --report, compare the quantized graph with its float self per layer."""
     if not getattr(args, "report", None):
         return pm.run(graph)
-    import copy
-    from .passmanager import PassManager
-    from .report import format_report, layer_report
-    names = [p.name for p in pm.passes]
-    if "calibrate" not in names or not args.calib:
+    from .report import quantization_report, run_keeping_float
+    if "calibrate" not in [p.name for p in pm.passes] or not args.calib:
         raise InputError("--report needs a pipeline that quantizes (with 'calibrate') and --calib data")
-    cut = names.index("calibrate")
-    head, tail = pm.passes[:cut], pm.passes[cut:]
-    pm.passes = head
-    report = pm.run(graph)
-    float_graph = copy.deepcopy(graph)
-    pm.passes = tail
-    report.records += pm.run(graph).records
-    pm.passes = head + tail
-    from .calibration_data import CalibrationData
-    samples = []
-    for batch in CalibrationData(args.calib, float_graph).batches(16):
-        samples += [{k: a[i] for k, a in batch.items()} for i in range(next(iter(batch.values())).shape[0])]
-        break
+    report, float_graph = run_keeping_float(pm, graph)
+    text = quantization_report(float_graph, graph, args.calib)
     with _writing(args.report):
-        Path(args.report).write_text(format_report(layer_report(float_graph, graph, samples)))
+        Path(args.report).write_text(text)
     return report
 
 

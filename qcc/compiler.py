@@ -55,7 +55,11 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
                         "(affine TFLite/CMSIS-NN int8, the default and only choice for QDQ models; no --calib)")
     p.add_argument("--bits", type=int, default=8, choices=(8, 16), help="activation/weight bits: 8 (q7) or 16 (q15)")
     p.add_argument("--name", help="C name prefix and file stem (default: the stem of -o)")
-    p.add_argument("--report", metavar="FILE", help="write a compile report (JSON): layers, memory plan, sizes")
+    p.add_argument("--report", metavar="FILE.md|FILE.json",
+                   help="write a compile report: sizes, memory per layer and (.md) per-layer quantization "
+                        "error (format, range, SQNR vs float, saturation); .json gives the raw figures")
+    p.add_argument("--input-shape", metavar="NAME=1x49x10x1", action="append", default=[],
+                   help="fix the shape of an ONNX input whose dimensions are dynamic (repeatable)")
     p.add_argument("--emit-ir", metavar="FILE.qir", help="also write the lowered graph as text IR")
     p.add_argument("--act-max", metavar="NAME=V", action="append", default=[],
                    help="force the range of tensor NAME to [-V, V] (repeatable)")
@@ -74,6 +78,11 @@ def is_lowered(graph: Graph) -> bool:
                or (op.opname in INTEGER_SHAPE_OPS and not op.result.type.is_float) for op in graph.ops)
 
 
+def parse_input_shapes(specs):
+    from .cli import parse_input_shapes as parse
+    return parse(specs)
+
+
 def parse_act_max(specs: Sequence[str]) -> Dict[str, float]:
     out = {}
     for spec in specs:
@@ -88,9 +97,18 @@ def parse_act_max(specs: Sequence[str]) -> Dict[str, float]:
     return out
 
 
+# The named pipeline that quantizes a float model under each --scheme.
+FLOAT_PIPELINES = {"qmn": "qmn", "int8": "int8-calibrated"}
+
+
 def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max: Dict[str, float],
-          model_path: str) -> None:
-    """Run the quantization pipeline on a float graph in place."""
+          model_path: str) -> Optional[Graph]:
+    """Run the quantization pipeline on a float graph in place.
+
+    Returns the float graph as it was just before calibration (the per-layer
+    report's reference).
+    """
+    from .report import run_keeping_float
     import qcc.passes  # noqa: F401  (registers the passes and pipelines)
     from .passmanager import PassManager
     if not calib and not act_max:
@@ -98,12 +116,14 @@ def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max
                          f"pass --calib DATA (.npz keyed by input name, .npy, or a folder of them)")
     if calib and not Path(calib).exists():
         raise InputError(f"no such calibration file or folder: {calib}")
-    pm = PassManager.parse(f"{scheme}{{bits={bits}}}")
+    if scheme == "int8" and bits != 8:
+        raise InputError(f"--scheme int8 is 8-bit only, got --bits {bits}")
+    pm = PassManager.parse(f"{FLOAT_PIPELINES[scheme]}{{bits={bits}}}")
     context = {"calib": calib or "", "act_max": dict(act_max)}
     for p in pm.passes:
         p.context = context
     graph.context = context
-    pm.run(graph)
+    return run_keeping_float(pm, graph)[1]
 
 
 def is_qdq(graph: Graph) -> bool:
@@ -128,7 +148,8 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                   scheme: Optional[str] = None,
                   bits: int = 8, name: Optional[str] = None, report: Optional[str] = None,
                   emit_ir: Optional[str] = None, act_max: Optional[Dict[str, float]] = None,
-                  float_output: bool = False, backend: str = "cmsis", kernels: str = "qcc"):
+                  float_output: bool = False, backend: str = "cmsis", kernels: str = "qcc",
+                  input_shapes: Optional[Dict[str, tuple]] = None):
     """Compile ``model`` and write every output file; returns the backend's GeneratedModel."""
     from qcc.backends import get_backend
     from .cli import load_graph
@@ -137,16 +158,17 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
         raise InputError(f"-o takes the path of the C file to write (OUT/NAME.c), got '{output}'")
     if bits not in (8, 16):
         raise InputError(f"--bits must be 8 or 16, got {bits}")
-    graph = load_graph(model)
+    if report and Path(report).suffix not in (".md", ".json"):
+        raise InputError(f"--report writes Markdown (.md) or JSON (.json), got '{report}'")
+    graph = load_graph(model, input_shapes)
+    float_graph = None
     if is_lowered(graph):
         pass
     elif is_qdq(graph):
         lower_qdq(graph, scheme=scheme or "int8", model_path=model)
-    elif scheme == "int8":
-        raise InputError(f"--scheme int8 compiles QDQ models (QuantizeLinear/DequantizeLinear); {model} is a "
-                         f"float model: use --scheme qmn with --calib DATA")
     else:
-        lower(graph, calib=calib, bits=bits, scheme=scheme or "qmn", act_max=act_max or {}, model_path=model)
+        float_graph = lower(graph, calib=calib, bits=bits, scheme=scheme or "qmn", act_max=act_max or {},
+                            model_path=model)
     extra = {"kernels": kernels} if kernels != "qcc" else {}  # only the cmsis backend knows cmsis-nn
     gen = get_backend(backend).generate(graph, name=name or out.stem, target=target, float_output=float_output,
                                         **extra)
@@ -154,7 +176,11 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     if emit_ir:
         files.update(_ir_files(graph, Path(emit_ir)))
     if report:
-        files[Path(report)] = (json.dumps(make_report(gen, graph, model), indent=2) + "\n").encode()
+        summary = make_report(gen, graph, model)
+        if Path(report).suffix == ".json":
+            files[Path(report)] = (json.dumps(summary, indent=2) + "\n").encode()
+        else:
+            files[Path(report)] = markdown_report(summary, float_graph, graph, calib).encode()
     from qcc.backends.cmsis.generate import write_files
     write_files(files)
     return gen
@@ -172,10 +198,10 @@ def _ir_files(graph: Graph, path: Path) -> Dict[Path, bytes]:
 
 
 def _macs(op) -> int:
-    if op.opname == "qnn.conv2d":
+    if op.opname in ("qnn.conv2d", "s8.conv2d"):
         cout, kh, kw, cg = op.operands[1].shape
         return op.result.type.size * kh * kw * cg
-    if op.opname == "qnn.dense":
+    if op.opname in ("qnn.dense", "s8.dense"):
         return op.result.type.size * op.operands[1].shape[1]
     return 0
 
@@ -201,6 +227,33 @@ def make_report(gen, graph: Graph, model: str) -> dict:
             "layers": layers, "warnings": gen.warnings}
 
 
+def markdown_report(summary: dict, float_graph: Optional[Graph], graph: Graph, calib: Optional[str]) -> str:
+    """The --report FILE.md text: sizes, memory per layer, and per-layer quantization error."""
+    lines = [f"# {summary['name']}: compile report", "",
+             f"model `{summary['model']}`, target {summary['target']}", "",
+             "| figure | value |", "|---|---:|",
+             f"| MACs | {summary['macs']:,} |",
+             f"| weights (flash) | {summary['weight_bytes']:,} B |",
+             f"| arena (peak RAM, input and output included) | {summary['arena_bytes']:,} B |",
+             f"| lower bound (largest live set, no in-place) | {summary['arena_lower_bound_bytes']:,} B |", ""]
+    memory = summary.get("memory") or {}
+    per_layer = memory.get("layers") or []
+    if per_layer:
+        keys = [k for k in per_layer[0] if k not in ("where",)]
+        lines += ["## Memory per layer", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(str(row.get(k, "")) for k in keys) + " |" for row in per_layer]
+        lines.append("")
+    if float_graph is not None and calib:
+        from .report import quantization_report
+        lines.append(quantization_report(float_graph, graph, calib, title="Quantization per layer")
+                     .replace("# Quantization per layer", "## Quantization per layer", 1))
+    elif float_graph is None:
+        lines.append("(no per-layer quantization table: the model came already quantized)")
+    for w in summary.get("warnings", []):
+        lines.append(f"- warning: {w}")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
 def _memory(gen) -> dict:
     """The backend's memory plan numbers (peak RAM, lower bound, RAM per layer), when it has them."""
     import importlib
@@ -217,7 +270,8 @@ def _command(args: argparse.Namespace) -> int:
     gen = compile_model(args.model, args.output, args.target, calib=args.calib, scheme=args.scheme,
                         bits=args.bits, name=args.name, report=args.report, emit_ir=args.emit_ir,
                         act_max=parse_act_max(args.act_max), float_output=args.float_output,
-                        backend=args.backend, kernels=args.kernels)
+                        backend=args.backend, kernels=args.kernels,
+                        input_shapes=parse_input_shapes(args.input_shape))
     folder = Path(args.output).parent
     for w in gen.warnings:
         print(f"qcc: warning: {w}", file=sys.stderr)
