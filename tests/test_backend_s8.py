@@ -256,8 +256,9 @@ def test_qcc_command_compiles_qdq_model_without_calibration(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
-def test_qcc_command_int8_scheme_needs_a_qdq_model(tmp_path, capsys):
+def test_qcc_command_int8_scheme_on_a_float_model_needs_calibration(tmp_path, capsys):
     from qcc.compiler import main
     digits = Path(__file__).resolve().parents[1] / "examples" / "digits" / "digits.onnx"
     assert main([str(digits), "-o", str(tmp_path / "d.c"), "--target", "cortex-m4", "--scheme", "int8"]) == 1
-    assert "QDQ" in capsys.readouterr().err
+    assert "--calib" in capsys.readouterr().err
+    assert not (tmp_path / "d.c").exists()
