@@ -302,11 +302,11 @@ def _sim(args: argparse.Namespace) -> int:
         _output_raw_integers(graph)
     outputs = run_batched(graph, load_inputs(args.inputs, graph))
     if args.output:
-        from .printer import atomic_write_files
+        from .fileio import write_files
         buf = io.BytesIO()
         np.savez(buf, **outputs)
         with _writing(args.output):
-            atomic_write_files([(Path(args.output), buf.getvalue())])
+            write_files([(Path(args.output), buf.getvalue())])
     else:
         for name, a in outputs.items():
             print(f"{name}: {a.dtype} {list(a.shape)}")

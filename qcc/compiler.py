@@ -181,7 +181,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
             files[Path(report)] = (json.dumps(summary, indent=2) + "\n").encode()
         else:
             files[Path(report)] = markdown_report(summary, float_graph, graph, calib).encode()
-    from qcc.backends.cmsis.generate import write_files
+    from .fileio import write_files
     write_files(files)
     return gen
 

@@ -590,9 +590,9 @@ def export_qdq_onnx(graph: Graph) -> onnx.ModelProto:
 
 def write_onnx(graph: Graph, path) -> None:
     """Export ``graph`` and write it to ``path`` atomically (all bytes or nothing)."""
-    from .printer import atomic_write_files
+    from .fileio import write_files
     data = export_qdq_onnx(graph).SerializeToString(deterministic=True)
     try:
-        atomic_write_files([(Path(path), data)])
+        write_files([(Path(path), data)])
     except OSError as e:
         raise InputError(f"cannot write {path}: {e.strerror or e}") from None

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .fileio import write_files
 from .graph import Graph, Value
 from .types import FixedPoint, PerAxisQuant, TensorType, UniformQuant
 
@@ -238,26 +237,4 @@ def write_qir(graph: Graph, path, elide_over: Optional[int] = DEFAULT_ELIDE_OVER
         buf = io.BytesIO()
         np.savez(buf, **resources)
         files.append((sidecar_path(path), buf.getvalue()))
-    atomic_write_files(files)
-
-
-def atomic_write_files(files):
-    """Write every (path, bytes) pair or none: temp files first, then renames."""
-    temps = []
-    try:
-        for path, data in files:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            temps.append((tmp, path))
-        for tmp, path in temps:
-            os.replace(tmp, path)
-        temps = []
-    finally:
-        for tmp, _ in temps:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+    write_files(files)

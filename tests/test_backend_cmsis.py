@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from qcc.backends.cmsis import TARGETS, generate, harness
-from qcc.backends.cmsis.generate import write_files
+from qcc.fileio import write_files
 from qcc.graph import Graph
 from qcc.ops.qnn_softmax import lut_interp_table, lut_table, softmax_table, softmax_table_shift
 from qcc.types import FixedPoint, TensorType

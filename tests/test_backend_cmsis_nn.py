@@ -23,7 +23,7 @@ import pytest
 import qcc
 from qcc.backends.cmsis import generate, harness
 from qcc.backends.cmsis import cmsis_nn
-from qcc.backends.cmsis.generate import write_files
+from qcc.fileio import write_files
 from qcc.graph import Graph
 from qcc.types import TensorType, UniformQuant
 

@@ -23,7 +23,7 @@ import pytest
 import qcc
 import qcc.simulator_s8  # noqa: F401  (registers the s8 kernels)
 from qcc.backends.cmsis import generate, harness
-from qcc.backends.cmsis.generate import write_files
+from qcc.fileio import write_files
 from qcc.graph import Graph
 from qcc.interpreter import run_batched
 from qcc.simulator_s8 import quantize_multiplier, softmax_params

@@ -129,7 +129,7 @@ def test_pipeline_takes_calibration_data_from_the_driver_context_and_rejects_oth
 def test_digits_int8_c_on_the_host_equals_the_simulator(digits_int8, tmp_path):
     import qcc.simulator_s8  # noqa: F401  (registers the s8 kernels)
     from qcc.backends.cmsis import generate, harness
-    from qcc.backends.cmsis.generate import write_files
+    from qcc.fileio import write_files
     g, test = digits_int8
     gen = generate(g, "digits")
     write_files({tmp_path / k: v for k, v in gen.files.items()})
