@@ -24,7 +24,22 @@ just that displacement (output row y lands on input row y - 1, which no later
 output reads). The C of such a layer drops ``restrict`` (the two pointers now
 alias), and the template loop orders this module relies on are those of
 conv2d.j2 (n, oy, ox, oc), maxpool.j2 / avgpool.j2 (n, oy, ox, c) and the
-flat loops of requantize/add/lut/lut_interp.j2.
+flat loops of requantize/add/lut/lut_interp.j2, and their affine int8 twins
+s8_conv2d.j2, s8_maxpool.j2 / s8_avgpool.j2, s8_requantize.j2 and s8_add.j2
+(which reads ``a[i]`` and ``b[i]`` before storing ``y[i]``: D = 0 for both).
+
+Blocks. The s8 depthwise kernel keeps ``uint32_t acc[Cout]`` per pixel: it
+reads the whole window of a pixel for all its channels, then stores the pixel's
+``B = Cout`` outputs. Stores then only need to spare the reads of *later
+blocks*, so the bound is taken at block ends only:
+
+    D = min over k >= 1 of  si * m(k*B) - k*B * so
+
+(``B = 1`` is the rule above; a block of B is never tighter since it drops
+constraints). Run last to first (``reverse``), block k stores after its own
+reads and before those of blocks k-1, ..., 0, so
+``d >= si * (M(k*B - 1) + 1) - k*B * so`` for every k >= 1, with M the
+largest index read by outputs 0..k*B-1.
 """
 from __future__ import annotations
 
@@ -34,12 +49,15 @@ import numpy as np
 
 from qcc.graph import Op
 
-ELEMENTWISE = frozenset({"qnn.requantize", "qnn.lut", "qnn.lut_interp", "qnn.add"})
-WINDOWED = frozenset({"qnn.conv2d", "qnn.maxpool", "qnn.avgpool"})
+from .layers_s8 import is_s8_depthwise
+
+ELEMENTWISE = frozenset({"qnn.requantize", "qnn.lut", "qnn.lut_interp", "qnn.add", "s8.requantize", "s8.add"})
+CONVS = frozenset({"qnn.conv2d", "s8.conv2d"})
+WINDOWED = CONVS | {"qnn.maxpool", "qnn.avgpool", "s8.maxpool", "s8.avgpool"}
 INPLACE_OPS = ELEMENTWISE | WINDOWED
 # Kernels whose template can also run the output loops from the last element to the first
-# (conv2d.j2 with L.reverse): a positive displacement then is legal, so chains need not drift.
-REVERSIBLE = frozenset({"qnn.conv2d"})
+# (conv2d.j2 / s8_conv2d.j2 with L.reverse): a positive displacement then is legal, so chains need not drift.
+REVERSIBLE = CONVS
 _INF = np.iinfo(np.int64).max // 4
 
 
@@ -69,7 +87,7 @@ def read_bounds(op: Op, operand: int) -> Optional[Tuple[np.ndarray, np.ndarray]]
         return None
     n, h, w, c = x.shape
     _, oh, ow, oc_n = y.shape
-    if op.opname == "qnn.conv2d":
+    if op.opname in CONVS:
         _, kh, kw, cg = op.operands[1].shape
         sh, sw = op.attrs["strides"]
         dh, dw = op.attrs["dilations"]
@@ -94,6 +112,13 @@ def read_bounds(op: Op, operand: int) -> Optional[Tuple[np.ndarray, np.ndarray]]
     return bounds[0], bounds[1]
 
 
+def store_block(op: Op) -> int:
+    """Outputs the kernel stores together, after all of their reads (1: each store right after its own reads)."""
+    if is_s8_depthwise(op):
+        return op.result.shape[-1]   # s8_conv2d.j2's depthwise path: acc[Cout] per pixel
+    return 1
+
+
 def max_displacement(op: Op, operand: int) -> Optional[int]:
     """Largest ``out_byte_offset - in_byte_offset`` that keeps the forward kernel exact, or None."""
     b = read_bounds(op, operand)
@@ -102,10 +127,11 @@ def max_displacement(op: Op, operand: int) -> Optional[int]:
     m = b[0]
     si = op.operands[operand].type.np_dtype.itemsize
     so = op.result.type.np_dtype.itemsize
-    # suffix minimum: later[o - 1] = smallest read by outputs o, o+1, ... (o >= 1)
-    later = np.minimum.accumulate(m[::-1])[::-1][1:]
-    o1 = np.arange(1, m.size, dtype=np.int64)
-    bound = np.where(later >= _INF, _INF, si * later - o1 * so)
+    blk = store_block(op)
+    # suffix minimum: later[k - 1] = smallest read by outputs kB, kB+1, ... (k >= 1)
+    later = np.minimum.accumulate(m[::-1])[::-1][blk::blk]
+    ends = np.arange(blk, m.size, blk, dtype=np.int64)
+    bound = np.where(later >= _INF, _INF, si * later - ends * so)
     return int(bound.min(initial=_INF))
 
 
@@ -125,7 +151,8 @@ def min_displacement_reversed(op: Op, operand: int) -> Optional[int]:
     mx = b[1]
     si = op.operands[operand].type.np_dtype.itemsize
     so = op.result.type.np_dtype.itemsize
-    before = np.maximum.accumulate(mx)[:-1]      # before[o - 1] = largest read by outputs 0..o-1
-    o1 = np.arange(1, mx.size, dtype=np.int64)
-    bound = np.where(before < 0, -_INF, si * (before + 1) - o1 * so)
+    blk = store_block(op)
+    starts = np.arange(blk, mx.size, blk, dtype=np.int64)
+    before = np.maximum.accumulate(mx)[starts - 1]   # largest read by outputs 0..kB-1
+    bound = np.where(before < 0, -_INF, si * (before + 1) - starts * so)
     return int(bound.max(initial=-_INF))

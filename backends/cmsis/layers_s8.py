@@ -79,6 +79,16 @@ def _weights(builder, op: Op, fn: str, w: np.ndarray, fold_zp: int) -> dict:
     return {"w": wsym, "bias": bias, "dot": "qcc_dot_s8_s8"}
 
 
+def is_s8_depthwise(op: Op) -> bool:
+    """True when s8_conv2d.j2 runs ``op`` on its depthwise path (one input channel per group).
+
+    That path stores a pixel's Cout outputs only after reading its whole window
+    (``acc[Cout]``), which inplace.py's bound relies on.
+    """
+    return (op.opname == "s8.conv2d" and op.operands[1].shape[-1] == 1
+            and op.attrs["group"] == op.operands[0].shape[-1])
+
+
 def _conv2d(builder, op: Op, fn: str) -> dict:
     a = op.attrs
     n, h, w_, c = op.operands[0].shape
@@ -96,7 +106,7 @@ def _conv2d(builder, op: Op, fn: str) -> dict:
            "check_y": pt > 0 or (oh - 1) * sh - pt + (kh - 1) * dh >= h,
            "check_x": pl > 0 or (ow - 1) * sw - pl + (kw - 1) * dw >= w_}
     ctx.update(_epilogue(builder, op, fn, cout, "oc"))
-    if cg == 1 and g == c:
+    if is_s8_depthwise(op):
         # Depthwise (channel multiplier cout / c): channels innermost, weights [KH][KW][Cout].
         wt = np.ascontiguousarray(w.reshape(cout, kh * kw).T)
         wsym = builder.add_const(f"{builder.prefix}_{fn}_w", "i8", wt, f"{op.name} depthwise weights [KH,KW,Cout]")
