@@ -122,10 +122,11 @@ class LayerBuilder:
         dtype = "i8" if what == "shift" else "i32"
         return self.add_const(f"{self.prefix}_{fn}_{what}", dtype, vals, comment) + f"[{index_var}]"
 
-    def _weights_and_bias(self, op: Op, fn: str, channels: int, index_var: str) -> dict:
+    def _weights_and_bias(self, op: Op, fn: str, channels: int, index_var: str, weights=None) -> dict:
+        """Weight, bias and shift arrays; ``weights`` = (values, dtype, comment) stores a re-laid copy instead."""
         w = op.operands[1].constant()
-        wsym = self.add_const(f"{self.prefix}_{fn}_w", op.operands[1].type.dtype, w,
-                              f"{op.name} weights {list(w.shape)}")
+        values, wdtype, what = weights or (w, op.operands[1].type.dtype, f"weights {list(w.shape)}")
+        wsym = self.add_const(f"{self.prefix}_{fn}_w", wdtype, values, f"{op.name} {what}")
         b = op.operands[2].constant() if len(op.operands) > 2 else None
         shifts = np.broadcast_to(np.asarray(op.attrs["bias_shift"], np.int64), (channels,))
         bias = np.zeros(channels, np.int64) if b is None else rshift_round(np.asarray(b, np.int64), -shifts)
@@ -137,8 +138,13 @@ class LayerBuilder:
                                   f"{op.name} output shifts")
         xs, ws = SHORT[op.operands[0].type.dtype], SHORT[op.operands[1].type.dtype]
         self.dots.add((xs, ws))
+        # The blocked kernels index bias and shift by other variables: the table symbol (or literal) alone.
+        at = lambda expr: expr[:-len(f"[{index_var}]")] if expr.endswith(f"[{index_var}]") else expr
         return {"w": wsym, "bias": bias_expr, "shift": shift, "dot": f"qcc_dot_{xs}_{ws}",
-                "xt": ctype(op.operands[0]), "wt": ctype(op.operands[1]),
+                "bias_t": at(bias_expr), "bias_tab": bias_expr != at(bias_expr),
+                "shift_t": at(shift), "shift_tab": shift != at(shift), "xs": xs, "ws": ws,
+                "xt": ctype(op.operands[0]), "wt": C_TYPES[wdtype],
+                "rq": "qcc_requant_rs" if min(np.ravel(op.attrs["out_shift"])) >= 1 else "qcc_requant",
                 "lo": op.attrs["act_min"], "hi": op.attrs["act_max"]}
 
     def _conv2d(self, op: Op, fn: str) -> dict:
@@ -149,8 +155,18 @@ class LayerBuilder:
         sh, sw = op.attrs["strides"]
         dh, dw = op.attrs["dilations"]
         pt, pl, pb, pr = op.attrs["pads"]
-        ctx = self._weights_and_bias(op, fn, cout, "oc")
-        ctx.update(n=n, h=h, w_=w, c=c, oh=oh, ow=ow, cout=cout, kh=kh, kw=kw, cg=cg, cog=cout // g, group=g,
+        # Kernel shape (conv2d.j2): "gemm" blocks 2 pixels x 2 output channels (ungrouped), "depthwise"
+        # 4 channels of one pixel (weights re-laid [KH][KW][C]), "generic" one output at a time.
+        path = "gemm" if g == 1 else ("depthwise" if cg == 1 and cout == c else "generic")
+        weights = None
+        if path == "depthwise":
+            weights = self._depthwise_weights(op)
+        ctx = self._weights_and_bias(op, fn, cout, "oc", weights)
+        if path == "gemm" and kh == kw == 1 and (sh, sw) == (1, 1) and not any(op.attrs["pads"]):
+            # A 1x1 stride-1 convolution is a matrix product over all pixels: one long row pairs them all.
+            n, h, w, oh, ow = 1, 1, n * h * w, 1, n * h * w
+        ctx["dw_perm"] = path == "depthwise" and ctx["wt"] == "int16_t" and ctx["xs"] == "s8"
+        ctx.update(path=path, n=n, h=h, w_=w, c=c, oh=oh, ow=ow, cout=cout, kh=kh, kw=kw, cg=cg, cog=cout // g, group=g,
                    sh=sh, sw=sw, dh=dh, dw=dw, pt=pt, pl=pl,
                    # Window taps can fall outside the input only with padding (or a ragged last window).
                    check_y=pt > 0 or (oh - 1) * sh - pt + (kh - 1) * dh >= h,
@@ -159,6 +175,23 @@ class LayerBuilder:
                    # are both contiguous when the convolution is not grouped and not dilated.
                    row_dot=g == 1 and dw == 1 and kw > 1)
         return ctx
+
+    def _depthwise_weights(self, op: Op):
+        """[C,KH,KW,1] as [KH*KW][C] so a tap's channels are contiguous like the input's.
+
+        int8 x int8: widened to int16 and each group of 4 channels stored as
+        (c, c+2, c+1, c+3), the lanes SXTB16 makes of an input word (bytes 0,2 and,
+        rotated, 1,3), so one word pairs with each half of the widened input.
+        """
+        w = op.operands[1].constant()
+        c = w.shape[0]
+        taps = np.asarray(w, np.int64).reshape(c, -1).T.copy()          # [KH*KW, C]
+        if (op.operands[0].type.dtype, op.operands[1].type.dtype) != ("i8", "i8"):
+            return taps, op.operands[1].type.dtype, f"depthwise weights [KH*KW={taps.shape[0]}][C={c}]"
+        blocks = c // 4 * 4
+        perm = np.arange(c)
+        perm[:blocks] = (np.arange(blocks) // 4 * 4 + np.tile([0, 2, 1, 3], blocks // 4))
+        return taps[:, perm], "i16", f"depthwise weights [KH*KW={taps.shape[0]}][C={c}], int16, lanes (c,c+2,c+1,c+3)"
 
     def _dense(self, op: Op, fn: str) -> dict:
         x = op.operands[0]
