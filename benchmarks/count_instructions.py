@@ -149,6 +149,7 @@ class Machine:
                 self.symbols[sym.name] = (sym["st_value"] & ~1, sym["st_size"])
         ranges = sorted((start, start + size, name) for name, (start, size) in self.symbols.items() if size)
         self._range_starts = [r[0] for r in ranges]
+        self.entries = {start for start, _ in self.symbols.values()}
         self._ranges = ranges
 
     def function_at(self, address: int) -> str:
@@ -218,10 +219,14 @@ class _Counter:
             return
         info = self.block_info(address, size)
         func = self.machine.function_at(address)
-        if self.pending_return is not None:
+        # Thumb-1 gcc also uses BL as a far jump inside a large function (B
+        # reaches only +-2 KiB on ARMv6-M): only a BL landing on a function's
+        # entry (or outside every symbol, e.g. a veneer) is a call.
+        if self.pending_return is not None and (address in self.machine.entries or func == UNKNOWN):
             self.stack.append((func, self.pending_return))
             self.pending_return = None
         else:
+            self.pending_return = None
             # Returning to a caller pops every frame above it.
             for depth in range(len(self.stack) - 1, 0, -1):
                 if self.stack[depth][1] == address:

@@ -1,0 +1,524 @@
+"""qcc benchmark harness: one command, ``python benchmarks/run.py``, writes benchmarks/results.md.
+
+For every model it runs the ``qcc`` command per target, builds the emitted C
+with arm-none-eabi-gcc -O3 into a bare ELF (entry = NAME_run, no startup code,
+no semihosting: only what NAME_run reaches is linked), and measures:
+
+- instructions of one NAME_run call on a real sample, by emulation
+  (count_instructions.py: unicorn + capstone, machine-independent and repeatable);
+  per layer from a second build in which gcc keeps each layer a function
+  (``ATTRIBUTION_FLAGS``), because at plain -O3 gcc inlines the static layer
+  functions into NAME_run;
+- MACs of the lowered graph: conv2d = |y| * KH * KW * Cin/group, dense = |y| * K
+  (depthwise is conv2d with Cin/group = 1); the floor MACs/2 (SMLAD does 2 MACs);
+- flash = .text + .rodata + .data load image of the bare ELF (pyelftools);
+- RAM = NAME_ARENA_SIZE (inside .bss), .bss, .data and the stack high-water mark:
+  the emulator's stack is filled with a word pattern before the call, and the
+  deepest word no longer holding it after the call bounds the stack used;
+- the ELF's outputs against the integer simulator on that sample (bit for bit),
+  and accuracy: the simulator (qcc.interpreter.run_graph on the lowered IR from
+  --emit-ir) on every golden sample against the float model (top-1 agreement),
+  and the digits test-set accuracy;
+- compile time: wall-clock of the qcc command (a report column only).
+
+``--quick`` runs the digits model on cortex-m4 only (the smoke test uses it).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+MODELS = Path(os.environ.get("QCC_MODELS", REPO.parent / "shared" / "models"))
+DIGITS = REPO / "examples" / "digits"
+CC = "arm-none-eabi-gcc"
+CFLAGS = ("-O3", "-std=c99", "-Wall", "-Wextra", "-Werror", "-ffunction-sections", "-fdata-sections")
+# Keep each layer a function so instructions can be attributed to it; helpers
+# declared `static inline` (the dot products) are still inlined.
+ATTRIBUTION_FLAGS = ("-fno-inline-functions-called-once", "-fno-inline-small-functions", "-fno-inline-functions")
+TARGETS = ("cortex-m4", "cortex-m0plus", "cortex-m7")
+STACK_FILL = 0xC0DEC0DE
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+counter = _load("qcc_bench_count_instructions", HERE / "count_instructions.py")
+firmware_targets = _load("qcc_bench_firmware_targets", REPO / "examples" / "firmware" / "targets.py")
+
+
+# ---------------------------------------------------------------- the models
+@dataclass
+class ModelSpec:
+    """One benchmark row: how to compile the model and what to compare it with."""
+    name: str                      # C name / output stem
+    model: Path
+    scheme: str                    # qcc --scheme
+    calib: Optional[Callable[[], np.ndarray]]  # float calibration inputs (None: pre-quantized)
+    samples: Callable[[], np.ndarray]          # golden inputs, one per leading index
+    reference: Callable[[], np.ndarray]        # reference outputs on those samples
+    reference_name: str                         # what `reference` is
+    labels: Optional[Callable[[], np.ndarray]] = None
+    counted: int = 0                            # index of the sample whose call is counted
+    anchor_instructions: Optional[float] = None  # CMSIS-NN v7 on M4 (DESIGN.md)
+    anchor_activation_bytes: Optional[int] = None  # TFLite Micro planner
+    exact_reference: bool = False               # reference is integer and must match bit for bit
+
+
+def _npz(path: Path, key: str) -> Callable[[], np.ndarray]:
+    return lambda: np.load(path)[key]
+
+
+def _onnx_outputs(model: Path, samples: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+    def run():
+        import onnxruntime
+        sess = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        return np.concatenate([sess.run(None, {name: x.astype(np.float32)})[0] for x in samples()])
+    return run
+
+
+def model_specs(quick: bool) -> List[ModelSpec]:
+    digits_test = _npz(DIGITS / "test.npz", "input")
+    specs = [ModelSpec(
+        "digits", DIGITS / "digits.onnx", "qmn", _npz(DIGITS / "calib.npz", "input"), digits_test,
+        _onnx_outputs(DIGITS / "digits.onnx", digits_test), "float model (onnxruntime)",
+        labels=_npz(DIGITS / "test.npz", "labels"))]
+    if quick:
+        return specs
+    ic, kws = MODELS / "ic_resnet8", MODELS / "kws_dscnn"
+    specs += [
+        ModelSpec("ic_resnet8", ic / "ic_resnet8_float.onnx", "qmn", _npz(ic / "golden_float.npz", "input"),
+                  _npz(ic / "golden_float.npz", "input"), _npz(ic / "golden_float.npz", "onnx_output"),
+                  "float model (onnxruntime)", anchor_instructions=29.86e6, anchor_activation_bytes=49_152),
+        ModelSpec("kws_dscnn", kws / "kws_dscnn_float.onnx", "qmn", lambda: np.load(kws / "mfcc_real_float.npy"),
+                  _npz(kws / "golden_float.npz", "input"), _npz(kws / "golden_float.npz", "onnx_output"),
+                  "float model (onnxruntime)", anchor_instructions=7.84e6, anchor_activation_bytes=16_000),
+        ModelSpec("ic_resnet8_int8", ic / "ic_resnet8_int8_qdq.onnx", "int8", None,
+                  _npz(ic / "golden_int8.npz", "input"), _npz(ic / "golden_int8.npz", "output_tflm"),
+                  "TFLite Micro int8", anchor_instructions=29.86e6, anchor_activation_bytes=49_152,
+                  exact_reference=True),
+        ModelSpec("kws_dscnn_int8", kws / "kws_dscnn_int8_qdq.onnx", "int8", None,
+                  _npz(kws / "golden_int8.npz", "input"), _npz(kws / "golden_int8.npz", "output_tflm"),
+                  "TFLite Micro int8", anchor_instructions=7.84e6, anchor_activation_bytes=16_000,
+                  exact_reference=True),
+    ]
+    return specs
+
+
+# ---------------------------------------------------------------- compile, build, count
+class Unsupported(Exception):
+    """qcc refused the model (a "not yet supported" row), or crashed (FAILED)."""
+
+    def __init__(self, message: str, status: str = "not yet supported"):
+        super().__init__(message)
+        self.status = status
+
+
+class BuildError(RuntimeError):
+    """arm-none-eabi-gcc rejected the generated C."""
+
+
+def _qcc_command() -> List[str]:
+    exe = shutil.which("qcc")
+    return [exe] if exe else [sys.executable, "-c", "import sys; from qcc.cli import qcc_main; sys.exit(qcc_main())"]
+
+
+def run_qcc(spec: ModelSpec, target: str, folder: Path) -> tuple[Path, float]:
+    """Compiles the model with the qcc command; returns (output folder, wall seconds)."""
+    out = folder / target
+    cmd = [*_qcc_command(), str(spec.model), "-o", str(out / f"{spec.name}.c"), "--target", target,
+           "--emit-ir", str(out / f"{spec.name}.qir"), "--report", str(out / "report.json")]
+    if spec.scheme != "qmn":
+        cmd += ["--scheme", spec.scheme]
+    if spec.calib is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        calib = folder / "calib.npy"
+        np.save(calib, spec.calib().astype(np.float32))
+        cmd += ["--calib", str(calib)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        lines = [l for l in (proc.stderr or proc.stdout).strip().splitlines() if l.strip()] or ["(no message)"]
+        # A QccError exits 1 or 2 with one message line; a traceback is a qcc bug.
+        raise Unsupported(lines[-1], "FAILED" if "Traceback" in proc.stderr else "not yet supported")
+    return out, seconds
+
+
+def _linker_script(target: str, entry: str) -> str:
+    t = firmware_targets.get_target(target)
+    return (f"MEMORY {{\n  FLASH (rx) : ORIGIN = {t.code[0]:#x}, LENGTH = {t.code[1]:#x}\n"
+            f"  RAM (rwx) : ORIGIN = {t.ram[0]:#x}, LENGTH = {t.ram[1]:#x}\n}}\n"
+            f"ENTRY({entry})\nSECTIONS {{\n"
+            "  .text : { *(.text .text.*) } > FLASH\n"
+            "  .rodata : ALIGN(4) { *(.rodata .rodata.*) } > FLASH\n"
+            "  .ARM.exidx : { *(.ARM.exidx*) } > FLASH\n"
+            "  .data : ALIGN(4) { *(.data .data.*) } > RAM AT > FLASH\n"
+            "  .bss : ALIGN(4) { *(.bss .bss.*) *(COMMON) } > RAM\n}\n")
+
+
+def build_elf(out: Path, name: str, target: str, attribution: bool = False) -> Path:
+    """The model's objects linked alone into a bare ELF whose entry point is NAME_run."""
+    tag = "layers" if attribution else "o3"
+    build = out / f"build-{tag}"
+    build.mkdir(exist_ok=True)
+    flags = [*firmware_targets.get_target(target).cpu_flags, *CFLAGS, *(ATTRIBUTION_FLAGS if attribution else ())]
+    objects = []
+    for src in (f"{name}.c", f"{name}_weights.c"):
+        obj = build / (Path(src).stem + ".o")
+        _check_call([CC, *flags, "-c", str(out / src), "-o", str(obj)])
+        objects.append(str(obj))
+    script = build / "bare.ld"
+    script.write_text(_linker_script(target, f"{name}_run"))
+    elf = build / f"{name}.elf"
+    _check_call([CC, *firmware_targets.get_target(target).cpu_flags, "-nostartfiles", "-Wl,--gc-sections",
+                 f"-T{script}", *objects, "-o", str(elf)])
+    return elf
+
+
+def _check_call(cmd: Sequence[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        first = next((l for l in proc.stderr.splitlines() if "error" in l), proc.stderr.strip()[:300])
+        raise BuildError(re.sub(r"\S*/([^/\s]+\.[ch]:)", r"\1", first.strip()))  # file names, not build paths
+
+
+def elf_sections(elf: Path) -> Dict[str, int]:
+    from elftools.elf.elffile import ELFFile
+    with open(elf, "rb") as f:
+        sizes = {s.name: s["sh_size"] for s in ELFFile(f).iter_sections()}
+    return {k: sizes.get(k, 0) for k in (".text", ".rodata", ".ARM.exidx", ".data", ".bss")}
+
+
+def count_run(elf: Path, name: str, inputs: Sequence[bytes], output_sizes: Sequence[int], cpu: str) -> dict:
+    """One NAME_run call: instruction counts, outputs, and the stack high-water mark in bytes."""
+    machines = []
+
+    def setup(machine):
+        machines.append(machine)
+        # Paint the whole emulated stack; the call's frames overwrite the top of it.
+        machine.uc.mem_write(counter.STACK_BASE, STACK_FILL.to_bytes(4, "little") * (counter.STACK_SIZE // 4))
+        return [machine.alloc(b) for b in inputs] + [machine.alloc(n) for n in output_sizes]
+
+    result = counter.count_calls(elf, f"{name}_run", setup, cpu)
+    words = np.frombuffer(machines[0].read(counter.STACK_BASE, counter.STACK_SIZE), "<u4")
+    touched = np.flatnonzero(words != STACK_FILL)
+    result["stack_bytes"] = int((len(words) - touched[0]) * 4) if touched.size else 0
+    result["outputs"] = result["buffers"][len(inputs):]
+    return result
+
+
+# ---------------------------------------------------------------- the lowered graph
+def load_lowered(out: Path, name: str):
+    import qcc.simulator  # noqa: F401  (registers the integer kernels)
+    import qcc.simulator_s8  # noqa: F401
+    from qcc.parser import parse_file
+    return parse_file(out / f"{name}.qir")
+
+
+def macs_by_op(graph) -> Dict[str, int]:
+    """Multiply-accumulates of each integer conv2d / dense, by op name."""
+    out = {}
+    for op in graph.ops:
+        kind = op.opname.split(".", 1)[-1]
+        if op.opname.startswith("nn.") or kind not in ("conv2d", "dense"):
+            continue
+        w = op.operands[1].shape
+        out[op.name] = op.result.type.size * (int(np.prod(w[1:])) if kind == "conv2d" else w[1])
+    return out
+
+
+def simulate(graph, sample: np.ndarray):
+    """(NAME_run's input buffers, its expected output buffers, the graph's outputs) for one sample.
+
+    The benchmark models have one input; NAME_run takes the quantized inputs, then the
+    quantized outputs (what each final q.dequantize reads), in graph order."""
+    from qcc.interpreter import run_graph
+    x = graph.inputs[0]
+    env = run_graph(graph, {x.name: sample.reshape(x.shape).astype(x.type.np_dtype)}, keep=True)
+    ins = []
+    for v in graph.inputs:
+        q = next((u for u in graph.users(v) if u.opname == "q.quantize"), None)
+        ins.append(env[q.result] if q is not None else env[v])
+    outs = []
+    for v in graph.outputs:
+        src = v.producer.operands[0] if v.producer is not None and v.producer.opname == "q.dequantize" else v
+        outs.append(env[src])
+    return ins, outs, [env[v] for v in graph.outputs]
+
+
+# ---------------------------------------------------------------- one model
+@dataclass
+class Result:
+    spec: ModelSpec
+    error: Optional[str] = None
+    status: str = "not yet supported"                       # what an error row says
+    compile_seconds: float = 0.0
+    report: dict = field(default_factory=dict)
+    macs: int = 0
+    layer_macs: Dict[str, int] = field(default_factory=dict)
+    counts: Dict[str, dict] = field(default_factory=dict)   # cpu -> count_run result (-O3 build)
+    layers: Optional[dict] = None                           # count_run result with per-layer functions (M4)
+    layers_inlined: bool = False                            # gcc inlined layers at -O3: layers from ATTRIBUTION_FLAGS
+    sections: Dict[str, int] = field(default_factory=dict)
+    matches: Dict[str, bool] = field(default_factory=dict)  # cpu -> ELF outputs == simulator, bit for bit
+    accuracy: dict = field(default_factory=dict)
+
+    @property
+    def elf_matches_simulator(self) -> bool:
+        return bool(self.matches) and all(self.matches.values())
+
+
+def measure(spec: ModelSpec, workdir: Path, targets: Sequence[str] = TARGETS, accuracy: bool = True) -> Result:
+    res = Result(spec)
+    folder = workdir / spec.name
+    try:
+        outs = {}
+        for target in targets:
+            outs[target], seconds = run_qcc(spec, target, folder)
+            if target == targets[0]:
+                res.compile_seconds = seconds
+    except Unsupported as exc:
+        res.error, res.status = str(exc), exc.status
+        return res
+    try:
+        _measure_compiled(res, outs, targets, accuracy)
+    except (BuildError, counter.EmulationError) as exc:
+        # A bug in the generated C, not a model qcc declines: reported as FAILED.
+        res.error, res.status = str(exc), "FAILED"
+    return res
+
+
+def _measure_compiled(res: Result, outs: Dict[str, Path], targets: Sequence[str], accuracy: bool) -> None:
+    spec = res.spec
+    main = outs[targets[0]]
+    res.report = json.loads((main / "report.json").read_text())
+    graph = load_lowered(main, spec.name)
+    by_op = macs_by_op(graph)
+    res.macs = sum(by_op.values())
+    res.layer_macs = {layer["fn"]: by_op.get(layer["name"], 0) for layer in res.report["layers"]}
+    samples = spec.samples()
+    for target in targets:  # each target has its own lowering, so its own simulator reference
+        t_graph = graph if target == targets[0] else load_lowered(outs[target], spec.name)
+        t_ins, t_expected, _ = simulate(t_graph, samples[spec.counted])
+        elf = build_elf(outs[target], spec.name, target)
+        counted = count_run(elf, spec.name, [a.tobytes() for a in t_ins], [a.nbytes for a in t_expected], target)
+        res.counts[target] = counted
+        res.matches[target] = counted["outputs"] == [a.tobytes() for a in t_expected]
+        if target == targets[0]:
+            res.sections = elf_sections(elf)
+            in_bytes, out_sizes = [a.tobytes() for a in t_ins], [a.nbytes for a in t_expected]
+    if set(_layer_counts(res.counts[targets[0]])) >= {layer["fn"] for layer in res.report["layers"]}:
+        res.layers = res.counts[targets[0]]  # every layer is still a function at -O3
+    else:
+        res.layers_inlined = True
+        res.layers = count_run(build_elf(main, spec.name, targets[0], attribution=True), spec.name, in_bytes,
+                               out_sizes, targets[0])
+    if accuracy:
+        res.accuracy = measure_accuracy(spec, graph, samples)
+
+
+def measure_accuracy(spec: ModelSpec, graph, samples: np.ndarray) -> dict:
+    reference = spec.reference()
+    quantized = [simulate(graph, s)[1][0].reshape(-1) for s in samples]
+    top_q = np.array([int(np.argmax(q)) for q in quantized])
+    top_ref = reference.reshape(len(samples), -1).argmax(axis=1)
+    acc = {"samples": len(samples), "top1_agree": int((top_q == top_ref).sum())}
+    if spec.exact_reference:
+        acc["bit_exact"] = sum(int(np.array_equal(q, r.reshape(-1))) for q, r in zip(quantized, reference))
+    if spec.labels is not None:
+        labels = spec.labels()
+        acc["float_correct"] = int((top_ref == labels).sum())
+        acc["quant_correct"] = int((top_q == labels).sum())
+    return acc
+
+
+# ---------------------------------------------------------------- the report
+def _layer_counts(counted: dict) -> Dict[str, int]:
+    """Inclusive instructions by function, gcc's clones (l1_conv2.constprop.0) merged into their origin."""
+    inclusive: Dict[str, int] = {}
+    for fn, n in counted["inclusive"].items():
+        base = fn.split(".", 1)[0]
+        inclusive[base] = inclusive.get(base, 0) + n
+    return inclusive
+
+
+def layer_rows(res: Result) -> List[tuple]:
+    """(function, op, MACs, instructions inclusive, instructions/MAC) per layer."""
+    inclusive = _layer_counts(res.layers)
+    rows = []
+    for layer in res.report["layers"]:
+        n = inclusive.get(layer["fn"])
+        macs = res.layer_macs.get(layer["fn"], 0)
+        rows.append((layer["fn"], layer["op"], macs, n, n / macs if n is not None and macs else None))
+    return rows
+
+
+def _m(n: float) -> str:
+    return f"{n:,.0f}"
+
+
+def _f(x: Optional[float], digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def tool_versions() -> Dict[str, str]:
+    import capstone
+    import elftools
+    import unicorn
+    import qcc
+    gcc = subprocess.run([CC, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    return {"qcc": f"{qcc.__version__} (git {commit}, uncommitted changes may apply)", "gcc": gcc,
+            "unicorn": unicorn.__version__, "capstone": capstone.__version__, "pyelftools": elftools.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def render(results: Sequence[Result], targets: Sequence[str]) -> str:
+    main = targets[0]
+    lines = [
+        "# qcc benchmark results", "",
+        f"Generated by `python benchmarks/run.py` on {datetime.date.today().isoformat()}. "
+        "Method (machine-independent): each model is compiled with the `qcc` command, its C built with "
+        f"`{CC} -O3` into a bare ELF (entry `NAME_run`, no startup code or semihosting), and one `NAME_run` "
+        "call on a real sample is emulated with unicorn; instructions are counted per executed block with "
+        "capstone. Counts are repeatable to the instruction; they are not cycles. MACs come from the lowered "
+        "graph; the floor is MACs/2 (SMLAD). Flash = .text + .rodata + .data of that ELF. Stack = deepest "
+        "word changed in a pattern-filled emulated stack. Compile time is the wall-clock time of the `qcc` "
+        "command on this machine (not machine-independent). See benchmarks/README.md.", "",
+        "Tools: " + "; ".join(f"{k} {v}" for k, v in tool_versions().items()), "",
+        f"## Speed ({main}, -O3)", "",
+        "| model | scheme | MACs | instructions | instr/MAC | floor (MACs/2) | x floor | CMSIS-NN v7 anchor | x anchor | ELF == simulator |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        s = r.spec
+        anchor = f"{s.anchor_instructions / 1e6:.2f} M" if s.anchor_instructions else "-"
+        if r.error:
+            lines.append(f"| {s.name} | {s.scheme} | | {r.status} | | | | {anchor} | | |")
+            continue
+        n = r.counts[main]["total"]
+        lines.append(f"| {s.name} | {s.scheme} | {_m(r.macs)} | {_m(n)} | {_f(n / r.macs)} | {_m(r.macs / 2)} | "
+                     f"{_f(n / (r.macs / 2))} | {anchor} | "
+                     f"{_f(n / s.anchor_instructions) if s.anchor_instructions else '-'} | "
+                     f"{'yes' if r.matches.get(main) else 'NO'} |")
+    lines += ["", "## Instructions per target (-O3; each target compiled by qcc for itself)", "",
+              "| model | " + " | ".join(targets) + " | " + " | ".join(f"{t} instr/MAC" for t in targets)
+              + " | ELF == simulator on every target |",
+              "|---|" + "---:|" * (2 * len(targets)) + "---|"]
+    for r in results:
+        if r.error:
+            lines.append(f"| {r.spec.name} | " + f"{r.status} | " * (2 * len(targets)) + " |")
+            continue
+        tot = [r.counts[t]["total"] for t in targets]
+        lines.append(f"| {r.spec.name} | " + " | ".join(_m(n) for n in tot) + " | "
+                     + " | ".join(_f(n / r.macs) for n in tot)
+                     + f" | {'yes' if r.elf_matches_simulator else 'NO: ' + ', '.join(t for t, ok in r.matches.items() if not ok)} |")
+    lines += ["", f"## Memory ({main}, bytes)", "",
+              "| model | flash (text + rodata + data) | .text | .rodata | arena (NAME_ARENA_SIZE) | live bytes without in-place "
+              "| TFLite Micro activations | .bss | .data | stack high-water | RAM (bss + data + stack) | compile time (s) |",
+              "|---|" + "---:|" * 11]
+    for r in results:
+        s = r.spec
+        tflm = f"{s.anchor_activation_bytes:,}" if s.anchor_activation_bytes else "-"
+        if r.error:
+            lines.append(f"| {s.name} | {r.status} | | | | | {tflm} | | | | | |")
+            continue
+        sec, stack = r.sections, r.counts[main]["stack_bytes"]
+        flash = sec[".text"] + sec[".rodata"] + sec[".ARM.exidx"] + sec[".data"]
+        lines.append(f"| {s.name} | {flash:,} | {sec['.text']:,} | {sec['.rodata']:,} | {r.report['arena_bytes']:,} | "
+                     f"{r.report['arena_lower_bound_bytes']:,} | {tflm} | {sec['.bss']:,} | {sec['.data']:,} | "
+                     f"{stack:,} | {sec['.bss'] + sec['.data'] + stack:,} | {r.compile_seconds:.2f} |")
+    lines += ["", "RAM is what NAME_run itself needs; the caller's input and output buffers come on top. "
+              "\"live bytes without in-place\" is the memory planner's bound for plans with no in-place layer; "
+              "the TFLite Micro column is its planner's activation share of the arena (DESIGN.md).",
+              "", "## Accuracy (integer simulator on the golden inputs)", "",
+              "| model | samples | reference | top-1 agreement | bit-exact | float accuracy | quantized accuracy |",
+              "|---|---:|---|---:|---:|---:|---:|"]
+    for r in results:
+        a, s = r.accuracy, r.spec
+        if r.error:
+            lines.append(f"| {s.name} | | {s.reference_name} | {r.status} | | | |")
+            continue
+        if not a:
+            continue
+        n = a["samples"]
+        exact = f"{a['bit_exact']}/{n}" if "bit_exact" in a else "-"
+        fl = f"{a['float_correct']}/{n} ({100 * a['float_correct'] / n:.1f}%)" if "float_correct" in a else "-"
+        qa = f"{a['quant_correct']}/{n} ({100 * a['quant_correct'] / n:.1f}%)" if "quant_correct" in a else "-"
+        lines.append(f"| {s.name} | {n} | {s.reference_name} | {a['top1_agree']}/{n} | {exact} | {fl} | {qa} |")
+    unsupported = [r for r in results if r.error]
+    if unsupported:
+        lines += ["", "Rows without numbers (\"not yet supported\": the qcc command's message; "
+                  "\"FAILED\": the generated C did not build or run):", ""]
+        lines += [f"- {r.spec.name} ({r.status}): `{r.error}`" for r in unsupported]
+    for r in results:
+        if r.error:
+            continue
+        attributed = r.layers["total"]
+        if r.layers_inlined:
+            how = (f"At -O3 gcc inlines the layers into `{r.spec.name}_run` ({_m(r.counts[main]['total'])} "
+                   "instructions); these per-layer counts come from a second build with "
+                   f"`{' '.join(ATTRIBUTION_FLAGS)}` ({_m(attributed)} instructions in all: inlining changes "
+                   "register allocation and scheduling, so the two totals differ).")
+        else:
+            how = (f"From the -O3 build itself: each layer is its own function there ({_m(attributed)} "
+                   f"instructions in `{r.spec.name}_run`, the rest being the calls between layers).")
+        lines += ["", f"## Layers of {r.spec.name} ({main})", "",
+                  how + " Instructions are inclusive (the layer and what it calls); shares are of that total.", "",
+                  "| layer | op | MACs | instructions | instr/MAC | share |", "|---|---|---:|---:|---:|---:|"]
+        for fn, op, macs, n, per in layer_rows(r):
+            share = f"{100 * n / attributed:.1f}%" if n is not None else "n/a"
+            lines.append(f"| {fn} | {op} | {macs:,} | {'inlined' if n is None else f'{n:,}'} | {_f(per)} | {share} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description="Benchmark qcc's generated C (instructions, memory, accuracy).")
+    p.add_argument("--quick", action="store_true", help="digits on cortex-m4 only")
+    p.add_argument("-o", "--output", default=str(HERE / "results.md"), help="the markdown file to write")
+    p.add_argument("--workdir", default=str(HERE / "build"), help="where generated C and ELFs go (kept)")
+    p.add_argument("--only", action="append", default=[], metavar="MODEL", help="run just these models")
+    args = p.parse_args(argv)
+    targets = TARGETS[:1] if args.quick else TARGETS
+    specs = [s for s in model_specs(args.quick) if not args.only or s.name in args.only]
+    unknown = set(args.only) - {s.name for s in specs}
+    if unknown:
+        p.error(f"unknown model(s) {', '.join(sorted(unknown))}; known: "
+                f"{', '.join(s.name for s in model_specs(args.quick))}")
+    results = []
+    for spec in specs:
+        start = time.perf_counter()
+        print(f"[bench] {spec.name} ...", file=sys.stderr, flush=True)
+        results.append(measure(spec, Path(args.workdir), targets))
+        print(f"[bench] {spec.name} done in {time.perf_counter() - start:.1f} s"
+              + (f" ({results[-1].status}: {results[-1].error})" if results[-1].error else ""), file=sys.stderr)
+    Path(args.output).write_text(render(results, targets))
+    print(f"[bench] wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Smoke test of the benchmark harness (benchmarks/run.py) on the digits model.
+
+Structural checks only, never wall-clock: counts are positive and repeat
+exactly between two independent compile+build+emulate runs, the count is at
+least the MACs/2 floor, the ELF's output equals the simulator, and the memory
+figures are consistent with each other.
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("unicorn")
+pytest.importorskip("capstone")
+pytest.importorskip("elftools")
+pytest.importorskip("onnxruntime")
+if shutil.which("arm-none-eabi-gcc") is None:
+    pytest.skip("arm-none-eabi-gcc is not installed", allow_module_level=True)
+
+RUN_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("qcc_benchmarks_run", RUN_PY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def two_runs(bench, tmp_path_factory):
+    digits = bench.model_specs(quick=True)[0]
+    assert digits.name == "digits"
+    runs = []
+    for tag in ("a", "b"):
+        runs.append(bench.measure(digits, tmp_path_factory.mktemp(tag), ("cortex-m4",), accuracy=tag == "a"))
+    return runs
+
+
+def test_counts_are_positive_and_above_the_floor(two_runs):
+    r = two_runs[0]
+    assert r.error is None
+    total = r.counts["cortex-m4"]["total"]
+    assert r.macs > 0 and total > 0
+    assert total >= r.macs / 2  # SMLAD: at most two MACs per instruction
+    assert r.counts["cortex-m4"]["return"] == 0
+    assert r.matches == {"cortex-m4": True}
+
+
+def test_counts_repeat_exactly(two_runs):
+    a, b = two_runs
+    for key in ("total", "exclusive", "inclusive", "stack_bytes", "outputs"):
+        assert a.counts["cortex-m4"][key] == b.counts["cortex-m4"][key], key
+    assert a.layers["inclusive"] == b.layers["inclusive"]
+    assert a.sections == b.sections
+
+
+def test_every_layer_is_attributed(bench, two_runs):
+    r = two_runs[0]
+    rows = bench.layer_rows(r)
+    assert [row[0] for row in rows] == [layer["fn"] for layer in r.report["layers"]]
+    assert all(n is not None and n > 0 for _, _, _, n, _ in rows)
+    assert sum(n for _, _, _, n, _ in rows) <= r.layers["total"]
+    # conv/dense layers carry all the MACs and each costs at least the floor
+    assert sum(macs for _, _, macs, _, _ in rows) == r.macs
+    assert all(n >= macs / 2 for _, _, macs, n, _ in rows)
+
+
+def test_memory_figures_are_consistent(two_runs):
+    r = two_runs[0]
+    sec = r.sections
+    assert sec[".text"] > 0
+    assert sec[".rodata"] >= r.report["weight_bytes"] > 0  # weights are const, in flash
+    assert sec[".bss"] >= r.report["arena_bytes"] > 0      # the arena is the static buffer
+    assert 0 < r.counts["cortex-m4"]["stack_bytes"] < 64 * 1024
+
+
+def test_accuracy_and_markdown(bench, two_runs):
+    r = two_runs[0]
+    assert r.accuracy["samples"] == 360
+    assert r.accuracy["float_correct"] == 357  # examples/digits/README.md
+    assert 0 < r.accuracy["quant_correct"] <= 360
+    text = bench.render([r], ("cortex-m4",))
+    assert "| digits | qmn |" in text and "## Layers of digits" in text
