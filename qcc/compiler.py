@@ -109,7 +109,6 @@ def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max
     report's reference).
     """
     from .report import run_keeping_float
-    import qcc.passes  # noqa: F401  (registers the passes and pipelines)
     from .passmanager import PassManager
     if not calib and not act_max:
         raise InputError(f"{model_path} is a float model: qcc needs calibration inputs to quantize it; "
@@ -136,7 +135,6 @@ def is_qdq(graph: Graph) -> bool:
 
 def lower_qdq(graph: Graph, *, scheme: str, model_path: str) -> None:
     """Run the ``int8`` pipeline (no calibration: the model carries its scales) in place."""
-    import qcc.passes  # noqa: F401  (registers the passes and pipelines)
     from .passmanager import PassManager
     if scheme != "int8":
         raise InputError(f"{model_path} is already quantized (QuantizeLinear/DequantizeLinear): it compiles "
