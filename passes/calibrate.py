@@ -162,7 +162,9 @@ class Calibrate(Pass):
                 raise InputError(f"no calibration data for {len(need)} tensor(s) (e.g. {first}): pass --calib "
                                  f"with {describe_formats()} (or calibrate{{data=PATH}}), or give every "
                                  f"tensor a range with --act-max NAME=MAX")
-            jobs = self.jobs or os.cpu_count() or 1
+            # An explicit calibrate{jobs=N} wins over the driver's --jobs; 0 means every CPU.
+            jobs = self.jobs if self.jobs != 1 else int(context.get("jobs") or 1)
+            jobs = jobs or os.cpu_count() or 1
             stats = collect_stats(graph, data, need, batch_size=self.batch, jobs=jobs, bins=self.bins)
             samples = stats[0].count // max(1, int(np.prod(need[0].shape)))
             opts = self._method_options()

@@ -157,6 +157,8 @@ def _add_calib_options(p: argparse.ArgumentParser):
     p.add_argument("--calib", metavar="DATA", help="calibration data (.npz keyed by input name, .npy or a folder)")
     p.add_argument("--act-max", metavar="NAME=M", action="append", default=[],
                    help="force the range [-M, M] on a tensor (repeatable, or a .json file)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="calibrate in N processes (0: one per CPU); results equal a single process's")
 
 
 def _add_quant_options(p: argparse.ArgumentParser):
@@ -167,7 +169,8 @@ def _add_quant_options(p: argparse.ArgumentParser):
 
 
 def _set_context(passes, args: argparse.Namespace):
-    context = {"calib": getattr(args, "calib", None), "act_max": list(getattr(args, "act_max", []) or []) or None}
+    context = {"calib": getattr(args, "calib", None), "act_max": list(getattr(args, "act_max", []) or []) or None,
+               "jobs": getattr(args, "jobs", 1)}
     for p in passes:
         p.context = context
 

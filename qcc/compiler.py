@@ -61,6 +61,8 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     p.add_argument("--input-shape", metavar="NAME=1x49x10x1", action="append", default=[],
                    help="fix the shape of an ONNX input whose dimensions are dynamic (repeatable)")
     p.add_argument("--emit-ir", metavar="FILE.qir", help="also write the lowered graph as text IR")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="calibrate in N processes (0: one per CPU); results equal a single process's")
     p.add_argument("--act-max", metavar="NAME=V", action="append", default=[],
                    help="force the range of tensor NAME to [-V, V] (repeatable)")
     p.add_argument("--float-output", action="store_true",
@@ -102,7 +104,7 @@ FLOAT_PIPELINES = {"qmn": "qmn", "int8": "int8-calibrated"}
 
 
 def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max: Dict[str, float],
-          model_path: str) -> Optional[Graph]:
+          model_path: str, jobs: int = 1) -> Optional[Graph]:
     """Run the quantization pipeline on a float graph in place.
 
     Returns the float graph as it was just before calibration (the per-layer
@@ -118,7 +120,7 @@ def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max
     if scheme == "int8" and bits != 8:
         raise InputError(f"--scheme int8 is 8-bit only, got --bits {bits}")
     pm = PassManager.parse(f"{FLOAT_PIPELINES[scheme]}{{bits={bits}}}")
-    context = {"calib": calib or "", "act_max": dict(act_max)}
+    context = {"calib": calib or "", "act_max": dict(act_max), "jobs": jobs}
     for p in pm.passes:
         p.context = context
     graph.context = context
@@ -147,7 +149,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                   bits: int = 8, name: Optional[str] = None, report: Optional[str] = None,
                   emit_ir: Optional[str] = None, act_max: Optional[Dict[str, float]] = None,
                   float_output: bool = False, backend: str = "cmsis", kernels: str = "qcc",
-                  input_shapes: Optional[Dict[str, tuple]] = None):
+                  input_shapes: Optional[Dict[str, tuple]] = None, jobs: int = 1):
     """Compile ``model`` and write every output file; returns the backend's GeneratedModel."""
     from qcc.backends import get_backend
     from .cli import load_graph
@@ -166,7 +168,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
         lower_qdq(graph, scheme=scheme or "int8", model_path=model)
     else:
         float_graph = lower(graph, calib=calib, bits=bits, scheme=scheme or "qmn", act_max=act_max or {},
-                            model_path=model)
+                            model_path=model, jobs=jobs)
     extra = {"kernels": kernels} if kernels != "qcc" else {}  # only the cmsis backend knows cmsis-nn
     gen = get_backend(backend).generate(graph, name=name or out.stem, target=target, float_output=float_output,
                                         **extra)
@@ -269,7 +271,7 @@ def _command(args: argparse.Namespace) -> int:
                         bits=args.bits, name=args.name, report=args.report, emit_ir=args.emit_ir,
                         act_max=parse_act_max(args.act_max), float_output=args.float_output,
                         backend=args.backend, kernels=args.kernels,
-                        input_shapes=parse_input_shapes(args.input_shape))
+                        input_shapes=parse_input_shapes(args.input_shape), jobs=args.jobs)
     folder = Path(args.output).parent
     for w in gen.warnings:
         print(f"qcc: warning: {w}", file=sys.stderr)

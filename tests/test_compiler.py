@@ -49,3 +49,12 @@ def test_report_suffix_and_input_shape_errors_leave_nothing(tmp_path, capsys):
     code, folder = _qcc(tmp_path, "--input-shape", "input=1x8x8")
     assert code == 1 and "declares 4" in capsys.readouterr().err
     assert not folder.exists() and not (tmp_path / "r.txt").exists()
+
+
+def test_parallel_calibration_gives_the_same_c(tmp_path):
+    code, one = _qcc(tmp_path / "one")
+    assert code == 0
+    code, two = _qcc(tmp_path / "two", "--jobs", "2")
+    assert code == 0
+    for name in ("digits.c", "digits.h", "digits_weights.c"):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
