@@ -35,16 +35,18 @@ def _window_reads(op, operand: int = 0, per_output: bool = False):
     """Blocks of (outputs, input flat indices they read), in the templates' loop order; a block's stores
     follow all of its reads.
 
-    Windowed kernels run (n, oy, ox, channel), one output per block, except s8_conv2d.j2's depthwise path:
-    ``acc[Cout]`` gathers a pixel's whole window for every channel, then stores the Cout outputs; and
-    conv2d.j2 (qnn.conv2d), whose blocks are a pair of consecutive pixels of a row (all channels; an odd
-    row ends with one pixel; a 1x1 stride-1 unpadded conv is one row of N*H*W pixels) when ungrouped, and
-    4 channels of a pixel (then single channels) when depthwise. ``per_output``: one output per block, the
-    order inplace.py's bound is derived for (blocks of consecutive outputs only relax it). Elementwise
-    kernels (requantize, add) read index i of every operand, then store y[i].
+    Windowed kernels run (n, oy, ox, channel), one output per block, except s8_conv2d.j2's depthwise paths,
+    which read a pixel's whole window for every channel, then store the pixel's Cout outputs (a pixel
+    buffer); and the ungrouped convolutions of conv2d.j2 and s8_conv2d.j2 (gemm paths), whose blocks are a
+    pair of consecutive pixels of a row (all channels; an odd row ends with one pixel; a 1x1 stride-1
+    unpadded conv is one row of N*H*W pixels); and conv2d.j2's depthwise path (qnn), 4 channels of a pixel
+    (then single channels). ``per_output``: the order inplace.py's bound is derived for, one output per
+    block except the s8 depthwise pixels (inplace.store_block); the other blocks are runs of consecutive
+    outputs, which only relax it. Elementwise kernels (requantize, add) read index i of every operand,
+    then store y[i].
     """
     blocks = list(_window_reads_per_output(op, operand))
-    if per_output or op.opname != "qnn.conv2d":
+    if per_output or op.opname not in ("qnn.conv2d", "s8.conv2d"):
         yield from blocks
         return
     x, y = op.operands[operand], op.result
@@ -56,10 +58,10 @@ def _window_reads(op, operand: int = 0, per_output: bool = False):
             oh, ow = 1, y.type.size // cout
         sizes = [2 * cout] * (ow // 2) + [cout] * (ow % 2)
         sizes = sizes * (y.type.size // (ow * cout))
-    elif cg == 1 and cout == x.shape[-1]:
+    elif op.opname == "qnn.conv2d" and cg == 1 and cout == x.shape[-1]:
         sizes = ([4] * (cout // 4) + [1] * (cout % 4)) * (y.type.size // cout)
     else:
-        sizes = [1] * y.type.size
+        sizes = [1] * len(blocks)  # one output, or (s8 depthwise) one pixel, per block already
     i = 0
     for size in sizes:
         group_blocks = blocks[i:i + size]
@@ -172,9 +174,12 @@ def test_s8_conv_displacement_is_safe_and_tight(case):
     b = S8Builder(0)
     op = b.conv(_s8_input(b, shape), cout, k, "c", group=group, strides=strides, pads=pads, dil=dil).producer
     d = max_displacement(op, 0)
-    assert not _clobbers(op, d) and _clobbers(op, d + 1)
+    # Safe for the kernel's blocked order (gemm pixel pairs); tight for the order the bound is derived for.
+    assert not _clobbers(op, d) and not _clobbers(op, d, per_output=True)
+    assert _clobbers(op, d + 1, per_output=True)
     r = min_displacement_reversed(op, 0)
-    assert not _clobbers(op, r, reverse=True) and _clobbers(op, r - 1, reverse=True)
+    assert not _clobbers(op, r, reverse=True) and not _clobbers(op, r, reverse=True, per_output=True)
+    assert _clobbers(op, r - 1, reverse=True, per_output=True)
 
 
 def test_s8_depthwise_stores_a_pixel_after_its_whole_window():
@@ -260,7 +265,7 @@ def test_s8_inplace_layers_are_bit_exact(tmp_path):
     check_plan(plan)
     gen, got = compile_and_compare(g, tmp_path, s8_random_inputs(g, 6, 4))
     c = gen.files["net.c"].decode()
-    assert "for (int ox = 8; ox >= 0; ox--)" in c  # a reversed s8 convolution
+    assert "for (int p = 44; p >= 0; p--)" in c  # a reversed s8 convolution (1x1: 90 pixels in pairs)
     assert len(np.unique(got.quantized[0])) > 4
 
 

@@ -6,16 +6,25 @@ helpers in ``templates/ops/s8_common.j2``. Python only folds constants:
 
 - Input zero point into the bias (conv and dense):
       sum((x - zp) * w) = sum(x * w) - zp * sum(w)
-  so ``bias_fold[c] = bias[c] - zp * sum(w[c])`` and the inner loop is a plain
-  int8 dot product (the SMLAD helper ``qcc_dot_s8_s8``). A window tap that
-  falls into the padding contributes 0 to the true sum, so the kernel adds
-  ``zp * sum(w[c] over that tap)`` back for it. Everything is summed modulo
-  2^32 (unsigned), which is exact whenever the true accumulator fits int32,
-  the s8 contract (the simulator checks it).
+  so ``bias_fold[c] = bias[c] - zp * sum(w[c])`` and the inner loops are plain
+  int8 dot products, blocked like the Qm.n kernels (``qcc_dot2x2_s8_s8``: 2
+  pixels x 2 channels; dense 1 row x 2 channels). A window tap that falls into
+  the padding contributes 0 to the true sum; the gemm path reads ``input_zp``
+  for it from a constant row (``(zp - zp) * w = 0``, the folded bias holds the
+  ``-zp * w``), the generic path adds ``zp * sum(w over the tap)`` back, and the
+  depthwise path uses the raw bias with ``(x - zp) * w`` for windows the
+  padding cuts. Everything is summed modulo 2^32 (unsigned), which is exact
+  whenever the true accumulator fits int32, the s8 contract (the simulator
+  checks it).
+- Requantization: ``qcc_s8_requant_out`` (saturating SMMULR, two shifts) when
+  every multiplier is in [2^30, 2^31) and every shift in [-21, -1], which gives
+  the double-rounding int8 of ``qcc_s8_requant`` for every accumulator
+  (s8_common.j2 has the argument); otherwise the general helpers.
 - Output zero point into the clamp: ``clamp(r + zp, lo, hi)`` is computed as
   ``r < lo - zp ? lo : r > hi - zp ? hi : r + zp``, which cannot overflow.
 - Depthwise weights ``[Cout, KH, KW, 1]`` are transposed to ``[KH, KW, Cout]``
-  so the innermost loop runs over contiguous channels.
+  so the innermost loop runs over contiguous channels (int16, lanes permuted
+  for SXTB16, with a channel multiplier of 1).
 """
 from __future__ import annotations
 
@@ -57,13 +66,30 @@ def _per_channel(builder, fn: str, what: str, dtype: str, values: List[int], cha
 
 
 def _epilogue(builder, op: Op, fn: str, channels: int, index: str) -> dict:
-    """Requantization and clamp of conv/dense/requantize (multiplier/shift per tensor or channel)."""
+    """Requantization and clamp of conv/dense/requantize (multiplier/shift per tensor or channel).
+
+    ``mult`` / ``shift`` are C expressions indexed by ``index``; ``mult_t`` / ``shift_t`` the bare table
+    symbol (or literal) with ``*_tab`` telling which, for the blocked kernels that index by other names.
+    ``requant`` drops the left-shift branch when no shift is positive (the usual multiplier < 1).
+    """
     a = op.attrs
     zp = a["output_zp"]
     mult = _per_channel(builder, fn, "mult", "i32", a["multiplier"], channels, index,
                         f"{op.name} requantization multipliers")
     shift = _per_channel(builder, fn, "shift", "i8", a["shift"], channels, index, f"{op.name} requantization shifts")
-    return {"requant": REQUANT_FN[a["rounding"]], "mult": mult, "shift": shift, "ozp": zp,
+    bare = lambda e: e[:-len(f"[{index}]")] if e.endswith(f"[{index}]") else e
+    requant = REQUANT_FN[a["rounding"]]
+    if a["rounding"] == "double" and max(np.ravel(a["shift"])) <= 0:
+        requant = "qcc_s8_requant_rs"
+    mults, shifts = np.ravel(a["multiplier"]), np.ravel(a["shift"])
+    # qcc_s8_requant_out's conditions (s8_common.j2): one saturating SMMULR and shifts, same int8 outputs.
+    fast = (a["rounding"] == "double" and mults.min() >= 1 << 30 and mults.max() < 1 << 31
+            and shifts.max() <= -1 and shifts.min() >= -21)
+    e1 = _per_channel(builder, fn, "e1", "i8", [-int(s_) - 1 for s_ in shifts], channels, index,
+                      f"{op.name} requantization right shifts - 1") if fast else "0"
+    return {"requant": requant, "mult": mult, "shift": shift, "ozp": zp, "fast": fast, "zp2p1": 2 * zp + 1,
+            "e1_t": bare(e1), "e1_tab": e1 != bare(e1),
+            "mult_t": bare(mult), "mult_tab": mult != bare(mult), "shift_t": bare(shift), "shift_tab": shift != bare(shift),
             "lo": a["act_min"], "hi": a["act_max"], "rlo": a["act_min"] - zp, "rhi": a["act_max"] - zp}
 
 
@@ -76,17 +102,32 @@ def _weights(builder, op: Op, fn: str, w: np.ndarray, fold_zp: int) -> dict:
     bias = _per_channel(builder, fn, "b", "i32", [_wrap32(v) for v in folded], cout, "oc",
                         f"{op.name} bias - input_zp * sum(w)")
     builder.dots.add(("s8", "s8"))
-    return {"w": wsym, "bias": bias, "dot": "qcc_dot_s8_s8"}
+    bare = bias[:-len("[oc]")] if bias.endswith("[oc]") else bias
+    return {"w": wsym, "bias": bias, "bias_t": bare, "bias_tab": bias != bare, "dot": "qcc_dot_s8_s8"}
 
 
 def is_s8_depthwise(op: Op) -> bool:
-    """True when s8_conv2d.j2 runs ``op`` on its depthwise path (one input channel per group).
+    """True when s8_conv2d.j2 runs ``op`` on a depthwise path (one input channel per group).
 
-    That path stores a pixel's Cout outputs only after reading its whole window
-    (``acc[Cout]``), which inplace.py's bound relies on.
+    Those paths store a pixel's Cout outputs together after reading its whole window
+    (a pixel buffer when in place), which inplace.py's bound relies on.
     """
     return (op.opname == "s8.conv2d" and op.operands[1].shape[-1] == 1
             and op.attrs["group"] == op.operands[0].shape[-1])
+
+
+def _depthwise_weights(w: np.ndarray) -> np.ndarray:
+    """[C,KH,KW,1] as int16 [KH*KW][C], each group of 4 channels stored as (c, c+2, c+1, c+3).
+
+    Those are the lanes SXTB16 makes of an input word (bytes 0,2 and, rotated, 1,3),
+    so one weight word pairs with each half of the widened input (as conv2d.j2's qnn path).
+    """
+    c = w.shape[0]
+    taps = np.asarray(w, np.int64).reshape(c, -1).T.copy()          # [KH*KW, C]
+    blocks = c // 4 * 4
+    perm = np.arange(c)
+    perm[:blocks] = np.arange(blocks) // 4 * 4 + np.tile([0, 2, 1, 3], blocks // 4)
+    return taps[:, perm]
 
 
 def _conv2d(builder, op: Op, fn: str) -> dict:
@@ -100,23 +141,54 @@ def _conv2d(builder, op: Op, fn: str) -> dict:
     pt, pl, _, _ = a["pads"]
     zp = a["input_zp"]
     w = np.asarray(op.operands[1].constant(), np.int8)
-    ctx = {"n": n, "h": h, "w_": w_, "c": c, "oh": oh, "ow": ow, "cout": cout, "kh": kh, "kw": kw, "cg": cg,
-           "cog": cout // g, "group": g, "sh": sh, "sw": sw, "dh": dh, "dw": dw, "pt": pt, "pl": pl, "izp": zp,
+    # Kernel shape (s8_conv2d.j2): "gemm" blocks 2 pixels x 2 output channels (ungrouped); "depthwise"
+    # 4 channels of a pixel (channel multiplier 1); "dwmult" any channel multiplier; "generic" one output
+    # at a time (other grouped convolutions).
+    if g == 1:
+        path = "gemm"
+    elif is_s8_depthwise(op):
+        path = "depthwise" if cout == c else "dwmult"
+    else:
+        path = "generic"
+    if path == "gemm" and kh == kw == 1 and (sh, sw) == (1, 1) and not any(a["pads"]):
+        # A 1x1 stride-1 convolution is a matrix product over all pixels: one long row pairs them all.
+        n, h, w_, oh, ow = 1, 1, n * h * w_, 1, n * h * w_
+    ctx = {"path": path, "n": n, "h": h, "w_": w_, "c": c, "oh": oh, "ow": ow, "cout": cout, "kh": kh, "kw": kw,
+           "cg": cg, "cog": cout // g, "group": g, "sh": sh, "sw": sw, "dh": dh, "dw": dw, "pt": pt, "pl": pl,
+           "izp": zp,
            # Window taps leave the input only with padding (or a ragged last window).
            "check_y": pt > 0 or (oh - 1) * sh - pt + (kh - 1) * dh >= h,
            "check_x": pl > 0 or (ow - 1) * sw - pl + (kw - 1) * dw >= w_}
     ctx.update(_epilogue(builder, op, fn, cout, "oc"))
-    if is_s8_depthwise(op):
-        # Depthwise (channel multiplier cout / c): channels innermost, weights [KH][KW][Cout].
+    b = op.operands[2].constant().astype(np.int64) if len(op.operands) > 2 else np.zeros(cout, np.int64)
+    if path == "dwmult":
+        # Channels innermost, weights [KH][KW][Cout], (x - input_zp) per tap (padding taps skipped).
         wt = np.ascontiguousarray(w.reshape(cout, kh * kw).T)
         wsym = builder.add_const(f"{builder.prefix}_{fn}_w", "i8", wt, f"{op.name} depthwise weights [KH,KW,Cout]")
-        b = op.operands[2].constant() if len(op.operands) > 2 else np.zeros(cout, np.int64)
         bias = builder.add_const(f"{builder.prefix}_{fn}_b", "i32", b, f"{op.name} bias")
-        ctx.update(depthwise=True, w=wsym, bias_table=bias, mult_ch=cout // c)
+        ctx.update(w=wsym, bias_table=bias, mult_ch=cout // c)
         return ctx
-    ctx.update(_weights(builder, op, fn, w, zp), depthwise=False,
+    if path == "depthwise":
+        # A whole window: bias - zp * sum over taps of w[c] (folded), then plain x * w sums. A window cut by
+        # the padding: the raw bias and (x - zp) * w over its inside taps (SSUB16 on the widened input).
+        wsym = builder.add_const(f"{builder.prefix}_{fn}_w", "i16", _depthwise_weights(w),
+                                 f"{op.name} depthwise weights [KH*KW][C], int16, lanes (c,c+2,c+1,c+3)")
+        folded = b - zp * w.reshape(cout, -1).astype(np.int64).sum(axis=1)
+        ctx.update(w=wsym, bias_t=builder.add_const(f"{builder.prefix}_{fn}_b", "i32", [_wrap32(v) for v in folded],
+                                                    f"{op.name} bias - input_zp * sum(w)"),
+                   zp2=(zp & 0xFFFF) | ((zp & 0xFFFF) << 16), bias_tab=True)
+        if ctx["check_x"] or ctx["check_y"]:
+            ctx["raw_t"] = builder.add_const(f"{builder.prefix}_{fn}_braw", "i32", b, f"{op.name} bias")
+        return ctx
+    ctx.update(_weights(builder, op, fn, w, zp),
                # One contiguous dot over a whole window row when not grouped and not dilated.
                row_dot=g == 1 and dw == 1 and kw > 1)
+    if path == "gemm" and (ctx["check_x"] or ctx["check_y"]) and zp != 0:
+        # Taps in the padding read input_zp from here: (zp - zp) * w = 0 is their true term, and the
+        # folded bias already holds -zp * w for them. One window row (or tap) of it.
+        zlen = kw * cg if ctx["row_dot"] else cg
+        ctx["zrow"] = builder.add_const(f"{builder.prefix}_{fn}_zp", "i8", np.full(zlen, zp),
+                                        f"{op.name} input_zp, read by window taps in the padding")
     return ctx
 
 
