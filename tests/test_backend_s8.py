@@ -232,6 +232,49 @@ def test_random_s8_graph_on_qemu_matches_simulator(tmp_path, target):
     _compare(gen, g, tmp_path / "out.bin", samples, count)
 
 
+def conv_edge_case_graph(seed: int) -> Graph:
+    """Shapes the models do not reach: depthwise channel tails, asymmetric padding,
+    odd channel counts and widths, shifts >= 0 that take the general requantization."""
+    b = S8Builder(seed)
+    g = b.g
+    xi = g.add_input("image", TensorType((1, 7, 6, 6)))
+    x = g.add_op("q.quantize", [xi], result_types=[TensorType((1, 7, 6, 6), "i8", UniformQuant(0.0625, -9))]).result
+    d1 = b.conv(x, 6, 3, "dw6", group=6, pads=(1, 1, 1, 1), relu=True)
+    d2 = b.conv(d1, 6, 3, "dw6s", group=6, strides=(2, 2), pads=(0, 1, 1, 0), gain=3000.0)
+    c1 = b.conv(d1, 5, (3, 2), "odd", pads=(1, 0, 1, 1), gain=9000.0)
+    c2 = b.conv(c1, 8, 1, "pw", strides=(2, 1))
+    d3 = b.conv(c2, 8, 3, "dw_nopad", group=8)
+    outs = [g.add_op("q.dequantize", [v], result_types=[TensorType(v.shape)]).result for v in (d2, d3, c1)]
+    g.set_outputs(outs, ["a", "b", "c"])
+    g.verify()
+    return g
+
+
+@needs_gcc
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_conv_edge_cases_on_host_match_simulator(tmp_path, seed):
+    g = conv_edge_case_graph(seed)
+    assert any(s >= 0 for op in g.ops if op.opname == "s8.conv2d" for s in op.attrs["shift"])
+    samples = random_inputs(g, 5, seed)
+    gen = generate(g, "net", "cortex-m4")
+    write_files({tmp_path / k: v for k, v in gen.files.items()})
+    count = harness.write_samples(tmp_path / "in.bin", g, samples)
+    harness.run_host(harness.build_host(tmp_path, gen.name), tmp_path / "in.bin", tmp_path / "out.bin")
+    _compare(gen, g, tmp_path / "out.bin", samples, count)
+
+
+@needs_qemu
+@pytest.mark.parametrize("target", ["cortex-m3", "cortex-m4"])
+def test_conv_edge_cases_on_qemu_match_simulator(tmp_path, target):
+    g = conv_edge_case_graph(1)
+    samples = random_inputs(g, 5, 1)
+    gen = generate(g, "net", target)
+    write_files({tmp_path / k: v for k, v in gen.files.items()})
+    count = harness.write_samples(tmp_path / "in.bin", g, samples)
+    harness.run_qemu(tmp_path, tmp_path / "in.bin", tmp_path / "out.bin")
+    _compare(gen, g, tmp_path / "out.bin", samples, count)
+
+
 def test_backend_handles_every_s8_attribute():
     from qcc.backends.cmsis.layers import HANDLED_ATTRS
     from qcc.ops import get_op, registered_ops
