@@ -451,7 +451,7 @@ def render(results: Sequence[Result], targets: Sequence[str]) -> str:
         lines.append(f"| {s.name} | {flash:,} | {sec['.text']:,} | {sec['.rodata']:,} | {r.report['arena_bytes']:,} | "
                      f"{r.report['arena_lower_bound_bytes']:,} | {tflm} | {sec['.bss']:,} | {sec['.data']:,} | "
                      f"{stack:,} | {sec['.bss'] + sec['.data'] + stack:,} | {r.compile_seconds:.2f} |")
-    lines += ["", "RAM is what NAME_run itself needs; the caller's input and output buffers come on top. "
+    lines += ["", "RAM is everything the network needs: the arena holds the input and output too (NAME_input(), NAME_output(), NAME_invoke()), as TFLite Micro's arena does; NAME_run(in, out) with separate caller buffers adds those. "
               "\"live bytes without in-place\" is the memory planner's bound for plans with no in-place layer; "
               "the TFLite Micro column is its planner's activation share of the arena (DESIGN.md).",
               "", "## Accuracy (integer simulator on the golden inputs)", "",
