@@ -204,6 +204,18 @@ def _compare(gen, graph, got_path, samples, count):
     return got
 
 
+def _run_and_compare(folder, graph, samples, target, where):
+    """Compile ``graph``, run ``samples`` on the host (gcc + sanitizers) or in QEMU, compare with the simulator."""
+    gen = generate(graph, "net", target)
+    write_files({folder / k: v for k, v in gen.files.items()})
+    count = harness.write_samples(folder / "in.bin", graph, samples)
+    if where == "host":
+        harness.run_host(harness.build_host(folder, gen.name), folder / "in.bin", folder / "out.bin")
+    else:
+        harness.run_qemu(folder, folder / "in.bin", folder / "out.bin")
+    return _compare(gen, graph, folder / "out.bin", samples, count)
+
+
 @needs_gcc
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_random_s8_graph_on_host_matches_simulator(tmp_path, seed):
@@ -224,12 +236,7 @@ def test_random_s8_graph_on_host_matches_simulator(tmp_path, seed):
 @pytest.mark.parametrize("target", ["cortex-m3", "cortex-m4"])  # portable loops, and SMLAD
 def test_random_s8_graph_on_qemu_matches_simulator(tmp_path, target):
     g = random_s8_graph(3)
-    samples = random_inputs(g, 6, 3)
-    gen = generate(g, "net", target)
-    write_files({tmp_path / k: v for k, v in gen.files.items()})
-    count = harness.write_samples(tmp_path / "in.bin", g, samples)
-    harness.run_qemu(tmp_path, tmp_path / "in.bin", tmp_path / "out.bin")
-    _compare(gen, g, tmp_path / "out.bin", samples, count)
+    _run_and_compare(tmp_path, g, random_inputs(g, 6, 3), target, "qemu")
 
 
 def conv_edge_case_graph(seed: int) -> Graph:
@@ -255,24 +262,14 @@ def conv_edge_case_graph(seed: int) -> Graph:
 def test_conv_edge_cases_on_host_match_simulator(tmp_path, seed):
     g = conv_edge_case_graph(seed)
     assert any(s >= 0 for op in g.ops if op.opname == "s8.conv2d" for s in op.attrs["shift"])
-    samples = random_inputs(g, 5, seed)
-    gen = generate(g, "net", "cortex-m4")
-    write_files({tmp_path / k: v for k, v in gen.files.items()})
-    count = harness.write_samples(tmp_path / "in.bin", g, samples)
-    harness.run_host(harness.build_host(tmp_path, gen.name), tmp_path / "in.bin", tmp_path / "out.bin")
-    _compare(gen, g, tmp_path / "out.bin", samples, count)
+    _run_and_compare(tmp_path, g, random_inputs(g, 5, seed), "cortex-m4", "host")
 
 
 @needs_qemu
 @pytest.mark.parametrize("target", ["cortex-m3", "cortex-m4"])
 def test_conv_edge_cases_on_qemu_match_simulator(tmp_path, target):
     g = conv_edge_case_graph(1)
-    samples = random_inputs(g, 5, 1)
-    gen = generate(g, "net", target)
-    write_files({tmp_path / k: v for k, v in gen.files.items()})
-    count = harness.write_samples(tmp_path / "in.bin", g, samples)
-    harness.run_qemu(tmp_path, tmp_path / "in.bin", tmp_path / "out.bin")
-    _compare(gen, g, tmp_path / "out.bin", samples, count)
+    _run_and_compare(tmp_path, g, random_inputs(g, 5, 1), target, "qemu")
 
 
 def test_backend_handles_every_s8_attribute():
