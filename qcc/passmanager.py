@@ -516,7 +516,8 @@ class PassManager:
     def pipeline(self) -> str:
         return ",".join(p.spec() for p in self.passes)
 
-    def run(self, graph: Graph) -> PipelineReport:
+    def run(self, graph: Graph, before_pass: Optional[Callable[[Pass, Graph], None]] = None) -> PipelineReport:
+        """Run every pass on ``graph``; ``before_pass(pass, graph)``, when given, sees each pass's input."""
         report = PipelineReport()
         if self.verify:
             try:
@@ -524,6 +525,8 @@ class PassManager:
             except QccError as e:
                 raise PassError(f"the input graph @{graph.name} is invalid before any pass ran: {e}") from None
         for p in self.passes:
+            if before_pass is not None:
+                before_pass(p, graph)
             start = time.perf_counter()
             result = self._run_one(p, graph, report)
             report.records.append(PassRecord(p, result, time.perf_counter() - start))

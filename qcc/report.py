@@ -109,19 +109,14 @@ def run_keeping_float(pm, graph: Graph):
     rewrite has run, no quantization has. None when the pipeline has no 'calibrate'.
     """
     import copy
-    names = [p.name for p in pm.passes]
-    if "calibrate" not in names:
-        return pm.run(graph), None
-    passes, cut = pm.passes, names.index("calibrate")
-    try:
-        pm.passes = passes[:cut]
-        report = pm.run(graph)
-        float_graph = copy.deepcopy(graph)
-        pm.passes = passes[cut:]
-        report.records += pm.run(graph).records
-    finally:
-        pm.passes = passes
-    return report, float_graph
+    snapshot: List[Graph] = []
+
+    def keep(p, g):
+        if p.name == "calibrate" and not snapshot:
+            snapshot.append(copy.deepcopy(g))
+
+    report = pm.run(graph, before_pass=keep)
+    return report, (snapshot[0] if snapshot else None)
 
 
 def quantization_report(float_graph: Graph, quant_graph: Graph, calib: str, samples: int = 16,

@@ -407,3 +407,17 @@ def test_pattern_pass_that_never_converges_is_an_error():
 
 def test_qcc_top_level_exports():
     assert qcc.PassManager is PassManager and qcc.Rewriter is Rewriter and qcc.Pass is Pass
+
+
+def test_before_pass_hook_sees_each_pass_input():
+    g = parse(textwrap.dedent("""\
+        qcc.graph @h(%x: tensor<2xf32>) -> (tensor<2xf32> {name = "y"}) {
+          %0 = nn.identity %x : tensor<2xf32>
+          %1 = nn.relu %0 : tensor<2xf32>
+          qcc.return %1 : tensor<2xf32>
+        }
+        """))
+    seen = []
+    pm.PassManager.parse("canonicalize,dce").run(g, before_pass=lambda p, graph: seen.append(
+        (p.name, sorted(op.opname for op in graph.ops))))
+    assert seen == [("canonicalize", ["nn.identity", "nn.relu"]), ("dce", ["nn.relu"])]
