@@ -22,7 +22,7 @@ from qcc.graph import Op, Value
 from qcc.simulator import rshift_round
 
 from .naming import c_comment, c_identifier
-from .layers_s8 import S8_CONTEXTS, S8_HANDLED_ATTRS, build_s8
+from .layers_s8 import S8_CONTEXTS, S8_HANDLED_ATTRS, build_s8, window_segments
 
 C_TYPES = {"i8": "int8_t", "i16": "int16_t", "i32": "int32_t", "u8": "uint8_t", "u16": "uint16_t"}
 SHORT = {"i8": "s8", "i16": "s16", "i32": "s32"}
@@ -174,6 +174,9 @@ class LayerBuilder:
                    # One contiguous dot over a whole window row: input row KW*C and weight row KW*CG
                    # are both contiguous when the convolution is not grouped and not dilated.
                    row_dot=g == 1 and dw == 1 and kw > 1)
+        if path == "depthwise":
+            # Runs of output columns with the same in-bounds taps: each is unrolled with constant bounds.
+            ctx["col_segs"] = window_segments(ow, sw, pl, kw, dw, w)
         return ctx
 
     def _depthwise_weights(self, op: Op):

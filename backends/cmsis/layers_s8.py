@@ -116,6 +116,21 @@ def is_s8_depthwise(op: Op) -> bool:
             and op.attrs["group"] == op.operands[0].shape[-1])
 
 
+def window_segments(count: int, stride: int, pad: int, taps: int, dil: int, size: int) -> List[tuple]:
+    """Runs ``(o0, o1, k0, k1)`` of output positions ``o0 <= o < o1`` whose window taps ``k0 <= k < k1``
+    fall inside an input of ``size`` (the depthwise kernels unroll each run with constant tap bounds)."""
+    runs: List[tuple] = []
+    for o in range(count):
+        i0 = o * stride - pad
+        inside = [k for k in range(taps) if 0 <= i0 + k * dil < size]
+        k0, k1 = (inside[0], inside[-1] + 1) if inside else (0, 0)
+        if runs and runs[-1][1] == o and runs[-1][2:] == (k0, k1):
+            runs[-1] = (runs[-1][0], o + 1, k0, k1)
+        else:
+            runs.append((o, o + 1, k0, k1))
+    return runs
+
+
 def _depthwise_weights(w: np.ndarray) -> np.ndarray:
     """[C,KH,KW,1] as int16 [KH*KW][C], each group of 4 channels stored as (c, c+2, c+1, c+3).
 
@@ -177,6 +192,8 @@ def _conv2d(builder, op: Op, fn: str) -> dict:
         ctx.update(w=wsym, bias_t=builder.add_const(f"{builder.prefix}_{fn}_b", "i32", [_wrap32(v) for v in folded],
                                                     f"{op.name} bias - input_zp * sum(w)"),
                    zp2=(zp & 0xFFFF) | ((zp & 0xFFFF) << 16), bias_tab=True)
+        # Runs of output columns with the same in-bounds taps: each is unrolled with constant bounds.
+        ctx["col_segs"] = window_segments(ow, sw, pl, kw, dw, w_)
         if ctx["check_x"] or ctx["check_y"]:
             ctx["raw_t"] = builder.add_const(f"{builder.prefix}_{fn}_braw", "i32", b, f"{op.name} bias")
         return ctx
@@ -210,7 +227,17 @@ def _requantize(builder, op: Op, fn: str) -> dict:
 def _add(builder, op: Op, fn: str) -> dict:
     a = op.attrs
     zp = a["output_zp"]
-    return {"size": op.result.type.size, "requant": REQUANT_FN[a["rounding"]], "left_shift": a["left_shift"],
+    ls = a["left_shift"]
+    ins = list(zip(a["input_multiplier"], a["input_shift"]))
+    # s8_add.j2's SMMULR form of the input rescale: double rounding, no left shift, 0 <= mult < 2^31, and
+    # 2 * ((x - zp) << left_shift) inside int32 (|x - zp| <= 255) so the doubled product is exact.
+    fast_in = (a["rounding"] == "double" and 255 << (ls + 1) < 1 << 31
+               and all(0 <= m < 1 << 31 and -31 <= sh <= 0 for m, sh in ins))
+    # qcc_s8_requant_out's conditions (s8_common.j2) for the final rescale.
+    fast_out = (a["rounding"] == "double" and 1 << 30 <= a["multiplier"][0] < 1 << 31 and -21 <= a["shift"][0] <= -1)
+    return {"fast_in": fast_in, "fast_out": fast_out, "e1": -a["shift"][0] - 1, "zp2p1": 2 * zp + 1,
+            "e_a": -a["input_shift"][0], "e_b": -a["input_shift"][1],
+            "size": op.result.type.size, "requant": REQUANT_FN[a["rounding"]], "left_shift": a["left_shift"],
             "zp_a": a["input_zp"][0], "zp_b": a["input_zp"][1],
             "mult_a": a["input_multiplier"][0], "shift_a": a["input_shift"][0],
             "mult_b": a["input_multiplier"][1], "shift_b": a["input_shift"][1],
