@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import shutil
+import zlib
 
 import numpy as np
 import pytest
@@ -27,6 +28,13 @@ from test_backend_cmsis import Builder, compile_and_compare, random_inputs
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
 RNG = np.random.default_rng(7)
+
+
+@pytest.fixture(autouse=True)
+def _weights_per_test(request):
+    """Each test draws its own weights, whatever ran before it (xdist spreads tests over workers)."""
+    global RNG
+    RNG = np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def _w(*shape, scale=0.3):
