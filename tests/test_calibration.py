@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -16,6 +17,13 @@ from qcc.interpreter import run_graph, run_graph_all
 from qcc.passmanager import PassManager, make_pass
 
 RNG = np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _data_per_test(request):
+    """Each test draws its own data, whatever ran before it (xdist spreads tests over workers)."""
+    global RNG
+    RNG = np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 # ---------------------------------------------------------------- helpers
