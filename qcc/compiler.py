@@ -53,7 +53,8 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     p.add_argument("--scheme", choices=SCHEMES,
                    help="quantization scheme: qmn (Qm.n fixed point, the default for float models) or int8 "
                         "(affine TFLite/CMSIS-NN int8, the default and only choice for QDQ models; no --calib)")
-    p.add_argument("--bits", type=int, default=8, choices=(8, 16), help="activation/weight bits: 8 (q7) or 16 (q15)")
+    p.add_argument("--bits", type=int, choices=(8, 16),
+                   help="activation/weight bits of a float model: 8 (q7, the default) or 16 (q15)")
     p.add_argument("--name", help="C name prefix and file stem (default: the stem of -o)")
     p.add_argument("--report", metavar="FILE.md|FILE.json",
                    help="write a compile report: sizes, memory per layer and (.md) per-layer quantization "
@@ -146,7 +147,7 @@ def lower_qdq(graph: Graph, *, scheme: str, model_path: str) -> None:
 
 def compile_model(model: str, output: str, target: str, *, calib: Optional[str] = None,
                   scheme: Optional[str] = None,
-                  bits: int = 8, name: Optional[str] = None, report: Optional[str] = None,
+                  bits: Optional[int] = None, name: Optional[str] = None, report: Optional[str] = None,
                   emit_ir: Optional[str] = None, act_max: Optional[Dict[str, float]] = None,
                   float_output: bool = False, backend: str = "cmsis", kernels: str = "qcc",
                   input_shapes: Optional[Dict[str, tuple]] = None, jobs: int = 1):
@@ -156,22 +157,32 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     out = Path(output)
     if out.suffix != ".c":
         raise InputError(f"-o takes the path of the C file to write (OUT/NAME.c), got '{output}'")
-    if bits not in (8, 16):
+    if bits is not None and bits not in (8, 16):
         raise InputError(f"--bits must be 8 or 16, got {bits}")
     if report and Path(report).suffix not in (".md", ".json"):
         raise InputError(f"--report writes Markdown (.md) or JSON (.json), got '{report}'")
     graph = load_graph(model, input_shapes)
     float_graph = None
-    if is_lowered(graph):
-        pass
-    elif is_qdq(graph):
-        lower_qdq(graph, scheme=scheme or "int8", model_path=model)
+    notes: List[str] = []
+    if is_lowered(graph) or is_qdq(graph):
+        what = "already lowered" if is_lowered(graph) else "a QDQ model: it carries its own int8 scales"
+        if bits not in (None, 8) and not is_lowered(graph):
+            raise InputError(f"--bits {bits} does not apply: {model} is {what}")
+        for flag, given in (("--calib", calib), ("--act-max", act_max), ("--bits", bits)):
+            if given:
+                notes.append(f"ignoring {flag}: {model} is {what}")
+        if not is_lowered(graph):
+            lower_qdq(graph, scheme=scheme or "int8", model_path=model)
     else:
-        float_graph = lower(graph, calib=calib, bits=bits, scheme=scheme or "qmn", act_max=act_max or {},
+        float_graph = lower(graph, calib=calib, bits=bits or 8, scheme=scheme or "qmn", act_max=act_max or {},
                             model_path=model, jobs=jobs)
+    if kernels == "cmsis-nn" and not any(op.opname.startswith("s8.") for op in graph.ops):
+        raise InputError("--kernels cmsis-nn calls CMSIS-NN's affine int8 (s8) API, and this graph has no s8 "
+                         "layer; compile with --scheme int8 (or a QDQ model), or leave --kernels at qcc")
     extra = {"kernels": kernels} if kernels != "qcc" else {}  # only the cmsis backend knows cmsis-nn
     gen = get_backend(backend).generate(graph, name=name or out.stem, target=target, float_output=float_output,
                                         **extra)
+    gen.warnings[:0] = notes
     files = {out.parent / rel: data for rel, data in gen.files.items()}
     if emit_ir:
         files.update(_ir_files(graph, Path(emit_ir)))

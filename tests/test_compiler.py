@@ -58,3 +58,17 @@ def test_parallel_calibration_gives_the_same_c(tmp_path):
     assert code == 0
     for name in ("digits.c", "digits.h", "digits_weights.c"):
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
+
+
+def test_flags_that_do_not_apply_are_refused_or_reported(tmp_path, capsys):
+    code, folder = _qcc(tmp_path, "--kernels", "cmsis-nn")
+    assert code == 1 and "no s8 layer" in capsys.readouterr().err
+    assert not folder.exists()
+    lowered = tmp_path / "lowered.qir"
+    code, folder = _qcc(tmp_path, "--emit-ir", lowered)
+    assert code == 0
+    capsys.readouterr()
+    out = tmp_path / "again" / "digits.c"
+    assert main([str(lowered), "-o", str(out), "--target", "cortex-m4", "--calib", str(DIGITS / "calib.npz")]) == 0
+    assert "ignoring --calib" in capsys.readouterr().err
+    assert out.read_bytes() == (folder / "digits.c").read_bytes()
