@@ -66,7 +66,7 @@ class Importer:
         for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
             self.types[vi.name] = _value_type(vi)
         for init in model.graph.initializer:
-            self.consts[init.name] = numpy_helper.to_array(init)
+            self.consts[init.name] = tensor_array(init, source)
             self.const_op_names[init.name] = init.name
             self.types[init.name] = (tuple(init.dims), init.data_type)
         self.node_names = _node_names(model.graph.node)
@@ -222,6 +222,15 @@ def _sanitize_graph_name(name: str) -> str:
     return cleaned if cleaned and not cleaned[0].isdigit() else "main" if not cleaned else "g_" + cleaned
 
 
+def tensor_array(tensor, source: str) -> np.ndarray:
+    """An ONNX TensorProto's data, or an InputError naming it when its data is corrupt."""
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as e:  # wrong byte counts, unknown data types, bad external data
+        raise InputError(f"{source}: tensor '{tensor.name}' has unreadable data "
+                         f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+
+
 # ---------------------------------------------------------------- loading
 def _read(model: Union[str, Path, onnx.ModelProto]) -> tuple:
     if isinstance(model, onnx.ModelProto):
@@ -304,8 +313,10 @@ def load_onnx(model: Union[str, Path, onnx.ModelProto], input_shapes: Optional[d
     opset = _default_opset(proto, source)
     try:
         onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as e:
-        raise InputError(f"{source}: the ONNX checker rejects the model: {str(e).strip().splitlines()[0]}") from None
+    except Exception as e:  # ValidationError, or decoding errors on corrupt strings
+        text = str(e).strip().splitlines()
+        raise InputError(f"{source}: the ONNX checker rejects the model: "
+                         f"{text[0] if text else type(e).__name__}") from None
     _pin_input_shapes(proto, input_shapes, source)
     try:
         proto = shape_inference.infer_shapes(proto, data_prop=True)

@@ -422,7 +422,12 @@ def _dropout(imp, node, a):
 def _constant_value(node) -> Optional[np.ndarray]:
     a = node_attrs(node)
     if "value" in a:
-        return numpy_helper.to_array(a["value"]) if a["value"].data_type in ONNX_DTYPES else None
+        if a["value"].data_type not in ONNX_DTYPES:
+            return None
+        try:
+            return numpy_helper.to_array(a["value"])
+        except Exception as e:  # corrupt tensor data
+            raise OpError(f"its value tensor has unreadable data ({type(e).__name__})") from None
     if "value_float" in a:
         return np.array(a["value_float"], np.float32)
     if "value_floats" in a:
