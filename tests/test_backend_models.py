@@ -17,6 +17,8 @@ import pytest
 from qcc.backends.cmsis import generate, harness
 from qcc.parser import parse_file
 
+from test_backend_cmsis import assert_same_outputs
+
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "examples" / "digits"
 SHARED = REPO.parent / "shared" / "models"
@@ -46,10 +48,7 @@ def check(graph, gen, folder: Path, samples, run: str):
         harness.run_qemu(folder, folder / "in.bin", folder / "out.bin")
     got = harness.read_outputs(folder / "out.bin", gen, count)
     want = harness.simulate(graph, gen, samples)
-    for a, b in zip(got.quantized, want.quantized):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(got.floats, want.floats):
-        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+    assert_same_outputs(got, want)
     return got, want
 
 

@@ -67,7 +67,8 @@ def layer_local_agreement(fake, q, sample):
         fop = fops.get(op.name)
         if not op.opname.startswith("qnn.") or fop is None or fop.attrs.get("layout") == "NCHW":
             continue
-        ins = [dequantize_array(env[v], v.type.quant) for v in op.operands]
+        # The float op's own arity: i16 hard_swish lowers to qnn.mul(x, gate), x being the op's input.
+        ins = [dequantize_array(env[v], v.type.quant) for v in op.operands[:len(fop.operands)]]
         ref = np.asarray(KERNELS[fop.opname](fop, *ins), np.float32).reshape(op.result.shape)
         t = op.result.type
         want = quantize_array(ref, t.quant, t.np_dtype).astype(np.int64)

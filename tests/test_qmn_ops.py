@@ -25,6 +25,7 @@ from qcc.passmanager import PassManager, parse_pipeline
 
 from onnx_builders import build
 from test_backend_cmsis import Builder, compile_and_compare, random_inputs
+from test_qmn import layer_local_agreement
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
 RNG = np.random.default_rng(7)
@@ -68,26 +69,6 @@ def quantize(model, tmp_path, pipeline="qmn", samples=32):
     fake = copy.deepcopy(g)
     PassManager(passes[low:]).run(g)
     return float_graph, fake, g
-
-
-def layer_local_agreement(fake, q, sample):
-    """Per integer layer named like a fake-quant float op: the fraction of outputs within 1 LSB of that
-    op run on the same dequantized integer inputs (its own arity: i16 hard_swish lowers to
-    qnn.mul(x, gate), whose first operand is the op's input)."""
-    from qcc.interpreter import KERNELS, run_graph_all
-    from qcc.simulator import dequantize_array, quantize_array
-    env = run_graph_all(q, sample)
-    fops = {op.name: op for op in fake.ops if op.opname.startswith("nn.")}
-    out = {}
-    for op in q.ops:
-        fop = fops.get(op.name)
-        if not op.opname.startswith("qnn.") or fop is None or fop.attrs.get("layout") == "NCHW":
-            continue
-        ins = [dequantize_array(env[v], v.type.quant) for v in op.operands[:len(fop.operands)]]
-        ref = np.asarray(KERNELS[fop.opname](fop, *ins), np.float32).reshape(op.result.shape)
-        want = quantize_array(ref, op.result.type.quant, op.result.type.np_dtype).astype(np.int64)
-        out[op.name] = float(np.mean(np.abs(env[op.result].astype(np.int64) - want) <= 1))
-    return out
 
 
 def run_all(graph, xs):
