@@ -22,7 +22,7 @@ from qcc.graph import Op, Value
 from qcc.simulator import rshift_round
 
 from .naming import c_comment, c_identifier
-from .layers_s8 import S8_CONTEXTS, S8_HANDLED_ATTRS, build_s8, window_segments
+from .layers_s8 import S8_CONTEXTS, S8_HANDLED_ATTRS, build_s8, im2col_length, padded_rows, window_segments
 
 C_TYPES = {"i8": "int8_t", "i16": "int16_t", "i32": "int32_t", "u8": "uint8_t", "u16": "uint16_t"}
 SHORT = {"i8": "s8", "i16": "s16", "i32": "s32"}
@@ -158,15 +158,21 @@ class LayerBuilder:
         # Kernel shape (conv2d.j2): "gemm" blocks 2 pixels x 2 output channels (ungrouped), "depthwise"
         # 4 channels of one pixel (weights re-laid [KH][KW][C]), "generic" one output at a time.
         path = "gemm" if g == 1 else ("depthwise" if cg == 1 and cout == c else "generic")
+        flat = path == "gemm" and kh == kw == 1 and (sh, sw) == (1, 1) and not any(op.attrs["pads"])
+        # Few input channels: the im2col gemm path (a pixel pair's windows copied contiguous, weights [Cout][Kp]).
+        kp = im2col_length(kh, kw, cg, op.operands[0].type.np_dtype.itemsize, flat) if path == "gemm" else 0
         weights = None
         if path == "depthwise":
             weights = self._depthwise_weights(op)
+        elif kp:
+            weights = (padded_rows(op.operands[1].constant(), kp), op.operands[1].type.dtype,
+                       f"weights [Cout={cout}][KH*KW*Cin={kh * kw * cg}, zero-padded to {kp}]")
         ctx = self._weights_and_bias(op, fn, cout, "oc", weights)
-        if path == "gemm" and kh == kw == 1 and (sh, sw) == (1, 1) and not any(op.attrs["pads"]):
+        if flat:
             # A 1x1 stride-1 convolution is a matrix product over all pixels: one long row pairs them all.
             n, h, w, oh, ow = 1, 1, n * h * w, 1, n * h * w
         ctx["dw_perm"] = path == "depthwise" and ctx["wt"] == "int16_t" and ctx["xs"] == "s8"
-        ctx.update(path=path, n=n, h=h, w_=w, c=c, oh=oh, ow=ow, cout=cout, kh=kh, kw=kw, cg=cg, cog=cout // g, group=g,
+        ctx.update(path=path, kp=kp, n=n, h=h, w_=w, c=c, oh=oh, ow=ow, cout=cout, kh=kh, kw=kw, cg=cg, cog=cout // g, group=g,
                    sh=sh, sw=sw, dh=dh, dw=dw, pt=pt, pl=pl,
                    # Window taps can fall outside the input only with padding (or a ragged last window).
                    check_y=pt > 0 or (oh - 1) * sh - pt + (kh - 1) * dh >= h,

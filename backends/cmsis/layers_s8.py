@@ -131,6 +131,32 @@ def window_segments(count: int, stride: int, pad: int, taps: int, dil: int, size
     return runs
 
 
+# The im2col gemm path: a window row shorter than this many elements is too short for a row dot (its
+# call and loop set-up cost more than its MACs), and the window pair buffer is kept within IM2COL_MAX_BYTES.
+IM2COL_MAX_ROW = 16
+IM2COL_MAX_BYTES = 256
+
+
+def im2col_length(kh: int, kw: int, cg: int, itemsize: int, flat: bool) -> int:
+    """Window length KH*KW*Cin rounded up to 4 for the im2col gemm path, or 0 when that path is not used.
+
+    A convolution with few input channels (window rows of a few elements: DS-CNN's 10x4 Cin=1, an RGB
+    3x3) copies each output pixel pair's window into a stack buffer ``[2][Kp]`` (padding taps hold the
+    padding value) and runs one 2x2 dot over the whole window instead of one tiny dot per window row.
+    Weights are re-laid ``[Cout][Kp]`` with zeros past KH*KW*Cin, so the rounding adds nothing.
+    """
+    kp = -(-kh * kw * cg // 4) * 4
+    if flat or kw * cg >= IM2COL_MAX_ROW or kh * kw == 1 or 2 * kp * itemsize > IM2COL_MAX_BYTES:
+        return 0
+    return kp
+
+
+def padded_rows(w: np.ndarray, kp: int) -> np.ndarray:
+    """Weights [Cout, KH, KW, Cin] as [Cout][kp], zero past KH*KW*Cin."""
+    rows = np.asarray(w, np.int64).reshape(w.shape[0], -1)
+    return np.pad(rows, ((0, 0), (0, kp - rows.shape[1])))
+
+
 def _depthwise_weights(w: np.ndarray) -> np.ndarray:
     """[C,KH,KW,1] as int16 [KH*KW][C], each group of 4 channels stored as (c, c+2, c+1, c+3).
 
@@ -165,12 +191,14 @@ def _conv2d(builder, op: Op, fn: str) -> dict:
         path = "depthwise" if cout == c else "dwmult"
     else:
         path = "generic"
-    if path == "gemm" and kh == kw == 1 and (sh, sw) == (1, 1) and not any(a["pads"]):
+    flat = path == "gemm" and kh == kw == 1 and (sh, sw) == (1, 1) and not any(a["pads"])
+    if flat:
         # A 1x1 stride-1 convolution is a matrix product over all pixels: one long row pairs them all.
         n, h, w_, oh, ow = 1, 1, n * h * w_, 1, n * h * w_
+    kp = im2col_length(kh, kw, cg, 1, flat) if path == "gemm" else 0
     ctx = {"path": path, "n": n, "h": h, "w_": w_, "c": c, "oh": oh, "ow": ow, "cout": cout, "kh": kh, "kw": kw,
            "cg": cg, "cog": cout // g, "group": g, "sh": sh, "sw": sw, "dh": dh, "dw": dw, "pt": pt, "pl": pl,
-           "izp": zp,
+           "izp": zp, "kp": kp, "xt": "int8_t", "xs": "s8", "ws": "s8",
            # Window taps leave the input only with padding (or a ragged last window).
            "check_y": pt > 0 or (oh - 1) * sh - pt + (kh - 1) * dh >= h,
            "check_x": pl > 0 or (ow - 1) * sw - pl + (kw - 1) * dw >= w_}
@@ -197,10 +225,10 @@ def _conv2d(builder, op: Op, fn: str) -> dict:
         if ctx["check_x"] or ctx["check_y"]:
             ctx["raw_t"] = builder.add_const(f"{builder.prefix}_{fn}_braw", "i32", b, f"{op.name} bias")
         return ctx
-    ctx.update(_weights(builder, op, fn, w, zp),
+    ctx.update(_weights(builder, op, fn, padded_rows(w, kp) if kp else w, zp),
                # One contiguous dot over a whole window row when not grouped and not dilated.
                row_dot=g == 1 and dw == 1 and kw > 1)
-    if path == "gemm" and (ctx["check_x"] or ctx["check_y"]) and zp != 0:
+    if path == "gemm" and not kp and (ctx["check_x"] or ctx["check_y"]) and zp != 0:
         # Taps in the padding read input_zp from here: (zp - zp) * w = 0 is their true term, and the
         # folded bias already holds -zp * w for them. One window row (or tap) of it.
         zlen = kw * cg if ctx["row_dot"] else cg
