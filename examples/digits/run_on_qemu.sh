@@ -22,7 +22,7 @@ qcc "$HERE/digits.onnx" -o "$OUT/digits.c" --target "$TARGET" --bits "$BITS" \
     --calib "$HERE/calib.npz" --emit-ir "$OUT/digits.qir" --report "$OUT/report.json"
 make -s -C "$OUT" >/dev/null
 
-python - "$HERE" "$OUT" "$TARGET" <<'PY'
+python3 - "$HERE" "$OUT" "$TARGET" <<'PY'
 import sys
 from pathlib import Path
 

@@ -1,6 +1,6 @@
 """Train the qcc example CNN on scikit-learn's 8x8 digits and export it to ONNX.
 
-Run from anywhere:  python examples/digits/train.py
+Run from anywhere:  python3 examples/digits/train.py
 Needs the optional ``train`` extra (``pip install -e .[train]``: torch, scikit-learn)
 plus onnx and onnxruntime. Every output is regenerated deterministically (fixed
 seeds, single-threaded deterministic torch kernels, zip entries with a fixed
