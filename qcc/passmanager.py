@@ -24,6 +24,9 @@ that ran before it. Built-in passes live in ``qcc.passes`` and load on the
 first registry lookup (core never imports them statically); third-party
 passes load from a file (``load_pass_plugin``) or from the ``qcc.passes``
 entry-point group of installed distributions.
+
+Pipeline syntax and option typing (text to values, no registry) live in
+``qcc.pipeline_text``; the names callers use are re-exported here.
 """
 from __future__ import annotations
 
@@ -35,19 +38,23 @@ import importlib.util
 import re
 import sys
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, Iterable, List, Optional, Sequence, TextIO, Union
 
 from .errors import InputError, PassError, QccError
 from .graph import Graph
+from .pipeline_text import (_NO_DEFAULT, PipelineError, _convert, _describe_options, _field_default,
+                            _format_option, _parse_item, _split_top, _type_name, describe_pass_options,
+                            option_types)
+
+# Names other modules import from here; some are defined in qcc.pipeline_text.
+__all__ = ["Pass", "PassResult", "Pipeline", "PipelineError", "PassManager", "PassRecord", "PipelineReport",
+           "register_pass", "register_pipeline", "registered_passes", "registered_pipelines", "get_pass",
+           "make_pass", "parse_pipeline", "option_types", "describe_pass_options", "_type_name",
+           "load_pass_plugin", "load_entry_point_plugins", "scoped_registry", "ir_header"]
 
 _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-
-
-class PipelineError(InputError):
-    """A pipeline string that names an unknown pass or option, or has bad syntax."""
 
 
 @dataclass
@@ -86,27 +93,6 @@ class Pass:
                 continue
             parts.append(f"{f.name}={_format_option(value)}")
         return self.name + ("{" + ",".join(parts) + "}" if parts else "")
-
-
-_NO_DEFAULT = object()
-
-
-def _field_default(f: dataclasses.Field):
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return _NO_DEFAULT
-
-
-def _format_option(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_format_option(v) for v in value) + "]"
-    if isinstance(value, str) and (not value or re.search(r"[,{}\[\]=\"'\s]", value)):
-        return '"' + value + '"'  # so the spec parses back
-    return str(value)
 
 
 # ---------------------------------------------------------------- registries
@@ -277,124 +263,7 @@ def _known_names() -> str:
     return f"registered passes: {passes}; pipelines: {pipelines}"
 
 
-# ---------------------------------------------------------------- pipeline text
-def _split_top(text: str, sep: str, where: str) -> List[str]:
-    """Split on ``sep`` outside braces, brackets and quotes."""
-    parts, depth, quote, start = [], 0, None, 0
-    for i, c in enumerate(text):
-        if quote:
-            if c == quote:
-                quote = None
-        elif c in "\"'":
-            quote = c
-        elif c in "{[":
-            depth += 1
-        elif c in "}]":
-            depth -= 1
-            if depth < 0:
-                raise PipelineError(f"unbalanced '{c}' at column {i + 1} of {where}")
-        elif c == sep and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    if depth or quote:
-        raise PipelineError(f"unclosed {'quote' if quote else 'brace or bracket'} in {where}")
-    parts.append(text[start:])
-    return parts
-
-
-def _parse_item(item: str, where: str):
-    item = item.strip()
-    m = re.fullmatch(r"([A-Za-z0-9_-]+)\s*(?:\{(.*)\})?", item, re.S)
-    if not m:
-        raise PipelineError(f"cannot read pipeline element '{item}' in {where}: "
-                            f"expected name or name{{option=value,...}}")
-    name, body = m.group(1), m.group(2)
-    options: Dict[str, str] = {}
-    if body is not None and body.strip():
-        for part in _split_top(body, ",", f"options of '{name}'"):
-            if "=" not in part:
-                raise PipelineError(f"option '{part.strip()}' of '{name}' needs a value (option=value)")
-            key, value = part.split("=", 1)
-            key = key.strip()
-            if key in options:
-                raise PipelineError(f"option '{key}' of '{name}' given twice")
-            options[key] = value.strip()
-    return name, options
-
-
-def _convert(text: str, hint, what: str):
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is Union:  # Optional[X]
-        inner = [a for a in args if a is not type(None)]
-        if text in ("none", "None") and type(None) in args:
-            return None
-        return _convert(text, inner[0], what) if len(inner) == 1 else text
-    if origin is typing.Literal:
-        value = text.strip("\"'")
-        if value not in [str(a) for a in args]:
-            raise PipelineError(f"{what} must be one of {', '.join(map(str, args))}, got '{text}'")
-        return next(a for a in args if str(a) == value)
-    if origin in (list, tuple, List, typing.Sequence) or hint in (list, tuple):
-        inner = args[0] if args else str
-        if not (text.startswith("[") and text.endswith("]")):
-            raise PipelineError(f"{what} takes a list written [a,b,...], got '{text}'")
-        body = text[1:-1].strip()
-        items = [_convert(p.strip(), inner, what) for p in _split_top(body, ",", what)] if body else []
-        return tuple(items) if (origin is tuple or hint is tuple) else items
-    if hint is bool:
-        low = text.lower()
-        if low in ("true", "1", "yes", "on"):
-            return True
-        if low in ("false", "0", "no", "off"):
-            return False
-        raise PipelineError(f"{what} takes true or false, got '{text}'")
-    if hint is int:
-        try:
-            return int(text, 0)
-        except ValueError:
-            raise PipelineError(f"{what} takes an integer, got '{text}'") from None
-    if hint is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise PipelineError(f"{what} takes a number, got '{text}'") from None
-    if hint is str or hint is Any or hint is None:
-        if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-            return text[1:-1]
-        return text
-    raise PipelineError(f"{what} has a type qcc cannot read from text ({hint!r})")
-
-
-def _describe_options(fields: Dict[str, Any]) -> str:
-    if not fields:
-        return "it takes no options"
-    return "valid options: " + ", ".join(f"{k} ({_type_name(t)})" for k, t in fields.items())
-
-
-def _type_name(hint) -> str:
-    if typing.get_origin(hint) is typing.Literal:
-        return "|".join(map(str, typing.get_args(hint)))
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def option_types(cls: type) -> Dict[str, Any]:
-    """Option name -> type hint of a pass class."""
-    hints = typing.get_type_hints(cls, include_extras=False)
-    return {f.name: hints.get(f.name, str) for f in cls.option_fields()}
-
-
-def describe_pass_options(cls: type) -> List[str]:
-    """``name: type = default`` for each option of a pass class (for --list-passes)."""
-    out = []
-    fields = {f.name: f for f in cls.option_fields()}
-    for key, hint in option_types(cls).items():
-        default = _field_default(fields[key])
-        shown = "" if default is _NO_DEFAULT else f" = {_format_option(default)}"
-        out.append(f"{key}: {_type_name(hint)}{shown}")
-    return out
-
-
+# ---------------------------------------------------------------- pipelines from text
 def make_pass(name: str, options: Optional[Dict[str, str]] = None) -> Pass:
     """Instantiate a registered pass from option text (``max-elements`` also names ``max_elements``)."""
     cls = get_pass(name)
