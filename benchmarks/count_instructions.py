@@ -41,7 +41,6 @@ from typing import Callable, Sequence, Union
 import capstone
 import unicorn
 import unicorn.arm_const as uc_arm
-from elftools.elf.constants import P_FLAGS
 from elftools.elf.elffile import ELFFile
 
 PAGE = 0x1000

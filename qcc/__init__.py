@@ -11,6 +11,11 @@ from .graph import Graph, Op, Value
 from .ops import OpDef, AttrSpec, register_op, get_op, registered_ops
 
 __version__ = "0.1.0"
+__all__ = ["QccError", "IRError", "OpError", "ParseError", "PassError", "UnsupportedModelError", "InputError",
+           "TensorType", "UniformQuant", "PerAxisQuant", "FixedPoint", "Graph", "Op", "Value",
+           "OpDef", "AttrSpec", "register_op", "get_op", "registered_ops",
+           "print_graph", "parse", "parse_file", "write_qir", "load_onnx", "load_model",
+           "PassManager", "Pass", "PassResult", "register_pass", "Rewriter", "RewritePattern"]
 
 
 def __getattr__(name):

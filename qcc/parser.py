@@ -18,7 +18,7 @@ from lark import Token, Transformer, v_args
 from .errors import OpError, ParseError, QccError
 from .graph import Graph
 from .ops import get_op, is_registered
-from .types import FixedPoint, PerAxisQuant, TensorType, UniformQuant, numpy_dtype
+from .types import FixedPoint, PerAxisQuant, TensorType, UniformQuant
 
 
 @functools.lru_cache(maxsize=1)

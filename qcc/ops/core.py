@@ -1,7 +1,6 @@
 """Structural ops: constants."""
 from __future__ import annotations
 
-import numpy as np
 
 from . import OpDef, OpError, attr, attrs, register_op
 
