@@ -7,7 +7,11 @@
 A float model (ONNX, or a .qir with float compute ops) runs the ``qmn{bits=..}``
 pipeline with the calibration data (``--act-max NAME=V`` forces a tensor's range
 to [-V, V]); an already lowered .qir (q.quantize -> qnn.* -> q.dequantize) goes
-straight to the backend. The C, header, weights, Makefile and firmware harness
+straight to the backend. ``--float-output`` makes NAME_run return floats; with
+the qmn scheme it also passes ``float_output=true`` to the pipeline, which keeps
+a trailing softmax/sigmoid/tanh in float after the final dequantize, and the
+backend runs it in float C (a float epilogue, outside the bit-exact integer
+contract). The int8 pipelines keep softmax integer, so there it only dequantizes. The C, header, weights, Makefile and firmware harness
 are written into the folder of ``-o`` all at once or not at all.
 
 The driver is the one place that connects the core to a backend: it looks the
@@ -34,6 +38,8 @@ KERNEL_CHOICES = ("qcc", "cmsis-nn")
 BOUNDARY_OPS = frozenset({"qcc.const", "q.quantize", "q.dequantize"})
 INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose",
                                "nn.concat", "nn.pad"})
+# Float ops allowed after an output's final q.dequantize: the --float-output epilogue (float C, not bit-exact).
+FLOAT_EPILOGUE_OPS = frozenset({"nn.softmax", "nn.sigmoid", "nn.tanh"})
 
 
 def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
@@ -67,7 +73,9 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     p.add_argument("--act-max", metavar="NAME=V", action="append", default=[],
                    help="force the range of tensor NAME to [-V, V] (repeatable)")
     p.add_argument("--float-output", action="store_true",
-                   help="NAME_run returns float outputs (dequantized in C) instead of quantized ones")
+                   help="NAME_run returns float outputs (dequantized in C) instead of quantized ones; with "
+                        "--scheme qmn a trailing softmax/sigmoid/tanh then runs in float C after the "
+                        "dequantize (a float epilogue, not bit-exact); with int8 it stays integer")
     p.add_argument("--kernels", choices=KERNEL_CHOICES, default="qcc",
                    help="qcc (own specialized C, the default) or cmsis-nn: the affine int8 layers call the "
                         "CMSIS-NN library (the Makefile builds it from CMSIS_NN_DIR)")
@@ -75,9 +83,28 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     return p
 
 
+def float_epilogue(graph: Graph) -> List:
+    """The float softmax/sigmoid/tanh ops that trail a graph output's final q.dequantize.
+
+    Walks back from each graph output through ``FLOAT_EPILOGUE_OPS`` with float
+    operands; a chain counts only when it starts at a q.dequantize.
+    """
+    ops = []
+    for v in graph.outputs:
+        chain = []
+        while v.producer is not None and v.producer.opname in FLOAT_EPILOGUE_OPS and v.producer.operands[0].type.is_float:
+            chain.append(v.producer)
+            v = v.producer.operands[0]
+        if chain and v.producer is not None and v.producer.opname == "q.dequantize":
+            ops += chain
+    return ops
+
+
 def is_lowered(graph: Graph) -> bool:
-    """True when only integer ops remain between q.quantize and q.dequantize."""
-    return all(op.opname.startswith(("qnn.", "s8.")) or op.opname in BOUNDARY_OPS
+    """True when only integer ops remain between q.quantize and q.dequantize (plus a float epilogue:
+    softmax/sigmoid/tanh after an output's final q.dequantize, as ``qmn{float_output=true}`` leaves)."""
+    trailing = set(float_epilogue(graph))
+    return all(op.opname.startswith(("qnn.", "s8.")) or op.opname in BOUNDARY_OPS or op in trailing
                or (op.opname in INTEGER_SHAPE_OPS and not op.result.type.is_float) for op in graph.ops)
 
 
@@ -105,9 +132,12 @@ FLOAT_PIPELINES = {"qmn": "qmn", "int8": "int8-calibrated"}
 
 
 def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max: Dict[str, float],
-          model_path: str, jobs: int = 1) -> Optional[Graph]:
+          model_path: str, jobs: int = 1, float_output: bool = False) -> Optional[Graph]:
     """Run the quantization pipeline on a float graph in place.
 
+    ``float_output`` (qmn only) keeps a trailing softmax/sigmoid/tanh in float
+    after the final dequantize (``qmn{float_output=true}``); the int8 pipelines
+    have no such option, so there it only makes the C dequantize the outputs.
     Returns the float graph as it was just before calibration (the per-layer
     report's reference).
     """
@@ -120,7 +150,8 @@ def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max
         raise InputError(f"no such calibration file or folder: {calib}")
     if scheme == "int8" and bits != 8:
         raise InputError(f"--scheme int8 is 8-bit only, got --bits {bits}")
-    pm = PassManager.parse(f"{FLOAT_PIPELINES[scheme]}{{bits={bits}}}")
+    options = f"bits={bits}" + (",float_output=true" if float_output and scheme == "qmn" else "")
+    pm = PassManager.parse(f"{FLOAT_PIPELINES[scheme]}{{{options}}}")
     context = {"calib": calib or "", "act_max": dict(act_max), "jobs": jobs}
     for p in pm.passes:
         p.context = context
@@ -175,7 +206,11 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
             lower_qdq(graph, scheme=scheme or "int8", model_path=model)
     else:
         float_graph = lower(graph, calib=calib, bits=bits or 8, scheme=scheme or "qmn", act_max=act_max or {},
-                            model_path=model, jobs=jobs)
+                            model_path=model, jobs=jobs, float_output=float_output)
+    if float_epilogue(graph) and not float_output:
+        ops = ", ".join(sorted({op.describe() for op in float_epilogue(graph)}))
+        raise InputError(f"{model} ends in float ops after its final q.dequantize ({ops}): they run in C "
+                         f"only with --float-output (NAME_run then returns floats); pass --float-output")
     if kernels == "cmsis-nn" and not any(op.opname.startswith("s8.") for op in graph.ops):
         raise InputError("--kernels cmsis-nn calls CMSIS-NN's affine int8 (s8) API, and this graph has no s8 "
                          "layer; compile with --scheme int8 (or a QDQ model), or leave --kernels at qcc")

@@ -11,7 +11,10 @@ Files (paths relative to the output folder):
                             so the folder builds on its own
 
 Python computes every number (``plan.py``, ``layers.py``); the templates hold
-all C. The output is deterministic: same graph, same bytes.
+all C. With float outputs, a trailing float softmax/sigmoid/tanh (``plan.py``'s
+float epilogue) runs in float C after the dequantize: ``expf``/``tanhf`` from
+<math.h>, so the Makefile then links ``-lm``; its results match the
+interpreter within float rounding, not bit for bit. The output is deterministic: same graph, same bytes.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from qcc.errors import InputError, UnsupportedModelError
 from qcc.graph import Graph
 from qcc.types import FixedPoint, UniformQuant
 
-from .layers import LayerBuilder, ctype, format_values, storage_min_max
+from .layers import LayerBuilder, ctype, float_epilogue_context, format_values, storage_min_max
 from .naming import c_comment, c_identifier
 from .plan import Plan, _nbytes, make_plan
 from .targets import TARGETS
@@ -171,6 +174,7 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
         t["arena_ptr"] = arena_ptr(off, t["ctype"], False)
     for t, off in zip(outputs, plan.output_offsets):
         t["arena_ptr"] = arena_ptr(off, t["ctype"], False)
+    epilogues, epilogue_warnings = _epilogues(env, name, plan, outputs, float_output)
     params = [f"const {t['ctype']} *in{t['index']}" for t in inputs]
     params += [f"{'float' if float_output else t['ctype']} *out{t['index']}" for t in outputs]
     consts = [{"symbol": c.symbol, "ctype": c.ctype, "count": len(c.values), "comment": c.comment,
@@ -178,7 +182,7 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     common = {"name": name, "NAME": NAME, "version": version, "target": target,
               "model_comment": c_comment(f"@{graph.name}"), "inputs": inputs, "outputs": outputs,
               "run_params": ", ".join(params), "arena_size": plan.arena_size, "float_output": float_output,
-              "consts": consts}
+              "consts": consts, "epilogues": epilogues}
     env.globals["ctypes"] = SHORT_CTYPES
     helpers = str(env.get_template("helpers.j2").module.helpers(sorted(builder.dots)))
     if any(s.kind.startswith("s8.") for s in plan.steps):  # affine int8 helpers (layers_s8.py)
@@ -192,11 +196,11 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
         f"{name}_weights.c": env.get_template("weights.c.j2").render(common),
         "Makefile": env.get_template("Makefile.j2").render(
             common, cpu_flags=" ".join(tgt.cpu_flags), qemu_machine=tgt.qemu_machine,
-            linker_script=tgt.linker_script, cmsis_nn=nn is not None),
+            linker_script=tgt.linker_script, cmsis_nn=nn is not None, libm=bool(epilogues)),
         f"firmware/{name}_main.c": env.get_template("main.c.j2").render(common, in_floats=max(offset, 1)),
     }
     files = {k: v.encode("ascii") for k, v in files.items()}
-    warnings = list(nn.warnings) if nn is not None else []
+    warnings = (list(nn.warnings) if nn is not None else []) + epilogue_warnings
     fw = firmware_dir or find_firmware_dir()
     if fw is None:
         warnings.append("examples/firmware not found (set QCC_FIRMWARE_DIR): the output folder has no "
@@ -208,6 +212,33 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     weight_bytes = sum(len(c.values) * np.dtype(_NP[c.ctype]).itemsize for c in builder.consts)
     return GeneratedModel(name, target, files, plan, weight_bytes, float_output, layer_info, warnings,
                           kernels, nn.scratch if nn is not None else 0)
+
+
+def _epilogues(env, name: str, plan: Plan, outputs: List[dict], float_output: bool):
+    """C of the float epilogues (plan.TensorIO.epilogue) and warnings; sets each output's ``epilogue``.
+
+    With ``float_output`` each output's chain becomes static float kernels and
+    ``NAME_epilogue_output<j>(float *y)``, which NAME_run applies to the
+    dequantized floats. Without it the C stops at the quantized tensor (the
+    chain is left out, with a warning).
+    """
+    texts, warnings = [], []
+    for t, io in zip(outputs, plan.outputs):
+        t["epilogue"] = []
+        if not io.epilogue:
+            continue
+        ops = " -> ".join(op.opname for op in io.epilogue)
+        if not float_output:
+            warnings.append(f"output '{io.name}' ends in float {ops} after its q.dequantize; without float "
+                            f"outputs (--float-output) {name}_run returns the quantized tensor before it")
+            continue
+        for k, op in enumerate(io.epilogue):
+            ctx = float_epilogue_context(name, io.index, k, op)
+            macro = getattr(env.get_template(f"ops/{ctx['kind']}.j2").module, ctx["kind"])
+            texts.append(str(macro(ctx)).strip("\n"))
+            t["epilogue"].append(ctx["fn"])
+        t["epilogue_comment"] = c_comment(ops)
+    return texts, warnings
 
 
 _NP = {"int8_t": np.int8, "int16_t": np.int16, "int32_t": np.int32, "uint8_t": np.uint8, "uint16_t": np.uint16}

@@ -73,7 +73,8 @@ def simulate(graph: Graph, gen, samples: Dict[str, np.ndarray]) -> Outputs:
         for j, io in enumerate(gen.plan.outputs):
             q = env[io.value]
             quantized[j].append(q)
-            g = env[io.graph_value]
+            # Without float outputs the C stops before a float epilogue: its floats dequantize q.
+            g = env[io.graph_value] if gen.float_output or not io.epilogue else env[io.dequantized]
             floats[j].append(g if g.dtype == np.float32 else dequantize_array(q, io.value.type.quant)
                              if io.value.type.quant is not None else q.astype(np.float32))
     return Outputs([np.stack(q) for q in quantized] if not gen.float_output else [],
@@ -86,7 +87,7 @@ def build_host(folder: Path, name: str, cc: str = "gcc", extra: Sequence[str] = 
     exe = folder / f"{name}_host"
     cmd = [cc, *extra, "-I", str(folder), "-I", str(folder / "firmware"), str(folder / f"{name}.c"),
            str(folder / f"{name}_weights.c"), str(folder / "firmware" / f"{name}_main.c"),
-           str(folder / "firmware" / "semihost_io.c"), "-o", str(exe)]
+           str(folder / "firmware" / "semihost_io.c"), "-o", str(exe), "-lm"]  # -lm: float epilogues
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"host build failed:\n{' '.join(cmd)}\n{proc.stderr}")

@@ -306,3 +306,30 @@ class LayerBuilder:
         begin = sum(pads[i] * out_strides[i] for i in range(rank))
         return {"xt": ctype(x), "value": int(value), "size": op.result.type.size, "in_dims": list(x.shape),
                 "out_strides": out_strides, "begin": begin, "row": x.shape[-1] if rank else 1}
+
+
+# Float epilogue ops (plan.FLOAT_EPILOGUE_OPS): the attributes each float kernel honours.
+FLOAT_HANDLED_ATTRS = {"nn.softmax": {"axis"}, "nn.sigmoid": set(), "nn.tanh": set()}
+
+
+def float_epilogue_context(prefix: str, out_index: int, position: int, op: Op) -> dict:
+    """Context of one float epilogue op on output ``out_index`` (templates/ops/float_*.j2).
+
+    The kernel works in place on the caller's float output (``float *y``),
+    after the dequantize. Softmax views the shape as [outer, n, inner] around
+    its axis.
+    """
+    extra = set(op.attrs) - FLOAT_HANDLED_ATTRS[op.opname]
+    if extra:
+        raise UnsupportedModelError(f"the cmsis backend does not handle attribute(s) {sorted(extra)} of "
+                                    f"{op.describe()}")
+    kind = op.opname.split(".", 1)[1]
+    shape = list(op.result.shape)
+    ctx = {"kind": f"float_{kind}", "fn": f"{prefix}_output{out_index}_{position}_{kind}",
+           "comment": c_comment(f"{op.opname} '{op.name}' {shape}"), "size": int(np.prod(shape, dtype=np.int64))}
+    if kind == "softmax":
+        axis = op.attrs["axis"]
+        axis = axis + len(shape) if axis < 0 else axis
+        ctx.update(axis=axis, outer=int(np.prod(shape[:axis], dtype=np.int64)), n=shape[axis],
+                   inner=int(np.prod(shape[axis + 1:], dtype=np.int64)))
+    return ctx

@@ -6,6 +6,13 @@ itself); an output is the operand of the ``q.dequantize`` that produces a
 float graph output (or an integer graph output itself). Everything between is
 run by ``steps``, in the graph's topological order.
 
+Float epilogue: a float graph output may also be ``nn.softmax`` /
+``nn.sigmoid`` / ``nn.tanh`` (a chain of them) applied to a q.dequantize
+result (``qmn{float_output=true}`` keeps these in float). The API output is
+still the quantized tensor the q.dequantize reads; the chain (``TensorIO.epilogue``)
+runs in float C on the caller's dequantized floats when ``NAME_run`` returns
+floats. It is not part of the integer (bit-exact) contract.
+
 Memory: every tensor lives in the single static arena or is a weight array:
 the API inputs (the caller writes them before step 0, ``NAME_input*()``),
 the API outputs (live until after the last step, ``NAME_output*()``) and
@@ -42,6 +49,8 @@ S8_OPS = frozenset({"s8.conv2d", "s8.dense", "s8.add", "s8.requantize", "s8.maxp
                     "s8.softmax"})
 COMPUTE_OPS = COMPUTE_OPS | S8_OPS
 WEIGHTED_OPS = ("qnn.conv2d", "qnn.dense", "s8.conv2d", "s8.dense")
+# Float ops a graph output may apply after its q.dequantize (the float epilogue; float C, tolerance only).
+FLOAT_EPILOGUE_OPS = frozenset({"nn.softmax", "nn.sigmoid", "nn.tanh"})
 ALIGN = 8
 
 
@@ -57,6 +66,8 @@ class TensorIO:
     name: str          # graph input/output name (untrusted text)
     value: Value       # the integer tensor
     graph_value: Value  # the graph's own input/output (float when quantized at the boundary)
+    dequantized: Optional[Value] = None  # output: the q.dequantize result (before the epilogue)
+    epilogue: List[Op] = field(default_factory=list)  # output: float ops after the dequantize, in order
 
 
 @dataclass
@@ -171,26 +182,45 @@ def find_io(graph: Graph) -> Tuple[List[TensorIO], List[TensorIO], set]:
             raise UnsupportedModelError(f"graph input '{v.name}' has type {api.type}; expected i8/i16/i32")
         inputs.append(TensorIO(i, v.name, api, v))
     for j, (v, name) in enumerate(zip(graph.outputs, graph.output_names)):
-        api = v
+        api, dequantized, epilogue = v, None, []
         if v.type.is_float:
-            if v.producer is None or v.producer.opname != "q.dequantize":
-                what = v.producer.describe() if v.producer else "a graph input"
+            epilogue = float_epilogue(v)
+            d = epilogue[0].operands[0] if epilogue else v
+            if d.producer is None or d.producer.opname != "q.dequantize":
+                what = d.producer.describe() if d.producer else "a graph input"
                 raise UnsupportedModelError(
-                    f"graph output '{name}' is float but comes from {what}, not from q.dequantize; "
-                    f"the backend compiles fully lowered integer graphs only")
-            boundary.add(v.producer)
-            api = v.producer.operands[0]
+                    f"graph output '{name}' is float but comes from {what}, not from q.dequantize (optionally "
+                    f"followed by float {' / '.join(sorted(FLOAT_EPILOGUE_OPS))}); the backend compiles fully "
+                    f"lowered integer graphs only")
+            boundary.add(d.producer)
+            boundary.update(epilogue)
+            api, dequantized = d.producer.operands[0], d
         if api.type.dtype not in ("i8", "i16", "i32"):
             raise UnsupportedModelError(f"graph output '{name}' has type {api.type}; expected i8/i16/i32")
-        outputs.append(TensorIO(j, name, api, v))
+        outputs.append(TensorIO(j, name, api, v, dequantized, epilogue))
     return inputs, outputs, boundary
+
+
+def float_epilogue(v: Value) -> List[Op]:
+    """The chain of float epilogue ops (first to last) that ends in graph output ``v``; [] when none.
+
+    Only unary float ops of ``FLOAT_EPILOGUE_OPS`` count; whatever else feeds
+    the chain must be a q.dequantize, which ``find_io`` checks.
+    """
+    chain: List[Op] = []
+    while (v.producer is not None and v.producer.opname in FLOAT_EPILOGUE_OPS
+           and v.type.is_float and v.producer.operands[0].type.is_float):
+        chain.append(v.producer)
+        v = v.producer.operands[0]
+    return chain[::-1]
 
 
 def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) -> Plan:
     """Schedule ``graph`` and place every API and intermediate tensor in the arena.
 
     ``float_output`` only changes the run wrapper (it dequantizes the in-arena
-    outputs); ``inplace=False`` turns off in-place layers (for comparisons).
+    outputs and runs their float epilogues on the caller's floats; neither
+    uses the arena); ``inplace=False`` turns off in-place layers (for comparisons).
     """
     inputs, outputs, boundary = find_io(graph)
     bad = []
@@ -231,6 +261,7 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
     out_buffers: List[Buffer] = []
     produced = {id(s.output) for s in steps}
     claimed = set()
+    copies = set()  # output copies share their source's root: they must not become where() the source is
     for io in outputs:
         r = alias_root(io.value)
         if id(r) in produced and id(r) not in claimed:
@@ -239,6 +270,7 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
         else:
             steps.append(Step("copy", None, [io.value], None, io.index))
             out_buffers.append(Buffer(io.value, _nbytes(io.value), -1, -1))
+            copies.add(id(out_buffers[-1]))
     last = len(steps)
     for i, s in enumerate(steps):
         for v in s.inputs:
@@ -331,7 +363,8 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
         used_links, (arena, _, placement) = {}, plain
     for b in buffers:
         b.offset = placement[id(b)]
-        location[id(b.root)] = ("arena", b.offset)
+        if id(b) not in copies:
+            location[id(b.root)] = ("arena", b.offset)
     nsteps = max(last, 1)
     live = [sum(b.size for b in buffers if b.start <= i <= b.end) for i in range(nsteps)]
     plan = Plan(inputs, outputs, steps, buffers, location, arena, max(live, default=0))
