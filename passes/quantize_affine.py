@@ -29,6 +29,13 @@ each stored as a constant with a per-axis quant type followed by ``q.dequantize`
 (``per_channel=false``: one scale for the whole tensor). ``s_in`` is the scale of
 the layer's dequantized input, so a layer is quantized only once its input is.
 
+``float_output=true`` keeps a trailing ``nn.softmax`` / ``nn.sigmoid`` /
+``nn.tanh`` (alone or chained, e.g. sigmoid -> tanh) whose result only reaches
+graph outputs in float: the ``q.range`` on its result is dropped instead of
+becoming a quantize/dequantize pair, so the op runs on the dequantized logits
+after the last ``q.dequantize`` (the back end's float epilogue, outside the
+bit-exact integer contract), as ``qmn{float_output=true}`` does.
+
 The pipeline ``int8-calibrated`` (float model -> s8 ops) is registered here.
 """
 from __future__ import annotations
@@ -48,6 +55,8 @@ SHARES_INPUT_QUANT = frozenset({"nn.maxpool", "nn.avgpool", "nn.global_avgpool"}
 # Shape ops the int8 graph runs on quantized tensors directly (frontend_qdq.SHAPE_OPS).
 INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose"})
 WEIGHTED = {"nn.conv2d": (1, 2), "nn.dense": (1, 2)}  # opname -> (weight operand, bias operand)
+# Ops float_output keeps in float when they end the graph (the back end's float epilogue).
+FLOAT_EPILOGUE_OPS = frozenset({"nn.softmax", "nn.sigmoid", "nn.tanh"})
 SOFTMAX_QUANT = UniformQuant(1.0 / 256, -128)
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -90,6 +99,16 @@ def _dq_input_quant(v: Value) -> Optional[UniformQuant]:
     return q if isinstance(q, UniformQuant) and p.operands[0].type.dtype == "i8" else None
 
 
+def _only_reaches_outputs(graph: Graph, v: Value) -> bool:
+    """True when ``v`` is a graph output or feeds only q.range / float epilogue ops that end at
+    graph outputs, so nothing integer reads it (a float epilogue may chain: sigmoid -> tanh)."""
+    users = graph.users(v)
+    if not users:
+        return graph.is_output(v)
+    return all(u.opname in FLOAT_EPILOGUE_OPS | {"q.range"} and _only_reaches_outputs(graph, u.result)
+               for u in users)
+
+
 @register_pass
 @dataclass
 class QuantizeAffine(Pass):
@@ -116,11 +135,16 @@ class QuantizeAffine(Pass):
 
     name = "quantize-affine"
     per_channel: bool = True
+    float_output: bool = False
 
     def run(self, graph: Graph) -> PassResult:
         stats = {"activations": 0, "shared": 0, "weights": 0, "shape_ops": 0}
         for op in graph.ops:
-            if op.opname == "q.range":
+            if op.opname == "q.range" and self._keeps_float(graph, op):
+                graph.replace_all_uses(op.result, op.operands[0])
+                graph.erase_op(op)
+                stats["float_output"] = stats.get("float_output", 0) + 1
+            elif op.opname == "q.range":
                 self._quantize_range(graph, op, stats)
             elif op.opname in WEIGHTED:
                 self._quantize_weights(graph, op, stats)
@@ -130,6 +154,12 @@ class QuantizeAffine(Pass):
         return PassResult(changed, stats)
 
     # ------------------------------------------------------------ activations
+    def _keeps_float(self, graph: Graph, rng: Op) -> bool:
+        """With float_output: is ``rng`` the range of a trailing softmax/sigmoid/tanh (left float)?"""
+        p = rng.operands[0].producer
+        return self.float_output and p is not None and p.opname in FLOAT_EPILOGUE_OPS \
+            and _only_reaches_outputs(graph, rng.result)
+
     def _quantize_range(self, graph: Graph, rng: Op, stats: Dict[str, int]):
         x = rng.operands[0]
         producer = x.producer
@@ -229,7 +259,8 @@ class QuantizeAffine(Pass):
 
 # ---------------------------------------------------------------- the pipeline
 FLOAT_CLEANUP = ("fold-batchnorm", "canonicalize", "fuse-activation", "to-nhwc", "const-fold", "dce")
-DEFAULTS = {"bits": 8, "method": "minmax", "p": 99.99, "per_channel": True, "data": "", "fc_rounding": "double"}
+DEFAULTS = {"bits": 8, "method": "minmax", "p": 99.99, "per_channel": True, "data": "", "fc_rounding": "double",
+            "float_output": False}
 
 
 def _build(options) -> List:
@@ -245,7 +276,8 @@ def _build(options) -> List:
     if o["data"]:
         calibrate["data"] = o["data"]
     passes.append(make_pass("calibrate", calibrate))
-    passes.append(make_pass("quantize-affine", {"per_channel": str(o["per_channel"])}))
+    passes.append(make_pass("quantize-affine", {"per_channel": str(o["per_channel"]),
+                                                "float_output": str(o["float_output"])}))
     passes.append(make_pass("lower-qdq", {"fc_rounding": o["fc_rounding"]}))
     passes += ["canonicalize", "dce"]
     return passes
@@ -254,4 +286,5 @@ def _build(options) -> List:
 register_pipeline(
     "int8-calibrated", _build,
     "Quantize a float model with calibrated TFLite-style affine int8 and lower it to s8 ops",
-    {"bits": int, "method": str, "p": float, "per_channel": bool, "data": str, "fc_rounding": str})
+    {"bits": int, "method": str, "p": float, "per_channel": bool, "data": str, "fc_rounding": str,
+     "float_output": bool})

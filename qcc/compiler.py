@@ -7,12 +7,14 @@
 A float model (ONNX, or a .qir with float compute ops) runs the ``qmn{bits=..}``
 pipeline with the calibration data (``--act-max NAME=V`` forces a tensor's range
 to [-V, V]); an already lowered .qir (q.quantize -> qnn.* -> q.dequantize) goes
-straight to the backend. ``--float-output`` makes NAME_run return floats; with
-the qmn scheme it also passes ``float_output=true`` to the pipeline, which keeps
-a trailing softmax/sigmoid/tanh in float after the final dequantize, and the
-backend runs it in float C (a float epilogue, outside the bit-exact integer
-contract). The int8 pipelines keep softmax integer, so there it only dequantizes. The C, header, weights, Makefile and firmware harness
-are written into the folder of ``-o`` all at once or not at all.
+straight to the backend. ``--float-output`` makes NAME_run return floats; for a
+float model it also passes ``float_output=true`` to the pipeline (``qmn`` or
+``int8-calibrated``), which keeps a trailing softmax/sigmoid/tanh in float after
+the final dequantize, and the backend runs it in float C (a float epilogue,
+outside the bit-exact integer contract). A QDQ model keeps its own quantized
+softmax (its scales are the user's), so there it only dequantizes. The C,
+header, weights, Makefile and firmware harness are written into the folder of
+``-o`` all at once or not at all.
 
 The driver is the one place that connects the core to a backend: it looks the
 backend up by name (``qcc.backends.get_backend``); the core itself never
@@ -74,8 +76,8 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
                    help="force the range of tensor NAME to [-V, V] (repeatable)")
     p.add_argument("--float-output", action="store_true",
                    help="NAME_run returns float outputs (dequantized in C) instead of quantized ones; with "
-                        "--scheme qmn a trailing softmax/sigmoid/tanh then runs in float C after the "
-                        "dequantize (a float epilogue, not bit-exact); with int8 it stays integer")
+                        "a float model a trailing softmax/sigmoid/tanh then runs in float C after the "
+                        "dequantize (a float epilogue, not bit-exact); a QDQ model keeps its own integer one")
     p.add_argument("--kernels", choices=KERNEL_CHOICES, default="qcc",
                    help="qcc (own specialized C, the default) or cmsis-nn: the affine int8 layers call the "
                         "CMSIS-NN library (the Makefile builds it from CMSIS_NN_DIR)")
@@ -135,9 +137,8 @@ def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max
           model_path: str, jobs: int = 1, float_output: bool = False) -> Optional[Graph]:
     """Run the quantization pipeline on a float graph in place.
 
-    ``float_output`` (qmn only) keeps a trailing softmax/sigmoid/tanh in float
-    after the final dequantize (``qmn{float_output=true}``); the int8 pipelines
-    have no such option, so there it only makes the C dequantize the outputs.
+    ``float_output`` keeps a trailing softmax/sigmoid/tanh in float after the
+    final dequantize (``qmn{float_output=true}`` / ``int8-calibrated{float_output=true}``).
     Returns the float graph as it was just before calibration (the per-layer
     report's reference).
     """
@@ -150,7 +151,7 @@ def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max
         raise InputError(f"no such calibration file or folder: {calib}")
     if scheme == "int8" and bits != 8:
         raise InputError(f"--scheme int8 is 8-bit only, got --bits {bits}")
-    options = f"bits={bits}" + (",float_output=true" if float_output and scheme == "qmn" else "")
+    options = f"bits={bits}" + (",float_output=true" if float_output else "")
     pm = PassManager.parse(f"{FLOAT_PIPELINES[scheme]}{{{options}}}")
     context = {"calib": calib or "", "act_max": dict(act_max), "jobs": jobs}
     for p in pm.passes:

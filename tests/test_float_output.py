@@ -13,7 +13,10 @@ The contract has two parts:
   the interpreter within rtol 1e-5 / atol 1e-6, and the argmax is identical.
 
 A model without a trailing float op (examples/digits) only gets its outputs
-dequantized in C, which stays bit-exact. --scheme int8 keeps softmax integer.
+dequantized in C, which stays bit-exact. ``--scheme int8`` on a float model
+(``int8-calibrated{float_output=true}``) keeps the trailing softmax in float the
+same way, after the s8 layers; a QDQ model keeps its own s8 softmax (its scales
+are the user's), so there the flag only dequantizes.
 """
 from __future__ import annotations
 
@@ -157,14 +160,37 @@ def test_kws_soft_float_m3_runs_in_qemu(kws):
 
 @needs_kws
 @needs_gcc
-def test_kws_int8_float_output_only_dequantizes(tmp_path, kws):
+def test_kws_int8_float_output_keeps_softmax_in_float(tmp_path, kws):
     _, _, samples = kws
     graph = qcc(tmp_path, KWS / "kws_dscnn_float.onnx", "--calib", str(KWS / "mfcc_real_float.npy"),
                 "--scheme", "int8")
-    assert graph.find("s8.softmax") and graph.outputs[0].producer.opname == "q.dequantize"
+    out = graph.outputs[0]
+    assert out.producer.opname == "nn.softmax" and out.type.is_float
+    logits = out.producer.operands[0].producer
+    assert logits.opname == "q.dequantize" and logits.operands[0].producer.opname == "s8.dense"
+    assert not graph.find("s8.softmax") and graph.find("s8.conv2d") and is_lowered(graph)
+    # Integer part: without float outputs the C stops at the s8 logits, bit-exact with the simulator.
+    got_q, want_q = run(graph, generate(graph, "net", "cortex-m4"), tmp_path / "logits", samples, "host")
+    assert_same_outputs(got_q, want_q)
+    # Float softmax on top: within tolerance of the interpreter, same argmax on every sample.
     gen = generate(graph, "net", "cortex-m4", float_output=True)
-    got, want = run(graph, gen, tmp_path / "run", samples, "host")
-    assert_same_outputs(got, want)
+    assert "expf(" in gen.files["net.c"].decode()
+    got, want = run(graph, gen, tmp_path / "probs", samples, "host")
+    worst = assert_epilogue_close(got, want)
+    probs = got.floats[0].reshape(len(got.floats[0]), -1)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    print(f"kws int8 host: max |C - simulator| softmax = {worst:.3g}")
+
+
+@needs_kws
+def test_kws_qdq_float_output_keeps_its_s8_softmax(tmp_path):
+    """A QDQ model's softmax scales are the user's: --float-output only dequantizes (no float epilogue)."""
+    if not (KWS / "kws_dscnn_int8_qdq.onnx").exists():
+        pytest.skip("kws_dscnn_int8_qdq.onnx is absent")
+    graph = qcc(tmp_path, KWS / "kws_dscnn_int8_qdq.onnx")
+    assert graph.outputs[0].producer.opname == "s8.softmax" and not graph.find("nn.softmax")
+    gen = generate(graph, "net", "cortex-m4", float_output=True)
+    assert b"expf" not in gen.files["net.c"] and b"-lm" not in gen.files["Makefile"]
 
 
 # ---------------------------------------------------------------- digits: no trailing float op
