@@ -92,12 +92,16 @@ class ElementwiseLowerings:
 
     def _nn_sub(self, op: Op) -> Value:
         a, b = self._tensor_pair(op)
+        return self._aligned_pair("qnn.sub", a, b, op)
+
+    def _aligned_pair(self, opname: str, a: Value, b: Value, op: Op) -> Value:
+        """qnn.add / qnn.sub: both inputs left-aligned to the finer format n_c, then requantized."""
         out_t = self._out_type(op)
         n_a, n_b, n_y = frac_bits(a.type), frac_bits(b.type), frac_bits(out_t)
         n_c = max(n_a, n_b)
         lo, hi = self._clamp(op, out_t)
-        return self._create("qnn.sub", [a, b], {"a_shift": n_c - n_a, "b_shift": n_c - n_b,
-                                                  "out_shift": [n_c - n_y], "act_min": lo, "act_max": hi},
+        return self._create(opname, [a, b], {"a_shift": n_c - n_a, "b_shift": n_c - n_b,
+                                              "out_shift": [n_c - n_y], "act_min": lo, "act_max": hi},
                             out_t.with_shape(op.result.shape), op)
 
     def _nn_div(self, op: Op) -> Value:

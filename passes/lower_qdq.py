@@ -144,20 +144,19 @@ class LowerQuantizedIsland(RewritePattern):
 
     # ------------------------------------------------------------ helpers
     @staticmethod
-    def _to_nhwc(x: Value, layout: str, rewriter: Rewriter) -> Value:
+    def _relayout(x: Value, layout: str, perm, rewriter: Rewriter) -> Value:
+        """``x`` transposed by ``perm`` when the float op was NCHW; unchanged when it was NHWC."""
         if layout == "NHWC":
             return x
-        shape = tuple(x.shape[i] for i in NCHW_TO_NHWC)
-        return rewriter.create_op("nn.transpose", [x], {"perm": NCHW_TO_NHWC},
+        shape = tuple(x.shape[i] for i in perm)
+        return rewriter.create_op("nn.transpose", [x], {"perm": list(perm)},
                                   [TensorType(shape, x.type.dtype, x.type.quant)]).result
 
-    @staticmethod
-    def _from_nhwc(y: Value, layout: str, rewriter: Rewriter) -> Value:
-        if layout == "NHWC":
-            return y
-        shape = tuple(y.shape[i] for i in NHWC_TO_NCHW)
-        return rewriter.create_op("nn.transpose", [y], {"perm": NHWC_TO_NCHW},
-                                  [TensorType(shape, y.type.dtype, y.type.quant)]).result
+    def _to_nhwc(self, x: Value, layout: str, rewriter: Rewriter) -> Value:
+        return self._relayout(x, layout, NCHW_TO_NHWC, rewriter)
+
+    def _from_nhwc(self, y: Value, layout: str, rewriter: Rewriter) -> Value:
+        return self._relayout(y, layout, NHWC_TO_NCHW, rewriter)
 
     @staticmethod
     def _weights(v: Value, axis_of_channels: int):

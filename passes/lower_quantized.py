@@ -240,13 +240,7 @@ class LowerQuantized(ElementwiseLowerings, Pass):
         if a.shape != b.shape:
             raise UnsupportedModelError(f"lower-quantized: {op.describe()} broadcasts {list(a.shape)} with "
                                         f"{list(b.shape)}; qnn.add needs equal shapes")
-        out_t = self._out_type(op)
-        n_a, n_b, n_y = frac_bits(a.type), frac_bits(b.type), frac_bits(out_t)
-        n_c = max(n_a, n_b)
-        lo, hi = self._clamp(op, out_t)
-        return self._create("qnn.add", [a, b], {"a_shift": n_c - n_a, "b_shift": n_c - n_b,
-                                                  "out_shift": [n_c - n_y], "act_min": lo, "act_max": hi},
-                            out_t.with_shape(op.result.shape), op)
+        return self._aligned_pair("qnn.add", a, b, op)
 
     def _pool(self, op: Op, opname: str, kernel, strides, pads, extra) -> Value:
         x = self._nhwc_in(op)

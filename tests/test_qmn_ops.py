@@ -21,11 +21,11 @@ import qcc.simulator  # noqa: F401
 from qcc.errors import PassError
 from qcc.interpreter import run_graph
 from qcc.passes.legalize_qmn import LegalizeQmn
-from qcc.passmanager import PassManager, parse_pipeline
+from qcc.passmanager import PassManager
 
 from onnx_builders import build
 from test_backend_cmsis import Builder, compile_and_compare, random_inputs
-from test_qmn import layer_local_agreement
+from test_qmn import layer_local_agreement, quantize as quantize_with
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
 RNG = np.random.default_rng(7)
@@ -57,18 +57,7 @@ def quantize(model, tmp_path, pipeline="qmn", samples=32):
     onnx.save(model, path)
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=np.random.default_rng(1).standard_normal((samples, 1, 3, 8, 8)).astype(np.float32))
-    g = qcc.load_onnx(str(path))
-    passes = parse_pipeline(pipeline)
-    for p in passes:
-        p.context = {"calib": str(calib)}
-    names = [p.name for p in passes]
-    cal, low = names.index("calibrate"), names.index("lower-quantized")
-    PassManager(passes[:cal]).run(g)
-    float_graph = copy.deepcopy(g)
-    PassManager(passes[cal:low]).run(g)
-    fake = copy.deepcopy(g)
-    PassManager(passes[low:]).run(g)
-    return float_graph, fake, g
+    return quantize_with(path, pipeline, calib)
 
 
 def run_all(graph, xs):
