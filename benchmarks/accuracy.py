@@ -8,9 +8,9 @@ For every model (examples/digits, and the float ic_resnet8 / kws_dscnn under
 evaluation inputs:
 
 - float: the float ONNX model in onnxruntime, the reference of every other row;
-- qcc qmn q7 / q15: ``qcc.compiler.lower(scheme="qmn", bits=8|16)`` (Qm.n fixed
-  point), run by qcc's integer simulator (``qcc.interpreter.run_batched`` with
-  the qnn kernels of ``qcc.simulator``: the emitted C equals it bit for bit);
+- qcc qmn q7 / q15: ``qcc.tools.compile.lower(scheme="qmn", bits=8|16)`` (Qm.n fixed
+  point), run by qcc's integer simulator (``qcc.sim.interpreter.run_batched`` with
+  the qnn kernels of ``qcc.sim.qmn``: the emitted C equals it bit for bit);
 - qcc int8: ``lower(scheme="int8")``, the ``int8-calibrated`` pipeline (TFLite-style
   affine int8, weights per output channel), run by the s8 simulator;
 - onnxruntime int8: ``onnxruntime.quantization.quantize_static`` on the same
@@ -121,10 +121,10 @@ def float_outputs(model: Path, x: np.ndarray) -> np.ndarray:
 def qcc_outputs(model: Path, calib: np.ndarray, x: np.ndarray, scheme: str, bits: int) -> np.ndarray:
     """Quantize with qcc's driver pipeline, then run the integer simulator on ``x``."""
     import qcc
-    import qcc.simulator  # noqa: F401  (qnn kernels)
-    import qcc.simulator_s8  # noqa: F401  (s8 kernels)
-    from qcc.compiler import lower
-    from qcc.interpreter import run_batched
+    import qcc.sim.qmn  # noqa: F401  (qnn kernels)
+    import qcc.sim.s8  # noqa: F401  (s8 kernels)
+    from qcc.tools.compile import lower
+    from qcc.sim.interpreter import run_batched
     graph = qcc.load_onnx(str(model))
     inp = graph.inputs[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,10 +164,10 @@ def ort_outputs(model: Path, calib: np.ndarray, x: np.ndarray) -> np.ndarray:
 def tflite_int8(case: Case):
     """(dequantized int8 outputs, float outputs on the dequantized inputs, bit-exact count vs TFLite Micro)."""
     import qcc
-    import qcc.simulator  # noqa: F401
-    import qcc.simulator_s8  # noqa: F401
-    from qcc.compiler import lower_qdq
-    from qcc.interpreter import run_batched
+    import qcc.sim.qmn  # noqa: F401
+    import qcc.sim.s8  # noqa: F401
+    from qcc.tools.compile import lower_qdq
+    from qcc.sim.interpreter import run_batched
     golden = np.load(case.int8_golden)
     graph = qcc.load_onnx(str(case.int8_model))
     lower_qdq(graph, scheme="int8", model_path=str(case.int8_model))
@@ -250,7 +250,7 @@ def markdown(rows: List[Row], cases: List[Case]) -> str:
         lines.append(f"| {r.model} | {r.scheme} | {r.samples} | {_count(r.correct, r.samples)} | {agree} "
                      f"| {_db(r.sqnr_db)} | {r.note} |")
     lines += ["", "## Notes", "",
-              "- qcc qmn q7 / q15: `qcc.compiler.lower(scheme='qmn', bits=8|16)`, the driver's `qmn` pipeline "
+              "- qcc qmn q7 / q15: `qcc.tools.compile.lower(scheme='qmn', bits=8|16)`, the driver's `qmn` pipeline "
               "(percentile 99.99 calibration, per-channel weight formats, format search), run by qcc's integer "
               "simulator (the emitted C equals it bit for bit).",
               "- qcc int8 per-channel: `lower(scheme='int8')`, the `int8-calibrated` pipeline (TFLite rules: "

@@ -16,7 +16,7 @@ no semihosting: only what NAME_run reaches is linked), and measures:
   the emulator's stack is filled with a word pattern before the call, and the
   deepest word no longer holding it after the call bounds the stack used;
 - the ELF's outputs against the integer simulator on that sample (bit for bit),
-  and accuracy: the simulator (qcc.interpreter.run_graph on the lowered IR from
+  and accuracy: the simulator (qcc.sim.interpreter.run_graph on the lowered IR from
   --emit-ir) on every golden sample against the float model (top-1 agreement),
   and the digits test-set accuracy;
 - compile time: wall-clock of the qcc command (a report column only).
@@ -142,7 +142,7 @@ class BuildError(RuntimeError):
 
 def _qcc_command() -> List[str]:
     exe = shutil.which("qcc")
-    return [exe] if exe else [sys.executable, "-c", "import sys; from qcc.cli import qcc_main; sys.exit(qcc_main())"]
+    return [exe] if exe else [sys.executable, "-c", "import sys; from qcc.tools.compile import main; sys.exit(main())"]
 
 
 def run_qcc(spec: ModelSpec, target: str, folder: Path) -> tuple[Path, float]:
@@ -232,9 +232,9 @@ def count_run(elf: Path, name: str, inputs: Sequence[bytes], output_sizes: Seque
 
 # ---------------------------------------------------------------- the lowered graph
 def load_lowered(out: Path, name: str):
-    import qcc.simulator  # noqa: F401  (registers the integer kernels)
-    import qcc.simulator_s8  # noqa: F401
-    from qcc.parser import parse_file
+    import qcc.sim.qmn  # noqa: F401  (registers the integer kernels)
+    import qcc.sim.s8  # noqa: F401
+    from qcc.ir.parser import parse_file
     return parse_file(out / f"{name}.qir")
 
 
@@ -255,7 +255,7 @@ def simulate(graph, sample: np.ndarray):
 
     The benchmark models have one input; NAME_run takes the quantized inputs, then the
     quantized outputs (what each final q.dequantize reads), in graph order."""
-    from qcc.interpreter import run_graph
+    from qcc.sim.interpreter import run_graph
     x = graph.inputs[0]
     env = run_graph(graph, {x.name: sample.reshape(x.shape).astype(x.type.np_dtype)}, keep=True)
     ins = []

@@ -18,10 +18,10 @@ from __future__ import annotations
 import numpy as np
 
 from qcc.errors import UnsupportedModelError
-from qcc.graph import Op, Value
-from qcc.ops.qnn_softmax import lut_interp_table, lut_table
+from qcc.ir.graph import Op, Value
+from qcc.ir.ops.qnn_softmax import lut_interp_table, lut_table
 
-from qcc.types import storage_range
+from qcc.ir.types import storage_range
 
 from ._qmn_util import fixed_type, frac_bits, per_channel_type
 

@@ -21,8 +21,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from qcc.graph import Graph, Op, Value
-from qcc.types import FixedPoint, PerAxisQuant, TensorType, storage_range
+from qcc.ir.graph import Graph, Op, Value
+from qcc.ir.types import FixedPoint, PerAxisQuant, TensorType, storage_range
 
 # Ops whose output format is the input's: integer versions move or compare stored values.
 FORMAT_PRESERVING = ("nn.maxpool", "nn.global_maxpool", "nn.reshape", "nn.flatten", "nn.squeeze",
@@ -161,7 +161,7 @@ def range_of(q: Op) -> Optional[Tuple[float, float]]:
 
 def load_samples(graph: Graph, path: str, limit: int) -> List[Dict[str, np.ndarray]]:
     """Up to ``limit`` calibration samples ``{input name: array}`` from a data path."""
-    from qcc.calibration_data import CalibrationData
+    from qcc.quant.calibration_data import CalibrationData
     out: List[Dict[str, np.ndarray]] = []
     for batch in CalibrationData(path, graph).batches(min(limit, 64)):
         n = next(iter(batch.values())).shape[0]

@@ -32,8 +32,8 @@ from typing import Dict, List
 
 import numpy as np
 
-from qcc.graph import Graph, Op
-from qcc.passmanager import Pass, PassResult, register_pass
+from qcc.ir.graph import Graph, Op
+from qcc.transforms.passmanager import Pass, PassResult, register_pass
 
 from ._qmn_util import (UNIT_OUTPUT, WEIGHTED, activation_groups, bits_of, channel_frac_bits,
                         context_value, dequantized_source, fixed_type, frac_bits_for, load_samples,
@@ -143,8 +143,8 @@ class AssignQmn(Pass):
         path = self.data or context_value(self, graph, "calib")
         if not path:
             return {}
-        from qcc.interpreter import run_graph_all
-        import qcc.simulator  # noqa: F401  (kernels of the q.* ops)
+        from qcc.sim.interpreter import run_graph_all
+        import qcc.sim.qmn  # noqa: F401  (kernels of the q.* ops)
         wanted = {id(q): q.operands[0] for g in groups for q in g}
         seen: Dict[int, List[np.ndarray]] = {k: [] for k in wanted}
         for sample in load_samples(graph, path, self.samples):

@@ -2,7 +2,7 @@
 
 The pass runs the float graph on calibration data, collects statistics of
 every tensor a quantized graph will store, picks a range per tensor with a
-method of ``qcc.calibration`` and inserts ``q.range {min, max}`` right after
+method of ``qcc.quant.calibration`` and inserts ``q.range {min, max}`` right after
 the tensor (all its uses, graph outputs included, move to the ``q.range``).
 
 Tensors that get a range: graph inputs and float results of compute ops.
@@ -31,10 +31,10 @@ from typing import Dict, List
 
 import numpy as np
 
-from qcc.calibration import METHODS, collect_stats, compute_range, describe_formats, load_act_max
+from qcc.quant.calibration import METHODS, collect_stats, compute_range, describe_formats, load_act_max
 from qcc.errors import InputError
-from qcc.graph import Graph, Value
-from qcc.passmanager import Pass, PassResult, register_pass
+from qcc.ir.graph import Graph, Value
+from qcc.transforms.passmanager import Pass, PassResult, register_pass
 
 SHARES_INPUT_RANGE = frozenset({
     "nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose", "nn.identity",

@@ -25,9 +25,9 @@ from typing import List, Optional
 
 import numpy as np
 
-from qcc.graph import Op, Value
-from qcc.passmanager import register_pass
-from qcc.rewriter import PatternPass, RewritePattern
+from qcc.ir.graph import Op, Value
+from qcc.transforms.passmanager import register_pass
+from qcc.transforms.rewriter import PatternPass, RewritePattern
 
 RESHAPE_LIKE = ("nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze")
 

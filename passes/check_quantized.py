@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from qcc.errors import PassError
-from qcc.graph import Graph, Op
-from qcc.passmanager import Pass, PassResult, register_pass
-from qcc.types import storage_range
+from qcc.ir.graph import Graph, Op
+from qcc.transforms.passmanager import Pass, PassResult, register_pass
+from qcc.ir.types import storage_range
 
 LIMIT = 1 << 31
 INTEGER_SHAPE_OPS = ("nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose", "nn.concat",

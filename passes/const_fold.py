@@ -2,7 +2,7 @@
 
 An op ``y = f(c1, ..., cn)`` with every ``ci`` a ``qcc.const`` becomes
 ``y = qcc.const f(c1, ..., cn)``, computed by the float interpreter's own
-kernel (``qcc.interpreter.run_op``), so folding gives bit for bit what running
+kernel (``qcc.sim.interpreter.run_op``), so folding gives bit for bit what running
 the graph would have. ``nn.shape x`` folds for any ``x``: shapes are static.
 Only the elementwise arithmetic and data-movement ops listed in ``FOLDABLE``
 fold; arithmetic on quantized values is left to the quantized lowering.
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from qcc import interpreter
-from qcc.passmanager import register_pass
-from qcc.rewriter import PatternPass, RewritePattern
+from qcc.sim import interpreter
+from qcc.transforms.passmanager import register_pass
+from qcc.transforms.rewriter import PatternPass, RewritePattern
 
 ARITHMETIC = ("nn.add", "nn.sub", "nn.mul", "nn.div")
 DATA_MOVEMENT = ("nn.reshape", "nn.transpose", "nn.gather", "nn.cast", "nn.slice", "nn.concat",

@@ -6,9 +6,9 @@ Everything else is erased, consumers before producers.
 """
 from __future__ import annotations
 
-from qcc.graph import Graph
-from qcc.ops import get_op
-from qcc.passmanager import Pass, PassResult, register_pass
+from qcc.ir.graph import Graph
+from qcc.ir.registry import get_op
+from qcc.transforms.passmanager import Pass, PassResult, register_pass
 
 
 @register_pass

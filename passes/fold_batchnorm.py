@@ -27,9 +27,9 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from qcc.graph import Op, Value
-from qcc.passmanager import register_pass
-from qcc.rewriter import PatternPass, RewritePattern, Rewriter
+from qcc.ir.graph import Op, Value
+from qcc.transforms.passmanager import register_pass
+from qcc.transforms.rewriter import PatternPass, RewritePattern, Rewriter
 from qcc.passes.canonicalize import GemmToDense, MatMulToDense
 
 

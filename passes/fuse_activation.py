@@ -1,7 +1,7 @@
 """Fuse a standalone activation into the op that produces its input.
 
 ``nn.conv2d``, ``nn.dense`` and ``nn.add`` carry an ``act`` epilogue applied to
-their result (see ``qcc.ops.nn``), so for a producer P with ``act = "none"``::
+their result (see ``qcc.ir.ops.nn``), so for a producer P with ``act = "none"``::
 
     relu(P(x))                 == P(x) {act = "relu"}
     clip(P(x), 0, inf)         == P(x) {act = "relu"}          max(y, 0)
@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Tuple
 
-from qcc.graph import Op
-from qcc.passmanager import register_pass
-from qcc.rewriter import PatternPass, RewritePattern, Rewriter
+from qcc.ir.graph import Op
+from qcc.transforms.passmanager import register_pass
+from qcc.transforms.rewriter import PatternPass, RewritePattern, Rewriter
 
 FUSABLE_PRODUCERS = ("nn.conv2d", "nn.dense", "nn.add")
 

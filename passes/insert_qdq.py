@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qcc.graph import Graph, Op, Value
-from qcc.passmanager import Pass, PassResult, register_pass
-from qcc.rewriter import Rewriter
-from qcc.types import TensorType
+from qcc.ir.graph import Graph, Op, Value
+from qcc.transforms.passmanager import Pass, PassResult, register_pass
+from qcc.transforms.rewriter import Rewriter
+from qcc.ir.types import TensorType
 
 from ._qmn_util import (WEIGHTED, channel_frac_bits, dequantized_source, dtype_for_bits, fixed_type,
                         frac_bits_for, per_channel_type)

@@ -38,11 +38,11 @@ from typing import List, Literal, Optional
 
 import numpy as np
 
-from qcc.graph import Op, Value
-from qcc.passmanager import register_pass, register_pipeline
-from qcc.rewriter import PatternPass, RewritePattern, Rewriter
-from qcc.simulator_s8 import quantize_multiplier, softmax_params
-from qcc.types import PerAxisQuant, TensorType, UniformQuant
+from qcc.ir.graph import Op, Value
+from qcc.transforms.passmanager import register_pass, register_pipeline
+from qcc.transforms.rewriter import PatternPass, RewritePattern, Rewriter
+from qcc.sim.s8 import quantize_multiplier, softmax_params
+from qcc.ir.types import PerAxisQuant, TensorType, UniformQuant
 
 NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 

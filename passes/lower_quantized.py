@@ -33,12 +33,12 @@ from typing import Dict, Optional
 import numpy as np
 
 from qcc.errors import UnsupportedModelError
-from qcc.graph import Graph, Op, Value
-from qcc.ops.qnn_softmax import (lut_interp_table, lut_table, softmax_table, softmax_table_shift)
-from qcc.passmanager import Pass, PassResult, register_pass
-from qcc.rewriter import Rewriter
-from qcc.simulator import quantize_array, round_half_away
-from qcc.types import TensorType, storage_range
+from qcc.ir.graph import Graph, Op, Value
+from qcc.ir.ops.qnn_softmax import (lut_interp_table, lut_table, softmax_table, softmax_table_shift)
+from qcc.transforms.passmanager import Pass, PassResult, register_pass
+from qcc.transforms.rewriter import Rewriter
+from qcc.sim.qmn import quantize_array, round_half_away
+from qcc.ir.types import TensorType, storage_range
 
 from ._lower_elementwise import ElementwiseLowerings
 from ._qmn_util import bits_of, channel_frac_bits, fixed_type, frac_bits, qdq_after

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qcc.graph import Graph
-from qcc.passmanager import Pass, PassResult, register_pass
+from qcc.ir.graph import Graph
+from qcc.transforms.passmanager import Pass, PassResult, register_pass
 
 
 @register_pass
@@ -41,7 +41,7 @@ class PlanMemory(Pass):
     inplace: bool = True
 
     def run(self, graph: Graph) -> PassResult:
-        from qcc.backends import get_backend
+        from qcc.backend_registry import get_backend
         plan_mod = get_backend(self.backend).plan
         plan = plan_mod.make_plan(graph, inplace=self.inplace)
         report = plan_mod.memory_report(plan)

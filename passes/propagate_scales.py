@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qcc.graph import Graph
-from qcc.passmanager import Pass, PassResult, register_pass
+from qcc.ir.graph import Graph
+from qcc.transforms.passmanager import Pass, PassResult, register_pass
 
 from ._qmn_util import activation_groups, bits_of, fixed_type, frac_bits_for
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from qcc.passmanager import make_pass, register_pipeline, registered_passes
+from qcc.transforms.passmanager import make_pass, register_pipeline, registered_passes
 
 FLOAT_CLEANUP = ("canonicalize", "fold-batchnorm", "fuse-activation", "to-nhwc", "legalize-qmn", "const-fold",
                  "canonicalize", "dce")

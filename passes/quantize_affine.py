@@ -46,10 +46,10 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from qcc.errors import InputError, PassError
-from qcc.graph import Graph, Op, Value
-from qcc.passmanager import Pass, PassResult, make_pass, register_pass, register_pipeline, registered_passes
-from qcc.simulator_s8 import quantize_multiplier
-from qcc.types import PerAxisQuant, TensorType, UniformQuant
+from qcc.ir.graph import Graph, Op, Value
+from qcc.transforms.passmanager import Pass, PassResult, make_pass, register_pass, register_pipeline, registered_passes
+from qcc.sim.s8 import quantize_multiplier
+from qcc.ir.types import PerAxisQuant, TensorType, UniformQuant
 
 SHARES_INPUT_QUANT = frozenset({"nn.maxpool", "nn.avgpool", "nn.global_avgpool"})
 # Shape ops the int8 graph runs on quantized tensors directly (frontend_qdq.SHAPE_OPS).

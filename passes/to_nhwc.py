@@ -46,9 +46,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from qcc.graph import Graph, Op, Value
-from qcc.passmanager import PassResult, register_pass
-from qcc.rewriter import PatternPass, RewritePattern, Rewriter, apply_patterns_greedily
+from qcc.ir.graph import Graph, Op, Value
+from qcc.transforms.passmanager import PassResult, register_pass
+from qcc.transforms.rewriter import PatternPass, RewritePattern, Rewriter, apply_patterns_greedily
 from qcc.passes.canonicalize import ComposeTransposes
 from qcc.errors import PassError
 

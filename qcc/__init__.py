@@ -5,10 +5,9 @@
     qcc.PassManager.parse("dce,canonicalize").run(g)
     print(qcc.print_graph(g))
 """
-from .errors import QccError, IRError, OpError, ParseError, PassError, UnsupportedModelError, InputError
-from .types import TensorType, UniformQuant, PerAxisQuant, FixedPoint
-from .graph import Graph, Op, Value
-from .ops import OpDef, AttrSpec, register_op, get_op, registered_ops
+from qcc.errors import QccError, IRError, OpError, ParseError, PassError, UnsupportedModelError, InputError
+from qcc.ir import (AttrSpec, FixedPoint, Graph, Op, OpDef, PerAxisQuant, TensorType, UniformQuant, Value, get_op,
+                    register_op, registered_ops)
 
 __version__ = "0.1.0"
 __all__ = ["QccError", "IRError", "OpError", "ParseError", "PassError", "UnsupportedModelError", "InputError",
@@ -21,18 +20,18 @@ __all__ = ["QccError", "IRError", "OpError", "ParseError", "PassError", "Unsuppo
 def __getattr__(name):
     # Heavier layers load on first use so `import qcc` stays quick.
     lazy = {
-        "print_graph": ("printer", "print_graph"),
-        "parse": ("parser", "parse"),
-        "parse_file": ("parser", "parse_file"),
-        "write_qir": ("printer", "write_qir"),
-        "load_onnx": ("frontend", "load_onnx"),
-        "load_model": ("loader", "load_model"),
-        "PassManager": ("passmanager", "PassManager"),
-        "Pass": ("passmanager", "Pass"),
-        "PassResult": ("passmanager", "PassResult"),
-        "register_pass": ("passmanager", "register_pass"),
-        "Rewriter": ("rewriter", "Rewriter"),
-        "RewritePattern": ("rewriter", "RewritePattern"),
+        "print_graph": ("ir.printer", "print_graph"),
+        "parse": ("ir.parser", "parse"),
+        "parse_file": ("ir.parser", "parse_file"),
+        "write_qir": ("ir.printer", "write_qir"),
+        "load_onnx": ("frontend.loader", "load_onnx"),
+        "load_model": ("frontend.loader", "load_model"),
+        "PassManager": ("transforms.passmanager", "PassManager"),
+        "Pass": ("transforms.passmanager", "Pass"),
+        "PassResult": ("transforms.passmanager", "PassResult"),
+        "register_pass": ("transforms.passmanager", "register_pass"),
+        "Rewriter": ("transforms.rewriter", "Rewriter"),
+        "RewritePattern": ("transforms.rewriter", "RewritePattern"),
     }
     if name in lazy:
         import importlib

@@ -8,7 +8,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qcc.frontend import load_onnx
-from qcc.interpreter import run_graph
+from qcc.sim.interpreter import run_graph
 
 RTOL, ATOL = 1e-5, 1e-6
 

@@ -20,9 +20,9 @@ import pytest
 
 from qcc.backends.cmsis import TARGETS, generate, harness
 from qcc.fileio import write_files
-from qcc.graph import Graph
-from qcc.ops.qnn_softmax import lut_interp_table, lut_table, softmax_table, softmax_table_shift
-from qcc.types import FixedPoint, TensorType
+from qcc.ir.graph import Graph
+from qcc.ir.ops.qnn_softmax import lut_interp_table, lut_table, softmax_table, softmax_table_shift
+from qcc.ir.types import FixedPoint, TensorType
 
 REPO = Path(__file__).resolve().parents[1]
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
@@ -250,7 +250,7 @@ def test_random_graph_on_qemu_m4(tmp_path, bits):
 
 def test_backend_handles_every_qnn_attribute():
     from qcc.backends.cmsis.layers import HANDLED_ATTRS
-    from qcc.ops import get_op, registered_ops
+    from qcc.ir.registry import get_op, registered_ops
     for name in registered_ops():
         if name.startswith("qnn."):
             assert name in HANDLED_ATTRS, f"{name} has no cmsis kernel"
@@ -277,12 +277,12 @@ def test_targets_agree_with_firmware():
 
 # ---------------------------------------------------------------- the qcc command
 def _write_qir(graph: Graph, path: Path):
-    from qcc.printer import write_qir
+    from qcc.ir.printer import write_qir
     write_qir(graph, path)
 
 
 def test_qcc_command_lowered_qir(tmp_path):
-    from qcc.compiler import main
+    from qcc.tools.compile import main
     _write_qir(random_graph(8, 0), tmp_path / "net.qir")
     out = tmp_path / "out" / "my-net.c"
     assert main([str(tmp_path / "net.qir"), "-o", str(out), "--target", "cortex-m0plus",
@@ -295,7 +295,7 @@ def test_qcc_command_lowered_qir(tmp_path):
 
 
 def test_qcc_command_errors_leave_nothing(tmp_path, capsys):
-    from qcc.compiler import main
+    from qcc.tools.compile import main
     onnx_model = REPO / "examples" / "digits" / "digits.onnx"
     out = tmp_path / "out" / "net.c"
     # A float model without calibration data: a clear message, no files.

@@ -25,8 +25,8 @@ from qcc.backends.cmsis import generate, harness
 from qcc.backends.cmsis import cmsis_nn
 from qcc.backends.cmsis.plan import make_plan
 from qcc.fileio import write_files
-from qcc.graph import Graph
-from qcc.types import TensorType, UniformQuant
+from qcc.ir.graph import Graph
+from qcc.ir.types import TensorType, UniformQuant
 
 MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 MODEL_CASES = ["kws_dscnn", "ic_resnet8"]
@@ -93,7 +93,7 @@ def test_single_rounding_and_requantize_stay_on_qcc_kernels():
 
 
 def test_qcc_command_takes_kernels(tmp_path):
-    from qcc.compiler import main
+    from qcc.tools.compile import main
     path = MODELS / "kws_dscnn" / "kws_dscnn_int8_qdq.onnx"
     if not path.is_file():
         pytest.skip(f"{path} is absent")

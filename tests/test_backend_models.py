@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from qcc.backends.cmsis import generate, harness
-from qcc.parser import parse_file
+from qcc.ir.parser import parse_file
 
 from test_backend_cmsis import assert_same_outputs
 
@@ -29,7 +29,7 @@ needs_qemu = pytest.mark.skipif(harness.tools_missing("arm-none-eabi-gcc", "qemu
 
 def compile_onnx(tmp: Path, onnx: Path, calib: Path, bits: int, target: str = "cortex-m4"):
     """The `qcc` command on a float model; returns (lowered graph, GeneratedModel, folder)."""
-    from qcc.compiler import main
+    from qcc.tools.compile import main
     folder = tmp / f"{onnx.stem}_{bits}_{target}"
     rc = main([str(onnx), "-o", str(folder / "net.c"), "--target", target, "--calib", str(calib),
                "--bits", str(bits), "--emit-ir", str(folder / "net.qir")])

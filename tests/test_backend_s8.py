@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 
 import qcc
-import qcc.simulator_s8  # noqa: F401  (registers the s8 kernels)
+import qcc.sim.s8  # noqa: F401  (registers the s8 kernels)
 from qcc.backends.cmsis import generate, harness
 from qcc.fileio import write_files
-from qcc.graph import Graph
-from qcc.interpreter import run_batched
-from qcc.simulator_s8 import quantize_multiplier, softmax_params
-from qcc.types import TensorType, UniformQuant
+from qcc.ir.graph import Graph
+from qcc.sim.interpreter import run_batched
+from qcc.sim.s8 import quantize_multiplier, softmax_params
+from qcc.ir.types import TensorType, UniformQuant
 
 MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 MODEL_CASES = ["kws_dscnn", "ic_resnet8"]
@@ -274,7 +274,7 @@ def test_conv_edge_cases_on_qemu_match_simulator(tmp_path, target):
 
 def test_backend_handles_every_s8_attribute():
     from qcc.backends.cmsis.layers import HANDLED_ATTRS
-    from qcc.ops import get_op, registered_ops
+    from qcc.ir.registry import get_op, registered_ops
     for name in registered_ops():
         if name.startswith("s8."):
             assert set(get_op(name).attrs) == HANDLED_ATTRS[name], name
@@ -283,7 +283,7 @@ def test_backend_handles_every_s8_attribute():
 # ---------------------------------------------------------------- the qcc command on a QDQ model
 @needs_gcc
 def test_qcc_command_compiles_qdq_model_without_calibration(tmp_path):
-    from qcc.compiler import main
+    from qcc.tools.compile import main
     path = _model_path("kws_dscnn")
     out = tmp_path / "out" / "kws.c"
     assert main([str(path), "-o", str(out), "--target", "cortex-m4"]) == 0
@@ -297,7 +297,7 @@ def test_qcc_command_compiles_qdq_model_without_calibration(tmp_path):
 
 
 def test_qcc_command_int8_scheme_on_a_float_model_needs_calibration(tmp_path, capsys):
-    from qcc.compiler import main
+    from qcc.tools.compile import main
     digits = Path(__file__).resolve().parents[1] / "examples" / "digits" / "digits.onnx"
     assert main([str(digits), "-o", str(tmp_path / "d.c"), "--target", "cortex-m4", "--scheme", "int8"]) == 1
     assert "--calib" in capsys.readouterr().err

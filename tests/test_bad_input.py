@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import qcc
 from qcc.errors import ParseError, QccError
-from qcc.parser import parse
-from qcc.printer import print_graph
+from qcc.ir.parser import parse
+from qcc.ir.printer import print_graph
 
 DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits" / "digits.onnx"
 

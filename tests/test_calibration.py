@@ -11,10 +11,10 @@ import pytest
 
 from conftest import shared_model_path
 from qcc import Graph, InputError, TensorType
-from qcc.calibration import (CalibrationData, TensorStats, collect_stats, compute_range, iter_calibration_batches,
+from qcc.quant.calibration import (CalibrationData, TensorStats, collect_stats, compute_range, iter_calibration_batches,
                              load_act_max, _Progress)
-from qcc.interpreter import run_graph, run_graph_all
-from qcc.passmanager import PassManager, make_pass
+from qcc.sim.interpreter import run_graph, run_graph_all
+from qcc.transforms.passmanager import PassManager, make_pass
 
 RNG = np.random.default_rng(1234)
 

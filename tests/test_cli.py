@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qcc import passmanager as pm
-from qcc.cli import opt_main, qcc_main, sim_main
-from qcc.interpreter import run_graph
-from qcc.parser import parse, parse_file
-from qcc.printer import print_graph
+from qcc.transforms import passmanager as pm
+from qcc.tools.cli import opt_main, sim_main
+from qcc.tools.compile import main as qcc_main
+from qcc.sim.interpreter import run_graph
+from qcc.ir.parser import parse, parse_file
+from qcc.ir.printer import print_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "examples" / "custom_pass" / "strength_reduce.py"
@@ -184,7 +185,7 @@ def test_opt_unsupported_model_exits_2(tmp_path, small):
     plugin = tmp_path / "refuse.py"
     plugin.write_text(
         "from qcc.errors import UnsupportedModelError\n"
-        "from qcc.passmanager import Pass, register_pass\n"
+        "from qcc.transforms.passmanager import Pass, register_pass\n"
         "@register_pass\n"
         "class Refuse(Pass):\n"
         "    '''Refuses every model.'''\n"
@@ -197,7 +198,7 @@ def test_opt_unsupported_model_exits_2(tmp_path, small):
 
 
 def test_opt_reads_onnx(tmp_path):
-    pytest.importorskip("qcc.loader")
+    pytest.importorskip("qcc.frontend.loader")
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     zero = numpy_helper.from_array(np.zeros(3, np.float32), "zero")

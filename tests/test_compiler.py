@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from qcc.compiler import main
+from qcc.tools.compile import main
 
 DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
 

@@ -28,12 +28,12 @@ import numpy as np
 import pytest
 
 from qcc.backends.cmsis import generate, harness
-from qcc.compiler import is_lowered, main
+from qcc.tools.compile import is_lowered, main
 from qcc.errors import InputError
 from qcc.fileio import write_files
-from qcc.graph import Graph
-from qcc.parser import parse_file
-from qcc.types import FixedPoint, TensorType
+from qcc.ir.graph import Graph
+from qcc.ir.parser import parse_file
+from qcc.ir.types import FixedPoint, TensorType
 
 from test_backend_cmsis import Builder, assert_same_outputs
 
@@ -108,7 +108,7 @@ def test_kws_keeps_trailing_softmax_in_float(kws):
 def test_kws_without_float_output_flag_is_refused(kws, tmp_path):
     _, folder, _ = kws
     with pytest.raises(InputError, match="--float-output"):
-        from qcc.compiler import compile_model
+        from qcc.tools.compile import compile_model
         compile_model(str(folder / "compiled" / "net.qir"), str(tmp_path / "x.c"), "cortex-m4")
 
 

@@ -18,9 +18,9 @@ from onnx import TensorProto, helper, numpy_helper
 import qcc
 from conftest import REPO_ROOT, shared_model_path
 from golden_check import split_cases
-from qcc.interpreter import run_graph
-from qcc.parser import parse
-from qcc.passmanager import PassManager
+from qcc.sim.interpreter import run_graph
+from qcc.ir.parser import parse
+from qcc.transforms.passmanager import PassManager
 
 PIPELINE = "fold-batchnorm,canonicalize,fuse-activation,to-nhwc"
 RTOL, ATOL = 1e-5, 1e-5

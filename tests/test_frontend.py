@@ -9,9 +9,9 @@ from onnx import TensorProto, helper
 import qcc
 from qcc.errors import InputError, UnsupportedModelError
 from qcc.frontend import load_onnx
-from qcc.frontend_ops import resolve_pads
-from qcc.interpreter import run_graph
-from qcc.loader import load_model
+from qcc.frontend.lifters import resolve_pads
+from qcc.sim.interpreter import run_graph
+from qcc.frontend.loader import load_model
 
 from onnx_builders import build, check_against_ort, rand
 
@@ -210,8 +210,8 @@ def test_loader_dispatches_on_suffix(tmp_path):
 
 
 def test_loader_reads_qir(tmp_path):
-    printer = pytest.importorskip("qcc.printer")
-    pytest.importorskip("qcc.parser")
+    printer = pytest.importorskip("qcc.ir.printer")
+    pytest.importorskip("qcc.ir.parser")
     g = load_onnx(CASES["maxpool"])
     path = tmp_path / "m.qir"
     path.write_text(printer.print_graph(g))
@@ -232,8 +232,8 @@ def test_shared_models_lift(shared_models):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_lifted_graph_round_trips_through_text(name):
-    printer = pytest.importorskip("qcc.printer")
-    parser = pytest.importorskip("qcc.parser")
+    printer = pytest.importorskip("qcc.ir.printer")
+    parser = pytest.importorskip("qcc.ir.parser")
     g = load_onnx(CASES[name])
     text = printer.print_graph(g, elide_over=None)
     g2 = parser.parse(text)

@@ -22,8 +22,8 @@ import pytest
 
 from golden_check import (CheckFailure, check_output, generate_checks, rewrite_case_checks, run_line,
                           split_cases, SEPARATOR)
-from qcc.cli import opt_main
-from qcc.passmanager import scoped_registry
+from qcc.tools.cli import opt_main
+from qcc.transforms.passmanager import scoped_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN_FILES = sorted((ROOT / "tests" / "golden").glob("*.qir")) + sorted((ROOT / "examples").glob("**/golden/*.qir"))
@@ -88,8 +88,8 @@ def _rewrite(path: Path, index: int, output: str):
 
 @pytest.mark.parametrize("path", ALL_QIR, ids=lambda p: str(p.relative_to(ROOT)))
 def test_qir_round_trips(path):
-    from qcc.parser import parse, parse_file
-    from qcc.printer import print_graph
+    from qcc.ir.parser import parse, parse_file
+    from qcc.ir.printer import print_graph
     text = path.read_text()
     if "RUN:" not in text:
         assert print_graph(parse_file(path)) == text, f"{path} does not print back as written"
@@ -123,9 +123,9 @@ def _numeric_cases():
 def test_golden_rewrites_preserve_numerics(path, index, pipeline):
     """The float interpreter gives the same outputs before and after the pipeline."""
     import numpy as np
-    from qcc.interpreter import run_graph
-    from qcc.parser import parse
-    from qcc.passmanager import PassManager
+    from qcc.sim.interpreter import run_graph
+    from qcc.ir.parser import parse
+    from qcc.transforms.passmanager import PassManager
     case = split_cases(path.read_text())[index]
     before = parse(case.text, filename=str(path))
     after = parse(case.text, filename=str(path))

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import qcc
-import qcc.simulator_s8 as s8
+import qcc.sim.s8 as s8
 from qcc.errors import QccError
-from qcc.graph import Graph
-from qcc.interpreter import run_batched, run_graph
-from qcc.types import TensorType, UniformQuant
+from qcc.ir.graph import Graph
+from qcc.sim.interpreter import run_batched, run_graph
+from qcc.ir.types import TensorType, UniformQuant
 
 MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import qcc
-from qcc.interpreter import run_batched
-from qcc.types import UniformQuant
+from qcc.sim.interpreter import run_batched
+from qcc.ir.types import UniformQuant
 
 from qcc.passes.quantize_affine import asymmetric_params, symmetric_weights
 
@@ -127,7 +127,7 @@ def test_pipeline_takes_calibration_data_from_the_driver_context_and_rejects_oth
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
 def test_digits_int8_c_on_the_host_equals_the_simulator(digits_int8, tmp_path):
-    import qcc.simulator_s8  # noqa: F401  (registers the s8 kernels)
+    import qcc.sim.s8  # noqa: F401  (registers the s8 kernels)
     from qcc.backends.cmsis import generate, harness
     from qcc.fileio import write_files
     g, test = digits_int8
@@ -155,8 +155,8 @@ qcc.graph @cat(%x: tensor<1x4x4x2xf32>) -> (tensor<1x4x4x5xf32> {name = "y"}) {
 
 
 def test_concat_becomes_integer_with_inputs_requantized_to_the_output(tmp_path):
-    from qcc.interpreter import run_graph
-    from qcc.parser import parse
+    from qcc.sim.interpreter import run_graph
+    from qcc.ir.parser import parse
     rng = np.random.default_rng(0)
     data = rng.normal(0, 1, (64, 1, 4, 4, 2)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=data)

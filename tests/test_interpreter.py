@@ -6,10 +6,10 @@ import pytest
 
 from qcc.errors import InputError
 from qcc.frontend import load_onnx
-from qcc.graph import Graph
-from qcc.interpreter import KERNELS, MissingKernelError, kernel, run_batched, run_graph, run_graph_all
-from qcc.ops import OpDef, register_op, same_as_operand, is_registered
-from qcc.types import TensorType
+from qcc.ir.graph import Graph
+from qcc.sim.interpreter import KERNELS, MissingKernelError, kernel, run_batched, run_graph, run_graph_all
+from qcc.ir.registry import OpDef, register_op, same_as_operand, is_registered
+from qcc.ir.types import TensorType
 
 from onnx_builders import rand, run_ort
 

@@ -22,8 +22,8 @@ from qcc.backends.cmsis import generate
 from qcc.backends.cmsis.inplace import max_displacement, min_displacement_reversed
 from qcc.backends.cmsis.plan import PlanError, check_plan, make_plan, memory_report
 
-from qcc.graph import Graph
-from qcc.types import TensorType, UniformQuant
+from qcc.ir.graph import Graph
+from qcc.ir.types import TensorType, UniformQuant
 
 from test_backend_cmsis import Builder, compile_and_compare, random_inputs
 from test_backend_s8 import S8Builder, random_inputs as s8_random_inputs
@@ -208,7 +208,7 @@ def test_s8_pool_displacement_is_safe_and_tight(opname):
 
 
 def test_s8_elementwise_run_in_place_at_displacement_zero():
-    from qcc.simulator_s8 import quantize_multiplier
+    from qcc.sim.s8 import quantize_multiplier
     b = S8Builder(3)
     x = _s8_input(b, (1, 4, 3, 5))
     m, sh = quantize_multiplier(0.7)
@@ -226,7 +226,7 @@ def test_s8_elementwise_run_in_place_at_displacement_zero():
 def s8_inplace_graph(seed: int = 4) -> Graph:
     """Every s8 kernel that runs in place, chained: convs (both directions), depthwise, requantize,
     a residual add whose skip dies there, pools; dense and softmax stay out of place."""
-    from qcc.simulator_s8 import quantize_multiplier
+    from qcc.sim.s8 import quantize_multiplier
     b = S8Builder(seed)
     g = b.g
     x = _s8_input(b, (1, 10, 9, 4), 5)
@@ -348,8 +348,8 @@ def test_checker_rejects_overlaps():
 
 def test_plan_memory_pass_reports_without_changing_the_graph():
     import qcc.passes  # noqa: F401  (registers plan-memory)
-    from qcc.passmanager import PassManager
-    from qcc.printer import print_graph
+    from qcc.transforms.passmanager import PassManager
+    from qcc.ir.printer import print_graph
     g = inplace_graph(8)
     before = print_graph(g)
     stats = PassManager.parse("plan-memory").run(g).stats()["0:plan-memory"]

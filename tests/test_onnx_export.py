@@ -1,4 +1,4 @@
-"""ONNX / QDQ export (qcc.onnx_export): the exported models run in onnxruntime and agree with qcc.
+"""ONNX / QDQ export (qcc.export.onnx_export): the exported models run in onnxruntime and agree with qcc.
 
 Float graphs must match the original model tightly. Lowered integer graphs
 are exported in QDQ form, an approximation (float math, round half to even),
@@ -15,16 +15,16 @@ import onnxruntime as ort
 import pytest
 
 import qcc
-import qcc.simulator  # noqa: F401  (integer kernels)
-import qcc.simulator_s8  # noqa: F401
+import qcc.sim.qmn  # noqa: F401  (integer kernels)
+import qcc.sim.s8  # noqa: F401
 from qcc.errors import UnsupportedModelError
-from qcc.graph import Graph
-from qcc.interpreter import run_graph
-from qcc.onnx_export import export_qdq_onnx, write_onnx
-from qcc.ops import OpDef, is_registered, register_op, same_as_operand
-from qcc.ops.qnn_softmax import lut_table
-from qcc.passmanager import PassManager, parse_pipeline
-from qcc.types import FixedPoint, TensorType
+from qcc.ir.graph import Graph
+from qcc.sim.interpreter import run_graph
+from qcc.export.onnx_export import export_qdq_onnx, write_onnx
+from qcc.ir.registry import OpDef, is_registered, register_op, same_as_operand
+from qcc.ir.ops.qnn_softmax import lut_table
+from qcc.transforms.passmanager import PassManager, parse_pipeline
+from qcc.ir.types import FixedPoint, TensorType
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "examples" / "digits"
@@ -214,7 +214,7 @@ def test_write_onnx_is_atomic_on_error(tmp_path):
 # ---------------------------------------------------------------- CLI
 def test_qcc_opt_emit_onnx(tmp_path):
     out = tmp_path / "digits_qmn.onnx"
-    cmd = [sys.executable, "-m", "qcc.cli", str(DIGITS / "digits.onnx"), "-p", "qmn",
+    cmd = [sys.executable, "-m", "qcc.tools.cli", str(DIGITS / "digits.onnx"), "-p", "qmn",
            "--calib", str(DIGITS / "calib.npz"), "--emit-onnx", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -228,5 +228,5 @@ def test_qcc_opt_emit_onnx(tmp_path):
 def test_qcc_opt_emit_onnx_unwritable_path(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    from qcc.cli import opt_main
+    from qcc.tools.cli import opt_main
     assert opt_main([str(DIGITS / "digits.onnx"), "--emit-onnx", str(blocker / "m.onnx")]) == 1

@@ -18,8 +18,8 @@ import pytest
 
 from qcc.errors import UnsupportedModelError
 from qcc.frontend import load_onnx
-from qcc.frontend_ops import LIFTERS
-from qcc.interpreter import run_graph
+from qcc.frontend.lifters import LIFTERS
+from qcc.sim.interpreter import run_graph
 
 # Inputs after the first must be constants for these ops.
 _CONST_INPUT_OPS = {"Clip", "Pad", "Reshape", "Slice", "Squeeze", "Unsqueeze", "ReduceMean", "Dropout"}

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 import qcc
-from qcc import passmanager as pm
+from qcc.transforms import passmanager as pm
 from qcc.errors import InputError, IRError, PassError, QccError, UnsupportedModelError
-from qcc.parser import parse
-from qcc.passmanager import Pass, PassManager, PassResult, PipelineError, register_pass, register_pipeline
-from qcc.printer import print_graph
-from qcc.rewriter import (PatternPass, RewritePattern, Rewriter, apply_patterns_greedily, pattern)
-from qcc.types import TensorType
+from qcc.ir.parser import parse
+from qcc.transforms.passmanager import Pass, PassManager, PassResult, PipelineError, register_pass, register_pipeline
+from qcc.ir.printer import print_graph
+from qcc.transforms.rewriter import (PatternPass, RewritePattern, Rewriter, apply_patterns_greedily, pattern)
+from qcc.ir.types import TensorType
 
 SIMPLE = """\
 qcc.graph @f(%x: tensor<2xf32>) -> (tensor<2xf32> {name = "y"}) {
@@ -270,7 +270,7 @@ def test_print_ir_after_selected_pass_only():
 
 # ---------------------------------------------------------------- plugins
 PLUGIN = '''
-from qcc.passmanager import Pass, PassResult, register_pass
+from qcc.transforms.passmanager import Pass, PassResult, register_pass
 
 @register_pass
 class CountOps(Pass):
@@ -306,7 +306,7 @@ def test_plugin_errors_are_messages(tmp_path):
 def test_entry_point_plugins(tmp_path, monkeypatch):
     (tmp_path / "qcc_test_ep_plugin.py").write_text(PLUGIN.replace("test-count-ops", "test-ep-pass"))
     (tmp_path / "qcc_test_ep_class.py").write_text(textwrap.dedent('''
-        from qcc.passmanager import Pass, PassResult
+        from qcc.transforms.passmanager import Pass, PassResult
         class Noop(Pass):
             """Does nothing."""
             name = "test-ep-class"

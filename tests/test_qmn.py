@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 import qcc
-import qcc.simulator  # noqa: F401
+import qcc.sim.qmn  # noqa: F401
 from qcc.errors import PassError
-from qcc.interpreter import run_graph
-from qcc.passmanager import PassManager, parse_pipeline
-from qcc.report import format_report, layer_report
+from qcc.sim.interpreter import run_graph
+from qcc.transforms.passmanager import PassManager, parse_pipeline
+from qcc.tools.report import format_report, layer_report
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "examples" / "digits"
@@ -58,8 +58,8 @@ def sqnr_db(ref, got):
 def layer_local_agreement(fake, q, sample):
     """Per integer layer: the fraction of outputs within 1 LSB of its fake-quant float op run on
     the same (dequantized) integer inputs and rounded into the output format (tier 4, layer by layer)."""
-    from qcc.interpreter import KERNELS, run_graph_all
-    from qcc.simulator import dequantize_array, quantize_array
+    from qcc.sim.interpreter import KERNELS, run_graph_all
+    from qcc.sim.qmn import dequantize_array, quantize_array
     env = run_graph_all(q, sample)
     fops = {op.name: op for op in fake.ops if op.opname.startswith("nn.")}
     out = {}

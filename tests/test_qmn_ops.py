@@ -17,11 +17,11 @@ import pytest
 from onnx import helper
 
 import qcc
-import qcc.simulator  # noqa: F401
+import qcc.sim.qmn  # noqa: F401
 from qcc.errors import PassError
-from qcc.interpreter import run_graph
+from qcc.sim.interpreter import run_graph
 from qcc.passes.legalize_qmn import LegalizeQmn
-from qcc.passmanager import PassManager
+from qcc.transforms.passmanager import PassManager
 
 from onnx_builders import build
 from test_backend_cmsis import Builder, compile_and_compare, random_inputs

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-import qcc.simulator as sim
-from qcc.graph import Graph
-from qcc.interpreter import run_graph
-from qcc.ops.qnn_softmax import lut_interp_table, lut_table, softmax_table, softmax_table_shift
-from qcc.types import FixedPoint, PerAxisQuant, TensorType, UniformQuant
+import qcc.sim.qmn as sim
+from qcc.ir.graph import Graph
+from qcc.sim.interpreter import run_graph
+from qcc.ir.ops.qnn_softmax import lut_interp_table, lut_table, softmax_table, softmax_table_shift
+from qcc.ir.types import FixedPoint, PerAxisQuant, TensorType, UniformQuant
 
 
 def fx(shape, n, dtype="i8"):

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import qcc
-from qcc.parser import parse, parse_file
-from qcc.printer import print_graph, print_graph_with_resources, write_qir
+from qcc.ir.parser import parse, parse_file
+from qcc.ir.printer import print_graph, print_graph_with_resources, write_qir
 
 
 def _sample_graph():

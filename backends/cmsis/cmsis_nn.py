@@ -45,7 +45,7 @@ from typing import Optional
 import numpy as np
 
 from qcc.errors import UnsupportedModelError
-from qcc.graph import Op
+from qcc.ir.graph import Op
 
 from .layers_s8 import S8_HANDLED_ATTRS
 

@@ -27,8 +27,8 @@ import jinja2
 import numpy as np
 
 from qcc.errors import InputError, UnsupportedModelError
-from qcc.graph import Graph
-from qcc.types import FixedPoint, UniformQuant
+from qcc.ir.graph import Graph
+from qcc.ir.types import FixedPoint, UniformQuant
 
 from .layers import LayerBuilder, ctype, float_epilogue_context, format_values, storage_min_max
 from .naming import c_comment, c_identifier

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from qcc.graph import Graph
+from qcc.ir.graph import Graph
 
 HOST_CFLAGS = ("-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined",
                "-fno-sanitize-recover=all")
@@ -62,9 +62,9 @@ def read_outputs(path: Path, gen, count: int) -> Outputs:
 
 def simulate(graph: Graph, gen, samples: Dict[str, np.ndarray]) -> Outputs:
     """The simulator's records for the same samples (quantized API outputs and float graph outputs)."""
-    import qcc.simulator  # noqa: F401  (registers the integer kernels)
-    from qcc.interpreter import run_graph
-    from qcc.simulator import dequantize_array
+    import qcc.sim.qmn  # noqa: F401  (registers the integer kernels)
+    from qcc.sim.interpreter import run_graph
+    from qcc.sim.qmn import dequantize_array
     count = np.asarray(samples[graph.inputs[0].name]).shape[0]
     quantized = [[] for _ in gen.plan.outputs]
     floats = [[] for _ in gen.plan.outputs]

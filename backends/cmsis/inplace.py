@@ -47,7 +47,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from qcc.graph import Op
+from qcc.ir.graph import Op
 
 from .layers_s8 import is_s8_depthwise
 

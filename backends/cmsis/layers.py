@@ -18,8 +18,8 @@ from typing import Dict, List
 import numpy as np
 
 from qcc.errors import UnsupportedModelError
-from qcc.graph import Op, Value
-from qcc.simulator import rshift_round
+from qcc.ir.graph import Op, Value
+from qcc.sim.qmn import rshift_round
 
 from .naming import c_comment, c_identifier
 from .layers_s8 import S8_CONTEXTS, S8_HANDLED_ATTRS, build_s8, im2col_length, padded_rows, window_segments

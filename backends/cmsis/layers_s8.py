@@ -1,6 +1,6 @@
 """Template contexts of the affine int8 ``s8.*`` kernels (TFLite Micro / CMSIS-NN arithmetic).
 
-The arithmetic is qcc/ops/qnn_s8.py's, bit for bit (qcc.simulator_s8 is the
+The arithmetic is qcc/ops/qnn_s8.py's, bit for bit (qcc.sim.s8 is the
 contract); the C lives in ``templates/ops/s8_*.j2`` and the shared fixed-point
 helpers in ``templates/ops/s8_common.j2``. Python only folds constants:
 
@@ -33,7 +33,7 @@ from typing import List
 import numpy as np
 
 from qcc.errors import UnsupportedModelError
-from qcc.graph import Op
+from qcc.ir.graph import Op
 
 _REQUANT = {"input_zp", "output_zp", "multiplier", "shift", "rounding", "act_min", "act_max"}
 _WINDOW = {"kernel", "strides", "pads", "act_min", "act_max"}

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from qcc.errors import QccError, UnsupportedModelError
-from qcc.graph import Graph, Op, Value
+from qcc.ir.graph import Graph, Op, Value
 
 from .inplace import INPLACE_OPS, max_displacement, min_displacement_reversed
 

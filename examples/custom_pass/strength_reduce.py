@@ -4,8 +4,8 @@
 """
 import numpy as np
 
-from qcc.passmanager import register_pass
-from qcc.rewriter import PatternPass, RewritePattern
+from qcc.transforms.passmanager import register_pass
+from qcc.transforms.rewriter import PatternPass, RewritePattern
 
 
 class MulByTwoToAdd(RewritePattern):

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from qcc.backends.cmsis import generate, harness
-from qcc.parser import parse_file
+from qcc.ir.parser import parse_file
 
 here, out, target = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 graph = parse_file(out / "digits.qir")          # the lowered graph qcc compiled

@@ -1,0 +1,20 @@
+"""Structural ops: constants."""
+from __future__ import annotations
+
+
+from qcc.ir.registry import OpDef, OpError, attr, attrs, register_op
+
+
+def _verify_const(op):
+    value = op.attrs["value"]
+    t = op.results[0].type
+    if tuple(value.shape) != t.shape:
+        raise OpError(f"constant data has shape {list(value.shape)} but the type says {list(t.shape)}")
+    if value.dtype != t.np_dtype:
+        raise OpError(f"constant data is {value.dtype} but the type stores {t.dtype}")
+
+
+register_op(OpDef(
+    "qcc.const", operands=[], attrs=attrs(attr("value", "array")),
+    verify_fn=_verify_const,
+    summary="A constant tensor (weights, biases, shapes)."))

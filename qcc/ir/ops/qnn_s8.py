@@ -1,0 +1,213 @@
+"""Affine int8 ops (``s8.*``): TFLite Micro / CMSIS-NN s8 arithmetic, bit for bit.
+
+Tensors are NHWC ``i8`` with a per-tensor ``!q.uniform`` type; conv weights are
+``i8 [Cout, KH, KW, Cin/group]`` (symmetric, per output channel), dense weights
+``i8 [N, K]``, biases ``i32`` at scale ``s_in * s_w[c]``. The integer simulator
+(``qcc.sim.s8``) and the emitted C compute exactly the following, every
+intermediate an int32 (a value leaving int32 is an error, never a wrap):
+
+Requantization ``requant(acc, mult, shift)`` (CMSIS-NN ``arm_nn_requantize``,
+TFLite ``MultiplyByQuantizedMultiplier``); ``mult`` in [0, 2^31), shift in
+[-31, 30], the real multiplier being ``mult * 2^(shift - 31)``:
+
+    rounding = "double" (default, CMSIS-NN and TFLite Micro):
+        v = acc * 2^max(shift, 0)                            (must fit int32)
+        h = (int64(v) * mult + 2^30) >> 31                   (arithmetic shift; this is
+                                                              SaturatingRoundingDoublingHighMul,
+                                                              saturating to 2^31-1 when
+                                                              v == mult == -2^31)
+        requant = rdiv_pot(h, max(-shift, 0))
+    rounding = "single" (CMSIS_NN_USE_SINGLE_ROUNDING, TFLite's reference FC):
+        t = 31 - shift;  requant = (int64(acc) * mult + 2^(t-1)) >> t
+
+    rdiv_pot(x, e) = x / 2^e rounded half away from zero (gemmlowp RoundingDivideByPOT):
+        mask = 2^e - 1; r = x & mask; th = (mask >> 1) + (x < 0); (x >> e) + (r > th)
+
+``s8.conv2d`` / ``s8.dense`` (per output channel c; ``multiplier``/``shift`` hold
+one entry for the tensor or one per channel):
+
+    acc[c] = bias[c] + sum((x - input_zp) * w[c])     (padding contributes 0, i.e. pads with input_zp)
+    y      = clamp(requant(acc, multiplier[c], shift[c]) + output_zp, act_min, act_max)
+
+``s8.add`` (TFLite's elementwise add, ``left_shift`` = 20 for int8):
+
+    a' = requant((a - input_zp[0]) * 2^left_shift, input_multiplier[0], input_shift[0])
+    b' = requant((b - input_zp[1]) * 2^left_shift, input_multiplier[1], input_shift[1])
+    y  = clamp(requant(a' + b', multiplier[0], shift[0]) + output_zp, act_min, act_max)
+
+``s8.requantize``: y = clamp(requant(x - input_zp, multiplier[0], shift[0]) + output_zp, act_min, act_max)
+
+``s8.avgpool`` (input and output share scale and zero point): over the window's
+in-bounds elements (``count`` of them), ``s = sum(x)`` of the stored values, then
+``(s > 0 ? (s + count/2) : (s - count/2)) / count`` with C division (truncating),
+i.e. the mean rounded half away from zero, then clamp.
+``s8.maxpool``: max over the in-bounds elements, then clamp.
+
+``s8.softmax`` along the last axis (CMSIS-NN ``arm_softmax_s8`` = TFLite's
+integer softmax with gemmlowp fixed point; output scale 1/256, zero point -128).
+``multiplier``/``shift``/``diff_min`` come from TFLite's PreprocessSoftmaxScaling
+(beta * s_in * 2^26, QuantizeMultiplierGreaterThanOne) and CalculateInputRadius.
+With ``srdhm`` = SaturatingRoundingDoublingHighMul, ``exp`` = gemmlowp
+``exp_on_negative_values`` on Q5.26 input giving Q0.31, ``recip`` =
+``one_over_one_plus_x_for_x_in_0_1`` (Q0.31), per row:
+
+    d[i]   = x[i] - max(x)                       (only where d[i] >= diff_min)
+    e[i]   = exp(srdhm(d[i] * 2^shift, multiplier))
+    sum    = sum(rdiv_pot(e[i], 12))             (a Q12.19 accumulator)
+    hr     = clz(sum);  scale = recip((sum << hr) - 2^31)
+    y[i]   = clamp(rdiv_pot(srdhm(scale, e[i]), 12 - hr + 23) - 128, -128, 127)
+    y[i]   = -128 where d[i] < diff_min
+
+The multiplier encoding (TFLite ``QuantizeMultiplier``): ``q, e = frexp(m)``,
+``mult = round_half_away(q * 2^31)`` (``mult == 2^31`` becomes ``2^30`` with
+``e + 1``), ``shift = e``; ``e < -31`` gives ``(0, 0)``. ``qcc.sim.s8``
+provides it as ``quantize_multiplier``.
+"""
+from __future__ import annotations
+
+from qcc.ir.types import TensorType
+from qcc.ir.registry import OpDef, OpError, attr, attrs, register_op
+from qcc.ir.ops.qnn import _conv_rule, _dense_rule, _pool_rule
+
+ROUNDINGS = ("double", "single")
+
+_CLAMP = (attr("act_min", "int", -128), attr("act_max", "int", 127))
+_REQUANT = (attr("input_zp", "int", 0), attr("output_zp", "int", 0), attr("multiplier", "ints"),
+            attr("shift", "ints"), attr("rounding", "str", "double"), *_CLAMP)
+_WINDOW = (attr("kernel", "ints"), attr("strides", "ints", [1, 1]), attr("pads", "ints", [0, 0, 0, 0]))
+
+
+def _check_i8(op, values):
+    for v in values:
+        if v.type.dtype != "i8":
+            raise OpError(f"works on i8 tensors, got {v.type.dtype}")
+
+
+def _check_clamp(op):
+    lo, hi = op.attrs["act_min"], op.attrs["act_max"]
+    if not -128 <= lo <= hi <= 127:
+        raise OpError(f"clamp [{lo}, {hi}] must be an ordered range inside [-128, 127]")
+
+
+def _check_zp(op, key):
+    zps = op.attrs[key] if isinstance(op.attrs[key], list) else [op.attrs[key]]
+    if any(not -128 <= z <= 127 for z in zps):
+        raise OpError(f"'{key}' {op.attrs[key]} lies outside the i8 range")
+
+
+def _check_requant(op, channels: int, prefix: str = ""):
+    mult, shift = op.attrs[prefix + "multiplier"], op.attrs[prefix + "shift"]
+    if len(mult) != len(shift):
+        raise OpError(f"'{prefix}multiplier' has {len(mult)} entries but '{prefix}shift' has {len(shift)}")
+    if len(mult) not in (1, channels):
+        raise OpError(f"'{prefix}multiplier' has {len(mult)} entries; expected 1 or {channels}")
+    if any(not 0 <= m < 2 ** 31 for m in mult):
+        raise OpError(f"'{prefix}multiplier' entries must lie in [0, 2^31)")
+    if any(not -31 <= s <= 30 for s in shift):
+        raise OpError(f"'{prefix}shift' entries must lie in [-31, 30], got {shift}")
+    if op.attrs.get("rounding", "double") not in ROUNDINGS:
+        raise OpError(f"rounding must be one of {', '.join(ROUNDINGS)}, got '{op.attrs['rounding']}'")
+
+
+def _verify_weighted(op):
+    _check_i8(op, [op.operands[0], op.operands[1], op.results[0]])
+    if len(op.operands) > 2:
+        b = op.operands[2].type
+        if b.dtype != "i32" or b.shape != (op.operands[1].type.shape[0],):
+            raise OpError(f"bias must be i32 [{op.operands[1].type.shape[0]}], got {b.dtype} {list(b.shape)}")
+    _check_zp(op, "input_zp")
+    _check_zp(op, "output_zp")
+    _check_clamp(op)
+    _check_requant(op, op.operands[1].type.shape[0])
+
+
+def _i8_rule(rule):
+    def infer(op):
+        return [TensorType(t.shape, "i8") for t in rule(op)]
+    return infer
+
+
+register_op(OpDef(
+    "s8.conv2d", operands=["x", "w", "b?"],
+    attrs=attrs(attr("strides", "ints", [1, 1]), attr("pads", "ints", [0, 0, 0, 0]),
+                attr("dilations", "ints", [1, 1]), attr("group", "int", 1), *_REQUANT),
+    infer=_i8_rule(_conv_rule), verify_fn=_verify_weighted,
+    summary="Affine int8 NHWC convolution (grouped/depthwise by 'group'), per-channel requantization."))
+
+register_op(OpDef(
+    "s8.dense", operands=["x", "w", "b?"], attrs=attrs(*_REQUANT),
+    infer=_i8_rule(_dense_rule), verify_fn=_verify_weighted,
+    summary="Affine int8 fully connected layer, weights [N, K], requantization per tensor or channel."))
+
+
+def _verify_add(op):
+    _check_i8(op, list(op.operands) + list(op.results))
+    if op.operands[0].type.shape != op.operands[1].type.shape:
+        raise OpError("s8.add does not broadcast: operand shapes differ")
+    if len(op.attrs["input_zp"]) != 2:
+        raise OpError("'input_zp' needs two entries (a, b)")
+    _check_zp(op, "input_zp")
+    _check_zp(op, "output_zp")
+    _check_clamp(op)
+    _check_requant(op, 1)
+    _check_requant(op, 2, "input_")
+    if len(op.attrs["input_multiplier"]) != 2:
+        raise OpError("'input_multiplier' needs two entries (a, b)")
+    if not 0 <= op.attrs["left_shift"] <= 24:
+        raise OpError(f"'left_shift' must lie in [0, 24], got {op.attrs['left_shift']}")
+
+
+register_op(OpDef(
+    "s8.add", operands=["a", "b"],
+    attrs=attrs(attr("input_zp", "ints"), attr("output_zp", "int", 0), attr("left_shift", "int", 20),
+                attr("input_multiplier", "ints"), attr("input_shift", "ints"),
+                attr("multiplier", "ints"), attr("shift", "ints"), attr("rounding", "str", "double"), *_CLAMP),
+    infer=lambda op: [TensorType(op.operands[0].type.shape, "i8")], verify_fn=_verify_add,
+    summary="Affine int8 elementwise add (TFLite scheme: left shift 20, per-input and output multipliers)."))
+
+
+def _verify_requantize(op):
+    _check_i8(op, list(op.operands) + list(op.results))
+    _check_zp(op, "input_zp")
+    _check_zp(op, "output_zp")
+    _check_clamp(op)
+    _check_requant(op, 1)
+
+
+register_op(OpDef(
+    "s8.requantize", operands=["x"], attrs=attrs(*_REQUANT),
+    infer=lambda op: [TensorType(op.operands[0].type.shape, "i8")], verify_fn=_verify_requantize,
+    summary="Change the scale/zero point of an i8 tensor."))
+
+
+def _verify_pool(op):
+    _check_i8(op, list(op.operands) + list(op.results))
+    _check_clamp(op)
+    if any(p < 0 for p in op.attrs["pads"]) or any(s < 1 for s in op.attrs["strides"]):
+        raise OpError("pads must be >= 0 and strides >= 1")
+
+
+for _name, _summary in [("s8.avgpool", "Int8 average pooling over in-bounds elements, rounded half away from zero."),
+                        ("s8.maxpool", "Int8 max pooling over in-bounds elements.")]:
+    register_op(OpDef(_name, operands=["x"], attrs=attrs(*_WINDOW, *_CLAMP),
+                      infer=_i8_rule(_pool_rule), verify_fn=_verify_pool, summary=_summary))
+
+
+def _verify_softmax(op):
+    _check_i8(op, list(op.operands) + list(op.results))
+    if not 0 <= op.attrs["multiplier"] < 2 ** 31:
+        raise OpError("'multiplier' must lie in [0, 2^31)")
+    if not 0 <= op.attrs["shift"] <= 30:
+        raise OpError(f"'shift' must lie in [0, 30], got {op.attrs['shift']}")
+    if op.attrs["diff_min"] > 0:
+        raise OpError(f"'diff_min' must be <= 0, got {op.attrs['diff_min']}")
+    # Differences are scaled by 2^shift in int32; inputs below diff_min are skipped.
+    if -op.attrs["diff_min"] * (1 << op.attrs["shift"]) > 2 ** 31 - 1:
+        raise OpError("diff_min * 2^shift overflows int32")
+
+
+register_op(OpDef(
+    "s8.softmax", operands=["x"],
+    attrs=attrs(attr("multiplier", "int"), attr("shift", "int"), attr("diff_min", "int")),
+    infer=lambda op: [TensorType(op.operands[0].type.shape, "i8")], verify_fn=_verify_softmax,
+    summary="Int8 softmax over the last axis (TFLite/CMSIS-NN fixed point; output 1/256, zp -128)."))

@@ -1,0 +1,244 @@
+"""Bit-exact numpy kernels for the affine int8 ``s8.*`` ops (TFLite Micro / CMSIS-NN).
+
+Importing this module registers a kernel for every ``s8.*`` op into the
+interpreter's registry, so ``run_graph`` runs a lowered int8 graph. The
+arithmetic is stated in ``qcc/ops/qnn_s8.py``; values are int64 here and
+checked against the int32 range wherever the C code holds an int32 (leaving
+it raises ``AccumulatorOverflowError`` instead of wrapping), except inside the
+softmax fixed-point routines, which wrap exactly as two's complement int32
+does on Cortex-M.
+
+Also here, because the lowering passes use them to build the attributes:
+
+    quantize_multiplier(m)        -> (mult, shift)   TFLite QuantizeMultiplier
+    softmax_params(input_scale)   -> (mult, shift, diff_min)
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from qcc.sim.interpreter import kernel
+from qcc.sim.qmn import INT32_MAX, INT32_MIN, _check_int32, _exact_matmul, window_sums
+
+# ---------------------------------------------------------------- multipliers
+
+
+def quantize_multiplier(m: float, rounding: str = "double"):
+    """TFLite ``QuantizeMultiplier``: real m >= 0 -> (mult, shift), m ~= mult * 2^(shift - 31)."""
+    if m < 0 or not math.isfinite(m):
+        raise ValueError(f"multiplier must be finite and >= 0, got {m}")
+    if m == 0.0:
+        return 0, 0
+    q, shift = math.frexp(m)
+    # std::round: half away from zero; q * 2^31 is exact in float64.
+    mult = int(math.floor(q * 2.0 ** 31 + 0.5))
+    if mult == 1 << 31:
+        mult //= 2
+        shift += 1
+    if shift < -31:
+        return 0, 0
+    if rounding == "single" and shift > 30:
+        return (1 << 31) - 1, 30
+    return mult, shift
+
+
+SOFTMAX_DIFF_BITS = 5  # kScaledDiffIntegerBits: differences are Q5.26
+
+
+def softmax_params(input_scale: float, beta: float = 1.0):
+    """TFLite PreprocessSoftmaxScaling + CalculateInputRadius for int8 input."""
+    real = min(beta * float(input_scale) * float(1 << (31 - SOFTMAX_DIFF_BITS)), float((1 << 31) - 1))
+    if not real > 1.0:
+        raise ValueError(f"softmax input scale {input_scale} is too small for the int8 softmax")
+    mult, shift = quantize_multiplier(real)
+    radius = math.floor(1.0 * ((1 << SOFTMAX_DIFF_BITS) - 1) * (1 << (31 - SOFTMAX_DIFF_BITS)) / (1 << shift))
+    return mult, shift, -radius
+
+
+# ---------------------------------------------------------------- fixed-point primitives
+def _wrap32(a):
+    a = np.asarray(a, np.int64)
+    return ((a + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+def rounding_divide_by_pot(x, e):
+    """gemmlowp RoundingDivideByPOT: x / 2^e rounded half away from zero (e >= 0, may broadcast)."""
+    x = np.asarray(x, np.int64)
+    e = np.asarray(e, np.int64)
+    mask = (np.int64(1) << e) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (x < 0)
+    return (x >> e) + (remainder > threshold)
+
+
+def srdhm(a, b):
+    """SaturatingRoundingDoublingHighMul of int32 values (CMSIS-NN arm_nn_doubling_high_mult)."""
+    a = np.asarray(a, np.int64)
+    b = np.asarray(b, np.int64)
+    p = a * b
+    nudge = np.where(p >= 0, 1 << 30, 1 - (1 << 30))
+    s = p + nudge
+    q = np.where(s >= 0, s >> 31, -((-s) >> 31))  # C division truncates toward zero
+    return np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, q)
+
+
+def requantize(acc, mult, shift, op, rounding: str = "double"):
+    """``requant(acc, mult, shift)`` of qcc/ops/qnn_s8.py; mult/shift broadcast on the last axis."""
+    acc = np.asarray(acc, np.int64)
+    _check_int32(acc, op)
+    mult = np.asarray(mult, np.int64)
+    shift = np.asarray(shift, np.int64)
+    if rounding == "single":
+        total = 31 - shift
+        return (acc * mult + (np.int64(1) << (total - 1))) >> total
+    v = acc << np.maximum(shift, 0)
+    _check_int32(v, op, "left-shifted accumulator")
+    high = (v * mult + (1 << 30)) >> 31
+    high = np.where((v == INT32_MIN) & (mult == INT32_MIN), INT32_MAX, high)
+    return rounding_divide_by_pot(high, np.maximum(-shift, 0))
+
+
+def _clamp_i8(y, op):
+    return np.clip(y, op.attrs["act_min"], op.attrs["act_max"]).astype(np.int8)
+
+
+def _epilogue(op, acc):
+    y = requantize(acc, op.attrs["multiplier"], op.attrs["shift"], op, op.attrs["rounding"])
+    return _clamp_i8(y + op.attrs["output_zp"], op)
+
+
+# ---------------------------------------------------------------- conv / dense
+def conv2d_acc_s8(op, x, w, b=None) -> np.ndarray:
+    """``bias + sum((x - input_zp) * w)`` of s8.conv2d, NHWC, int64 (padding contributes 0)."""
+    a = op.attrs
+    pt, pl, pb, pr = a["pads"]
+    xs = np.asarray(x, np.int64) - a["input_zp"]
+    xp = np.pad(xs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    acc = window_sums(xp, w, a["strides"], a["dilations"], a["group"])
+    return acc if b is None else acc + np.asarray(b, np.int64)
+
+
+@kernel("s8.conv2d")
+def _conv2d(op, x, w, b=None):
+    return _epilogue(op, conv2d_acc_s8(op, x, w, b))
+
+
+def dense_acc_s8(op, x, w, b=None) -> np.ndarray:
+    acc = _exact_matmul(np.asarray(x, np.int64) - op.attrs["input_zp"], np.asarray(w, np.int64).T)
+    return acc if b is None else acc + np.asarray(b, np.int64)
+
+
+@kernel("s8.dense")
+def _dense(op, x, w, b=None):
+    return _epilogue(op, dense_acc_s8(op, x, w, b))
+
+
+# ---------------------------------------------------------------- elementwise
+@kernel("s8.add")
+def _add(op, a, b):
+    at = op.attrs
+    r = at["rounding"]
+    scaled = []
+    for i, v in enumerate((a, b)):
+        shifted = (np.asarray(v, np.int64) - at["input_zp"][i]) << at["left_shift"]
+        scaled.append(requantize(shifted, at["input_multiplier"][i], at["input_shift"][i], op, r))
+    y = requantize(scaled[0] + scaled[1], at["multiplier"][0], at["shift"][0], op, r)
+    return _clamp_i8(y + at["output_zp"], op)
+
+
+@kernel("s8.requantize")
+def _requantize(op, x):
+    return _epilogue(op, np.asarray(x, np.int64) - op.attrs["input_zp"])
+
+
+# ---------------------------------------------------------------- pooling
+def _pool_windows(op, x, pad_value):
+    a = op.attrs
+    pt, pl, pb, pr = a["pads"]
+    kh, kw = a["kernel"]
+    sh, sw = a["strides"]
+    xp = np.pad(np.asarray(x, np.int64), ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=pad_value)
+    n, hp, wp, c = xp.shape
+    oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    s = xp.strides
+    return np.lib.stride_tricks.as_strided(
+        xp, (n, oh, ow, kh, kw, c), (s[0], s[1] * sh, s[2] * sw, s[1], s[2], s[3]), writeable=False)
+
+
+@kernel("s8.avgpool")
+def _avgpool(op, x):
+    total = _pool_windows(op, x, 0).sum(axis=(3, 4))
+    ones = np.ones((1,) + np.shape(x)[1:3] + (1,), np.int64)
+    count = _pool_windows(op, ones, 0).sum(axis=(3, 4))
+    # C: (s > 0 ? s + count/2 : s - count/2) / count, truncating division.
+    num = np.where(total > 0, total + count // 2, total - count // 2)
+    y = np.sign(num) * (np.abs(num) // count)
+    return _clamp_i8(y, op)
+
+
+@kernel("s8.maxpool")
+def _maxpool(op, x):
+    return _clamp_i8(_pool_windows(op, x, np.iinfo(np.int64).min).max(axis=(3, 4)), op)
+
+
+# ---------------------------------------------------------------- softmax
+def _mul_pow2_sat(x, e: int):
+    """Saturating x * 2^e of int32 (arm_nn_mult_by_power_of_two)."""
+    x = np.asarray(x, np.int64)
+    thresh = (1 << (31 - e)) - 1
+    return np.where(x > thresh, INT32_MAX, np.where(x < -thresh, INT32_MIN, _wrap32(x << e)))
+
+
+_EXP_BARRELS = (1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242)
+
+
+def exp_on_negative_values(a):
+    """gemmlowp exp_on_negative_values: Q5.26 input <= 0 -> exp in Q0.31."""
+    a = np.asarray(a, np.int64)
+    mod = _wrap32((a & ((1 << 24) - 1)) - (1 << 24))
+    remainder = _wrap32(mod - a)
+    x = _wrap32((mod << 5) + (1 << 28))  # exp(x - 1/8) on [-1/4, 0) by a Taylor polynomial around -1/8
+    x2 = srdhm(x, x)
+    x3 = srdhm(x2, x)
+    x4_over_4 = rounding_divide_by_pot(srdhm(x2, x2), 2)
+    poly = rounding_divide_by_pot(_wrap32(srdhm(_wrap32(x4_over_4 + x3), 715827883) + x2), 1)
+    result = _wrap32(1895147668 + srdhm(1895147668, _wrap32(x + poly)))
+    for k, factor in enumerate(_EXP_BARRELS):
+        result = np.where(remainder & (1 << (24 + k)), srdhm(result, factor), result)
+    return np.where(a == 0, INT32_MAX, result)
+
+
+def one_over_one_plus_x(a):
+    """gemmlowp one_over_one_plus_x_for_x_in_0_1: Q0.31 in [0, 1) -> 1/(1+x) in Q0.31 (Newton-Raphson)."""
+    a = np.asarray(a, np.int64)
+    total = a + INT32_MAX
+    half_den = np.where(total >= 0, (total + 1) // 2, -((1 - total) // 2))
+    x = _wrap32(1515870810 + srdhm(half_den, -1010580540))
+    for _ in range(3):
+        x = _wrap32(x + _mul_pow2_sat(srdhm(x, _wrap32((1 << 29) - srdhm(half_den, x))), 2))
+    return _mul_pow2_sat(x, 1)
+
+
+def _clz32(v):
+    v = np.asarray(v, np.int64)
+    bits = np.zeros_like(v)
+    for k in range(32):
+        bits = np.where(v >= (np.int64(1) << k), k + 1, bits)
+    return 32 - bits
+
+
+@kernel("s8.softmax")
+def _softmax(op, x):
+    mult, shift, diff_min = op.attrs["multiplier"], op.attrs["shift"], op.attrs["diff_min"]
+    x = np.asarray(x, np.int64)
+    diff = x - x.max(axis=-1, keepdims=True)
+    live = diff >= diff_min
+    e = exp_on_negative_values(srdhm(np.where(live, diff, 0) << shift, mult))
+    total = _wrap32(np.where(live, rounding_divide_by_pot(e, 12), 0).sum(axis=-1, keepdims=True))
+    headroom = _clz32(total)
+    scale = one_over_one_plus_x(np.where(total > 0, (total << headroom) - (1 << 31), -(1 << 31)))
+    bits_over_unit = 12 - headroom + 23
+    y = rounding_divide_by_pot(srdhm(scale, e), bits_over_unit) - 128
+    return np.where(live, np.clip(y, -128, 127), -128).astype(np.int8)

@@ -1,0 +1,339 @@
+"""The command-line tools: ``qcc-opt`` (run passes on IR), ``qcc-sim`` (run a model) and ``qcc``.
+
+All three share one error policy: a ``QccError`` prints its message on stderr
+(``qcc-opt: error: ...``, or ``file:line:col: error: ...`` for bad IR text) and
+exits with the error's ``exit_code`` (1, or 2 for a model qcc does not
+support); no traceback. Anything else escaping is a bug and keeps its traceback.
+
+``qcc-opt`` prints the resulting IR on stdout unless ``-o`` is given. On
+stdout, constants with more than 16 elements are elided as ``@resource``
+names (their data is not printed, so that text does not parse back on its
+own); ``--print-constants-whole`` prints every constant in full. With
+``-o out.qir`` the file is written atomically with its large constants in the
+sidecar ``out.npz`` (``--print-constants-whole`` puts them all in the text).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from qcc.errors import InputError, ParseError, QccError
+from qcc.ir.graph import Graph
+
+ELIDE_OVER = 16  # elements; larger constants print as resources on stdout
+
+
+# ---------------------------------------------------------------- shared plumbing
+def _run(prog: str, parser: argparse.ArgumentParser, command: Callable[[argparse.Namespace], int],
+         argv: Optional[Sequence[str]]) -> int:
+    args = parser.parse_args(argv)  # usage errors exit 2 through argparse, as usual
+    try:
+        return command(args) or 0
+    except QccError as e:
+        _report(prog, e)
+        return e.exit_code
+    except BrokenPipeError:  # `qcc-opt ... | head`: not an error of ours
+        try:
+            sys.stdout = open(io.devnull, "w")  # keep Python's exit-time flush quiet
+        except OSError:
+            pass
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+def _report(prog: str, e: QccError):
+    text = str(e)
+    if not isinstance(e, ParseError):  # a parse error already reads `file:line:col: error: ...`
+        text = f"{prog}: error: {text}"
+    print(text, file=sys.stderr)
+
+
+def _add_plugin_option(p: argparse.ArgumentParser):
+    p.add_argument("--load-pass-plugin", metavar="FILE", action="append", default=[],
+                   help="import a Python file that registers passes (repeatable)")
+
+
+def _add_pipeline_option(p: argparse.ArgumentParser, help: str):
+    p.add_argument("-p", "--pipeline", "--passes", dest="pipeline", default="", metavar="PIPELINE",
+                   help=help)
+
+
+def _load_plugins(paths: Sequence[str]):
+    from qcc.transforms.passmanager import load_pass_plugin
+    for path in paths:
+        load_pass_plugin(path)
+
+
+@contextlib.contextmanager
+def _writing(path: str):
+    """Turn a failure to write ``path`` (no such folder, no permission) into a message."""
+    try:
+        yield
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def load_graph(path: str, input_shapes: Optional[Dict[str, Tuple[int, ...]]] = None) -> Graph:
+    """A graph from a .qir file, an .onnx model, or IR text on stdin ('-')."""
+    from qcc.ir.parser import parse, parse_file
+    if path == "-":
+        return parse(sys.stdin.read(), filename="<stdin>")
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"no such file: {path}")
+    if p.is_dir():
+        raise InputError(f"{path} is a directory, expected a .qir or .onnx file")
+    if p.suffix == ".qir":
+        return parse_file(p)
+    if p.suffix == ".onnx":
+        from qcc.frontend.loader import load_model
+        return load_model(p, input_shapes or None)
+    raise InputError(f"cannot tell the format of {path}: expected a .qir or .onnx file")
+
+
+# ---------------------------------------------------------------- qcc-opt
+def _opt_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="Run a pass pipeline on a model and print or write the resulting IR.",
+        epilog="examples:\n"
+               "  qcc-opt net.qir -p canonicalize,dce\n"
+               "  qcc-opt model.onnx -p 'const-fold,canonicalize' -o net.qir\n"
+               "  qcc-opt net.qir -p my-pass --load-pass-plugin my_pass.py\n\n"
+               "Without -o the IR goes to stdout with constants of more than 16 elements\n"
+               "elided as @resource names; -o writes OUT.qir plus its constants in OUT.npz.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", nargs="?", help="a .qir or .onnx file ('-' reads IR text from stdin)")
+    _add_pipeline_option(p, "passes to run, e.g. 'fold-batchnorm,calibrate{method=percentile,p=99.99}'")
+    p.add_argument("-o", "--output", metavar="OUT.qir", help="write the IR here (and OUT.npz for large constants)")
+    p.add_argument("--print-ir-after-all", action="store_true", help="print the IR to stderr after every pass")
+    p.add_argument("--print-ir-after", metavar="PASS", action="append", default=[],
+                   help="print the IR to stderr after each run of PASS (repeatable)")
+    _add_plugin_option(p)
+    p.add_argument("--list-passes", action="store_true", help="list registered passes and pipelines, then exit")
+    constants = p.add_mutually_exclusive_group()
+    constants.add_argument("--elide-constants", dest="elide", action="store_true", default=True,
+                           help="print constants over 16 elements as @resource names (default)")
+    constants.add_argument("--print-constants-whole", dest="elide", action="store_false",
+                           help="print every constant in full")
+    p.add_argument("--timing", action="store_true", help="print the time each pass took to stderr")
+    p.add_argument("--pass-stats", action="store_true", help="print each pass's statistics to stderr")
+    _add_quant_options(p)
+    _add_input_shape_option(p)
+    p.add_argument("--emit-onnx", metavar="FILE.onnx",
+                   help="also write the resulting graph as ONNX (quantized values in QDQ form, for "
+                        "onnxruntime or Netron); the IR then goes only to -o, not to stdout")
+    return p
+
+
+def _add_input_shape_option(p: argparse.ArgumentParser):
+    p.add_argument("--input-shape", metavar="NAME=1x49x10x1", action="append", default=[],
+                   help="fix the shape of an ONNX input whose dimensions are dynamic (repeatable)")
+
+
+def parse_input_shapes(specs: Sequence[str]) -> Dict[str, Tuple[int, ...]]:
+    """``NAME=1x49x10x1`` options as {name: shape}."""
+    shapes = {}
+    for spec in specs:
+        name, sep, dims = spec.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or any(d <= 0 for d in shape):
+            raise InputError(f"--input-shape takes NAME=DxDx... with positive dimensions, got '{spec}'")
+        shapes[name] = shape
+    return shapes
+
+
+def _add_calib_options(p: argparse.ArgumentParser):
+    """--calib / --act-max: handed to passes as their context (keys calib, act_max)."""
+    p.add_argument("--calib", metavar="DATA", help="calibration data (.npz keyed by input name, .npy or a folder)")
+    p.add_argument("--act-max", metavar="NAME=M", action="append", default=[],
+                   help="force the range [-M, M] on a tensor (repeatable, or a .json file)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="calibrate in N processes (0: one per CPU); results equal a single process's")
+
+
+def _add_quant_options(p: argparse.ArgumentParser):
+    """--calib / --act-max / --report."""
+    _add_calib_options(p)
+    p.add_argument("--report", metavar="REPORT.md",
+                   help="write a per-layer quantization report (format, range, SQNR vs float) here")
+
+
+def _set_context(passes, args: argparse.Namespace):
+    context = {"calib": getattr(args, "calib", None), "act_max": list(getattr(args, "act_max", []) or []) or None,
+               "jobs": getattr(args, "jobs", 1)}
+    for p in passes:
+        p.context = context
+
+
+def _run_with_report(pm, graph, args):
+    """Run the pipeline; with --report, compare the quantized graph with its float self per layer."""
+    if not getattr(args, "report", None):
+        return pm.run(graph)
+    from qcc.tools.report import quantization_report, run_keeping_float
+    if "calibrate" not in [p.name for p in pm.passes] or not args.calib:
+        raise InputError("--report needs a pipeline that quantizes (with 'calibrate') and --calib data")
+    report, float_graph = run_keeping_float(pm, graph)
+    text = quantization_report(float_graph, graph, args.calib)
+    with _writing(args.report):
+        Path(args.report).write_text(text)
+    return report
+
+
+def list_passes() -> str:
+    """The --list-passes text: every pass with its summary and options, then the pipelines."""
+    from qcc.transforms.passmanager import _type_name, describe_pass_options, registered_passes, registered_pipelines
+    lines = ["Passes:"]
+    for name, cls in registered_passes().items():
+        lines.append(f"  {name:<24} {cls.summary()}")
+        lines.extend(f"      {text}" for text in describe_pass_options(cls))
+    pipelines = registered_pipelines()
+    lines.append("Pipelines:")
+    if not pipelines:
+        lines.append("  (none)")
+    for name, pl in pipelines.items():
+        opts = ", ".join(f"{k}: {_type_name(t)}" for k, t in pl.options.items())
+        lines.append(f"  {name:<24} {pl.summary}" + (f" (options: {opts})" if opts else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _opt(args: argparse.Namespace) -> int:
+    from qcc.transforms.passmanager import PassManager
+    _load_plugins(args.load_pass_plugin)
+    if args.list_passes:
+        sys.stdout.write(list_passes())
+        return 0
+    if not args.input:
+        raise InputError("no input file given (see --help)")
+    elide_over = ELIDE_OVER if args.elide else None
+    pm = PassManager.parse(args.pipeline, print_ir_after_all=args.print_ir_after_all,
+                           print_ir_after=args.print_ir_after, stream=sys.stderr, elide_over=elide_over)
+    graph = load_graph(args.input, parse_input_shapes(args.input_shape))
+    _set_context(pm.passes, args)
+    report = _run_with_report(pm, graph, args)
+    if args.timing:
+        sys.stderr.write(report.format_timing())
+    if args.pass_stats:
+        for key, stats in report.stats().items():
+            shown = {k: v for k, v in stats.items() if k != "match_failures"}
+            sys.stderr.write(f"// {key}: {shown}\n")
+    if args.emit_onnx:
+        from qcc.export.onnx_export import write_onnx
+        write_onnx(graph, args.emit_onnx)
+    if args.output:
+        from qcc.ir.printer import write_qir
+        with _writing(args.output):
+            write_qir(graph, args.output, elide_over=elide_over)
+    elif not args.emit_onnx:
+        from qcc.ir.printer import print_graph
+        sys.stdout.write(print_graph(graph, elide_over=elide_over))
+        sys.stdout.flush()
+    return 0
+
+
+def opt_main(argv: Optional[Sequence[str]] = None) -> int:
+    return _run("qcc-opt", _opt_parser("qcc-opt"), _opt, argv)
+
+
+# ---------------------------------------------------------------- qcc-sim
+def _sim_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="Run a model on the float interpreter.",
+        epilog="Inputs: an .npz whose keys are the graph input names, or one .npy for a\n"
+               "single-input graph. An extra leading axis on every input runs a batch of\n"
+               "samples. The outputs are saved under the graph output names.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="a .qir or .onnx file")
+    p.add_argument("--inputs", required=True, metavar="IN.npz|IN.npy", help="input arrays")
+    p.add_argument("-o", "--output", metavar="OUT.npz", help="save the outputs here (default: print them)")
+    _add_pipeline_option(p, "passes to run on the model before simulating it")
+    _add_plugin_option(p)
+    _add_calib_options(p)
+    _add_input_shape_option(p)
+    p.add_argument("--raw", action="store_true",
+                   help="save the integer tensors of a quantized graph's outputs (before their dequantize) "
+                        "instead of the dequantized floats")
+    return p
+
+
+def load_inputs(path: str, graph: Graph) -> Dict[str, np.ndarray]:
+    """Input arrays by graph input name from an .npz, or from an .npy for a single-input graph."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"no such file: {path}")
+    try:
+        data = np.load(p, allow_pickle=False)
+    except Exception as e:
+        raise InputError(f"cannot read {path} as .npy or .npz: {e}") from None
+    if isinstance(data, np.ndarray):
+        if len(graph.inputs) != 1:
+            names = ", ".join(v.name for v in graph.inputs)
+            raise InputError(f"{path} holds one array but graph @{graph.name} has "
+                             f"{len(graph.inputs)} inputs ({names}); give an .npz keyed by input name")
+        return {graph.inputs[0].name: data}
+    with data:
+        arrays = {k: data[k] for k in data.files}
+    names = [v.name for v in graph.inputs]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise InputError(f"{path} has no array for input {', '.join(missing)} of graph @{graph.name} "
+                         f"(its keys: {', '.join(arrays) or 'none'}; inputs: {', '.join(names)})")
+    extra = sorted(set(arrays) - set(names))
+    if extra:  # datasets often carry labels beside the inputs
+        print(f"note: ignoring {path} keys that name no graph input: {', '.join(extra)}", file=sys.stderr)
+    return {n: arrays[n] for n in names}
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from qcc.sim.interpreter import run_batched
+    from qcc.transforms.passmanager import PassManager
+    _load_plugins(args.load_pass_plugin)
+    pm = PassManager.parse(args.pipeline)
+    graph = load_graph(args.model, parse_input_shapes(args.input_shape))
+    _set_context(pm.passes, args)
+    pm.run(graph)
+    if args.raw:
+        _output_raw_integers(graph)
+    outputs = run_batched(graph, load_inputs(args.inputs, graph))
+    if args.output:
+        from qcc.fileio import write_files
+        buf = io.BytesIO()
+        np.savez(buf, **outputs)
+        with _writing(args.output):
+            write_files([(Path(args.output), buf.getvalue())])
+    else:
+        for name, a in outputs.items():
+            print(f"{name}: {a.dtype} {list(a.shape)}")
+            print(np.array2string(a, threshold=64))
+    return 0
+
+
+def _output_raw_integers(graph: Graph):
+    """Make each dequantized output of ``graph`` give its stored integers instead."""
+    raw = [v.producer.operands[0] if v.producer is not None and v.producer.opname == "q.dequantize" else v
+           for v in graph.outputs]
+    if all(v.type.is_float for v in raw):
+        raise InputError(f"--raw needs a quantized graph; the outputs of @{graph.name} are float "
+                         f"(run a quantizing pipeline first, e.g. -p qmn --calib DATA)")
+    graph.set_outputs(raw, graph.output_names)
+
+
+def sim_main(argv: Optional[Sequence[str]] = None) -> int:
+    return _run("qcc-sim", _sim_parser("qcc-sim"), _sim, argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:  # `python -m qcc.tools.cli` runs qcc-opt
+    return opt_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""The ``qcc`` compile driver: load a model, lower it to integers, emit C.
+
+    qcc model.onnx -o build/net.c --target cortex-m4 --calib calib.npz          # q7
+    qcc model.onnx -o build/net.c --target cortex-m7 --calib calib.npz --bits 16
+    qcc lowered.qir -o build/net.c --target cortex-m0plus                       # already lowered
+
+A float model (ONNX, or a .qir with float compute ops) runs the ``qmn{bits=..}``
+pipeline with the calibration data (``--act-max NAME=V`` forces a tensor's range
+to [-V, V]); an already lowered .qir (q.quantize -> qnn.* -> q.dequantize) goes
+straight to the backend. ``--float-output`` makes NAME_run return floats; for a
+float model it also passes ``float_output=true`` to the pipeline (``qmn`` or
+``int8-calibrated``), which keeps a trailing softmax/sigmoid/tanh in float after
+the final dequantize, and the backend runs it in float C (a float epilogue,
+outside the bit-exact integer contract). A QDQ model keeps its own quantized
+softmax (its scales are the user's), so there it only dequantizes. The C,
+header, weights, Makefile and firmware harness are written into the folder of
+``-o`` all at once or not at all.
+
+The driver is the one place that connects the core to a backend: it looks the
+backend up by name (``qcc.backends.get_backend``); the core itself never
+imports backends.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from qcc.errors import InputError
+from qcc.ir.graph import Graph
+from qcc.backend_registry import get_backend
+from qcc.tools.cli import _run, load_graph, parse_input_shapes
+
+TARGET_NAMES = ("cortex-m0", "cortex-m0plus", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55")
+SCHEMES = ("qmn", "int8")
+KERNEL_CHOICES = ("qcc", "cmsis-nn")
+# Ops a fully lowered graph may hold; anything else means the graph is still float.
+BOUNDARY_OPS = frozenset({"qcc.const", "q.quantize", "q.dequantize"})
+INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose",
+                               "nn.concat", "nn.pad"})
+# Float ops allowed after an output's final q.dequantize: the --float-output epilogue (float C, not bit-exact).
+FLOAT_EPILOGUE_OPS = frozenset({"nn.softmax", "nn.sigmoid", "nn.tanh"})
+
+
+def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="Compile a model to integer-only C for a Cortex-M microcontroller.",
+        epilog="examples:\n"
+               "  qcc digits.onnx -o build/digits.c --target cortex-m4 --calib calib.npz\n"
+               "  qcc kws.onnx -o out/kws.c --target cortex-m7 --calib mfcc.npy --bits 16 --act-max conv1=32\n"
+               "  qcc net.qir -o out/net.c --target cortex-m0plus        (an already lowered graph)\n\n"
+               "Writes NAME.c, NAME.h, NAME_weights.c, Makefile and firmware/ into the folder of -o;\n"
+               "then `make` builds libNAME.a, `make run INPUT=samples.bin` runs it in QEMU, `make size`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="a float .onnx model, or a .qir graph (lowered or float)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT/NAME.c", help="the C file to write")
+    p.add_argument("--target", required=True, choices=TARGET_NAMES, help="the Cortex-M core")
+    p.add_argument("--calib", metavar="DATA", help="calibration inputs (.npz keyed by input name, .npy, or a folder)")
+    p.add_argument("--scheme", choices=SCHEMES,
+                   help="quantization scheme: qmn (Qm.n fixed point, the default for float models) or int8 "
+                        "(affine TFLite/CMSIS-NN int8, the default and only choice for QDQ models; no --calib)")
+    p.add_argument("--bits", type=int, choices=(8, 16),
+                   help="activation/weight bits of a float model: 8 (q7, the default) or 16 (q15)")
+    p.add_argument("--name", help="C name prefix and file stem (default: the stem of -o)")
+    p.add_argument("--report", metavar="FILE.md|FILE.json",
+                   help="write a compile report: sizes, memory per layer and (.md) per-layer quantization "
+                        "error (format, range, SQNR vs float, saturation); .json gives the raw figures")
+    p.add_argument("--input-shape", metavar="NAME=1x49x10x1", action="append", default=[],
+                   help="fix the shape of an ONNX input whose dimensions are dynamic (repeatable)")
+    p.add_argument("--emit-ir", metavar="FILE.qir", help="also write the lowered graph as text IR")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="calibrate in N processes (0: one per CPU); results equal a single process's")
+    p.add_argument("--act-max", metavar="NAME=V", action="append", default=[],
+                   help="force the range of tensor NAME to [-V, V] (repeatable)")
+    p.add_argument("--float-output", action="store_true",
+                   help="NAME_run returns float outputs (dequantized in C) instead of quantized ones; with "
+                        "a float model a trailing softmax/sigmoid/tanh then runs in float C after the "
+                        "dequantize (a float epilogue, not bit-exact); a QDQ model keeps its own integer one")
+    p.add_argument("--kernels", choices=KERNEL_CHOICES, default="qcc",
+                   help="qcc (own specialized C, the default) or cmsis-nn: the affine int8 layers call the "
+                        "CMSIS-NN library (the Makefile builds it from CMSIS_NN_DIR)")
+    p.add_argument("--backend", default="cmsis", help=argparse.SUPPRESS)
+    return p
+
+
+def float_epilogue(graph: Graph) -> List:
+    """The float softmax/sigmoid/tanh ops that trail a graph output's final q.dequantize.
+
+    Walks back from each graph output through ``FLOAT_EPILOGUE_OPS`` with float
+    operands; a chain counts only when it starts at a q.dequantize.
+    """
+    ops = []
+    for v in graph.outputs:
+        chain = []
+        while v.producer is not None and v.producer.opname in FLOAT_EPILOGUE_OPS and v.producer.operands[0].type.is_float:
+            chain.append(v.producer)
+            v = v.producer.operands[0]
+        if chain and v.producer is not None and v.producer.opname == "q.dequantize":
+            ops += chain
+    return ops
+
+
+def is_lowered(graph: Graph) -> bool:
+    """True when only integer ops remain between q.quantize and q.dequantize (plus a float epilogue:
+    softmax/sigmoid/tanh after an output's final q.dequantize, as ``qmn{float_output=true}`` leaves)."""
+    trailing = set(float_epilogue(graph))
+    return all(op.opname.startswith(("qnn.", "s8.")) or op.opname in BOUNDARY_OPS or op in trailing
+               or (op.opname in INTEGER_SHAPE_OPS and not op.result.type.is_float) for op in graph.ops)
+
+
+def parse_act_max(specs: Sequence[str]) -> Dict[str, float]:
+    out = {}
+    for spec in specs:
+        name, sep, value = spec.rpartition("=")
+        try:
+            v = float(value)
+        except ValueError:
+            v = float("nan")
+        if not sep or not name or not np.isfinite(v) or v <= 0:
+            raise InputError(f"--act-max takes NAME=V with V a positive number, got '{spec}'")
+        out[name] = v
+    return out
+
+
+# The named pipeline that quantizes a float model under each --scheme.
+FLOAT_PIPELINES = {"qmn": "qmn", "int8": "int8-calibrated"}
+
+
+def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max: Dict[str, float],
+          model_path: str, jobs: int = 1, float_output: bool = False) -> Optional[Graph]:
+    """Run the quantization pipeline on a float graph in place.
+
+    ``float_output`` keeps a trailing softmax/sigmoid/tanh in float after the
+    final dequantize (``qmn{float_output=true}`` / ``int8-calibrated{float_output=true}``).
+    Returns the float graph as it was just before calibration (the per-layer
+    report's reference).
+    """
+    from qcc.tools.report import run_keeping_float
+    from qcc.transforms.passmanager import PassManager
+    if not calib and not act_max:
+        raise InputError(f"{model_path} is a float model: qcc needs calibration inputs to quantize it; "
+                         f"pass --calib DATA (.npz keyed by input name, .npy, or a folder of them)")
+    if calib and not Path(calib).exists():
+        raise InputError(f"no such calibration file or folder: {calib}")
+    if scheme == "int8" and bits != 8:
+        raise InputError(f"--scheme int8 is 8-bit only, got --bits {bits}")
+    options = f"bits={bits}" + (",float_output=true" if float_output else "")
+    pm = PassManager.parse(f"{FLOAT_PIPELINES[scheme]}{{{options}}}")
+    context = {"calib": calib or "", "act_max": dict(act_max), "jobs": jobs}
+    for p in pm.passes:
+        p.context = context
+    graph.context = context
+    return run_keeping_float(pm, graph)[1]
+
+
+def is_qdq(graph: Graph) -> bool:
+    """True for a pre-quantized model: DequantizeLinear feeding float ops (a lowered or
+    half-lowered Qm.n graph only dequantizes its outputs)."""
+    if any(op.opname.startswith("qnn.") for op in graph.ops):
+        return False
+    return any(op.opname == "q.dequantize" and graph.uses(op.result) for op in graph.ops)
+
+
+def lower_qdq(graph: Graph, *, scheme: str, model_path: str) -> None:
+    """Run the ``int8`` pipeline (no calibration: the model carries its scales) in place."""
+    from qcc.transforms.passmanager import PassManager
+    if scheme != "int8":
+        raise InputError(f"{model_path} is already quantized (QuantizeLinear/DequantizeLinear): it compiles "
+                         f"with --scheme int8 only, got --scheme {scheme}")
+    PassManager.parse("int8").run(graph)
+
+
+def compile_model(model: str, output: str, target: str, *, calib: Optional[str] = None,
+                  scheme: Optional[str] = None,
+                  bits: Optional[int] = None, name: Optional[str] = None, report: Optional[str] = None,
+                  emit_ir: Optional[str] = None, act_max: Optional[Dict[str, float]] = None,
+                  float_output: bool = False, backend: str = "cmsis", kernels: str = "qcc",
+                  input_shapes: Optional[Dict[str, tuple]] = None, jobs: int = 1):
+    """Compile ``model`` and write every output file; returns the backend's GeneratedModel."""
+    out = Path(output)
+    if out.suffix != ".c":
+        raise InputError(f"-o takes the path of the C file to write (OUT/NAME.c), got '{output}'")
+    if bits is not None and bits not in (8, 16):
+        raise InputError(f"--bits must be 8 or 16, got {bits}")
+    if report and Path(report).suffix not in (".md", ".json"):
+        raise InputError(f"--report writes Markdown (.md) or JSON (.json), got '{report}'")
+    graph = load_graph(model, input_shapes)
+    float_graph = None
+    notes: List[str] = []
+    if is_lowered(graph) or is_qdq(graph):
+        what = "already lowered" if is_lowered(graph) else "a QDQ model: it carries its own int8 scales"
+        if bits not in (None, 8) and not is_lowered(graph):
+            raise InputError(f"--bits {bits} does not apply: {model} is {what}")
+        for flag, given in (("--calib", calib), ("--act-max", act_max), ("--bits", bits)):
+            if given:
+                notes.append(f"ignoring {flag}: {model} is {what}")
+        if not is_lowered(graph):
+            lower_qdq(graph, scheme=scheme or "int8", model_path=model)
+    else:
+        float_graph = lower(graph, calib=calib, bits=bits or 8, scheme=scheme or "qmn", act_max=act_max or {},
+                            model_path=model, jobs=jobs, float_output=float_output)
+    if float_epilogue(graph) and not float_output:
+        ops = ", ".join(sorted({op.describe() for op in float_epilogue(graph)}))
+        raise InputError(f"{model} ends in float ops after its final q.dequantize ({ops}): they run in C "
+                         f"only with --float-output (NAME_run then returns floats); pass --float-output")
+    if kernels == "cmsis-nn" and not any(op.opname.startswith("s8.") for op in graph.ops):
+        raise InputError("--kernels cmsis-nn calls CMSIS-NN's affine int8 (s8) API, and this graph has no s8 "
+                         "layer; compile with --scheme int8 (or a QDQ model), or leave --kernels at qcc")
+    extra = {"kernels": kernels} if kernels != "qcc" else {}  # only the cmsis backend knows cmsis-nn
+    gen = get_backend(backend).generate(graph, name=name or out.stem, target=target, float_output=float_output,
+                                        **extra)
+    gen.warnings[:0] = notes
+    files = {out.parent / rel: data for rel, data in gen.files.items()}
+    if emit_ir:
+        files.update(_ir_files(graph, Path(emit_ir)))
+    if report:
+        summary = make_report(gen, graph, model)
+        if Path(report).suffix == ".json":
+            files[Path(report)] = (json.dumps(summary, indent=2) + "\n").encode()
+        else:
+            files[Path(report)] = markdown_report(summary, float_graph, graph, calib).encode()
+    from qcc.fileio import write_files
+    write_files(files)
+    return gen
+
+
+def _ir_files(graph: Graph, path: Path) -> Dict[Path, bytes]:
+    from qcc.ir.printer import print_graph_with_resources, sidecar_path
+    text, resources = print_graph_with_resources(graph)
+    files = {path: text.encode()}
+    if resources:
+        buf = io.BytesIO()
+        np.savez(buf, **resources)
+        files[sidecar_path(path)] = buf.getvalue()
+    return files
+
+
+def _macs(op) -> int:
+    if op.opname in ("qnn.conv2d", "s8.conv2d"):
+        cout, kh, kw, cg = op.operands[1].shape
+        return op.result.type.size * kh * kw * cg
+    if op.opname in ("qnn.dense", "s8.dense"):
+        return op.result.type.size * op.operands[1].shape[1]
+    return 0
+
+
+def make_report(gen, graph: Graph, model: str) -> dict:
+    plan = gen.plan
+    layers: List[dict] = []
+    for info, step in zip(gen.layers, [s for s in plan.steps if s.op is not None]):
+        layers.append({**info, "where": list(info["where"]), "macs": _macs(step.op),
+                       "bytes": step.output.type.size * step.output.type.np_dtype.itemsize})
+
+    def io(t):
+        q = t.value.type.quant
+        return {"name": t.name, "shape": list(t.value.shape), "dtype": t.value.type.dtype,
+                "scale": getattr(q, "scale", 1.0), "zero_point": getattr(q, "zero_point", 0),
+                "frac_bits": getattr(q, "frac_bits", None)}
+
+    return {"model": str(model), "name": gen.name, "target": gen.target,
+            "arena_bytes": plan.arena_size, "arena_lower_bound_bytes": plan.lower_bound,
+            "memory": _memory(gen),
+            "weight_bytes": gen.weight_bytes, "macs": sum(e["macs"] for e in layers),
+            "inputs": [io(t) for t in plan.inputs], "outputs": [io(t) for t in plan.outputs],
+            "layers": layers, "warnings": gen.warnings}
+
+
+def markdown_report(summary: dict, float_graph: Optional[Graph], graph: Graph, calib: Optional[str]) -> str:
+    """The --report FILE.md text: sizes, memory per layer, and per-layer quantization error."""
+    lines = [f"# {summary['name']}: compile report", "",
+             f"model `{summary['model']}`, target {summary['target']}", "",
+             "| figure | value |", "|---|---:|",
+             f"| MACs | {summary['macs']:,} |",
+             f"| weights (flash) | {summary['weight_bytes']:,} B |",
+             f"| arena (peak RAM, input and output included) | {summary['arena_bytes']:,} B |",
+             f"| lower bound (largest live set, no in-place) | {summary['arena_lower_bound_bytes']:,} B |", ""]
+    memory = summary.get("memory") or {}
+    per_layer = memory.get("layers") or []
+    if per_layer:
+        keys = [k for k in per_layer[0] if k not in ("where",)]
+        lines += ["## Memory per layer", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(str(row.get(k, "")) for k in keys) + " |" for row in per_layer]
+        lines.append("")
+    if float_graph is not None and calib:
+        from qcc.tools.report import quantization_report
+        lines.append(quantization_report(float_graph, graph, calib, title="Quantization per layer")
+                     .replace("# Quantization per layer", "## Quantization per layer", 1))
+    elif float_graph is None:
+        lines.append("(no per-layer quantization table: the model came already quantized)")
+    for w in summary.get("warnings", []):
+        lines.append(f"- warning: {w}")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _memory(gen) -> dict:
+    """The backend's memory plan numbers (peak RAM, lower bound, RAM per layer), when it has them."""
+    import importlib
+    try:
+        plan_mod = importlib.import_module(type(gen).__module__.rsplit(".", 1)[0] + ".plan")
+    except ImportError:
+        return {}
+    report = getattr(plan_mod, "memory_report", None)
+    return report(gen.plan) if report else {}
+
+
+def _command(args: argparse.Namespace) -> int:
+    import sys
+    gen = compile_model(args.model, args.output, args.target, calib=args.calib, scheme=args.scheme,
+                        bits=args.bits, name=args.name, report=args.report, emit_ir=args.emit_ir,
+                        act_max=parse_act_max(args.act_max), float_output=args.float_output,
+                        backend=args.backend, kernels=args.kernels,
+                        input_shapes=parse_input_shapes(args.input_shape), jobs=args.jobs)
+    folder = Path(args.output).parent
+    for w in gen.warnings:
+        print(f"qcc: warning: {w}", file=sys.stderr)
+    print(f"qcc: wrote {folder / (gen.name + '.c')}, {gen.name}.h, {gen.name}_weights.c, Makefile "
+          f"(arena {gen.plan.arena_size} bytes, weights {gen.weight_bytes} bytes)", file=sys.stderr)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return _run("qcc", build_parser("qcc"), _command, argv)
