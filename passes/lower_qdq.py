@@ -5,7 +5,7 @@ A QDQ model computes each layer in float between dequantize and quantize:
     y_q = Q(act(op(DQ(x_q), DQ(w_q), DQ(b_q))), s_out, zp_out)
 
 This pass replaces every such island by one ``s8`` op whose integer
-arithmetic is TFLite's (``qcc/ops/qnn_s8.py`` states it). The parameters come
+arithmetic is TFLite's (``qcc/ir/ops/qnn_s8.py`` states it). The parameters come
 from the scales exactly as TFLite Micro derives them (float64 arithmetic on the
 float32 scales, then ``QuantizeMultiplier``):
 

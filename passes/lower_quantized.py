@@ -1,4 +1,4 @@
-"""lower-quantized: fake-quant float ops -> integer ``qnn.*`` ops (see qcc/ops/qnn.py).
+"""lower-quantized: fake-quant float ops -> integer ``qnn.*`` ops (see qcc/ir/ops/qnn.py).
 
 The pass walks the graph in order and keeps, for each float value known to be
 ``dequantize(q)``, its integer twin ``q``. A float op whose activation inputs

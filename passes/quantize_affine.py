@@ -1,7 +1,7 @@
 """quantize-affine: calibrated ranges -> TFLite-style affine int8 QDQ form.
 
 Turns the ``q.range`` ops of ``calibrate`` and the float weights into exactly
-the QDQ form ``lower-qdq`` matches (the form ``frontend_qdq`` imports from QDQ
+the QDQ form ``lower-qdq`` matches (the form ``qdq_lifters`` imports from QDQ
 ONNX), using TFLite's post-training quantization rules:
 
 Activations, asymmetric per tensor (``GetAsymmetricQuantizationParams``, float32)::
@@ -52,7 +52,7 @@ from qcc.sim.s8 import quantize_multiplier
 from qcc.ir.types import PerAxisQuant, TensorType, UniformQuant
 
 SHARES_INPUT_QUANT = frozenset({"nn.maxpool", "nn.avgpool", "nn.global_avgpool"})
-# Shape ops the int8 graph runs on quantized tensors directly (frontend_qdq.SHAPE_OPS).
+# Shape ops the int8 graph runs on quantized tensors directly (qdq_lifters.SHAPE_OPS).
 INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose"})
 WEIGHTED = {"nn.conv2d": (1, 2), "nn.dense": (1, 2)}  # opname -> (weight operand, bias operand)
 # Ops float_output keeps in float when they end the graph (the back end's float epilogue).

@@ -15,10 +15,9 @@ TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 SHARED_MODELS = (REPO_ROOT / ".." / "shared" / "models").resolve()
 
-# golden_plugin.py sits next to this file; make it importable as a plugin.
+# Helper modules next to this file (onnx_builders.py, ...) import by name.
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
-pytest_plugins = ["golden_plugin"]
 
 
 def shared_model_path(*parts: str) -> Path:

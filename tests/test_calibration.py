@@ -107,10 +107,10 @@ def test_minmax_and_percentile_match_numpy():
     assert compute_range(s, "minmax") == (x.min(), x.max())
     lo, hi = compute_range(s, "percentile", p=99.9)
     t = np.percentile(np.abs(x), 99.9)
-    assert hi == pytest.approx(t, abs=s.width) and lo == -hi
+    assert hi == pytest.approx(t, abs=float(s.width)) and lo == -hi
     lo, hi = compute_range(s, "percentile", p=99.9, symmetric=False)
-    assert lo == pytest.approx(np.percentile(x, 0.1), abs=s.width)
-    assert hi == pytest.approx(np.percentile(x, 99.9), abs=s.width)
+    assert lo == pytest.approx(np.percentile(x, 0.1), abs=float(s.width))
+    assert hi == pytest.approx(np.percentile(x, 99.9), abs=float(s.width))
     # Non-negative data keeps its lower bound: clipping never widens the observed range.
     r = np.abs(x) + 0.5
     assert compute_range(TensorStats().update(r), "percentile")[0] == r.min()
@@ -325,7 +325,7 @@ def test_pass_output_is_ranged_and_numerics_kept(tiny_npz):
     PassManager.parse(f"calibrate{{data={path},method=percentile,p=99}}").run(g)
     assert np.array_equal(run_graph(g, {"x": data[:1]})["y"], ref)
     lo, hi = ranges(g)["x"]
-    assert hi == pytest.approx(np.percentile(np.abs(data), 99), abs=2 * np.abs(data).max() / 2048)
+    assert hi == pytest.approx(np.percentile(np.abs(data), 99), abs=float(2 * np.abs(data).max() / 2048))
 
 
 def test_jobs_2_equals_jobs_1(tiny_npz):

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qcc
 from conftest import REPO_ROOT, shared_model_path
-from golden_check import split_cases
+from qcc.tools.diagnostics import split_input
 from qcc.sim.interpreter import run_graph
 from qcc.ir.parser import parse
 from qcc.transforms.passmanager import PassManager
@@ -59,7 +59,7 @@ GOLDEN = {"fold-batchnorm": "fold-batchnorm.qir", "fuse-activation": "fuse-activ
 def _golden_cases():
     for pass_name, file in GOLDEN.items():
         path = REPO_ROOT / "tests" / "golden" / file
-        for i, case in enumerate(split_cases(path.read_text())):
+        for i, case in enumerate(split_input(path.read_text(), split=True)):
             yield pytest.param(pass_name, case.text, id=f"{pass_name}#{i}")
 
 

@@ -10,7 +10,7 @@ call into Arm's library (the Makefile builds it from ``CMSIS_NN_DIR``):
     s8.avgpool / s8.maxpool    arm_avgpool_s8 / arm_max_pool_s8
     s8.softmax                 arm_softmax_s8
 
-The arithmetic is the same contract (qcc/ops/qnn_s8.py is TFLite Micro's,
+The arithmetic is the same contract (qcc/ir/ops/qnn_s8.py is TFLite Micro's,
 which is CMSIS-NN's), so the outputs are bit-exact with the simulator. The
 library's conventions: ``input_offset = -input_zp``, ``output_offset =
 +output_zp``, dims ``{n, h, w, c}``, tiles ``{w, h}``, only the top/left pads

@@ -1,6 +1,6 @@
 """Template contexts of the affine int8 ``s8.*`` kernels (TFLite Micro / CMSIS-NN arithmetic).
 
-The arithmetic is qcc/ops/qnn_s8.py's, bit for bit (qcc.sim.s8 is the
+The arithmetic is qcc/ir/ops/qnn_s8.py's, bit for bit (qcc.sim.s8 is the
 contract); the C lives in ``templates/ops/s8_*.j2`` and the shared fixed-point
 helpers in ``templates/ops/s8_common.j2``. Python only folds constants:
 

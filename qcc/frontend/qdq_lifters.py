@@ -13,8 +13,8 @@ integer shape ops and graph input it comes through, so the graph can take
 and give int8 directly. ``lower-qdq`` then turns the float islands between
 dequantize and quantize into ``s8.*`` ops.
 
-The lifters register into ``frontend_ops.LIFTERS``; ``frontend_ops`` imports
-this module at its end.
+The lifters register into ``lifters.LIFTERS``; ``loader`` imports this
+module so that they are there before a model is checked.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Importing this module registers kernels for every ``qnn.*`` op and for the
 boundary ops ``q.quantize`` / ``q.dequantize`` / ``q.range`` into the float
 interpreter's registry (``qcc.sim.interpreter.KERNELS``), so one
 ``run_graph(g, inputs)`` runs a lowered graph. This file is THE numerics
-contract (``qcc/ops/qnn.py`` states it in words): the emitted C must equal it
+contract (``qcc/ir/ops/qnn.py`` states it in words): the emitted C must equal it
 bit for bit. All integer arithmetic is exact (int64, or float64 BLAS on values
 whose sums provably stay below 2^53, which is exact too); an int32 accumulator
 that would overflow raises ``AccumulatorOverflowError`` instead of wrapping
@@ -23,7 +23,7 @@ Boundary ops (the C side uses ``roundf`` on the same float32 value):
                  uniform:   q = clamp(round_half_away(f32(x) / f32(scale)) + zp)   (f32 division)
     q.dequantize            x = f32(q - zp) * f32(scale)
 
-Softmax and the i16 interpolated table are described in ``qcc/ops/qnn_softmax.py``.
+Softmax and the i16 interpolated table are described in ``qcc/ir/ops/qnn_softmax.py``.
 """
 from __future__ import annotations
 
@@ -294,7 +294,7 @@ def _qavgpool(op, x):
     return saturate(y, a["act_min"], a["act_max"], op.results[0].type.np_dtype)
 
 
-# ---------------------------------------------------------------- tables (see qcc/ops/qnn_softmax.py)
+# ---------------------------------------------------------------- tables (see qcc/ir/ops/qnn_softmax.py)
 def _interp(table: np.ndarray, idx: np.ndarray, frac: np.ndarray, shift: int) -> np.ndarray:
     """``table[k] + rshift_round((table[k+1] - table[k]) * f, shift)``."""
     t0 = table[idx]

@@ -2,7 +2,7 @@
 
 Importing this module registers a kernel for every ``s8.*`` op into the
 interpreter's registry, so ``run_graph`` runs a lowered int8 graph. The
-arithmetic is stated in ``qcc/ops/qnn_s8.py``; values are int64 here and
+arithmetic is stated in ``qcc/ir/ops/qnn_s8.py``; values are int64 here and
 checked against the int32 range wherever the C code holds an int32 (leaving
 it raises ``AccumulatorOverflowError`` instead of wrapping), except inside the
 softmax fixed-point routines, which wrap exactly as two's complement int32
@@ -85,7 +85,7 @@ def srdhm(a, b):
 
 
 def requantize(acc, mult, shift, op, rounding: str = "double"):
-    """``requant(acc, mult, shift)`` of qcc/ops/qnn_s8.py; mult/shift broadcast on the last axis."""
+    """``requant(acc, mult, shift)`` of qcc/ir/ops/qnn_s8.py; mult/shift broadcast on the last axis."""
     acc = np.asarray(acc, np.int64)
     _check_int32(acc, op)
     mult = np.asarray(mult, np.int64)

@@ -129,6 +129,12 @@ def _opt_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--emit-onnx", metavar="FILE.onnx",
                    help="also write the resulting graph as ONNX (quantized values in QDQ form, for "
                         "onnxruntime or Netron); the IR then goes only to -o, not to stdout")
+    p.add_argument("--split-input-file", action="store_true",
+                   help="run each '// -----' separated part of a .qir file on its own and join the "
+                        "results with '// -----' (as mlir-opt does)")
+    p.add_argument("--verify-diagnostics", action="store_true",
+                   help="check the errors against the input's '// expected-error {{text}}' comments "
+                        "instead of reporting them; exit 0 when they match")
     return p
 
 
@@ -215,6 +221,8 @@ def _opt(args: argparse.Namespace) -> int:
     if not args.input:
         raise InputError("no input file given (see --help)")
     elide_over = ELIDE_OVER if args.elide else None
+    if args.split_input_file or args.verify_diagnostics:
+        return _opt_pieces(args, elide_over)
     pm = PassManager.parse(args.pipeline, print_ir_after_all=args.print_ir_after_all,
                            print_ir_after=args.print_ir_after, stream=sys.stderr, elide_over=elide_over)
     graph = load_graph(args.input, parse_input_shapes(args.input_shape))
@@ -238,6 +246,56 @@ def _opt(args: argparse.Namespace) -> int:
         sys.stdout.write(print_graph(graph, elide_over=elide_over))
         sys.stdout.flush()
     return 0
+
+
+def _opt_pieces(args: argparse.Namespace, elide_over: Optional[int]) -> int:
+    """qcc-opt over the pieces of a .qir file (--split-input-file), checking --verify-diagnostics."""
+    from qcc.ir.parser import parse
+    from qcc.ir.printer import print_graph
+    from qcc.tools.diagnostics import expected_errors, split_input, unmet_expectations
+    from qcc.transforms.passmanager import PassManager
+    for flag, given in (("--emit-onnx", args.emit_onnx), ("--report", getattr(args, "report", None))):
+        if given:
+            raise InputError(f"{flag} writes one model; it does not combine with --split-input-file "
+                             f"or --verify-diagnostics")
+    if args.input == "-":
+        name, text = "<stdin>", sys.stdin.read()
+    else:
+        if Path(args.input).suffix != ".qir":
+            raise InputError(f"--split-input-file and --verify-diagnostics read a .qir file, got {args.input}")
+        name = args.input
+        try:
+            text = Path(args.input).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{args.input}: cannot read: {e}") from None
+    outputs, problems, failed = [], [], False
+    for piece in split_input(text, args.split_input_file):
+        pm = PassManager.parse(args.pipeline, print_ir_after_all=args.print_ir_after_all,
+                               print_ir_after=args.print_ir_after, stream=sys.stderr, elide_over=elide_over)
+        _set_context(pm.passes, args)
+        error = None
+        try:
+            graph = parse(piece.text, filename=name)
+            pm.run(graph)
+            outputs.append(print_graph(graph, elide_over=elide_over))
+        except QccError as e:
+            error = e
+        if args.verify_diagnostics:
+            problems += unmet_expectations(name, expected_errors(piece), None if error is None else str(error))
+        elif error is not None:
+            _report("qcc-opt", error)
+            failed = True
+    joined = "// -----\n".join(outputs)
+    if args.output:
+        from qcc.fileio import write_files
+        with _writing(args.output):
+            write_files({args.output: joined})
+    else:
+        sys.stdout.write(joined)
+        sys.stdout.flush()
+    for p in problems:
+        print(p, file=sys.stderr)
+    return 1 if problems or failed else 0
 
 
 def opt_main(argv: Optional[Sequence[str]] = None) -> int:

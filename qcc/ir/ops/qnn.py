@@ -30,7 +30,7 @@ fused ReLU (``[0, max]``) or ReLU6 (``[0, 6 * 2^n]``).
 ``qnn.lut``:        y = table[x - storage_min] (a 256-entry table for i8 input)
 ``qnn.softmax``:    exp-table softmax over the last axis, output Q0.7 / Q0.15;
 ``qnn.lut_interp``: i16 -> i16 map by a 257-entry table with linear interpolation;
-                    both stated exactly in qcc/ops/qnn_softmax.py.
+                    both stated exactly in qcc/ir/ops/qnn_softmax.py.
 """
 from __future__ import annotations
 
@@ -216,5 +216,5 @@ register_op(OpDef(
     verify_fn=_verify_lut, summary="y = table[x + 128]: sigmoid/tanh and other pointwise maps on i8."))
 
 # qnn.softmax is registered by the module that implements its integer algorithm
-# (qcc/ops/qnn_softmax.py), whose docstring states the algorithm.
+# (qcc/ir/ops/qnn_softmax.py), whose docstring states the algorithm.
 
