@@ -32,12 +32,14 @@ import base64
 import html
 import io
 import math
+import shlex
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 
 from qcc.ir.graph import Graph
+from qcc.ir.types import FixedPoint
 
 SATURATION_ADVICE = 0.001   # 0.1 % of a tensor's values
 LOW_SQNR_DB = 20.0
@@ -70,6 +72,14 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100)
 
 
+def _panel_axes(count: int, cols: int, width: float, height: float):
+    """A figure with ``count`` small panels, ``cols`` per row, and their axes."""
+    cols = min(cols, count)
+    rows = -(-count // cols)
+    fig = _figure(width * cols, height * rows)
+    return fig, [fig.add_subplot(rows, cols, i + 1) for i in range(count)]
+
+
 def _clip_db(x: float) -> float:
     return 100.0 if math.isinf(x) and x > 0 else (0.0 if not math.isfinite(x) else x)
 
@@ -91,11 +101,8 @@ def sqnr_plot(names: List[str], acc: List[float], own: List[float]) -> str:
 def histogram_plot(panels: List[dict]) -> str:
     """One panel per tensor: float values, the format's real range as red lines."""
     panels = panels[:MAX_PANELS]
-    cols = min(4, len(panels))
-    rows = -(-len(panels) // cols)
-    fig = _figure(3.2 * cols, 2.4 * rows)
-    for i, p in enumerate(panels):
-        ax = fig.add_subplot(rows, cols, i + 1)
+    fig, axes = _panel_axes(len(panels), 4, 3.2, 2.4)
+    for ax, p in zip(axes, panels):
         v = np.asarray(p["values"], np.float64)
         lo, hi = p["range"]
         edges = np.linspace(min(v.min(initial=lo), lo), max(v.max(initial=hi), hi), 61)
@@ -112,11 +119,8 @@ def histogram_plot(panels: List[dict]) -> str:
 
 def weight_plot(panels: List[dict]) -> str:
     panels = panels[:MAX_PANELS]
-    cols = min(3, len(panels))
-    rows = -(-len(panels) // cols)
-    fig = _figure(4.2 * cols, 2.5 * rows)
-    for i, p in enumerate(panels):
-        ax = fig.add_subplot(rows, cols, i + 1)
+    fig, axes = _panel_axes(len(panels), 3, 4.2, 2.5)
+    for ax, p in zip(axes, panels):
         c = np.arange(len(p["min"]))
         dead = np.asarray(p["dead"], bool)
         ax.vlines(c[~dead], np.asarray(p["min"])[~dead], np.asarray(p["max"])[~dead], color="#4c72b0", lw=2)
@@ -182,7 +186,7 @@ def _format_label(entry: dict) -> str:
     dtype = entry["dtype"]
     if entry.get("frac_bits") is not None:
         n = entry["frac_bits"]
-        return f"Q{int(dtype[1:]) - 1 - n}.{n} fixed point ({dtype}, real = q &middot; 2<sup>-{n}</sup>)"
+        return f"Q{int(dtype[1:]) - 1 - n}.{n} fixed point ({dtype}, real = q &middot; 2<sup>{-n}</sup>)"
     if dtype.startswith("f"):
         return f"float ({dtype})"
     return (f"affine {dtype}: real = {entry['scale']:.6g} &middot; (q &minus; {entry['zero_point']})")
@@ -200,7 +204,8 @@ def _input_panels(float_graph: Graph, quant_graph: Graph, samples: List[dict]) -
         vals = np.concatenate([np.asarray(s[v.name], np.float32).ravel() for s in samples])
         lo, hi = real_range(t)
         panels.append({"short": f"input '{v.name}'", "name": v.name, "values": vals, "range": (lo, hi),
-                       "format": format_of(t)[3],
+                       "format": format_of(t)[3], "dtype": t.dtype,
+                       "fixed": isinstance(t.quant, FixedPoint),
                        "saturated": float(np.mean((vals < lo) | (vals > hi))) if vals.size else 0.0,
                        "absmax": float(np.abs(vals).max()) if vals.size else 0.0})
     return panels
@@ -228,10 +233,21 @@ def _fmt_db(x: float) -> str:
     return "-" if math.isnan(x) else ("inf" if math.isinf(x) and x > 0 else f"{x:.1f}")
 
 
-def _suggest(m: float) -> str:
-    """A round-ish --act-max value at or above ``m``."""
+def _suggest(m: float, dtype: str, fixed_point: bool) -> str:
+    """An --act-max value whose format holds ``m``.
+
+    Affine: ``m`` itself, rounded up to 3 digits. Qm.n: the range rule gives
+    ``n = W-1 - ceil(log2 M)``, whose largest value is ``2^ceil(log2 M) (1 - 2^(1-W))``;
+    the smallest power of two ``M`` for which that reaches ``m``.
+    """
     if m <= 0:
         return "1"
+    if fixed_point:
+        bits = int(dtype[1:]) if dtype[1:].isdigit() else 8
+        k = math.ceil(math.log2(m))
+        while 2.0 ** k * (1 - 2.0 ** (1 - bits)) < m:
+            k += 1
+        return f"{2.0 ** k:g}"
     digits = 2 - int(math.floor(math.log10(m)))
     return f"{math.ceil(m * 10 ** digits) / 10 ** digits:g}"
 
@@ -270,13 +286,14 @@ def html_report(summary: dict, float_graph: Optional[Graph], graph: Graph, calib
             lo, hi = p["range"]
             advice.append(f"input <code>{e(p['name'])}</code> clipped at [{lo:.4g}, {hi:.4g}]: "
                           f"{100 * p['saturated']:.2f}% of values saturate (largest magnitude {p['absmax']:.4g}); "
-                          f"try <code>--act-max {e(p['name'])}={_suggest(p['absmax'])}</code>{search_note}")
+                          f"try <code>--act-max {e(shlex.quote(p['name'] + '=' + _suggest(p['absmax'], p['dtype'], p['fixed'])))}</code>"
+                          f"{search_note}")
     for s in stats:
         if s.saturated_fraction > SATURATION_ADVICE:
             m = max(abs(s.real_min), abs(s.real_max))
             advice.append(f"layer <code>{e(short_by_name.get(s.name, s.name))}</code> ({e(s.name)}) clips "
                           f"{100 * s.saturated_fraction:.2f}% of its values at [{s.range_lo:.4g}, {s.range_hi:.4g}]; "
-                          f"try <code>--act-max {e(s.name)}={_suggest(m)}</code>{search_note}")
+                          f"try <code>--act-max {e(shlex.quote(s.name + '=' + _suggest(m, s.dtype, not s.scale)))}</code>{search_note}")
         if not math.isnan(s.own_sqnr_db) and s.own_sqnr_db < LOW_SQNR_DB:
             fix = "--bits 16" if scheme.startswith("Qm.n") and s.dtype == "i8" else "--scheme int8"
             advice.append(f"layer <code>{e(short_by_name.get(s.name, s.name))}</code> loses precision on its own "
@@ -293,6 +310,7 @@ def html_report(summary: dict, float_graph: Optional[Graph], graph: Graph, calib
                       "no dead channels")
 
     worst = sorted(stats, key=lambda s: s.sqnr_db)[:3]
+    worst_own = sorted((s for s in stats if not math.isnan(s.own_sqnr_db)), key=lambda s: s.own_sqnr_db)[:3]
 
     # ---- page
     out = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -313,10 +331,11 @@ def html_report(summary: dict, float_graph: Optional[Graph], graph: Graph, calib
     kv("MACs per inference", f"{summary['macs']:,}")
     kv("layers", f"{len(layers)}")
     kv("samples", e(note) if note else "no calibration data: no per-layer error")
-    if worst:
-        kv("worst layers (accumulated SQNR)", ", ".join(
-            f"<span title=\"{e(s.name)}\">{e(short_by_name.get(s.name, s.name))}</span> {_fmt_db(s.sqnr_db)} dB "
-            f"(own {_fmt_db(s.own_sqnr_db)})" for s in worst))
+    for label, rows, key in (("worst layers, accumulated SQNR (errors from the input on)", worst, "sqnr_db"),
+                             ("worst layers, own SQNR (the layer alone: where to act)", worst_own, "own_sqnr_db")):
+        if rows:
+            kv(label, ", ".join(f"<span title=\"{e(s.name)}\">{e(short_by_name.get(s.name, s.name))}</span> "
+                                f"{_fmt_db(getattr(s, key))} dB" for s in rows))
     out.append("</table><h2>Advice</h2><ul class=\"advice\">")
     out += [f"<li>{a}</li>" for a in advice]
     out.append("</ul>")
