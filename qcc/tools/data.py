@@ -118,14 +118,14 @@ def _command(args: argparse.Namespace) -> int:
             arrays[v.name] = flat[:, at:at + n].reshape((count, *v.shape)).astype(np.float32)
             at += n
     else:
-        record = sum(io.value.type.size * (0 if gen.float_output else io.value.type.np_dtype.itemsize) +
-                     io.value.type.size * 4 for io in gen.plan.outputs)
+        record = sum(t.value.type.size * (0 if gen.float_output else t.value.type.np_dtype.itemsize) +
+                     t.value.type.size * 4 for t in gen.plan.outputs)
         count = _count(len(data), record, args.file, "output")
         got = harness.read_outputs(src, gen, count)
         if args.raw and gen.float_output:
             raise InputError("--raw: a --float-output model writes only floats; there are no stored integers")
         parts = got.quantized if args.raw else got.floats
-        arrays = {io.name: a for io, a in zip(gen.plan.outputs, parts)}
+        arrays = {t.name: a for t, a in zip(gen.plan.outputs, parts)}
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     write_files({out: buf.getvalue()})

@@ -76,7 +76,8 @@ def format_of(t) -> Tuple[float, int, int, str]:
     if isinstance(q, FixedPoint):
         n = q.frac_bits
         return 2.0 ** -n, 0, n, f"Q{int(t.dtype[1:]) - 1 - n}.{n} ({t.dtype})"
-    return float(q.scale), int(q.zero_point), 0, f"scale {float(q.scale):.4g}, zero point {int(q.zero_point)} ({t.dtype})"
+    scale, zp = float(q.scale), int(q.zero_point)
+    return scale, zp, 0, f"scale {scale:.4g}, zero point {zp} ({t.dtype})"
 
 
 def real_range(t) -> Tuple[float, float]:

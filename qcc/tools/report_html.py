@@ -46,7 +46,8 @@ LOW_SQNR_DB = 20.0
 MAX_PANELS = 16             # histogram / weight panels per figure
 
 STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;color:#222;
+padding:0 1em}
 h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
 th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
@@ -252,6 +253,11 @@ def _suggest(m: float, dtype: str, fixed_point: bool) -> str:
     return f"{math.ceil(m * 10 ** digits) / 10 ** digits:g}"
 
 
+def _act_max_arg(name: str, m: float, dtype: str, fixed_point: bool) -> str:
+    """``NAME=M`` quoted for a shell (ONNX names may hold ';' and other specials)."""
+    return shlex.quote(f"{name}={_suggest(m, dtype, fixed_point)}")
+
+
 # ---------------------------------------------------------------- the page
 def html_report(summary: dict, float_graph: Optional[Graph], graph: Graph, calib: Optional[str],
                 samples: Optional[int] = None) -> str:
@@ -286,14 +292,14 @@ def html_report(summary: dict, float_graph: Optional[Graph], graph: Graph, calib
             lo, hi = p["range"]
             advice.append(f"input <code>{e(p['name'])}</code> clipped at [{lo:.4g}, {hi:.4g}]: "
                           f"{100 * p['saturated']:.2f}% of values saturate (largest magnitude {p['absmax']:.4g}); "
-                          f"try <code>--act-max {e(shlex.quote(p['name'] + '=' + _suggest(p['absmax'], p['dtype'], p['fixed'])))}</code>"
-                          f"{search_note}")
+                          f"try <code>--act-max {e(_act_max_arg(p['name'], p['absmax'], p['dtype'], p['fixed']))}"
+                          f"</code>{search_note}")
     for s in stats:
         if s.saturated_fraction > SATURATION_ADVICE:
             m = max(abs(s.real_min), abs(s.real_max))
             advice.append(f"layer <code>{e(short_by_name.get(s.name, s.name))}</code> ({e(s.name)}) clips "
                           f"{100 * s.saturated_fraction:.2f}% of its values at [{s.range_lo:.4g}, {s.range_hi:.4g}]; "
-                          f"try <code>--act-max {e(shlex.quote(s.name + '=' + _suggest(m, s.dtype, not s.scale)))}</code>{search_note}")
+                          f"try <code>--act-max {e(_act_max_arg(s.name, m, s.dtype, not s.scale))}</code>{search_note}")
         if not math.isnan(s.own_sqnr_db) and s.own_sqnr_db < LOW_SQNR_DB:
             fix = "--bits 16" if scheme.startswith("Qm.n") and s.dtype == "i8" else "--scheme int8"
             advice.append(f"layer <code>{e(short_by_name.get(s.name, s.name))}</code> loses precision on its own "
