@@ -166,6 +166,8 @@ def _add_quant_options(p: argparse.ArgumentParser):
     _add_calib_options(p)
     p.add_argument("--report", metavar="REPORT.md",
                    help="write a per-layer quantization report (format, range, SQNR vs float) here")
+    p.add_argument("--report-samples", type=int, metavar="N",
+                   help="calibration samples the report evaluates (default: all, up to 256; 0: all)")
 
 
 def _set_context(passes, args: argparse.Namespace):
@@ -183,7 +185,9 @@ def _run_with_report(pm, graph, args):
     if "calibrate" not in [p.name for p in pm.passes] or not args.calib:
         raise InputError("--report needs a pipeline that quantizes (with 'calibrate') and --calib data")
     report, float_graph = run_keeping_float(pm, graph)
-    text = quantization_report(float_graph, graph, args.calib)
+    if args.report_samples is not None and args.report_samples < 0:
+        raise InputError(f"--report-samples takes a number of samples (0: all), got {args.report_samples}")
+    text = quantization_report(float_graph, graph, args.calib, args.report_samples)
     with _writing(args.report):
         Path(args.report).write_text(text)
     return report
