@@ -280,7 +280,7 @@ def _command(args: argparse.Namespace) -> int:
     ref = onnx_outputs(args.model, graph, arrays) if Path(args.model).suffix == ".onnx" else None
     rows: List[Row] = []
     if ref is not None:
-        kind = "QDQ model" if what.startswith("int8, the model") else "float model"
+        kind = "QDQ model, float math between its Q/DQ" if what.startswith("int8, the model") else "float model"
         rows.append(row(f"float: onnxruntime ({kind})", ref, labels, None))
     stored = simulate(graph, arrays)
     sim = real_values(graph, stored)[0]

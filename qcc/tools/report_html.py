@@ -38,6 +38,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from qcc.errors import InputError
 from qcc.ir.graph import Graph
 from qcc.ir.types import FixedPoint
 
@@ -69,7 +70,11 @@ def _svg(fig) -> str:
 
 
 def _figure(width: float, height: float):
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+    except ImportError:
+        raise InputError("--report FILE.html draws its plots with matplotlib, which is not installed "
+                         "(pip install matplotlib), or write FILE.md") from None
     return Figure(figsize=(width, height), dpi=100)
 
 
@@ -95,7 +100,7 @@ def sqnr_plot(names: List[str], acc: List[float], own: List[float]) -> str:
     ax.set_xticks(x, names, rotation=45, ha="right")
     ax.set_ylabel("SQNR vs float (dB)")
     ax.set_title("Per-layer SQNR (higher is better; inf shown as 100)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _svg(fig)
 
 
@@ -141,13 +146,14 @@ def ram_plot(names: List[str], live: List[int], arena: int, lower: int) -> str:
     fig = _figure(max(6, 0.55 * len(names) + 2), 3.0)
     ax = fig.add_subplot()
     x = np.arange(len(names))
-    ax.bar(x, live, color="#55a868", label="live tensors at this step")
+    # live_bytes counts every live tensor apart; in-place layers share, so the arena may be lower.
+    ax.bar(x, live, color="#55a868", label="live tensors at this step (no in-place sharing)")
     ax.axhline(arena, color="#b00020", lw=1, label=f"arena {arena:,} B")
     ax.axhline(lower, color="#666", lw=1, ls="--", label=f"lower bound {lower:,} B")
     ax.set_xticks(x, names, rotation=45, ha="right")
     ax.set_ylabel("bytes")
     ax.set_title("RAM timeline (memory plan)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _svg(fig)
 
 
