@@ -28,7 +28,6 @@ The exit status is 1 when the device differs from the simulator on any sample.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib
 import math
 import sys
@@ -177,21 +176,27 @@ def onnx_outputs(model: str, graph: Graph, arrays: Dict[str, np.ndarray]) -> Opt
     return np.stack(out)
 
 
+def _stored(v):
+    """The integer tensor behind graph output ``v`` (the operand of its final q.dequantize)."""
+    return v.producer.operands[0] if v.producer is not None and v.producer.opname == "q.dequantize" else v
+
+
 def simulate(graph: Graph, arrays: Dict[str, np.ndarray]) -> List[np.ndarray]:
     """Stored integers of every output (before a final dequantize) per sample: [N, *shape] each."""
     import qcc.sim  # noqa: F401  (the integer kernels)
-    from qcc.sim.interpreter import run_graph
-    from qcc.tools.cli import _output_raw_integers
-    g = copy.deepcopy(graph)
-    _output_raw_integers(g)
+    from qcc.sim.interpreter import run_graph_all
+    stored = [_stored(v) for v in graph.outputs]
+    if all(v.type.is_float for v in stored):
+        raise InputError(f"graph @{graph.name} has float outputs only: nothing quantized to evaluate")
     count = next(iter(arrays.values())).shape[0]
     runs = []
     bar = Progress("simulator", count)
     for i in range(count):
-        runs.append(run_graph(g, {k: a[i] for k, a in arrays.items()}))
+        env = run_graph_all(graph, {k: a[i] for k, a in arrays.items()})
+        runs.append([env[v] for v in stored])
         bar.update(i + 1)
     bar.close()
-    return [np.stack([r[name] for r in runs]) for name in g.output_names]
+    return [np.stack([r[j] for r in runs]) for j in range(len(stored))]
 
 
 def real_values(graph: Graph, stored: List[np.ndarray]) -> List[np.ndarray]:
@@ -199,7 +204,7 @@ def real_values(graph: Graph, stored: List[np.ndarray]) -> List[np.ndarray]:
     from qcc.sim.qmn import dequantize_array
     out = []
     for v, a in zip(graph.outputs, stored):
-        src = v.producer.operands[0] if v.producer is not None and v.producer.opname == "q.dequantize" else v
+        src = _stored(v)
         q = src.type.quant
         out.append(a.astype(np.float32) if q is None or src.type.is_float
                    else np.stack([dequantize_array(x, q) for x in a]).astype(np.float32))
