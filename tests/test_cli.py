@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import shutil
 import subprocess
 import sys
@@ -254,13 +255,13 @@ def test_sim_input_errors(tmp_path):
     src.write_text(BIG)
     np.save(tmp_path / "one.npy", np.zeros(20, np.float32))
     code, _, err = run(sim_main, src, "--inputs", tmp_path / "one.npy")
-    assert code == 1 and "holds one array but graph @big has 2 inputs (x, z)" in err
+    assert code == 1 and "is one .npy array, but graph @big has 2 inputs (x, z)" in err
     np.savez(tmp_path / "wrong.npz", x=np.zeros(20, np.float32), q=np.zeros(20, np.float32))
     code, _, err = run(sim_main, src, "--inputs", tmp_path / "wrong.npz")
-    assert code == 1 and "has no array for input z" in err and "keys: x, q" in err
+    assert code == 1 and "has no array for graph input 'z' (it holds: x, q)" in err
     (tmp_path / "junk.npz").write_text("not numpy")
     code, _, err = run(sim_main, src, "--inputs", tmp_path / "junk.npz")
-    assert code == 1 and "cannot read" in err and "Traceback" not in err
+    assert code == 1 and "is not a readable .npz archive" in err and "Traceback" not in err
 
 
 # ---------------------------------------------------------------- qcc
@@ -271,17 +272,31 @@ def test_qcc_reports_a_missing_model_without_traceback(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_sim_ignores_label_keys_and_writes_raw_integers(tmp_path):
+def test_sim_ignores_label_keys_and_raw_means_stored_integers_both_ways(tmp_path):
     digits = ROOT / "examples" / "digits"
-    out = tmp_path / "raw.npz"
-    code, _, err = run(sim_main, digits / "digits.onnx", "-p", "qmn", "--calib", digits / "calib.npz",
-                       "--inputs", digits / "test.npz", "--raw", "-o", out)
+    qmn = ("-p", "qmn", "--calib", digits / "calib.npz")
+    code, _, err = run(sim_main, digits / "digits.onnx", *qmn, "--inputs", digits / "test.npz",
+                       "-o", tmp_path / "real.npz")
     assert code == 0, err
     assert "ignoring" in err and "labels" in err
-    raw = np.load(out)["logits"]
+    real = np.load(tmp_path / "real.npz")["logits"]
+    # The same samples as the stored integers of the graph's q.quantize (pixel/16 in Qm.n is exact: x * 2^n).
+    code, ir, _ = run(opt_main, digits / "digits.onnx", *qmn)
+    n = int(re.search(r"q\.quantize %input : tensor<1x8x8x1x!q\.fixed<i8, (\d+)>>", ir).group(1))
+    x = np.load(digits / "test.npz")["input"]
+    np.savez(tmp_path / "q.npz", input=np.clip(np.round(x * 2 ** n), -128, 127).astype(np.int8))
+    code, _, err = run(sim_main, digits / "digits.onnx", *qmn, "--inputs", tmp_path / "q.npz", "--raw",
+                       "-o", tmp_path / "raw.npz")
+    assert code == 0, err
+    raw = np.load(tmp_path / "raw.npz")["logits"]
     assert raw.dtype == np.int8 and raw.shape == (360, 1, 10)
-    code, _, err = run(sim_main, digits / "digits.onnx", "--inputs", digits / "test.npz", "--raw")
-    assert code == 1 and "--raw needs a quantized graph" in err
+    assert real.dtype == np.float32 and np.unique(raw).size > 10
+    scale = real[raw != 0][0] / raw[raw != 0][0]  # Qm.n: real = q * 2^-n
+    np.testing.assert_array_equal(real, raw.astype(np.float32) * scale)
+    code, _, err = run(sim_main, digits / "digits.onnx", *qmn, "--inputs", digits / "test.npz", "--raw")
+    assert code == 1 and "needs an integer (stored values, --raw) array" in err
+    code, _, err = run(sim_main, digits / "digits.onnx", "--inputs", tmp_path / "q.npz", "--raw")
+    assert code == 1 and "need a quantized graph" in err
 
 
 def test_input_shape_option_is_checked_against_the_model(tmp_path):

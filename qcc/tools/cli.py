@@ -172,6 +172,8 @@ def _add_quant_options(p: argparse.ArgumentParser):
     _add_calib_options(p)
     p.add_argument("--report", metavar="REPORT.md",
                    help="write a per-layer quantization report (format, range, SQNR vs float) here")
+    p.add_argument("--report-samples", type=int, metavar="N",
+                   help="calibration samples the report evaluates (default: all, up to 256; 0: all)")
 
 
 def _set_context(passes, args: argparse.Namespace):
@@ -189,7 +191,9 @@ def _run_with_report(pm, graph, args):
     if "calibrate" not in [p.name for p in pm.passes] or not args.calib:
         raise InputError("--report needs a pipeline that quantizes (with 'calibrate') and --calib data")
     report, float_graph = run_keeping_float(pm, graph)
-    text = quantization_report(float_graph, graph, args.calib)
+    if args.report_samples is not None and args.report_samples < 0:
+        raise InputError(f"--report-samples takes a number of samples (0: all), got {args.report_samples}")
+    text = quantization_report(float_graph, graph, args.calib, args.report_samples)
     with _writing(args.report):
         Path(args.report).write_text(text)
     return report
@@ -306,9 +310,12 @@ def opt_main(argv: Optional[Sequence[str]] = None) -> int:
 def _sim_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog, description="Run a model on the float interpreter.",
-        epilog="Inputs: an .npz whose keys are the graph input names, or one .npy for a\n"
-               "single-input graph. An extra leading axis on every input runs a batch of\n"
-               "samples. The outputs are saved under the graph output names.",
+        epilog="Inputs: an .npz whose keys are the graph input names, one .npy for a\n"
+               "single-input graph, or a folder of .npy files (as qcc --calib and qcc-eval --data\n"
+               "take). A leading sample axis runs a batch of samples ([N, *shape], or\n"
+               "[N, *shape[1:]] when shape[0] is 1). Values are real, in the model's units (a\n"
+               "QDQ model's int8 input is quantized with its scale); --raw gives stored integers.\n"
+               "The outputs are saved under the graph output names.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a .qir or .onnx file")
     p.add_argument("--inputs", required=True, metavar="IN.npz|IN.npy", help="input arrays")
@@ -318,37 +325,50 @@ def _sim_parser(prog: str) -> argparse.ArgumentParser:
     _add_calib_options(p)
     _add_input_shape_option(p)
     p.add_argument("--raw", action="store_true",
-                   help="save the integer tensors of a quantized graph's outputs (before their dequantize) "
-                        "instead of the dequantized floats")
+                   help="stored integers in and out: the inputs hold the integers of the graph's quantized "
+                        "inputs, and the outputs are the integer tensors before their dequantize (default: "
+                        "real values in the model's units both ways; a QDQ model's int8 input is quantized "
+                        "with its own scale)")
+    add_data_options(p)
     return p
 
 
-def load_inputs(path: str, graph: Graph) -> Dict[str, np.ndarray]:
-    """Input arrays by graph input name from an .npz, or from an .npy for a single-input graph."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"no such file: {path}")
-    try:
-        data = np.load(p, allow_pickle=False)
-    except Exception as e:
-        raise InputError(f"cannot read {path} as .npy or .npz: {e}") from None
-    if isinstance(data, np.ndarray):
-        if len(graph.inputs) != 1:
-            names = ", ".join(v.name for v in graph.inputs)
-            raise InputError(f"{path} holds one array but graph @{graph.name} has "
-                             f"{len(graph.inputs)} inputs ({names}); give an .npz keyed by input name")
-        return {graph.inputs[0].name: data}
-    with data:
-        arrays = {k: data[k] for k in data.files}
-    names = [v.name for v in graph.inputs]
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise InputError(f"{path} has no array for input {', '.join(missing)} of graph @{graph.name} "
-                         f"(its keys: {', '.join(arrays) or 'none'}; inputs: {', '.join(names)})")
-    extra = sorted(set(arrays) - set(names))
-    if extra:  # datasets often carry labels beside the inputs
-        print(f"note: ignoring {path} keys that name no graph input: {', '.join(extra)}", file=sys.stderr)
-    return {n: arrays[n] for n in names}
+def add_data_options(p: argparse.ArgumentParser):
+    """--raw / --input-key: how sample files map to graph inputs (qcc-sim, qcc-eval)."""
+    p.add_argument("--input-key", metavar="[INPUT=]KEY", action="append", default=[],
+                   help="read graph input INPUT from the .npz array KEY (KEY alone: the only input)")
+
+
+def parse_input_keys(specs: Sequence[str], graph: Graph) -> Dict[str, str]:
+    """``INPUT=KEY`` (or ``KEY`` for a single-input graph) options as {input name: key}."""
+    keys = {}
+    for spec in specs:
+        name, sep, key = spec.rpartition("=")
+        if not sep:
+            if len(graph.inputs) != 1:
+                raise InputError(f"--input-key {spec}: graph @{graph.name} has {len(graph.inputs)} inputs; "
+                                 f"write INPUT=KEY")
+            name = graph.inputs[0].name
+        if not name or not key:
+            raise InputError(f"--input-key takes INPUT=KEY, got '{spec}'")
+        keys[name] = key
+    return keys
+
+
+def load_inputs(path: str, graph: Graph, raw: bool = False, what: str = "inputs",
+                keys: Optional[Dict[str, str]] = None):
+    """Input arrays ``{name: [N, *shape]}`` for ``graph`` through the shared reader
+    (``qcc.quant.calibration_data``: the layouts and units every tool accepts), and the opened data.
+
+    Real values in the model's units by default (a QDQ model's integer input
+    is quantized with its own scale); ``raw``: the stored integers.
+    """
+    from qcc.quant.calibration_data import read_samples
+    arrays, data = read_samples(path, graph, what=what, raw=raw, keys=keys)
+    if data.extra_keys:  # datasets often carry labels beside the inputs
+        print(f"note: ignoring {path} keys that name no graph input: {', '.join(data.extra_keys)}",
+              file=sys.stderr)
+    return arrays, data
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -359,9 +379,14 @@ def _sim(args: argparse.Namespace) -> int:
     graph = load_graph(args.model, parse_input_shapes(args.input_shape))
     _set_context(pm.passes, args)
     pm.run(graph)
+    arrays, data = load_inputs(args.inputs, graph, raw=args.raw, keys=parse_input_keys(args.input_key, graph))
     if args.raw:
         _output_raw_integers(graph)
-    outputs = run_batched(graph, load_inputs(args.inputs, graph))
+    outputs = run_batched(graph, arrays)
+    if not args.raw:  # real values out, as in: a QDQ model's int8 output is dequantized with its scale
+        outputs = {k: _real(a, v) for (k, a), v in zip(outputs.items(), graph.outputs)}
+    if data.single:  # one sample given without a sample axis: outputs without one too
+        outputs = {k: a[0] for k, a in outputs.items()}
     if args.output:
         from qcc.fileio import write_files
         buf = io.BytesIO()
@@ -373,6 +398,16 @@ def _sim(args: argparse.Namespace) -> int:
             print(f"{name}: {a.dtype} {list(a.shape)}")
             print(np.array2string(a, threshold=64))
     return 0
+
+
+def _real(a: np.ndarray, value) -> np.ndarray:
+    """Stored integers of a quantized graph output as the real values they stand for."""
+    from qcc.sim.qmn import dequantize_array
+    if value.type.is_float or value.type.quant is None:
+        return a
+    if a.ndim == value.type.rank + 1:  # a per-axis format counts axes of one sample
+        return np.stack([dequantize_array(x, value.type.quant) for x in a]).astype(np.float32)
+    return dequantize_array(a, value.type.quant).astype(np.float32)
 
 
 def _output_raw_integers(graph: Graph):

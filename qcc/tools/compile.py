@@ -66,12 +66,18 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, choices=(8, 16),
                    help="activation/weight bits of a float model: 8 (q7, the default) or 16 (q15)")
     p.add_argument("--name", help="C name prefix and file stem (default: the stem of -o)")
-    p.add_argument("--report", metavar="FILE.md|FILE.json",
-                   help="write a compile report: sizes, memory per layer and (.md) per-layer quantization "
-                        "error (format, range, SQNR vs float, saturation); .json gives the raw figures")
+    p.add_argument("--report", metavar="FILE.html|FILE.md|FILE.json",
+                   help="write a compile report: .html (self-contained, with plots: per-layer SQNR, activation "
+                        "histograms, weight ranges, RAM timeline, MACs; a summary with advice), .md (sizes, "
+                        "memory and quantization error per layer) or .json (the raw figures)")
+    p.add_argument("--report-samples", type=int, metavar="N",
+                   help="calibration samples the report evaluates (default: all, up to 256; 0: all)")
     p.add_argument("--input-shape", metavar="NAME=1x49x10x1", action="append", default=[],
                    help="fix the shape of an ONNX input whose dimensions are dynamic (repeatable)")
     p.add_argument("--emit-ir", metavar="FILE.qir", help="also write the lowered graph as text IR")
+    p.add_argument("--emit-onnx", metavar="FILE.onnx",
+                   help="also write the lowered graph as ONNX (quantized values in QDQ form, for onnxruntime "
+                        "or Netron)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="calibrate in N processes (0: one per CPU); results equal a single process's")
     p.add_argument("--act-max", metavar="NAME=V", action="append", default=[],
@@ -179,15 +185,20 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                   bits: Optional[int] = None, name: Optional[str] = None, report: Optional[str] = None,
                   emit_ir: Optional[str] = None, act_max: Optional[Dict[str, float]] = None,
                   float_output: bool = False, backend: str = "cmsis", kernels: str = "qcc",
-                  input_shapes: Optional[Dict[str, tuple]] = None, jobs: int = 1):
+                  input_shapes: Optional[Dict[str, tuple]] = None, jobs: int = 1,
+                  report_samples: Optional[int] = None, emit_onnx: Optional[str] = None):
     """Compile ``model`` and write every output file; returns the backend's GeneratedModel."""
     out = Path(output)
     if out.suffix != ".c":
         raise InputError(f"-o takes the path of the C file to write (OUT/NAME.c), got '{output}'")
     if bits is not None and bits not in (8, 16):
         raise InputError(f"--bits must be 8 or 16, got {bits}")
-    if report and Path(report).suffix not in (".md", ".json"):
-        raise InputError(f"--report writes Markdown (.md) or JSON (.json), got '{report}'")
+    if report and Path(report).suffix not in (".md", ".json", ".html"):
+        raise InputError(f"--report writes HTML (.html), Markdown (.md) or JSON (.json), got '{report}'")
+    if report_samples is not None and report_samples < 0:
+        raise InputError(f"--report-samples takes a number of samples (0: all), got {report_samples}")
+    if emit_onnx and Path(emit_onnx).suffix != ".onnx":
+        raise InputError(f"--emit-onnx takes the path of an .onnx file to write, got '{emit_onnx}'")
     graph = load_graph(model, input_shapes)
     float_graph = None
     notes: List[str] = []
@@ -217,12 +228,18 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     files = {out.parent / rel: data for rel, data in gen.files.items()}
     if emit_ir:
         files.update(_ir_files(graph, Path(emit_ir)))
+    if emit_onnx:
+        from qcc.export.onnx_export import export_qdq_onnx
+        files[Path(emit_onnx)] = export_qdq_onnx(graph).SerializeToString(deterministic=True)
     if report:
         summary = make_report(gen, graph, model)
         if Path(report).suffix == ".json":
             files[Path(report)] = (json.dumps(summary, indent=2) + "\n").encode()
+        elif Path(report).suffix == ".html":
+            from qcc.tools.report_html import html_report
+            files[Path(report)] = html_report(summary, float_graph, graph, calib, report_samples).encode()
         else:
-            files[Path(report)] = markdown_report(summary, float_graph, graph, calib).encode()
+            files[Path(report)] = markdown_report(summary, float_graph, graph, calib, report_samples).encode()
     from qcc.fileio import write_files
     write_files(files)
     return gen
@@ -269,7 +286,8 @@ def make_report(gen, graph: Graph, model: str) -> dict:
             "layers": layers, "warnings": gen.warnings}
 
 
-def markdown_report(summary: dict, float_graph: Optional[Graph], graph: Graph, calib: Optional[str]) -> str:
+def markdown_report(summary: dict, float_graph: Optional[Graph], graph: Graph, calib: Optional[str],
+                    samples: Optional[int] = None) -> str:
     """The --report FILE.md text: sizes, memory per layer, and per-layer quantization error."""
     lines = [f"# {summary['name']}: compile report", "",
              f"model `{summary['model']}`, target {summary['target']}", "",
@@ -287,7 +305,7 @@ def markdown_report(summary: dict, float_graph: Optional[Graph], graph: Graph, c
         lines.append("")
     if float_graph is not None and calib:
         from qcc.tools.report import quantization_report
-        lines.append(quantization_report(float_graph, graph, calib, title="Quantization per layer")
+        lines.append(quantization_report(float_graph, graph, calib, samples, title="Quantization per layer")
                      .replace("# Quantization per layer", "## Quantization per layer", 1))
     elif float_graph is None:
         lines.append("(no per-layer quantization table: the model came already quantized)")
@@ -313,7 +331,8 @@ def _command(args: argparse.Namespace) -> int:
                         bits=args.bits, name=args.name, report=args.report, emit_ir=args.emit_ir,
                         act_max=parse_act_max(args.act_max), float_output=args.float_output,
                         backend=args.backend, kernels=args.kernels,
-                        input_shapes=parse_input_shapes(args.input_shape), jobs=args.jobs)
+                        input_shapes=parse_input_shapes(args.input_shape), jobs=args.jobs,
+                        report_samples=args.report_samples, emit_onnx=args.emit_onnx)
     folder = Path(args.output).parent
     for w in gen.warnings:
         print(f"qcc: warning: {w}", file=sys.stderr)
