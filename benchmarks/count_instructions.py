@@ -24,6 +24,15 @@ another block, and pops frames when execution reaches a frame's return
 address (the instruction after the call). Blocks outside any symbol
 (e.g. veneers) count towards "<unknown>" exclusively.
 
+Cycles: each distinct block is also priced once by the target's timing
+model (qcc.backends.cmsis.cycles: TRM cycle tables, zero wait states) as
+"cycles if it falls through" and "cycles if it leaves by a taken branch";
+which of the two applies is known when the next block starts (taken when
+it does not start at the block's end; the counted function's final return
+is taken). Cycles are attributed to functions like instructions, using the
+call stack as it was when the block ran. Three estimates are summed: low,
+typical and high (the TRM's variable terms: branch refill, divide time).
+
 Semihosting traps (BKPT 0xAB) or any other exception inside the counted
 call are errors: they would make counts depend on the host.
 """
@@ -42,6 +51,8 @@ import capstone
 import unicorn
 import unicorn.arm_const as uc_arm
 from elftools.elf.elffile import ELFFile
+
+from qcc.backends.cmsis import cycles as timing
 
 PAGE = 0x1000
 HEAP_BASE = 0x6000_0000  # external-RAM region of the Armv7-M map: free on the MPS2/3 boards
@@ -84,6 +95,8 @@ class _Block:
     count: int
     ends_in_call: bool
     end: int  # address after the block's last instruction
+    fallthrough: tuple = ()  # cycles (low, typical, high) when execution continues at `end`
+    taken: tuple = ()        # cycles when the block leaves by a taken branch
 
 
 @dataclass
@@ -192,10 +205,16 @@ class _Counter:
     def __init__(self, machine: Machine):
         self.machine = machine
         self.disasm = capstone.Cs(capstone.CS_ARCH_ARM, capstone.CS_MODE_THUMB | capstone.CS_MODE_MCLASS)
+        self.disasm.detail = True  # register reads/writes and operands for the timing model
+        self.models = timing.timing_models(machine.cpu) if machine.cpu in timing.CORES else {}
         self.blocks: dict[tuple[int, int], _Block] = {}
         self.total = 0
         self.exclusive: dict[str, int] = {}
         self.inclusive: dict[str, int] = {}
+        self.cycles = [0, 0, 0]  # low, typical, high
+        self.exclusive_cycles: dict[str, int] = {}
+        self.inclusive_cycles: dict[str, int] = {}
+        self.previous: tuple | None = None  # (block, its function, the functions on the stack) awaiting its exit
         self.stack: list[tuple[str, int]] = []  # (function, return address)
         self.pending_return: int | None = None  # set when the last block ended in a call
 
@@ -210,10 +229,30 @@ class _Counter:
             if any(i.mnemonic == "bkpt" for i in insns):
                 raise EmulationError(f"BKPT (semihosting) in the counted code at {address:#x}")
             info = _Block(len(insns), insns[-1].mnemonic in _CALL_MNEMONICS, address + size)
+            if self.models:
+                priced = [timing.from_capstone(i) for i in insns]
+                costs = [self.models[name].block(priced) for name in timing.ESTIMATES]
+                info.fallthrough = tuple(c.fallthrough for c in costs)
+                info.taken = tuple(c.taken for c in costs)
             self.blocks[key] = info
         return info
 
+    def settle(self, next_address: int) -> None:
+        """Prices the previous block now that the address executed after it is known."""
+        if self.previous is None or not self.models:
+            return
+        info, func, names = self.previous
+        self.previous = None
+        spent = info.fallthrough if next_address == info.end else info.taken
+        for i in range(3):
+            self.cycles[i] += spent[i]
+        typical = spent[1]
+        self.exclusive_cycles[func] = self.exclusive_cycles.get(func, 0) + typical
+        for name in names:
+            self.inclusive_cycles[name] = self.inclusive_cycles.get(name, 0) + typical
+
     def on_block(self, uc, address: int, size: int, _user) -> None:
+        self.settle(address)
         if address == RETURN_ADDRESS:
             return
         info = self.block_info(address, size)
@@ -237,8 +276,10 @@ class _Counter:
                     self.stack[-1] = (func, self.stack[-1][1])
         self.total += info.count
         self.exclusive[func] = self.exclusive.get(func, 0) + info.count
-        for name in {name for name, _ in self.stack}:
+        names = {name for name, _ in self.stack}
+        for name in names:
             self.inclusive[name] = self.inclusive.get(name, 0) + info.count
+        self.previous = (info, func, names)
         if info.ends_in_call:
             self.pending_return = info.end
 
@@ -262,6 +303,8 @@ def count_calls(
       inclusive:   {function: instructions while it was on the call stack}
       buffers:     contents of every allocated buffer after the call, in order
       blocks:      number of distinct translated blocks seen
+      cycles:      {"low", "typical", "high"} estimated cycles (absent for a CPU without a timing model)
+      inclusive_cycles, exclusive_cycles: typical cycles by function, like inclusive/exclusive
     """
     machine = Machine(Path(elf_path), cpu)
     if func not in machine.symbols:
@@ -302,6 +345,7 @@ def count_calls(
     pc = uc.reg_read(uc_arm.UC_ARM_REG_PC)
     if pc & ~1 != RETURN_ADDRESS:
         raise EmulationError(f"{func} did not return within {limit} instructions (pc={pc:#x})")
+    counter.settle(RETURN_ADDRESS)  # the final return is a taken branch
 
     return {
         "function": func,
@@ -313,6 +357,9 @@ def count_calls(
         "inclusive": dict(sorted(counter.inclusive.items())),
         "buffers": [machine.read(b.address, b.size) for b in machine.buffers],
         "blocks": len(counter.blocks),
+        **({"cycles": dict(zip(timing.ESTIMATES, counter.cycles)),
+            "exclusive_cycles": dict(sorted(counter.exclusive_cycles.items())),
+            "inclusive_cycles": dict(sorted(counter.inclusive_cycles.items()))} if counter.models else {}),
     }
 
 
@@ -351,10 +398,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{ns.function}: {result['total']} instructions, r0 = {result['return']:#x}")
+    if "cycles" in result:
+        c = result["cycles"]
+        print(f"estimated {ns.cpu} cycles: {c['typical']} (low {c['low']}, high {c['high']}), "
+              f"{timing.milliseconds(c['typical']):.3f} ms at 120 MHz")
     width = max(len(n) for n in result["inclusive"] | result["exclusive"])
-    print(f"{'function':<{width}}  {'inclusive':>12}  {'exclusive':>12}")
+    cyc = result.get("inclusive_cycles", {})
+    print(f"{'function':<{width}}  {'inclusive':>12}  {'exclusive':>12}  {'incl. cycles':>12}")
     for name in sorted(result["inclusive"] | result["exclusive"], key=lambda n: -result["inclusive"].get(n, 0)):
-        print(f"{name:<{width}}  {result['inclusive'].get(name, 0):>12}  {result['exclusive'].get(name, 0):>12}")
+        print(f"{name:<{width}}  {result['inclusive'].get(name, 0):>12}  {result['exclusive'].get(name, 0):>12}"
+              f"  {cyc.get(name, 0):>12}")
     for i, buf in enumerate(result["buffers"]):
         print(f"buffer{i} {buf.hex()}")
     return 0
