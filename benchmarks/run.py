@@ -5,7 +5,9 @@ with arm-none-eabi-gcc -O3 into a bare ELF (entry = NAME_run, no startup code,
 no semihosting: only what NAME_run reaches is linked), and measures:
 
 - instructions of one NAME_run call on a real sample, by emulation
-  (count_instructions.py: unicorn + capstone, machine-independent and repeatable);
+  (count_instructions.py: unicorn + capstone, machine-independent and repeatable),
+  and estimated cycles of the same executed blocks with the target's timing
+  model (qcc.backends.cmsis.cycles: TRM tables, zero wait states), in ms at 120 MHz;
   per layer from a second build in which gcc keeps each layer a function
   (``ATTRIBUTION_FLAGS``), because at plain -O3 gcc inlines the static layer
   functions into NAME_run;
@@ -66,6 +68,7 @@ counter = _load("qcc_bench_count_instructions", HERE / "count_instructions.py")
 firmware_targets = _load("qcc_bench_firmware_targets", REPO / "examples" / "firmware" / "targets.py")
 report_md = _load("qcc_bench_report_md", HERE / "report_md.py")
 layer_rows, _layer_counts = report_md.layer_rows, report_md._layer_counts  # the harness and tests use them
+CLOCK_MHZ = report_md.CLOCK_MHZ
 
 
 # ---------------------------------------------------------------- the models
@@ -84,6 +87,7 @@ class ModelSpec:
     anchor_instructions: Optional[float] = None  # CMSIS-NN v7 on M4 (DESIGN.md)
     anchor_activation_bytes: Optional[int] = None  # TFLite Micro planner
     exact_reference: bool = False               # reference is integer and must match bit for bit
+    mlperf_task: Optional[str] = None            # "kws" / "ic": published MLPerf Tiny latencies to compare with
 
 
 def _npz(path: Path, key: str) -> Callable[[], np.ndarray]:
@@ -111,18 +115,20 @@ def model_specs(quick: bool) -> List[ModelSpec]:
     specs += [
         ModelSpec("ic_resnet8", ic / "ic_resnet8_float.onnx", "qmn", _npz(ic / "golden_float.npz", "input"),
                   _npz(ic / "golden_float.npz", "input"), _npz(ic / "golden_float.npz", "onnx_output"),
-                  "float model (onnxruntime)", anchor_instructions=29.86e6, anchor_activation_bytes=49_152),
+                  "float model (onnxruntime)", anchor_instructions=29.86e6, anchor_activation_bytes=49_152,
+                  mlperf_task="ic"),
         ModelSpec("kws_dscnn", kws / "kws_dscnn_float.onnx", "qmn", lambda: np.load(kws / "mfcc_real_float.npy"),
                   _npz(kws / "golden_float.npz", "input"), _npz(kws / "golden_float.npz", "onnx_output"),
-                  "float model (onnxruntime)", anchor_instructions=7.84e6, anchor_activation_bytes=16_000),
+                  "float model (onnxruntime)", anchor_instructions=7.84e6, anchor_activation_bytes=16_000,
+                  mlperf_task="kws"),
         ModelSpec("ic_resnet8_int8", ic / "ic_resnet8_int8_qdq.onnx", "int8", None,
                   _npz(ic / "golden_int8.npz", "input"), _npz(ic / "golden_int8.npz", "output_tflm"),
                   "TFLite Micro int8", anchor_instructions=29.86e6, anchor_activation_bytes=49_152,
-                  exact_reference=True),
+                  exact_reference=True, mlperf_task="ic"),
         ModelSpec("kws_dscnn_int8", kws / "kws_dscnn_int8_qdq.onnx", "int8", None,
                   _npz(kws / "golden_int8.npz", "input"), _npz(kws / "golden_int8.npz", "output_tflm"),
                   "TFLite Micro int8", anchor_instructions=7.84e6, anchor_activation_bytes=16_000,
-                  exact_reference=True),
+                  exact_reference=True, mlperf_task="kws"),
     ]
     return specs
 
