@@ -17,6 +17,8 @@ from __future__ import annotations
 import datetime
 from typing import Dict, List, Optional, Sequence
 
+from qcc.backends.cmsis.profile import merged_by_function
+
 CLOCK_MHZ = 120
 # Published MLPerf Tiny v1.1 latencies (ms per inference) on a Cortex-M4 at 120 MHz, as quoted in
 # qcc issue 14 from the v1.1 results table (mlcommons.org, github:mlcommons/tiny_results_v1.1).
@@ -32,11 +34,7 @@ MLPERF_TASKS = {"kws": "keyword spotting (DS-CNN)", "ic": "image classification 
 def _layer_counts(counted: dict, key: str = "inclusive") -> Dict[str, int]:
     """Inclusive instructions (or ``inclusive_cycles``) by function, gcc's clones (l1_conv2.constprop.0)
     merged into their origin."""
-    inclusive: Dict[str, int] = {}
-    for fn, n in counted.get(key, {}).items():
-        base = fn.split(".", 1)[0]
-        inclusive[base] = inclusive.get(base, 0) + n
-    return inclusive
+    return merged_by_function(counted.get(key, {}))
 
 
 def layer_rows(res) -> List[tuple]:

@@ -32,7 +32,6 @@ import importlib.util
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -43,15 +42,16 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from qcc.backends.cmsis import profile
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MODELS = Path(os.environ.get("QCC_MODELS", REPO.parent / "shared" / "models"))
 DIGITS = REPO / "examples" / "digits"
-CC = "arm-none-eabi-gcc"
-CFLAGS = ("-O3", "-std=c99", "-Wall", "-Wextra", "-Werror", "-ffunction-sections", "-fdata-sections")
-# Keep each layer a function so instructions can be attributed to it; helpers
-# declared `static inline` (the dot products) are still inlined.
-ATTRIBUTION_FLAGS = ("-fno-inline-functions-called-once", "-fno-inline-small-functions", "-fno-inline-functions")
+# The bare-ELF build is the cmsis back end's (qcc --report builds the same way for its per-layer cycles).
+CC, CFLAGS, ATTRIBUTION_FLAGS = profile.CC, profile.CFLAGS, profile.ATTRIBUTION_FLAGS
+BuildError = profile.BuildError
+build_elf = profile.build_bare_elf  # (folder, name, target, attribution=False) -> folder/build-{o3|layers}/NAME.elf
 TARGETS = ("cortex-m4", "cortex-m0plus", "cortex-m7")
 STACK_FILL = 0xC0DEC0DE
 
@@ -65,7 +65,6 @@ def _load(name: str, path: Path):
 
 
 counter = _load("qcc_bench_count_instructions", HERE / "count_instructions.py")
-firmware_targets = _load("qcc_bench_firmware_targets", REPO / "examples" / "firmware" / "targets.py")
 report_md = _load("qcc_bench_report_md", HERE / "report_md.py")
 layer_rows, _layer_counts = report_md.layer_rows, report_md._layer_counts  # the harness and tests use them
 CLOCK_MHZ = report_md.CLOCK_MHZ
@@ -142,10 +141,6 @@ class Unsupported(Exception):
         self.status = status
 
 
-class BuildError(RuntimeError):
-    """arm-none-eabi-gcc rejected the generated C."""
-
-
 def _qcc_command() -> List[str]:
     exe = shutil.which("qcc")
     return [exe] if exe else [sys.executable, "-c", "import sys; from qcc.tools.compile import main; sys.exit(main())"]
@@ -171,44 +166,6 @@ def run_qcc(spec: ModelSpec, target: str, folder: Path) -> tuple[Path, float]:
         # A QccError exits 1 or 2 with one message line; a traceback is a qcc bug.
         raise Unsupported(lines[-1], "FAILED" if "Traceback" in proc.stderr else "not yet supported")
     return out, seconds
-
-
-def _linker_script(target: str, entry: str) -> str:
-    t = firmware_targets.get_target(target)
-    return (f"MEMORY {{\n  FLASH (rx) : ORIGIN = {t.code[0]:#x}, LENGTH = {t.code[1]:#x}\n"
-            f"  RAM (rwx) : ORIGIN = {t.ram[0]:#x}, LENGTH = {t.ram[1]:#x}\n}}\n"
-            f"ENTRY({entry})\nSECTIONS {{\n"
-            "  .text : { *(.text .text.*) } > FLASH\n"
-            "  .rodata : ALIGN(4) { *(.rodata .rodata.*) } > FLASH\n"
-            "  .ARM.exidx : { *(.ARM.exidx*) } > FLASH\n"
-            "  .data : ALIGN(4) { *(.data .data.*) } > RAM AT > FLASH\n"
-            "  .bss : ALIGN(4) { *(.bss .bss.*) *(COMMON) } > RAM\n}\n")
-
-
-def build_elf(out: Path, name: str, target: str, attribution: bool = False) -> Path:
-    """The model's objects linked alone into a bare ELF whose entry point is NAME_run."""
-    tag = "layers" if attribution else "o3"
-    build = out / f"build-{tag}"
-    build.mkdir(exist_ok=True)
-    flags = [*firmware_targets.get_target(target).cpu_flags, *CFLAGS, *(ATTRIBUTION_FLAGS if attribution else ())]
-    objects = []
-    for src in (f"{name}.c", f"{name}_weights.c"):
-        obj = build / (Path(src).stem + ".o")
-        _check_call([CC, *flags, "-c", str(out / src), "-o", str(obj)])
-        objects.append(str(obj))
-    script = build / "bare.ld"
-    script.write_text(_linker_script(target, f"{name}_run"))
-    elf = build / f"{name}.elf"
-    _check_call([CC, *firmware_targets.get_target(target).cpu_flags, "-nostartfiles", "-Wl,--gc-sections",
-                 f"-T{script}", *objects, "-o", str(elf)])
-    return elf
-
-
-def _check_call(cmd: Sequence[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        first = next((l for l in proc.stderr.splitlines() if "error" in l), proc.stderr.strip()[:300])
-        raise BuildError(re.sub(r"\S*/([^/\s]+\.[ch]:)", r"\1", first.strip()))  # file names, not build paths
 
 
 def elf_sections(elf: Path) -> Dict[str, int]:

@@ -261,3 +261,41 @@ def test_cycles_at_least_instructions_on_m4(counter, m4_elf):
 def test_milliseconds():
     assert cycles.milliseconds(120_000) == pytest.approx(1.0)
     assert cycles.milliseconds(8_724_000, mhz=120) == pytest.approx(72.7)
+
+
+# ---------------------------------------------------------------- qcc --report
+DIGITS = REPO / "examples" / "digits"
+
+
+def _qcc_report(tmp_path, target: str, suffix: str) -> Path:
+    from qcc.tools.compile import main
+    report = tmp_path / f"r{suffix}"
+    assert main([str(DIGITS / "digits.onnx"), "-o", str(tmp_path / "out" / "digits.c"), "--target", target,
+                 "--calib", str(DIGITS / "calib.npz"), "--report", str(report)]) == 0
+    return report
+
+
+def test_qcc_report_has_per_layer_cycles(counter, tmp_path):
+    import json
+    report = json.loads(_qcc_report(tmp_path, "cortex-m4", ".json").read_text())
+    cyc = report["cycles"]
+    assert cyc["cpu"] == "cortex-m4" and cyc["clock_mhz"] == 120 and cyc["input"] == "zeros"
+    assert list(cyc["layers"]) == [layer["fn"] for layer in report["layers"]]
+    total = cyc["cycles"]
+    assert cyc["instructions"] <= total["low"] <= total["typical"] <= total["high"]
+    for fn, layer in cyc["layers"].items():
+        assert layer["cycles"] >= layer["instructions"] > 0, fn
+    assert sum(layer["cycles"] for layer in cyc["layers"].values()) <= total["typical"]
+    # conv2 holds 73,728 of the 78,976 MACs: it dominates
+    assert max(cyc["layers"], key=lambda fn: cyc["layers"][fn]["cycles"]) == "l1_conv2"
+
+
+def test_qcc_report_markdown_and_targets_without_a_model(counter, tmp_path):
+    text = _qcc_report(tmp_path, "cortex-m4", ".md").read_text()
+    section = text.split("## Estimated cycles per layer (cortex-m4, one call on an all-zero input)")[1]
+    assert " ms at 120 MHz" in section
+    assert [line.split(" | ")[0][2:] for line in section.splitlines() if line.startswith("| l") and not line.startswith("| layer")] == [
+        "l0_conv1", "l1_conv2", "l2_maxpool", "l3_avgpool", "l4_dense"]
+    m55 = _qcc_report(tmp_path / "m55", "cortex-m55", ".md").read_text()
+    assert "(no cycle estimate: no cycle model for cortex-m55 (unicorn cannot emulate it))" in m55
+    assert "## Estimated cycles per layer" not in m55
