@@ -111,7 +111,8 @@ def render(results: Sequence, targets: Sequence[str], *, cc: str, attribution_fl
                      f"{_cycles(counted)} | {per_instr} | {_ms(counted)} | "
                      f"{'yes' if r.matches.get(main) else 'NO'} |")
     lines += _published(results, main)
-    lines += ["", "## Instructions per target (-O3; each target compiled by qcc for itself)", "",
+    qemu_note = "; cortex-m55 in QEMU, on qcc's firmware ELF" if "cortex-m55" in targets else ""
+    lines += ["", f"## Instructions per target (-O3; each target compiled by qcc for itself{qemu_note})", "",
               "| model | " + " | ".join(targets) + " | " + " | ".join(f"{t} instr/MAC" for t in targets)
               + " | ELF == simulator on every target |",
               "|---|" + "---:|" * (2 * len(targets)) + "---|"]
@@ -229,7 +230,12 @@ def _cycles_per_target(results: Sequence, targets: Sequence[str]) -> List[str]:
     lines += ["", "Timing models (backends/cmsis/cycles.py): cortex-m4 and cortex-m3 from the ARMv7-M TRM tables "
               "(load pipelining, branch refill P = 1..3, SDIV 2..12); cortex-m0plus from the M0+ TRM (two-stage "
               "pipeline: no variable terms, so low = high); cortex-m7 from an in-order dual-issue approximation "
-              "(Arm publishes no M7 cycle table; expect a larger error). The cortex-m55 is not measured: unicorn "
-              "has no Cortex-M55 CPU model and cannot run Helium (MVE) code, so neither its instructions nor its "
-              "cycles can be counted this way (its C is built and run in QEMU by tests/test_backend_mve.py)."]
+              "(Arm publishes no M7 cycle table; expect a larger error). "
+              + ("cortex-m55: no cycle estimate. unicorn has no Cortex-M55 CPU model and cannot run Helium (MVE) "
+                 "code, so its instructions are counted in QEMU instead (benchmarks/qemu_count.py: the generated "
+                 "firmware run with -singlestep -d exec, one log line per executed instruction of NAME_run; on "
+                 "the M4 that count equals unicorn's to the instruction), and no M55 timing model exists here."
+                 if "cortex-m55" in targets else
+                 "The cortex-m55 is not in this run (unicorn has no M55 model and cannot run Helium; "
+                 "benchmarks/qemu_count.py counts its instructions in QEMU).")]
     return lines

@@ -52,7 +52,11 @@ DIGITS = REPO / "examples" / "digits"
 CC, CFLAGS, ATTRIBUTION_FLAGS = profile.CC, profile.CFLAGS, profile.ATTRIBUTION_FLAGS
 BuildError = profile.BuildError
 build_elf = profile.build_bare_elf  # (folder, name, target, attribution=False) -> folder/build-{o3|layers}/NAME.elf
-TARGETS = ("cortex-m4", "cortex-m0plus", "cortex-m7")
+# Emulated with unicorn (instructions and estimated cycles), then the M55 in QEMU (instructions only:
+# unicorn has no M55 and no Helium; qemu_count.py).
+UNICORN_TARGETS = ("cortex-m4", "cortex-m0plus", "cortex-m7")
+QEMU_TARGETS = ("cortex-m55",)
+TARGETS = UNICORN_TARGETS + QEMU_TARGETS
 STACK_FILL = 0xC0DEC0DE
 
 
@@ -66,6 +70,7 @@ def _load(name: str, path: Path):
 
 counter = _load("qcc_bench_count_instructions", HERE / "count_instructions.py")
 report_md = _load("qcc_bench_report_md", HERE / "report_md.py")
+qemu_count = _load("qcc_bench_qemu_count", HERE / "qemu_count.py")
 layer_rows, _layer_counts = report_md.layer_rows, report_md._layer_counts  # the harness and tests use them
 CLOCK_MHZ = report_md.CLOCK_MHZ
 
@@ -193,6 +198,22 @@ def count_run(elf: Path, name: str, inputs: Sequence[bytes], output_sizes: Seque
     return result
 
 
+def count_in_qemu(out: Path, name: str, graph, sample: np.ndarray, expected: Sequence[np.ndarray]) -> dict:
+    """One NAME_run call of qcc's firmware in QEMU: {"total": instructions, "outputs": its quantized outputs}.
+
+    The firmware reads float32 records and quantizes them itself (as the simulator does); its output
+    record starts with the quantized outputs."""
+    from qcc.backends.cmsis import harness
+    x = graph.inputs[0]
+    harness.write_samples(out / "count_input.bin", graph, {x.name: sample.reshape((1,) + x.shape)})
+    total = qemu_count.count_run(out, name, out / "count_input.bin", out / "count_output.bin")
+    data, outputs, at = (out / "count_output.bin").read_bytes(), [], 0
+    for e in expected:
+        outputs.append(data[at:at + e.nbytes])
+        at += e.nbytes
+    return {"total": total, "outputs": outputs}
+
+
 # ---------------------------------------------------------------- the lowered graph
 def load_lowered(out: Path, name: str):
     import qcc.sim.qmn  # noqa: F401  (registers the integer kernels)
@@ -268,7 +289,7 @@ def measure(spec: ModelSpec, workdir: Path, targets: Sequence[str] = TARGETS, ac
         return res
     try:
         _measure_compiled(res, outs, targets, accuracy)
-    except (BuildError, counter.EmulationError) as exc:
+    except (BuildError, counter.EmulationError, qemu_count.QemuCountError) as exc:
         # A bug in the generated C, not a model qcc declines: reported as FAILED.
         res.error, res.status = str(exc), "FAILED"
     return res
@@ -286,6 +307,10 @@ def _measure_compiled(res: Result, outs: Dict[str, Path], targets: Sequence[str]
     for target in targets:  # each target has its own lowering, so its own simulator reference
         t_graph = graph if target == targets[0] else load_lowered(outs[target], spec.name)
         t_ins, t_expected, _ = simulate(t_graph, samples[spec.counted])
+        if target in QEMU_TARGETS:
+            res.counts[target] = count_in_qemu(outs[target], spec.name, t_graph, samples[spec.counted], t_expected)
+            res.matches[target] = res.counts[target]["outputs"] == [a.tobytes() for a in t_expected]
+            continue
         elf = build_elf(outs[target], spec.name, target)
         counted = count_run(elf, spec.name, [a.tobytes() for a in t_ins], [a.nbytes for a in t_expected], target)
         res.counts[target] = counted

@@ -294,8 +294,51 @@ def test_qcc_report_markdown_and_targets_without_a_model(counter, tmp_path):
     text = _qcc_report(tmp_path, "cortex-m4", ".md").read_text()
     section = text.split("## Estimated cycles per layer (cortex-m4, one call on an all-zero input)")[1]
     assert " ms at 120 MHz" in section
-    assert [line.split(" | ")[0][2:] for line in section.splitlines() if line.startswith("| l") and not line.startswith("| layer")] == [
-        "l0_conv1", "l1_conv2", "l2_maxpool", "l3_avgpool", "l4_dense"]
+    rows = [line for line in section.splitlines() if line.startswith("| l") and not line.startswith("| layer")]
+    assert [row.split(" | ")[0][2:] for row in rows] == ["l0_conv1", "l1_conv2", "l2_maxpool", "l3_avgpool",
+                                                         "l4_dense"]
     m55 = _qcc_report(tmp_path / "m55", "cortex-m55", ".md").read_text()
     assert "(no cycle estimate: no cycle model for cortex-m55 (unicorn cannot emulate it))" in m55
     assert "## Estimated cycles per layer" not in m55
+
+
+# ---------------------------------------------------------------- QEMU instruction counts (the M55's)
+def test_count_in_trace():
+    qemu_count = _load("qcc_cycles_qemu_count", REPO / "benchmarks" / "qemu_count.py")
+    trace = ["Trace 0: 0x7f00 [00000000/10000040/00000150/ff000201] main",
+             "Trace 0: 0x7f01 [00000000/10000044/00000150/ff000201] main",
+             "Trace 0: 0x7f02 [00000000/10001538/00000150/ff000201] net_run",
+             "other log text",
+             "Trace 0: 0x7f03 [00000000/1000153a/00000150/ff000201] net_run",
+             "Trace 0: 0x7f04 [00000000/10002000/00000150/ff000201] memcpy",
+             "Trace 0: 0x7f05 [00000000/1000153c/00000150/ff000201] net_run",
+             "Trace 0: 0x7f06 [00000000/10000048/00000150/ff000201] main",
+             "Trace 0: 0x7f07 [00000000/10001538/00000150/ff000201] net_run"]
+    assert qemu_count.count_in_trace(trace, "net_run") == 4  # its callee (memcpy) included
+    with pytest.raises(qemu_count.QemuCountError, match="never entered"):
+        qemu_count.count_in_trace(trace, "other_run")
+    with pytest.raises(qemu_count.QemuCountError, match="never returned"):
+        qemu_count.count_in_trace(trace[:6], "net_run")
+
+
+def test_qemu_count_equals_unicorn_count_on_the_m4(counter, tmp_path):
+    import numpy as np
+    for tool in ("qemu-system-arm", "make"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    qemu_count = _load("qcc_cycles_qemu_count", REPO / "benchmarks" / "qemu_count.py")
+    from qcc.tools.compile import main
+    assert main([str(DIGITS / "digits.onnx"), "-o", str(tmp_path / "digits.c"), "--target", "cortex-m4",
+                 "--calib", str(DIGITS / "calib.npz"), "--report", str(tmp_path / "r.json")]) == 0
+    x = np.random.default_rng(0).uniform(-2, 18, 64).astype("<f4")  # past the pixel range: saturation too
+    x.tofile(tmp_path / "in.bin")
+    n = qemu_count.count_run(tmp_path, "digits", tmp_path / "in.bin", tmp_path / "out.bin")
+    # unicorn on the same firmware ELF, NAME_run called with the bytes the firmware quantized (Qm.n:
+    # round half away from zero, saturate)
+    import json
+    frac = json.loads((tmp_path / "r.json").read_text())["inputs"][0]["frac_bits"]
+    scaled = x.astype(np.float64) * 2.0 ** frac
+    q = np.clip(np.sign(scaled) * np.floor(np.abs(scaled) + 0.5), -128, 127).astype(np.int8)
+    result = counter.count_calls(tmp_path / "digits.elf", "digits_run", [q.tobytes(), bytearray(10)])
+    assert result["buffers"][1] == (tmp_path / "out.bin").read_bytes()[:10]  # both computed the same outputs
+    assert n == result["total"] > 100_000
