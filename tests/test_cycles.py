@@ -290,7 +290,7 @@ def test_qcc_report_has_per_layer_cycles(counter, tmp_path):
     assert max(cyc["layers"], key=lambda fn: cyc["layers"][fn]["cycles"]) == "l1_conv2"
 
 
-def test_qcc_report_markdown_and_targets_without_a_model(counter, tmp_path):
+def test_qcc_report_markdown_and_targets_without_a_model(counter, tmp_path, monkeypatch):
     text = _qcc_report(tmp_path, "cortex-m4", ".md").read_text()
     section = text.split("## Estimated cycles per layer (cortex-m4, one call on an all-zero input)")[1]
     assert " ms at 120 MHz" in section
@@ -300,6 +300,9 @@ def test_qcc_report_markdown_and_targets_without_a_model(counter, tmp_path):
     m55 = _qcc_report(tmp_path / "m55", "cortex-m55", ".md").read_text()
     assert "(no cycle estimate: no cycle model for cortex-m55 (unicorn cannot emulate it))" in m55
     assert "## Estimated cycles per layer" not in m55
+    monkeypatch.setenv("QCC_REPORT_CYCLES", "0")  # the opt-out benchmarks/run.py uses
+    off = _qcc_report(tmp_path / "off", "cortex-m4", ".md").read_text()
+    assert "(no cycle estimate: QCC_REPORT_CYCLES=0)" in off and "## Estimated cycles per layer" not in off
 
 
 # ---------------------------------------------------------------- QEMU instruction counts (the M55's)

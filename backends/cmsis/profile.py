@@ -18,11 +18,14 @@ The input is all zero bytes: the generated kernels branch on data only in
 saturation and a few activation paths, so the count is close to that of a
 real input (benchmarks/run.py counts a real sample). Without the bench extra
 (unicorn, capstone, pyelftools), arm-none-eabi-gcc, or a timing model for the
-target, layer_cycles returns None and says why in ``unavailable_reason``.
+target, or with QCC_REPORT_CYCLES=0 in the environment (benchmarks/run.py sets
+it: it counts real samples itself), layer_cycles returns None and
+``unavailable_reason`` says why.
 """
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import tempfile
@@ -95,6 +98,8 @@ def merged_by_function(counts: Dict[str, int]) -> Dict[str, int]:
 
 def unavailable_reason(target: str) -> Optional[str]:
     """Why layer_cycles cannot run here (None when it can)."""
+    if os.environ.get("QCC_REPORT_CYCLES", "1") == "0":
+        return "QCC_REPORT_CYCLES=0"
     missing = [m for m in ("unicorn", "capstone", "elftools") if importlib.util.find_spec(m) is None]
     if missing:
         return f"the bench extra is not installed (missing {', '.join(missing)}; pip install 'qcc[bench]')"
@@ -106,7 +111,9 @@ def unavailable_reason(target: str) -> Optional[str]:
 
 
 def layer_cycles(gen) -> Optional[dict]:
-    """Per-layer instructions and estimated cycles of one NAME_run call on an all-zero input, or None."""
+    """Per-layer instructions and estimated cycles of one NAME_run call on an all-zero input, or None.
+
+    Costs a build and an emulation: about a second for a small model, tens of seconds for ResNet-8."""
     if unavailable_reason(gen.target) is not None:
         return None
     from . import emulator
