@@ -202,11 +202,17 @@ def count_run(elf: Path, name: str, inputs: Sequence[bytes], output_sizes: Seque
 def count_in_qemu(out: Path, name: str, graph, sample: np.ndarray, expected: Sequence[np.ndarray]) -> dict:
     """One NAME_run call of qcc's firmware in QEMU: {"total": instructions, "outputs": its quantized outputs}.
 
-    The firmware reads float32 records and quantizes them itself (as the simulator does); its output
-    record starts with the quantized outputs."""
+    The firmware reads float32 records and quantizes them itself, as the simulator's q.quantize does;
+    a graph whose input is already integer (the int8 QDQ models) gets (q - zero_point) * scale, which
+    quantizes back to q. Its output record starts with the quantized outputs."""
     from qcc.backends.cmsis import harness
     x = graph.inputs[0]
-    harness.write_samples(out / "count_input.bin", graph, {x.name: sample.reshape((1,) + x.shape)})
+    values = sample.reshape((1,) + x.shape)
+    quant = x.type.quant
+    if quant is not None:  # affine (scale, zero point) or Qm.n (scale 2^-frac_bits, zero point 0)
+        scale = getattr(quant, "scale", None) or 2.0 ** -quant.frac_bits
+        values = (values.astype(np.float64) - getattr(quant, "zero_point", 0)) * scale
+    harness.write_samples(out / "count_input.bin", graph, {x.name: values})
     total = qemu_count.count_run(out, name, out / "count_input.bin", out / "count_output.bin")
     data, outputs, at = (out / "count_output.bin").read_bytes(), [], 0
     for e in expected:

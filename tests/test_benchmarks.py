@@ -118,3 +118,18 @@ def test_accuracy_and_markdown(bench, two_runs):
     for line in per_layer:  # the est. cycles column is the layer's inclusive cycles
         cells = line.strip("| ").split(" | ")
         assert cells[6] == f"{layers[cells[0]]:,}"
+
+
+def test_cortex_m55_counted_in_qemu(bench, tmp_path):
+    for tool in ("qemu-system-arm", "make"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    digits = bench.model_specs(quick=True)[0]
+    r = bench.measure(digits, tmp_path, ("cortex-m4", "cortex-m55"), accuracy=False)
+    assert r.error is None
+    assert r.matches == {"cortex-m4": True, "cortex-m55": True}  # the M55 firmware's outputs == simulator
+    m4, m55 = r.counts["cortex-m4"]["total"], r.counts["cortex-m55"]["total"]
+    assert r.macs / 16 <= m55 < m4  # Helium: at most 16 int8 MACs per instruction, fewer instructions than SMLAD
+    assert "cycles" not in r.counts["cortex-m55"]  # no M55 timing model: instructions only
+    text = bench.render([r], ("cortex-m4", "cortex-m55"))
+    assert f"| digits | {m4:,} | {m55:,} |" in text
