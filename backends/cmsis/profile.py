@@ -96,8 +96,8 @@ def merged_by_function(counts: Dict[str, int]) -> Dict[str, int]:
     return merged
 
 
-def unavailable_reason(target: str) -> Optional[str]:
-    """Why layer_cycles cannot run here (None when it can)."""
+def unavailable_reason(gen) -> Optional[str]:
+    """Why layer_cycles cannot run here on `gen` (None when it can)."""
     if os.environ.get("QCC_REPORT_CYCLES", "1") == "0":
         return "QCC_REPORT_CYCLES=0"
     missing = [m for m in ("unicorn", "capstone", "elftools") if importlib.util.find_spec(m) is None]
@@ -105,8 +105,10 @@ def unavailable_reason(target: str) -> Optional[str]:
         return f"the bench extra is not installed (missing {', '.join(missing)}; pip install 'qcc[bench]')"
     if shutil.which(CC) is None:
         return f"{CC} is not on PATH"
-    if target not in cycles.CORES:
-        return f"no cycle model for {target} (unicorn cannot emulate it)"
+    if gen.target not in cycles.CORES:
+        return f"no cycle model for {gen.target} (unicorn cannot emulate it)"
+    if getattr(gen, "kernels", "qcc") != "qcc":
+        return f"--kernels {gen.kernels} links Arm's library, which this estimate does not build"
     return None
 
 
@@ -114,7 +116,7 @@ def layer_cycles(gen) -> Optional[dict]:
     """Per-layer instructions and estimated cycles of one NAME_run call on an all-zero input, or None.
 
     Costs a build and an emulation: about a second for a small model, tens of seconds for ResNet-8."""
-    if unavailable_reason(gen.target) is not None:
+    if unavailable_reason(gen) is not None:
         return None
     from . import emulator
     plan = gen.plan

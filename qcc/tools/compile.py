@@ -326,7 +326,7 @@ def _cycles(gen) -> dict:
         profile = importlib.import_module(type(gen).__module__.rsplit(".", 1)[0] + ".profile")
     except ImportError:
         return {}
-    why = profile.unavailable_reason(gen.target)
+    why = profile.unavailable_reason(gen)
     if why is None:
         try:
             return profile.layer_cycles(gen)
