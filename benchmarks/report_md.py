@@ -5,7 +5,9 @@ and this file as one page layout. Nothing here measures or runs a tool: the
 caller passes the compiler name, the attribution flags and the tool versions
 that the page quotes. Derived numbers: instructions/MAC = instructions / MACs;
 the floor is MACs / 2 (SMLAD does two MACs); a layer's share is its inclusive
-instructions over the attributed build's total.
+instructions over the attributed build's total; ms = estimated cycles /
+(CLOCK_MHZ * 1000), the cycles being count_instructions.py's "typical" estimate
+(low and high shown beside it).
 
 Loaded by path from run.py (benchmarks/ is not a package), like
 count_instructions.py.
@@ -15,25 +17,52 @@ from __future__ import annotations
 import datetime
 from typing import Dict, List, Optional, Sequence
 
+from qcc.backends.cmsis.profile import merged_by_function
 
-def _layer_counts(counted: dict) -> Dict[str, int]:
-    """Inclusive instructions by function, gcc's clones (l1_conv2.constprop.0) merged into their origin."""
-    inclusive: Dict[str, int] = {}
-    for fn, n in counted["inclusive"].items():
-        base = fn.split(".", 1)[0]
-        inclusive[base] = inclusive.get(base, 0) + n
-    return inclusive
+CLOCK_MHZ = 120
+# Published MLPerf Tiny v1.1 latencies (ms per inference) on a Cortex-M4 at 120 MHz, as quoted in
+# qcc issue 14 from the v1.1 results table (mlcommons.org, github:mlcommons/tiny_results_v1.1).
+MLPERF_TINY_V11_M4_MS = {
+    "kws": {"STM32Cube.AI": 72.7, "microTVM + CMSIS-NN": 99.8},
+    "ic": {"STM32Cube.AI": 222.0, "microTVM + CMSIS-NN": 390.0},
+    "vww": {"STM32Cube.AI": 221.0, "microTVM + CMSIS-NN": 301.0},
+}
+MLPERF_TASKS = {"kws": "keyword spotting (DS-CNN)", "ic": "image classification (ResNet-8)",
+                "vww": "visual wake words (MobileNet)"}
+
+
+def _layer_counts(counted: dict, key: str = "inclusive") -> Dict[str, int]:
+    """Inclusive instructions (or ``inclusive_cycles``) by function, gcc's clones (l1_conv2.constprop.0)
+    merged into their origin."""
+    return merged_by_function(counted.get(key, {}))
 
 
 def layer_rows(res) -> List[tuple]:
-    """(function, op, MACs, instructions inclusive, instructions/MAC) per layer."""
+    """(function, op, MACs, instructions inclusive, instructions/MAC, estimated cycles inclusive) per layer."""
     inclusive = _layer_counts(res.layers)
+    cycles = _layer_counts(res.layers, "inclusive_cycles")
     rows = []
     for layer in res.report["layers"]:
         n = inclusive.get(layer["fn"])
         macs = res.layer_macs.get(layer["fn"], 0)
-        rows.append((layer["fn"], layer["op"], macs, n, n / macs if n is not None and macs else None))
+        rows.append((layer["fn"], layer["op"], macs, n, n / macs if n is not None and macs else None,
+                     cycles.get(layer["fn"])))
     return rows
+
+
+def milliseconds(cycles: float) -> float:
+    return cycles / (CLOCK_MHZ * 1e3)
+
+
+def _cycles(counted: dict) -> str:
+    c = counted.get("cycles")
+    return "-" if c is None else f"{_m(c['typical'])} ({_m(c['low'])}-{_m(c['high'])})"
+
+
+def _ms(counted: dict) -> str:
+    c = counted.get("cycles")
+    return "-" if c is None else (f"{milliseconds(c['typical']):.1f} "
+                                  f"({milliseconds(c['low']):.1f}-{milliseconds(c['high']):.1f})")
 
 
 def _m(n: float) -> str:
@@ -54,27 +83,36 @@ def render(results: Sequence, targets: Sequence[str], *, cc: str, attribution_fl
         "Method (machine-independent): each model is compiled with the `qcc` command, its C built with "
         f"`{cc} -O3` into a bare ELF (entry `NAME_run`, no startup code or semihosting), and one `NAME_run` "
         "call on a real sample is emulated with unicorn; instructions are counted per executed block with "
-        "capstone. Counts are repeatable to the instruction; they are not cycles. MACs come from the lowered "
+        "capstone. Counts are repeatable to the instruction. Cycles are estimates: the same executed blocks priced "
+        "with the core's TRM cycle table (zero-wait-state memory, no caches; `low`-`high` spans the TRM's "
+        "variable terms, see benchmarks/README.md for the model and its expected error); ms are at "
+        f"{CLOCK_MHZ} MHz. MACs come from the lowered "
         "graph; the floor is MACs/2 (SMLAD). Flash = .text + .rodata + .data of that ELF. Stack = deepest "
         "word changed in a pattern-filled emulated stack. Compile time is the wall-clock time of the `qcc` "
         "command on this machine (not machine-independent). See benchmarks/README.md.", "",
         "Tools: " + "; ".join(f"{k} {v}" for k, v in versions.items()), "",
         f"## Speed ({main}, -O3)", "",
-        "| model | scheme | MACs | instructions | instr/MAC | floor (MACs/2) | x floor | CMSIS-NN v7 anchor | x anchor | ELF == simulator |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| model | scheme | MACs | instructions | instr/MAC | floor (MACs/2) | x floor | CMSIS-NN v7 anchor | x anchor "
+        f"| est. cycles (low-high) | cycles/instr | ms at {CLOCK_MHZ} MHz (low-high) | ELF == simulator |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         s = r.spec
         anchor = f"{s.anchor_instructions / 1e6:.2f} M" if s.anchor_instructions else "-"
         if r.error:
-            lines.append(f"| {s.name} | {s.scheme} | | {r.status} | | | | {anchor} | | |")
+            lines.append(f"| {s.name} | {s.scheme} | | {r.status} | | | | {anchor} | | | | | |")
             continue
-        n = r.counts[main]["total"]
+        counted = r.counts[main]
+        n = counted["total"]
+        per_instr = _f(counted["cycles"]["typical"] / n) if "cycles" in counted else "-"
         lines.append(f"| {s.name} | {s.scheme} | {_m(r.macs)} | {_m(n)} | {_f(n / r.macs)} | {_m(r.macs / 2)} | "
                      f"{_f(n / (r.macs / 2))} | {anchor} | "
                      f"{_f(n / s.anchor_instructions) if s.anchor_instructions else '-'} | "
+                     f"{_cycles(counted)} | {per_instr} | {_ms(counted)} | "
                      f"{'yes' if r.matches.get(main) else 'NO'} |")
-    lines += ["", "## Instructions per target (-O3; each target compiled by qcc for itself)", "",
+    lines += _published(results, main)
+    qemu_note = "; cortex-m55 in QEMU, on qcc's firmware ELF" if "cortex-m55" in targets else ""
+    lines += ["", f"## Instructions per target (-O3; each target compiled by qcc for itself{qemu_note})", "",
               "| model | " + " | ".join(targets) + " | " + " | ".join(f"{t} instr/MAC" for t in targets)
               + " | ELF == simulator on every target |",
               "|---|" + "---:|" * (2 * len(targets)) + "---|"]
@@ -86,6 +124,7 @@ def render(results: Sequence, targets: Sequence[str], *, cc: str, attribution_fl
         lines.append(f"| {r.spec.name} | " + " | ".join(_m(n) for n in tot) + " | "
                      + " | ".join(_f(n / r.macs) for n in tot)
                      + f" | {'yes' if r.elf_matches_simulator else 'NO: ' + ', '.join(t for t, ok in r.matches.items() if not ok)} |")
+    lines += _cycles_per_target(results, targets)
     lines += ["", f"## Memory ({main}, bytes)", "",
               "| model | flash (text + rodata + data) | .text | .rodata | arena (NAME_ARENA_SIZE) | live bytes without in-place "
               "| TFLite Micro activations | .bss | .data | stack high-water | RAM (bss + data + stack) | compile time (s) |",
@@ -137,9 +176,66 @@ def render(results: Sequence, targets: Sequence[str], *, cc: str, attribution_fl
             how = (f"From the -O3 build itself: each layer is its own function there ({_m(attributed)} "
                    f"instructions in `{r.spec.name}_run`, the rest being the calls between layers).")
         lines += ["", f"## Layers of {r.spec.name} ({main})", "",
-                  how + " Instructions are inclusive (the layer and what it calls); shares are of that total.", "",
-                  "| layer | op | MACs | instructions | instr/MAC | share |", "|---|---|---:|---:|---:|---:|"]
-        for fn, op, macs, n, per in layer_rows(r):
+                  how + " Instructions and estimated cycles (typical) are inclusive (the layer and what it "
+                  "calls); shares are of the instruction total.", "",
+                  f"| layer | op | MACs | instructions | instr/MAC | share | est. cycles | cycles/MAC | ms at {CLOCK_MHZ} MHz |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for fn, op, macs, n, per, cyc in layer_rows(r):
             share = f"{100 * n / attributed:.1f}%" if n is not None else "n/a"
-            lines.append(f"| {fn} | {op} | {macs:,} | {'inlined' if n is None else f'{n:,}'} | {_f(per)} | {share} |")
+            lines.append(f"| {fn} | {op} | {macs:,} | {'inlined' if n is None else f'{n:,}'} | {_f(per)} | {share} | "
+                         f"{'-' if cyc is None else _m(cyc)} | {_f(cyc / macs) if cyc is not None and macs else 'n/a'} | "
+                         f"{'-' if cyc is None else f'{milliseconds(cyc):.2f}'} |")
     return "\n".join(lines) + "\n"
+
+
+def _published(results: Sequence, main: str) -> List[str]:
+    """qcc's estimated latency beside the published MLPerf Tiny v1.1 Cortex-M4 figures."""
+    rows = [r for r in results if getattr(r.spec, "mlperf_task", None) and not r.error
+            and "cycles" in r.counts.get(main, {})]
+    if not rows or main != "cortex-m4":
+        return []
+    tools = list(next(iter(MLPERF_TINY_V11_M4_MS.values())))
+    lines = ["", f"## Estimated latency at {CLOCK_MHZ} MHz beside published MLPerf Tiny v1.1 figures (cortex-m4)", "",
+             "qcc: estimated cycles of one `NAME_run` call (this page's model, zero wait states) / "
+             f"{CLOCK_MHZ} MHz. Published: MLPerf Tiny v1.1 latencies on a Cortex-M4 at {CLOCK_MHZ} MHz "
+             "(mlcommons.org results table, github:mlcommons/tiny_results_v1.1), measured on boards whose "
+             "flash has wait states, so they include memory stalls this estimate leaves out; qcc's figure is "
+             "an estimate, not a measurement on hardware.", "",
+             f"| task | qcc model | scheme | qcc est. ms (low-high) | " + " | ".join(f"{t} (published)" for t in tools)
+             + " | qcc est. / " + tools[0] + " |",
+             "|---|---|---|---:|" + "---:|" * len(tools) + "---:|"]
+    for task, published in MLPERF_TINY_V11_M4_MS.items():
+        mine = [r for r in rows if r.spec.mlperf_task == task]
+        if not mine:
+            lines.append(f"| {MLPERF_TASKS[task]} | (not among qcc's models) | | - | "
+                         + " | ".join(f"{published[t]:.1f} ms" for t in tools) + " | - |")
+        for r in mine:
+            ms = milliseconds(r.counts[main]["cycles"]["typical"])
+            lines.append(f"| {MLPERF_TASKS[task]} | {r.spec.name} | {r.spec.scheme} | {_ms(r.counts[main])} | "
+                         + " | ".join(f"{published[t]:.1f} ms" for t in tools)
+                         + f" | {ms / published[tools[0]]:.2f} |")
+    return lines
+
+
+def _cycles_per_target(results: Sequence, targets: Sequence[str]) -> List[str]:
+    lines = ["", f"## Estimated cycles per target (-O3; typical, low-high; ms at {CLOCK_MHZ} MHz)", "",
+             "| model | " + " | ".join(f"{t} cycles | {t} ms" for t in targets) + " |",
+             "|---|" + "---:|" * (2 * len(targets))]
+    for r in results:
+        if r.error:
+            lines.append(f"| {r.spec.name} | " + f"{r.status} | " * (2 * len(targets)))
+            continue
+        lines.append(f"| {r.spec.name} | " + " | ".join(f"{_cycles(r.counts[t])} | {_ms(r.counts[t])}"
+                                                         for t in targets) + " |")
+    lines += ["", "Timing models (backends/cmsis/cycles.py): cortex-m4 and cortex-m3 from the ARMv7-M TRM tables "
+              "(load pipelining, branch refill P = 1..3, SDIV 2..12); cortex-m0plus from the M0+ TRM (two-stage "
+              "pipeline: no variable terms, so low = high); cortex-m7 from an in-order dual-issue approximation "
+              "(Arm publishes no M7 cycle table; expect a larger error). "
+              + ("cortex-m55: no cycle estimate. unicorn has no Cortex-M55 CPU model and cannot run Helium (MVE) "
+                 "code, so its instructions are counted in QEMU instead (benchmarks/qemu_count.py: the generated "
+                 "firmware run with -singlestep -d exec, one log line per executed instruction of NAME_run; on "
+                 "the M4 that count equals unicorn's to the instruction), and no M55 timing model exists here."
+                 if "cortex-m55" in targets else
+                 "The cortex-m55 is not in this run (unicorn has no M55 model and cannot run Helium; "
+                 "benchmarks/qemu_count.py counts its instructions in QEMU).")]
+    return lines

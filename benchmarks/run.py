@@ -5,7 +5,9 @@ with arm-none-eabi-gcc -O3 into a bare ELF (entry = NAME_run, no startup code,
 no semihosting: only what NAME_run reaches is linked), and measures:
 
 - instructions of one NAME_run call on a real sample, by emulation
-  (count_instructions.py: unicorn + capstone, machine-independent and repeatable);
+  (count_instructions.py: unicorn + capstone, machine-independent and repeatable),
+  and estimated cycles of the same executed blocks with the target's timing
+  model (qcc.backends.cmsis.cycles: TRM tables, zero wait states), in ms at 120 MHz;
   per layer from a second build in which gcc keeps each layer a function
   (``ATTRIBUTION_FLAGS``), because at plain -O3 gcc inlines the static layer
   functions into NAME_run;
@@ -30,7 +32,6 @@ import importlib.util
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -41,16 +42,21 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from qcc.backends.cmsis import profile
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MODELS = Path(os.environ.get("QCC_MODELS", REPO.parent / "shared" / "models"))
 DIGITS = REPO / "examples" / "digits"
-CC = "arm-none-eabi-gcc"
-CFLAGS = ("-O3", "-std=c99", "-Wall", "-Wextra", "-Werror", "-ffunction-sections", "-fdata-sections")
-# Keep each layer a function so instructions can be attributed to it; helpers
-# declared `static inline` (the dot products) are still inlined.
-ATTRIBUTION_FLAGS = ("-fno-inline-functions-called-once", "-fno-inline-small-functions", "-fno-inline-functions")
-TARGETS = ("cortex-m4", "cortex-m0plus", "cortex-m7")
+# The bare-ELF build is the cmsis back end's (qcc --report builds the same way for its per-layer cycles).
+CC, CFLAGS, ATTRIBUTION_FLAGS = profile.CC, profile.CFLAGS, profile.ATTRIBUTION_FLAGS
+BuildError = profile.BuildError
+build_elf = profile.build_bare_elf  # (folder, name, target, attribution=False) -> folder/build-{o3|layers}/NAME.elf
+# Emulated with unicorn (instructions and estimated cycles), then the M55 in QEMU (instructions only:
+# unicorn has no M55 and no Helium; qemu_count.py).
+UNICORN_TARGETS = ("cortex-m4", "cortex-m0plus", "cortex-m7")
+QEMU_TARGETS = ("cortex-m55",)
+TARGETS = UNICORN_TARGETS + QEMU_TARGETS
 STACK_FILL = 0xC0DEC0DE
 
 
@@ -63,9 +69,10 @@ def _load(name: str, path: Path):
 
 
 counter = _load("qcc_bench_count_instructions", HERE / "count_instructions.py")
-firmware_targets = _load("qcc_bench_firmware_targets", REPO / "examples" / "firmware" / "targets.py")
 report_md = _load("qcc_bench_report_md", HERE / "report_md.py")
+qemu_count = _load("qcc_bench_qemu_count", HERE / "qemu_count.py")
 layer_rows, _layer_counts = report_md.layer_rows, report_md._layer_counts  # the harness and tests use them
+CLOCK_MHZ = report_md.CLOCK_MHZ
 
 
 # ---------------------------------------------------------------- the models
@@ -84,6 +91,7 @@ class ModelSpec:
     anchor_instructions: Optional[float] = None  # CMSIS-NN v7 on M4 (DESIGN.md)
     anchor_activation_bytes: Optional[int] = None  # TFLite Micro planner
     exact_reference: bool = False               # reference is integer and must match bit for bit
+    mlperf_task: Optional[str] = None            # "kws" / "ic": published MLPerf Tiny latencies to compare with
 
 
 def _npz(path: Path, key: str) -> Callable[[], np.ndarray]:
@@ -111,18 +119,20 @@ def model_specs(quick: bool) -> List[ModelSpec]:
     specs += [
         ModelSpec("ic_resnet8", ic / "ic_resnet8_float.onnx", "qmn", _npz(ic / "golden_float.npz", "input"),
                   _npz(ic / "golden_float.npz", "input"), _npz(ic / "golden_float.npz", "onnx_output"),
-                  "float model (onnxruntime)", anchor_instructions=29.86e6, anchor_activation_bytes=49_152),
+                  "float model (onnxruntime)", anchor_instructions=29.86e6, anchor_activation_bytes=49_152,
+                  mlperf_task="ic"),
         ModelSpec("kws_dscnn", kws / "kws_dscnn_float.onnx", "qmn", lambda: np.load(kws / "mfcc_real_float.npy"),
                   _npz(kws / "golden_float.npz", "input"), _npz(kws / "golden_float.npz", "onnx_output"),
-                  "float model (onnxruntime)", anchor_instructions=7.84e6, anchor_activation_bytes=16_000),
+                  "float model (onnxruntime)", anchor_instructions=7.84e6, anchor_activation_bytes=16_000,
+                  mlperf_task="kws"),
         ModelSpec("ic_resnet8_int8", ic / "ic_resnet8_int8_qdq.onnx", "int8", None,
                   _npz(ic / "golden_int8.npz", "input"), _npz(ic / "golden_int8.npz", "output_tflm"),
                   "TFLite Micro int8", anchor_instructions=29.86e6, anchor_activation_bytes=49_152,
-                  exact_reference=True),
+                  exact_reference=True, mlperf_task="ic"),
         ModelSpec("kws_dscnn_int8", kws / "kws_dscnn_int8_qdq.onnx", "int8", None,
                   _npz(kws / "golden_int8.npz", "input"), _npz(kws / "golden_int8.npz", "output_tflm"),
                   "TFLite Micro int8", anchor_instructions=7.84e6, anchor_activation_bytes=16_000,
-                  exact_reference=True),
+                  exact_reference=True, mlperf_task="kws"),
     ]
     return specs
 
@@ -134,10 +144,6 @@ class Unsupported(Exception):
     def __init__(self, message: str, status: str = "not yet supported"):
         super().__init__(message)
         self.status = status
-
-
-class BuildError(RuntimeError):
-    """arm-none-eabi-gcc rejected the generated C."""
 
 
 def _qcc_command() -> List[str]:
@@ -158,51 +164,14 @@ def run_qcc(spec: ModelSpec, target: str, folder: Path) -> tuple[Path, float]:
         np.save(calib, spec.calib().astype(np.float32))
         cmd += ["--calib", str(calib)]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # The report's own cycle estimate (an all-zero input) would repeat the counting done here on a real sample.
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "QCC_REPORT_CYCLES": "0"})
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         lines = [l for l in (proc.stderr or proc.stdout).strip().splitlines() if l.strip()] or ["(no message)"]
         # A QccError exits 1 or 2 with one message line; a traceback is a qcc bug.
         raise Unsupported(lines[-1], "FAILED" if "Traceback" in proc.stderr else "not yet supported")
     return out, seconds
-
-
-def _linker_script(target: str, entry: str) -> str:
-    t = firmware_targets.get_target(target)
-    return (f"MEMORY {{\n  FLASH (rx) : ORIGIN = {t.code[0]:#x}, LENGTH = {t.code[1]:#x}\n"
-            f"  RAM (rwx) : ORIGIN = {t.ram[0]:#x}, LENGTH = {t.ram[1]:#x}\n}}\n"
-            f"ENTRY({entry})\nSECTIONS {{\n"
-            "  .text : { *(.text .text.*) } > FLASH\n"
-            "  .rodata : ALIGN(4) { *(.rodata .rodata.*) } > FLASH\n"
-            "  .ARM.exidx : { *(.ARM.exidx*) } > FLASH\n"
-            "  .data : ALIGN(4) { *(.data .data.*) } > RAM AT > FLASH\n"
-            "  .bss : ALIGN(4) { *(.bss .bss.*) *(COMMON) } > RAM\n}\n")
-
-
-def build_elf(out: Path, name: str, target: str, attribution: bool = False) -> Path:
-    """The model's objects linked alone into a bare ELF whose entry point is NAME_run."""
-    tag = "layers" if attribution else "o3"
-    build = out / f"build-{tag}"
-    build.mkdir(exist_ok=True)
-    flags = [*firmware_targets.get_target(target).cpu_flags, *CFLAGS, *(ATTRIBUTION_FLAGS if attribution else ())]
-    objects = []
-    for src in (f"{name}.c", f"{name}_weights.c"):
-        obj = build / (Path(src).stem + ".o")
-        _check_call([CC, *flags, "-c", str(out / src), "-o", str(obj)])
-        objects.append(str(obj))
-    script = build / "bare.ld"
-    script.write_text(_linker_script(target, f"{name}_run"))
-    elf = build / f"{name}.elf"
-    _check_call([CC, *firmware_targets.get_target(target).cpu_flags, "-nostartfiles", "-Wl,--gc-sections",
-                 f"-T{script}", *objects, "-o", str(elf)])
-    return elf
-
-
-def _check_call(cmd: Sequence[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        first = next((l for l in proc.stderr.splitlines() if "error" in l), proc.stderr.strip()[:300])
-        raise BuildError(re.sub(r"\S*/([^/\s]+\.[ch]:)", r"\1", first.strip()))  # file names, not build paths
 
 
 def elf_sections(elf: Path) -> Dict[str, int]:
@@ -228,6 +197,28 @@ def count_run(elf: Path, name: str, inputs: Sequence[bytes], output_sizes: Seque
     result["stack_bytes"] = int((len(words) - touched[0]) * 4) if touched.size else 0
     result["outputs"] = result["buffers"][len(inputs):]
     return result
+
+
+def count_in_qemu(out: Path, name: str, graph, sample: np.ndarray, expected: Sequence[np.ndarray]) -> dict:
+    """One NAME_run call of qcc's firmware in QEMU: {"total": instructions, "outputs": its quantized outputs}.
+
+    The firmware reads float32 records and quantizes them itself, as the simulator's q.quantize does;
+    a graph whose input is already integer (the int8 QDQ models) gets (q - zero_point) * scale, which
+    quantizes back to q. Its output record starts with the quantized outputs."""
+    from qcc.backends.cmsis import harness
+    x = graph.inputs[0]
+    values = sample.reshape((1,) + x.shape)
+    quant = x.type.quant
+    if quant is not None:  # affine (scale, zero point) or Qm.n (scale 2^-frac_bits, zero point 0)
+        scale = getattr(quant, "scale", None) or 2.0 ** -quant.frac_bits
+        values = (values.astype(np.float64) - getattr(quant, "zero_point", 0)) * scale
+    harness.write_samples(out / "count_input.bin", graph, {x.name: values})
+    total = qemu_count.count_run(out, name, out / "count_input.bin", out / "count_output.bin")
+    data, outputs, at = (out / "count_output.bin").read_bytes(), [], 0
+    for e in expected:
+        outputs.append(data[at:at + e.nbytes])
+        at += e.nbytes
+    return {"total": total, "outputs": outputs}
 
 
 # ---------------------------------------------------------------- the lowered graph
@@ -305,7 +296,7 @@ def measure(spec: ModelSpec, workdir: Path, targets: Sequence[str] = TARGETS, ac
         return res
     try:
         _measure_compiled(res, outs, targets, accuracy)
-    except (BuildError, counter.EmulationError) as exc:
+    except (BuildError, counter.EmulationError, qemu_count.QemuCountError) as exc:
         # A bug in the generated C, not a model qcc declines: reported as FAILED.
         res.error, res.status = str(exc), "FAILED"
     return res
@@ -323,6 +314,10 @@ def _measure_compiled(res: Result, outs: Dict[str, Path], targets: Sequence[str]
     for target in targets:  # each target has its own lowering, so its own simulator reference
         t_graph = graph if target == targets[0] else load_lowered(outs[target], spec.name)
         t_ins, t_expected, _ = simulate(t_graph, samples[spec.counted])
+        if target in QEMU_TARGETS:
+            res.counts[target] = count_in_qemu(outs[target], spec.name, t_graph, samples[spec.counted], t_expected)
+            res.matches[target] = res.counts[target]["outputs"] == [a.tobytes() for a in t_expected]
+            continue
         elf = build_elf(outs[target], spec.name, target)
         counted = count_run(elf, spec.name, [a.tobytes() for a in t_ins], [a.nbytes for a in t_expected], target)
         res.counts[target] = counted

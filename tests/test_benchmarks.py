@@ -3,7 +3,9 @@
 Structural checks only, never wall-clock: counts are positive and repeat
 exactly between two independent compile+build+emulate runs, the count is at
 least the MACs/2 floor, the ELF's output equals the simulator, and the memory
-figures are consistent with each other.
+figures are consistent with each other. Estimated cycles: at least one per
+instruction on the M4 (no dual issue), low <= typical <= high, per-layer
+cycles add up within the total, and the page's ms are cycles / 120 MHz.
 """
 from __future__ import annotations
 
@@ -65,11 +67,26 @@ def test_every_layer_is_attributed(bench, two_runs):
     r = two_runs[0]
     rows = bench.layer_rows(r)
     assert [row[0] for row in rows] == [layer["fn"] for layer in r.report["layers"]]
-    assert all(n is not None and n > 0 for _, _, _, n, _ in rows)
-    assert sum(n for _, _, _, n, _ in rows) <= r.layers["total"]
+    assert all(n is not None and n > 0 for _, _, _, n, _, _ in rows)
+    assert sum(n for _, _, _, n, _, _ in rows) <= r.layers["total"]
     # conv/dense layers carry all the MACs and each costs at least the floor
-    assert sum(macs for _, _, macs, _, _ in rows) == r.macs
-    assert all(n >= macs / 2 for _, _, macs, n, _ in rows)
+    assert sum(macs for _, _, macs, _, _, _ in rows) == r.macs
+    assert all(n >= macs / 2 for _, _, macs, n, _, _ in rows)
+    # every layer has cycles, at least one per instruction on the M4, and they add up within the total
+    assert all(cyc is not None and cyc >= n for _, _, _, n, _, cyc in rows)
+    assert sum(cyc for *_, cyc in rows) <= r.layers["cycles"]["typical"]
+
+
+def test_estimated_cycles(two_runs):
+    a, b = two_runs
+    counted = a.counts["cortex-m4"]
+    c = counted["cycles"]
+    assert set(c) == {"low", "typical", "high"}
+    assert counted["total"] <= c["low"] <= c["typical"] <= c["high"]  # M4: one instruction issues per cycle
+    assert c["high"] < 4 * counted["total"]  # 1 + P = 4 is the costliest common instruction
+    assert b.counts["cortex-m4"]["cycles"] == c  # the estimate repeats exactly
+    assert counted["inclusive_cycles"]["digits_run"] == c["typical"]
+    assert sum(counted["exclusive_cycles"].values()) == c["typical"]
 
 
 def test_memory_figures_are_consistent(two_runs):
@@ -88,3 +105,31 @@ def test_accuracy_and_markdown(bench, two_runs):
     assert 0 < r.accuracy["quant_correct"] <= 360
     text = bench.render([r], ("cortex-m4",))
     assert "| digits | qmn |" in text and "## Layers of digits" in text
+    c = r.counts["cortex-m4"]["cycles"]
+    ms = c["typical"] / (bench.CLOCK_MHZ * 1e3)
+    assert bench.CLOCK_MHZ == 120
+    speed = next(line for line in text.splitlines() if line.startswith("| digits | qmn |"))
+    assert f"| {c['typical']:,} ({c['low']:,}-{c['high']:,}) |" in speed
+    assert f"| {ms:.1f} (" in speed
+    layers = {row[0]: row[5] for row in bench.layer_rows(r)}
+    per_layer = [line for line in text.split("## Layers of digits")[1].splitlines() if line.startswith("| l")
+                 and line.split(" | ")[0][2:] in layers]
+    assert len(per_layer) == len(layers) == len(r.report["layers"])
+    for line in per_layer:  # the est. cycles column is the layer's inclusive cycles
+        cells = line.strip("| ").split(" | ")
+        assert cells[6] == f"{layers[cells[0]]:,}"
+
+
+def test_cortex_m55_counted_in_qemu(bench, tmp_path):
+    for tool in ("qemu-system-arm", "make"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    digits = bench.model_specs(quick=True)[0]
+    r = bench.measure(digits, tmp_path, ("cortex-m4", "cortex-m55"), accuracy=False)
+    assert r.error is None
+    assert r.matches == {"cortex-m4": True, "cortex-m55": True}  # the M55 firmware's outputs == simulator
+    m4, m55 = r.counts["cortex-m4"]["total"], r.counts["cortex-m55"]["total"]
+    assert r.macs / 16 <= m55 < m4  # Helium: at most 16 int8 MACs per instruction, fewer instructions than SMLAD
+    assert "cycles" not in r.counts["cortex-m55"]  # no M55 timing model: instructions only
+    text = bench.render([r], ("cortex-m4", "cortex-m55"))
+    assert f"| digits | {m4:,} | {m55:,} |" in text

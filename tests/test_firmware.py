@@ -330,4 +330,6 @@ def test_cli_prints_counts(counter, dot_elf, tmp_path):
     assert result["total"] == counter.count_calls(dot_elf, "two_dots", [a.tobytes(), b.tobytes(), n])["total"]
     assert result["buffers"] == [a.tobytes().hex(), b.tobytes().hex()]
     table = subprocess.run(cmd[:-1], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
-    assert re.search(r"^two_dots\s+\d+\s+\d+$", table, re.M) and "dot_q15" in table
+    # columns: inclusive, exclusive instructions, inclusive estimated cycles
+    assert re.search(r"^two_dots\s+\d+\s+\d+\s+\d+$", table, re.M) and "dot_q15" in table
+    assert f"estimated cortex-m4 cycles: {result['cycles']['typical']} " in table

@@ -280,7 +280,7 @@ def make_report(gen, graph: Graph, model: str) -> dict:
 
     return {"model": str(model), "name": gen.name, "target": gen.target,
             "arena_bytes": plan.arena_size, "arena_lower_bound_bytes": plan.lower_bound,
-            "memory": _memory(gen),
+            "memory": _memory(gen), "cycles": _cycles(gen),
             "weight_bytes": gen.weight_bytes, "macs": sum(e["macs"] for e in layers),
             "inputs": [io(t) for t in plan.inputs], "outputs": [io(t) for t in plan.outputs],
             "layers": layers, "warnings": gen.warnings}
@@ -309,6 +309,17 @@ def markdown_report(summary: dict, float_graph: Optional[Graph], graph: Graph, c
                      .replace("# Quantization per layer", "## Quantization per layer", 1))
     elif float_graph is None:
         lines.append("(no per-layer quantization table: the model came already quantized)")
+    cyc = summary.get("cycles") or {}
+    if "layers" in cyc:
+        c, mhz = cyc["cycles"], cyc["clock_mhz"]
+        lines += ["", f"## Estimated cycles per layer ({cyc['cpu']}, one call on an all-zero input)", "",
+                  f"{c['typical']:,} cycles in all (low {c['low']:,}, high {c['high']:,}), "
+                  f"{c['typical'] / (mhz * 1e3):.2f} ms at {mhz} MHz with zero-wait-state memory; "
+                  f"{cyc['instructions']:,} instructions. Estimates, not measurements: see benchmarks/README.md.", "",
+                  "| layer | instructions | est. cycles |", "|---|---:|---:|"]
+        lines += [f"| {fn} | {v['instructions']:,} | {v['cycles']:,} |" for fn, v in cyc["layers"].items()]
+    elif cyc.get("unavailable"):
+        lines += ["", f"(no cycle estimate: {cyc['unavailable']})"]
     for w in summary.get("warnings", []):
         lines.append(f"- warning: {w}")
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -323,6 +334,23 @@ def _memory(gen) -> dict:
         return {}
     report = getattr(plan_mod, "memory_report", None)
     return report(gen.plan) if report else {}
+
+
+def _cycles(gen) -> dict:
+    """The backend's per-layer cycle estimate (cmsis: builds and emulates one call when the bench extra
+    and arm-none-eabi-gcc are installed), or {"unavailable": why}; {} for a backend without one."""
+    import importlib
+    try:
+        profile = importlib.import_module(type(gen).__module__.rsplit(".", 1)[0] + ".profile")
+    except ImportError:
+        return {}
+    why = profile.unavailable_reason(gen)
+    if why is None:
+        try:
+            return profile.layer_cycles(gen)
+        except RuntimeError as exc:  # the C did not build or run: report it, keep the rest of the report
+            why = f"{type(exc).__name__}: {exc}"
+    return {"unavailable": why}
 
 
 def _command(args: argparse.Namespace) -> int:
