@@ -45,6 +45,7 @@ from qcc.sim.s8 import quantize_multiplier, softmax_params
 from qcc.ir.types import PerAxisQuant, TensorType, UniformQuant
 
 NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
+SOFTMAX_QUANT = UniformQuant(1.0 / 256, -128)  # TFLite's int8 softmax output
 
 
 def _round_away(x: float) -> int:
@@ -269,6 +270,7 @@ class LowerQuantizedIsland(RewritePattern):
         (a, qa), (b, qb) = self._input(add.operands[0]), self._input(add.operands[1])
         if a is None or b is None:
             return "the operands are not dequantized per-tensor i8 tensors"
+        a, b = self._broadcast_constant(a, b, add, rewriter), self._broadcast_constant(b, a, add, rewriter)
         if a.shape != b.shape:
             return "s8.add does not broadcast"
         left_shift = 20
@@ -280,6 +282,16 @@ class LowerQuantizedIsland(RewritePattern):
                      act_min=clamp[0], act_max=clamp[1])
         return rewriter.create_op("s8.add", [a, b], attrs, [TensorType(a.shape, "i8", out_q)],
                                   name=add.name).result
+
+    @staticmethod
+    def _broadcast_constant(c: Value, other: Value, add: Op, rewriter: Rewriter) -> Value:
+        """An i8 constant operand (an int8 bias Add, as onnxruntime writes MatMul + bias) spelled
+        out to the other operand's shape, so s8.add sees equal shapes; anything else unchanged."""
+        if c.constant() is None or c.shape == other.shape or \
+                np.broadcast_shapes(c.shape, other.shape) != tuple(other.shape):
+            return c
+        full = np.ascontiguousarray(np.broadcast_to(c.constant(), other.shape))
+        return rewriter.create_const(full, name=f"{add.name}.operand", like=c)
 
     def _pool(self, kind, pool, q, out_q, clamp, rewriter, kernel, strides, pads):
         x, in_q = self._input(pool.operands[0])
@@ -317,11 +329,17 @@ class LowerQuantizedIsland(RewritePattern):
             return "the input is not a dequantized per-tensor i8 tensor"
         if sm.attrs["axis"] % len(x.shape) != len(x.shape) - 1:
             return "int8 softmax works on the last axis"
-        if out_q != UniformQuant(1.0 / 256, -128):
-            return "the int8 softmax output must have scale 1/256 and zero point -128"
         mult, shift, diff_min = softmax_params(in_q.scale)
-        return rewriter.create_op("s8.softmax", [x], dict(multiplier=mult, shift=shift, diff_min=diff_min),
-                                  [TensorType(x.shape, "i8", out_q)], name=sm.name).result
+        y = rewriter.create_op("s8.softmax", [x], dict(multiplier=mult, shift=shift, diff_min=diff_min),
+                               [TensorType(x.shape, "i8", SOFTMAX_QUANT)], name=sm.name).result
+        if out_q == SOFTMAX_QUANT:
+            return y
+        # Other quantizers pick their own softmax output (onnxruntime: 1/255 with zero point 0 or -128):
+        # TFLite's softmax to 1/256, then a requantize to the model's parameters.
+        mult, shift = quantize_multiplier(SOFTMAX_QUANT.scale / out_q.scale)
+        return rewriter.create_op("s8.requantize", [y], dict(
+            input_zp=SOFTMAX_QUANT.zero_point, output_zp=out_q.zero_point, multiplier=[mult], shift=[shift],
+            act_min=clamp[0], act_max=clamp[1]), [TensorType(x.shape, "i8", out_q)], name=sm.name).result
 
 
 class SinkTransposeThroughAdd(RewritePattern):
@@ -379,7 +397,7 @@ class LowerQDQ(PatternPass):
 # Already-quantized (QDQ) models. lower-qdq runs before to-nhwc: it needs each
 # float layer right behind its dequantize ops, and it converts layouts itself.
 register_pipeline(
-    "int8", lambda opts: ["fold-batchnorm", "canonicalize", "fuse-activation",
+    "int8", lambda opts: ["normalize-qdq", "fold-batchnorm", "canonicalize", "fuse-activation",
                           f"lower-qdq{{fc_rounding={opts.get('fc_rounding', 'double')}}}",
                           "canonicalize", "to-nhwc", "const-fold", "dce"],
     "Compile a QDQ int8 model (e.g. a converted .tflite) to s8 ops bit-exact with TFLite Micro",
