@@ -89,9 +89,9 @@ def _clamp(act: str, lo: float, hi: float, out: UniformQuant):
     return amin, amax
 
 
-def _const(rewriter: Rewriter, w: np.ndarray, scales) -> Value:
+def _const(rewriter: Rewriter, w: np.ndarray, scales, zero_point: int = 0) -> Value:
     """An i8 weight constant typed with its per-output-channel (axis 0) scales."""
-    quant = PerAxisQuant(0, tuple(float(s) for s in scales), (0,) * len(scales))
+    quant = PerAxisQuant(0, tuple(float(s) for s in scales), (zero_point,) * len(scales))
     return rewriter.create_op("qcc.const", [], {"value": w}, [TensorType(w.shape, "i8", quant)]).result
 
 
@@ -160,14 +160,23 @@ class LowerQuantizedIsland(RewritePattern):
         return self._relayout(y, layout, NHWC_TO_NCHW, rewriter)
 
     @staticmethod
-    def _weights(v: Value, axis_of_channels: int):
-        """(int8 array, per-channel scales) of a dequantized constant with symmetric quantization."""
+    def _weights(v: Value, axis_of_channels: int, weight_zp: Optional[list] = None):
+        """(int8 array, per-channel scales) of a dequantized constant with symmetric quantization.
+
+        A dense layer passes ``weight_zp`` (a list) to accept one zero point for the whole
+        tensor (asymmetric weights, e.g. uint8 re-centred to int8); it receives that value.
+        """
         w = _dequantized(v)
         if w is None or w.constant() is None or w.type.dtype != "i8":
             return None, "the weights are not a dequantized i8 constant"
         q = w.type.quant
-        if np.any(_zero_points(q) != 0):
-            return None, "the weights are not symmetric (zero point != 0)"
+        zps = _zero_points(q)
+        if weight_zp is not None and np.all(zps == zps[0]):
+            weight_zp.append(int(zps[0]))
+        elif np.any(zps != 0):
+            return None, ("the weights are asymmetric (zero point != 0), which only the int8 dense kernel "
+                          "takes (one zero point per tensor); quantize the weights symmetrically "
+                          "(onnxruntime: weight_type=QInt8)")
         if isinstance(q, PerAxisQuant) and q.axis != axis_of_channels:
             return None, f"the weights are quantized along axis {q.axis}, not the output channels"
         return (np.asarray(w.constant(), np.int8), _scales(q)), None
@@ -224,7 +233,8 @@ class LowerQuantizedIsland(RewritePattern):
         x, in_q = self._input(x_v)
         if x is None:
             return "the input is not a dequantized per-tensor i8 tensor"
-        wq, why = self._weights(w_v, w_axis)
+        weight_zp: list = []
+        wq, why = self._weights(w_v, w_axis, weight_zp)
         if why:
             return why
         w, s_w = wq
@@ -241,9 +251,9 @@ class LowerQuantizedIsland(RewritePattern):
         if why:
             return why
         mult, shift = _multipliers(reals, self.fc_rounding)
-        wv = _const(rewriter, w, np.broadcast_to(s_w, (n,)))
+        wv = _const(rewriter, w, np.broadcast_to(s_w, (n,)), weight_zp[0])
         attrs = dict(input_zp=in_q.zero_point, output_zp=out_q.zero_point, multiplier=mult, shift=shift,
-                     rounding=self.fc_rounding, act_min=clamp[0], act_max=clamp[1])
+                     rounding=self.fc_rounding, act_min=clamp[0], act_max=clamp[1], weight_zp=weight_zp[0])
         return rewriter.create_op("s8.dense", [x, wv] + ([bias] if bias is not None else []), attrs,
                                   [TensorType(q.result.shape, "i8", out_q)], name=name).result
 
