@@ -1,0 +1,250 @@
+"""QDQ models from other quantizers compile with ``qcc`` and no calibration data.
+
+- onnxruntime's ``quantize_static`` (QDQ format) on a small float CNN built
+  here (NHWC input through a Transpose, conv, depthwise, pointwise, residual
+  add, max and average pooling, Reshape, MatMul + int8 bias Add): per tensor
+  and per channel, int8 and uint8 activations, QInt8 weights; and on an MLP
+  with asymmetric QUInt8 weights (the s8 dense kernel's weight zero point).
+- the MLPerf Tiny float models (kws_dscnn, ic_resnet8) quantized the same way
+  once per session (module fixture).
+- hand-built NNCF-style graphs: uint8 activations with zero point 0, ReLU kept
+  as its own node; one with a float island, which is refused naming the nodes.
+- weight-only ("hybrid") models: dequantized at import, then quantized like a
+  float model (``--calib`` required).
+
+Each compiled model: host C (gcc, ASan/UBSan) == the integer simulator bit
+for bit; top-1 agreement with the float model at least onnxruntime's own
+agreement (running the same QDQ model, graph optimizations off) minus one
+sample. The simulator's agreement with onnxruntime is measured, not assumed.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import shared_model_path
+from qcc.backends.cmsis import generate, harness
+from qcc.ir.parser import parse_file
+from qcc.tools.compile import compile_model, main as qcc_main
+
+ort = pytest.importorskip("onnxruntime")
+quantization = pytest.importorskip("onnxruntime.quantization")
+QuantType, QuantFormat = quantization.QuantType, quantization.QuantFormat
+
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
+needs_qemu = pytest.mark.skipif(harness.tools_missing("arm-none-eabi-gcc", "qemu-system-arm", "make") is not None,
+                                reason="arm-none-eabi-gcc, make or qemu-system-arm not installed")
+
+
+# ---------------------------------------------------------------- models
+def _model(nodes, inputs: Dict[str, list], output: str, out_shape, inits: Dict[str, np.ndarray],
+           elem=TensorProto.FLOAT) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info(n, elem, s) for n, s in inputs.items()],
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, out_shape)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model
+
+
+def small_cnn(seed: int = 0) -> onnx.ModelProto:
+    """NHWC float input -> Transpose -> conv, depthwise, pointwise, residual add, pools, dense (10 classes)."""
+    r = np.random.default_rng(seed)
+    W = lambda *s: (r.standard_normal(s) * 0.4).astype(np.float32)  # noqa: E731
+    inits = dict(w1=W(8, 3, 3, 3), b1=W(8), wd=W(8, 1, 3, 3), bd=W(8), w2=W(8, 8, 1, 1), b2=W(8),
+                 wf=W(32, 10), bf=W(10), shape=np.array([1, 32], np.int64))
+    n = helper.make_node
+    nodes = [n("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2], name="to_nchw"),
+             n("Conv", ["xt", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             n("Relu", ["c1"], ["r1"], name="relu1"),
+             n("Conv", ["r1", "wd", "bd"], ["c2"], pads=[1, 1, 1, 1], group=8, name="depthwise"),
+             n("Relu", ["c2"], ["r2"], name="relu2"),
+             n("Conv", ["r2", "w2", "b2"], ["c3"], name="pointwise"),
+             n("Add", ["c3", "r1"], ["a"], name="residual"),
+             n("Relu", ["a"], ["r3"], name="relu3"),
+             n("MaxPool", ["r3"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], name="maxpool"),
+             n("AveragePool", ["p1"], ["p2"], kernel_shape=[2, 2], strides=[2, 2], name="avgpool"),
+             n("Reshape", ["p2", "shape"], ["f"], name="flatten"),
+             n("MatMul", ["f", "wf"], ["m"], name="fc"),
+             n("Add", ["m", "bf"], ["y"], name="fc_bias")]
+    return _model(nodes, {"x": [1, 8, 8, 3]}, "y", [1, 10], inits)
+
+
+def small_mlp(seed: int = 1) -> onnx.ModelProto:
+    r = np.random.default_rng(seed)
+    inits = dict(w1=(r.standard_normal((48, 24)) * 0.3 + 0.1).astype(np.float32), b1=r.standard_normal(24).astype(np.float32),
+                 w2=(r.standard_normal((24, 10)) * 0.3).astype(np.float32), b2=r.standard_normal(10).astype(np.float32))
+    n = helper.make_node
+    nodes = [n("MatMul", ["x", "w1"], ["m1"], name="fc1"), n("Add", ["m1", "b1"], ["a1"], name="fc1_bias"),
+             n("Relu", ["a1"], ["h"], name="relu"),
+             n("MatMul", ["h", "w2"], ["m2"], name="fc2"), n("Add", ["m2", "b2"], ["y"], name="fc2_bias")]
+    return _model(nodes, {"x": [1, 48]}, "y", [1, 10], inits)
+
+
+class _Reader(quantization.CalibrationDataReader):
+    def __init__(self, name: str, data: np.ndarray):
+        self.items = iter([{name: d[None]} for d in data])
+
+    def get_next(self):
+        return next(self.items, None)
+
+
+def ort_quantize(float_path: Path, out: Path, data: np.ndarray, *, per_channel: bool, activations, weights,
+                 input_name: str = "x") -> Path:
+    quantization.quantize_static(str(float_path), str(out), _Reader(input_name, data), quant_format=QuantFormat.QDQ,
+                                 per_channel=per_channel, activation_type=activations, weight_type=weights)
+    return out
+
+
+def ort_run(model, x: np.ndarray) -> np.ndarray:
+    """onnxruntime on each sample, graph optimizations off (the QDQ model's own float arithmetic)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    sess = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.stack([sess.run(None, {name: xi[None]})[0][0] for xi in x])
+
+
+# ---------------------------------------------------------------- compile and compare
+class Compiled:
+    """``qcc MODEL -o folder/net.c`` without --calib; host C and simulator records of ``x``."""
+
+    def __init__(self, model: Path, folder: Path, x: np.ndarray, target: str = "cortex-m4"):
+        compile_model(str(model), str(folder / "net.c"), target, emit_ir=str(folder / "net.qir"))
+        self.graph, self.folder, self.x = parse_file(folder / "net.qir"), folder, x
+        # The lowered graph read back generates the very files qcc wrote (the simulator runs this graph).
+        self.gen = generate(self.graph, "net", target)
+        for rel, data in self.gen.files.items():
+            assert (folder / rel).read_bytes() == data, rel
+        self.name = self.graph.inputs[0].name
+        self.count = harness.write_samples(folder / "in.bin", self.graph, {self.name: x})
+        self.sim = harness.simulate(self.graph, self.gen, {self.name: x[:, None]})
+
+    def host(self) -> harness.Outputs:
+        exe = harness.build_host(self.folder, self.gen.name)
+        harness.run_host(exe, self.folder / "in.bin", self.folder / "host.bin")
+        return harness.read_outputs(self.folder / "host.bin", self.gen, self.count)
+
+    def simulated_floats(self) -> np.ndarray:
+        return self.sim.floats[0].reshape(self.count, -1)
+
+
+def assert_bit_exact(got: harness.Outputs, want: harness.Outputs, what: str):
+    for g, w in zip(got.quantized, want.quantized):
+        same = int((g.reshape(len(g), -1) == w.reshape(len(w), -1)).all(axis=1).sum())
+        assert same == len(w), f"{what}: {same}/{len(w)} samples bit-exact"
+
+
+def top1_agreement(a: np.ndarray, b: np.ndarray) -> int:
+    return int((a.reshape(len(a), -1).argmax(1) == b.reshape(len(b), -1).argmax(1)).sum())
+
+
+def check_accuracy(compiled: Compiled, qdq_path: Path, float_model, x: np.ndarray, record: dict):
+    """qcc's top-1 agreement with the float model >= onnxruntime's (same QDQ model) - 1 sample."""
+    reference = ort_run(float_model, x)
+    by_ort = ort_run(qdq_path, x)
+    ours = compiled.simulated_floats()
+    q = compiled.gen.plan.outputs[0].value.type.quant
+    record.update(samples=len(x), qcc_top1=top1_agreement(ours, reference), ort_top1=top1_agreement(by_ort, reference),
+                  sim_equals_ort=int(np.all(np.abs(ours - by_ort.reshape(ours.shape)) < q.scale / 2, axis=1).sum()),
+                  max_lsb=float(np.max(np.abs(ours - by_ort.reshape(ours.shape))) / q.scale))
+    print(f"{qdq_path.name}: {record}")
+    assert record["qcc_top1"] >= record["ort_top1"] - 1, record
+
+
+CNN_CASES = [(False, QuantType.QInt8), (True, QuantType.QInt8), (False, QuantType.QUInt8), (True, QuantType.QUInt8)]
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cnn")
+    model = small_cnn()
+    onnx.save(model, folder / "cnn.onnx")
+    calib = np.random.default_rng(1).standard_normal((16, 8, 8, 3)).astype(np.float32)
+    test = np.random.default_rng(2).standard_normal((40, 8, 8, 3)).astype(np.float32)
+    return folder, model, calib, test
+
+
+@needs_gcc
+@pytest.mark.parametrize("per_channel,activations", CNN_CASES,
+                         ids=[f"{'per_channel' if p else 'per_tensor'}-{a.name}" for p, a in CNN_CASES])
+def test_onnxruntime_qdq_cnn_compiles_bit_exact(cnn, tmp_path, per_channel, activations):
+    folder, model, calib, test = cnn
+    qdq = ort_quantize(folder / "cnn.onnx", tmp_path / "cnn_qdq.onnx", calib, per_channel=per_channel,
+                       activations=activations, weights=QuantType.QInt8)
+    compiled = Compiled(qdq, tmp_path / "out", test)
+    assert all(op.opname.startswith(("s8.", "q.", "qcc.", "nn.reshape", "nn.transpose")) for op in compiled.graph.ops)
+    assert {"s8.conv2d", "s8.add", "s8.maxpool", "s8.avgpool", "s8.dense"} <= {op.opname for op in compiled.graph.ops}
+    # the API stays float in, int8 out: uint8 activations were re-centred to int8 (zero point - 128)
+    assert compiled.gen.plan.inputs[0].value.type.dtype == "i8"
+    assert_bit_exact(compiled.host(), compiled.sim, "host C vs simulator")
+    check_accuracy(compiled, qdq, model, test, {})
+
+
+@needs_gcc
+def test_uint8_weights_dense_uses_the_weight_zero_point(tmp_path):
+    model = small_mlp()
+    onnx.save(model, tmp_path / "mlp.onnx")
+    calib = np.random.default_rng(3).standard_normal((16, 48)).astype(np.float32)
+    test = np.random.default_rng(4).standard_normal((40, 48)).astype(np.float32)
+    qdq = ort_quantize(tmp_path / "mlp.onnx", tmp_path / "mlp_qdq.onnx", calib, per_channel=False,
+                       activations=QuantType.QUInt8, weights=QuantType.QUInt8)
+    compiled = Compiled(qdq, tmp_path / "out", test)
+    dense = [op for op in compiled.graph.ops if op.opname == "s8.dense"]
+    assert len(dense) == 2 and all(op.attrs["weight_zp"] != 0 for op in dense), [op.attrs for op in dense]
+    assert_bit_exact(compiled.host(), compiled.sim, "host C vs simulator")
+    check_accuracy(compiled, qdq, model, test, {})
+
+
+def test_uint8_conv_weights_are_refused_naming_the_nodes(cnn, tmp_path, capsys):
+    folder, _, calib, _ = cnn
+    qdq = ort_quantize(folder / "cnn.onnx", tmp_path / "q.onnx", calib, per_channel=False,
+                       activations=QuantType.QUInt8, weights=QuantType.QUInt8)
+    assert qcc_main([str(qdq), "-o", str(tmp_path / "out" / "net.c"), "--target", "cortex-m4"]) == 2
+    err = capsys.readouterr().err
+    for node in ("conv1", "depthwise", "pointwise"):
+        assert f'node "{node}" (Conv): the weights are asymmetric' in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- MLPerf Tiny float models through onnxruntime
+MLPERF_CASES = [("kws_dscnn", True, QuantType.QInt8), ("kws_dscnn", False, QuantType.QUInt8),
+                ("ic_resnet8", True, QuantType.QInt8), ("ic_resnet8", False, QuantType.QUInt8)]
+
+
+@pytest.fixture(scope="module", params=MLPERF_CASES, ids=[f"{m}-{'pc' if p else 'pt'}-{a.name}" for m, p, a in MLPERF_CASES])
+def mlperf(request, tmp_path_factory):
+    name, per_channel, activations = request.param
+    float_path = shared_model_path(name, f"{name}_float.onnx")
+    if name == "kws_dscnn":
+        calib = np.load(shared_model_path(name, "mfcc_real_float.npy")).astype(np.float32)
+    else:
+        calib = np.load(shared_model_path(name, "golden_float.npz"))["input"].astype(np.float32)
+    test = np.load(shared_model_path(name, "golden_float.npz"))["input"].astype(np.float32)
+    folder = tmp_path_factory.mktemp(name)
+    qdq = ort_quantize(float_path, folder / "qdq.onnx", calib, per_channel=per_channel, activations=activations,
+                       weights=QuantType.QInt8, input_name="input_1")
+    return Compiled(qdq, folder / "out", test), qdq, onnx.load(str(float_path)), test
+
+
+@needs_gcc
+def test_onnxruntime_quantized_mlperf_model_host_c_equals_simulator(mlperf):
+    compiled, qdq, float_model, test = mlperf
+    assert_bit_exact(compiled.host(), compiled.sim, "host C vs simulator")
+    check_accuracy(compiled, qdq, float_model, test, {})
+
+
+@needs_qemu
+@pytest.mark.parametrize("mlperf", MLPERF_CASES[:1], indirect=True, ids=["kws_dscnn-pc-QInt8"])
+def test_onnxruntime_quantized_kws_on_qemu_m4(mlperf):
+    compiled = mlperf[0]
+    harness.run_qemu(compiled.folder, compiled.folder / "in.bin", compiled.folder / "qemu.bin")
+    got = harness.read_outputs(compiled.folder / "qemu.bin", compiled.gen, compiled.count)
+    assert_bit_exact(got, compiled.sim, "QEMU Cortex-M4 vs simulator")
