@@ -14,7 +14,8 @@ float32 scales, then ``QuantizeMultiplier``):
     add:                      t = 2 max(s_a, s_b); m_a = s_a / t; m_b = s_b / t; m = t / (2^20 s_out)
     softmax:                  PreprocessSoftmaxScaling(1, s_in, 5), diff_min = -CalculateInputRadius(5, shift)
 
-Biases stay the given int32 values. A ReLU / ReLU6 / Clip (separate op or fused
+Biases stay the given int32 values; a float constant bias (NNCF) becomes
+int32 at s_in * s_w[c], rounded half away from zero. A ReLU / ReLU6 / Clip (separate op or fused
 ``act``) becomes the clamp: [max(-128, zp + round(lo / s)), min(127, zp + round(hi / s))].
 NCHW float ops are lowered to NHWC ``s8`` ops between ``nn.transpose`` ops; transposes
 sink through ``s8.add`` and a transpose that only moves unit dimensions becomes a
@@ -185,9 +186,19 @@ class LowerQuantizedIsland(RewritePattern):
     def _bias(v: Optional[Value], product_scales: np.ndarray, out_q: UniformQuant, rewriter, n: int):
         if v is None:
             return None, None
+        if v.constant() is not None and v.type.is_float:
+            # A float bias (NNCF leaves biases unquantized): int32 at s_in * s_w[c], rounded half away
+            # from zero as TFLite's converter does; the error is at most half an accumulator step.
+            b = np.asarray(v.constant(), np.float64).reshape(-1)
+            if b.size != n:
+                return None, f"the bias has {b.size} values, not one per output channel ({n})"
+            q = np.clip(np.sign(b) * np.floor(np.abs(b) / product_scales + 0.5), -(1 << 31), (1 << 31) - 1)
+            quant = PerAxisQuant(0, tuple(float(s) for s in product_scales), (0,) * n)
+            return rewriter.create_op("qcc.const", [], {"value": q.astype(np.int32).reshape(n)},
+                                      [TensorType((n,), "i32", quant)]).result, None
         b = _dequantized(v)
         if b is None or b.constant() is None or b.type.dtype != "i32":
-            return None, "the bias is not a dequantized i32 constant"
+            return None, "the bias is not a dequantized i32 or a float constant"
         q = b.type.quant
         if np.any(_zero_points(q) != 0):
             return None, "the bias zero point is not 0"
@@ -262,17 +273,28 @@ class LowerQuantizedIsland(RewritePattern):
         return self._dense_common(dense.operands[0], dense.operands[1], b, 0, False, q, out_q, clamp,
                                   rewriter, dense.name)
 
+    def _nn_gemm(self, gemm, q, out_q, clamp, rewriter):
+        a = gemm.attrs
+        if a["alpha"] != 1.0 or a["beta"] != 1.0 or a["trans_a"]:
+            return "only Gemm with alpha = beta = 1 and no transA lowers to s8.dense"
+        b = gemm.operands[2] if len(gemm.operands) > 2 else None
+        trans_b = a["trans_b"]
+        return self._dense_common(gemm.operands[0], gemm.operands[1], b, 0 if trans_b else 1, not trans_b, q, out_q,
+                                  clamp, rewriter, gemm.name)
+
     def _nn_matmul(self, mm, q, out_q, clamp, rewriter):
         if len(mm.operands[1].shape) != 2:
             return "only a 2-D constant right operand lowers to s8.dense"
         return self._dense_common(mm.operands[0], mm.operands[1], None, 1, True, q, out_q, clamp, rewriter, mm.name)
 
     def _nn_add(self, add, q, out_q, clamp, rewriter):
-        # matmul + bias add (an ONNX MatMul followed by Add of a dequantized i32 bias)
+        # matmul + bias add (an ONNX MatMul followed by Add of a dequantized i32 bias, or a float one: NNCF)
         for i in (0, 1):
             mm = add.operands[i].producer
-            if mm is not None and mm.opname == "nn.matmul" and _dequantized(add.operands[1 - i]) is not None \
-                    and _dequantized(add.operands[1 - i]).type.dtype == "i32":
+            bias = add.operands[1 - i]
+            if mm is not None and mm.opname == "nn.matmul" and (
+                    (_dequantized(bias) is not None and _dequantized(bias).type.dtype == "i32")
+                    or (bias.constant() is not None and bias.type.is_float)):
                 if _sole_user(mm.result, rewriter.graph) is not add:
                     return "the matmul result has other users"
                 return self._dense_common(mm.operands[0], mm.operands[1], add.operands[1 - i], 1, True, q, out_q,

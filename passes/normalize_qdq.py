@@ -15,6 +15,8 @@ step exact on the stored integers:
   Squeeze / Unsqueeze whose only user is the quantize. A float input that
   reaches its QuantizeLinear through a Transpose then is quantized first, and
   ``DQ -> Reshape -> Q`` pairs become ``Reshape`` on the integers.
+* Likewise ``layout(DQ(x)) -> DQ(layout(x))`` for a per-tensor dequantize, so a
+  float layer sits right behind its dequantize (tf2onnx's DQ -> Transpose -> Conv).
 * ``Q(DQ(x))`` with the same storage type and parameters is ``x``; with other
   per-tensor i8 parameters it is ``s8.requantize`` (m = s_in / s_out, TFLite's
   requantize rounding, so it is not bit-exact with a float QDQ run).
@@ -94,6 +96,26 @@ class QuantizeBeforeLayout(RewritePattern):
         return True
 
 
+class DequantizeAfterLayout(RewritePattern):
+    """layout(DQ(x)) -> DQ(layout(x)) for a per-tensor dequantize (tf2onnx's DQ -> Transpose -> Conv)."""
+
+    op_names = LAYOUT_OPS
+
+    def match_and_rewrite(self, op, rewriter):
+        dq = op.operands[0].producer
+        if dq is None or dq.opname != "q.dequantize":
+            return rewriter.notify_match_failure(op, "the operand is not a q.dequantize")
+        x = dq.operands[0]
+        if not isinstance(x.type.quant, UniformQuant):
+            return rewriter.notify_match_failure(op, "only a per-tensor dequantize commutes with a layout op")
+        rewriter.anchor = op
+        moved = rewriter.create_op(op.opname, [x], dict(op.attrs),
+                                   [TensorType(op.result.shape, x.type.dtype, x.type.quant)], name=op.name)
+        new = rewriter.create_op("q.dequantize", [moved.result], {}, [op.result.type], name=dq.name)
+        rewriter.replace_op(op, new)
+        return True
+
+
 class FoldDequantizeQuantize(RewritePattern):
     """Q(DQ(x)) -> x with equal parameters; -> s8.requantize between per-tensor i8 parameters."""
 
@@ -123,7 +145,7 @@ class FoldDequantizeQuantize(RewritePattern):
 
 @register_pass
 class NormalizeQDQ(PatternPass):
-    """Normalize QDQ graphs: uint8 -> int8, quantize before layout ops, fold Q(DQ(x)).
+    """Normalize QDQ graphs: uint8 -> int8, layout ops onto the integer side, fold Q(DQ(x)).
 
     See the module docstring for the arithmetic and a before/after example.
     """
@@ -131,7 +153,7 @@ class NormalizeQDQ(PatternPass):
     name = "normalize-qdq"
 
     def patterns(self) -> List[RewritePattern]:
-        return [QuantizeBeforeLayout(), FoldDequantizeQuantize()]
+        return [QuantizeBeforeLayout(), DequantizeAfterLayout(), FoldDequantizeQuantize()]
 
     def run(self, graph: Graph) -> PassResult:
         recentred = recenter_uint8(graph)

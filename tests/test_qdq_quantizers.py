@@ -44,11 +44,12 @@ needs_qemu = pytest.mark.skipif(harness.tools_missing("arm-none-eabi-gcc", "qemu
 
 # ---------------------------------------------------------------- models
 def _model(nodes, inputs: Dict[str, list], output: str, out_shape, inits: Dict[str, np.ndarray],
-           elem=TensorProto.FLOAT) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info(n, elem, s) for n, s in inputs.items()],
+           opset: int = 13) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+                                             for n, s in inputs.items()],
                               [helper.make_tensor_value_info(output, TensorProto.FLOAT, out_shape)],
                               [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
     onnx.checker.check_model(model)
     return model
 
@@ -248,3 +249,130 @@ def test_onnxruntime_quantized_kws_on_qemu_m4(mlperf):
     harness.run_qemu(compiled.folder, compiled.folder / "in.bin", compiled.folder / "qemu.bin")
     got = harness.read_outputs(compiled.folder / "qemu.bin", compiled.gen, compiled.count)
     assert_bit_exact(got, compiled.sim, "QEMU Cortex-M4 vs simulator")
+
+
+# ---------------------------------------------------------------- hand-built NNCF-style graphs
+class QDQBuilder:
+    """Writes QDQ ONNX the way NNCF does: int8 input, uint8 (zero point 0) after a kept ReLU,
+    int8 per-channel symmetric weights, float biases."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.inits, self.count = [], {}, 0
+
+    def _name(self, base: str) -> str:
+        self.count += 1
+        return f"{base}{self.count}"
+
+    def qdq(self, x: str, scale: float, zp: int, dtype=np.uint8) -> str:
+        s, z = self._name("scale"), self._name("zp")
+        self.inits[s], self.inits[z] = np.array(scale, np.float32), np.array(zp, dtype)
+        q, dq = self._name("q"), self._name("dq")
+        self.nodes += [helper.make_node("QuantizeLinear", [x, s, z], [q], name=f"{x}_Q"),
+                       helper.make_node("DequantizeLinear", [q, s, z], [dq], name=f"{x}_DQ")]
+        return dq
+
+    def weights(self, shape, axis: int = 0) -> str:
+        w = (self.rng.standard_normal(shape) * 0.3).astype(np.float32)
+        other = tuple(i for i in range(w.ndim) if i != axis)
+        scale = (np.abs(w).max(axis=other) / 127).astype(np.float32)
+        q = np.clip(np.round(w / np.expand_dims(scale, other)), -127, 127).astype(np.int8)
+        name = self._name("w")
+        self.inits[name + "_q"], self.inits[name + "_s"] = q, scale
+        self.inits[name + "_z"] = np.zeros(scale.shape, np.int8)
+        self.nodes.append(helper.make_node("DequantizeLinear", [name + "_q", name + "_s", name + "_z"], [name],
+                                           axis=axis, name=f"{name}_DQ"))
+        return name
+
+    def bias(self, n: int) -> str:
+        name = self._name("b")
+        self.inits[name] = (self.rng.standard_normal(n) * 0.1).astype(np.float32)
+        return name
+
+    def node(self, op: str, inputs, name: str, **attrs) -> str:
+        self.nodes.append(helper.make_node(op, list(inputs), [name], name=name, **attrs))
+        return name
+
+    def model(self, output: str, out_shape) -> onnx.ModelProto:
+        return _model(self.nodes, {"x": [1, 4, 6, 6]}, output, out_shape, self.inits, opset=14)  # HardSwish
+
+
+def nncf_style(island: bool = False, tail: bool = False) -> onnx.ModelProto:
+    b = QDQBuilder()
+    x = b.qdq("x", 0.03, 0, np.int8)
+    h = b.node("Conv", [x, b.weights((8, 4, 3, 3)), b.bias(8)], "conv1", pads=[1, 1, 1, 1])
+    h = b.qdq(b.node("Relu", [h], "relu1"), 0.02, 0)
+    if island:  # NNCF leaves HardSwish and a squeeze-excite-like conv in float between DQ and Q
+        h = b.node("HardSwish", [h], "hardswish")
+        h = b.node("Conv", [h, b.weights((8, 8, 1, 1)), b.bias(8)], "float_conv")
+    h = b.node("Conv", [h, b.weights((8, 1, 3, 3)), b.bias(8)], "depthwise", pads=[1, 1, 1, 1], group=8)
+    h = b.qdq(b.node("Relu", [h], "relu2"), 0.02, 0)
+    h = b.qdq(b.node("GlobalAveragePool", [h], "gap"), 0.02, 0)
+    h = b.node("Flatten", [h], "flatten")
+    y = b.node("Gemm", [h, b.weights((5, 8)), b.bias(5)], "fc", transB=1)
+    if not tail:
+        y = b.qdq(y, 0.05, 0, np.int8)
+    return b.model(y, [1, 5])
+
+
+@needs_gcc
+def test_nncf_style_qdq_graph_compiles_bit_exact(tmp_path):
+    model = nncf_style()
+    onnx.save(model, tmp_path / "nncf.onnx")
+    x = np.random.default_rng(7).standard_normal((30, 1, 4, 6, 6)).astype(np.float32)[:, 0]
+    compiled = Compiled(tmp_path / "nncf.onnx", tmp_path / "out", x)
+    kinds = [op.opname for op in compiled.graph.ops]
+    assert kinds.count("s8.conv2d") == 2 and kinds.count("s8.dense") == 1 and "s8.avgpool" in kinds, kinds
+    assert_bit_exact(compiled.host(), compiled.sim, "host C vs simulator")
+    by_ort = ort_run(model, x).reshape(len(x), -1)
+    ours = compiled.simulated_floats()
+    q = compiled.gen.plan.outputs[0].value.type.quant
+    # float biases become int32 at s_in * s_w: the integer run stays within 2 output steps of onnxruntime's
+    assert np.max(np.abs(ours - by_ort)) <= 2 * q.scale + 1e-6, np.max(np.abs(ours - by_ort)) / q.scale
+
+
+@pytest.mark.parametrize("kind", ["island", "tail"])
+def test_float_island_or_tail_is_refused_naming_the_nodes(tmp_path, capsys, kind):
+    onnx.save(nncf_style(island=kind == "island", tail=kind == "tail"), tmp_path / "m.onnx")
+    assert qcc_main([str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out" / "net.c"), "--target", "cortex-m4"]) == 2
+    err = capsys.readouterr().err
+    if kind == "island":
+        assert 'node "hardswish" (HardSwish): a float island' in err
+        assert 'node "float_conv" (Conv)' in err
+    else:
+        assert 'node "fc" (Gemm): a float op after the last DequantizeLinear' in err
+    assert "nothing was written" in err and "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- weight-only ("hybrid") models
+def weight_only() -> onnx.ModelProto:
+    b = QDQBuilder(3)
+    h = b.node("Conv", ["x", b.weights((8, 4, 3, 3)), b.bias(8)], "conv1", pads=[1, 1, 1, 1])
+    h = b.node("Relu", [h], "relu1")
+    h = b.node("GlobalAveragePool", [h], "gap")
+    h = b.node("Flatten", [h], "flatten")
+    return b.model(b.node("Gemm", [h, b.weights((5, 8)), b.bias(5)], "fc", transB=1), [1, 5])
+
+
+@pytest.mark.parametrize("scheme", ["qmn", "int8"])
+def test_weight_only_model_needs_calibration_then_compiles(tmp_path, capsys, scheme):
+    model = weight_only()
+    onnx.save(model, tmp_path / "hybrid.onnx")
+    args = [str(tmp_path / "hybrid.onnx"), "-o", str(tmp_path / "out" / "net.c"), "--target", "cortex-m4",
+            "--scheme", scheme]
+    assert qcc_main(args) == 1
+    err = capsys.readouterr().err
+    assert "weight-only quantized" in err and "pass --calib" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    calib = np.random.default_rng(8).standard_normal((16, 1, 4, 6, 6)).astype(np.float32)
+    np.save(tmp_path / "calib.npy", calib)
+    assert qcc_main(args + ["--calib", str(tmp_path / "calib.npy"), "--emit-ir", str(tmp_path / "out" / "net.qir")]) == 0
+    graph = parse_file(tmp_path / "out" / "net.qir")
+    prefix = "s8." if scheme == "int8" else "qnn."
+    assert any(op.opname.startswith(prefix + "conv2d") for op in graph.ops)
+    # the weights the float model ran with are the dequantized int8 ones: the integer model tracks them
+    from qcc.sim.interpreter import run_graph
+    x = calib[:8, 0]
+    got = np.stack([run_graph(graph, {"x": xi[None]})[graph.output_names[0]][0] for xi in x])
+    want = ort_run(model, x)
+    assert top1_agreement(got, want) >= 7

@@ -250,7 +250,8 @@ def unlowered_message(graph: Graph, reasons: Dict[str, List[str]], model_path: s
         elif not why and not closing:
             what = ", ".join(f'"{u.name}"' for u in users if u.name) or "float ops"
             why = [f"a float island: its result feeds {what} in float, not a QuantizeLinear "
-                   f"(quantize every layer, or compile the float model with --calib)"]
+                   f"(quantize every layer between DequantizeLinear and QuantizeLinear, or compile the "
+                   f"original float model with --calib)"]
         elif not why:
             why = ["no int8 lowering"]
         kind = op_types.get(op.name, op.opname)
