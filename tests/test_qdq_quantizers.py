@@ -376,3 +376,66 @@ def test_weight_only_model_needs_calibration_then_compiles(tmp_path, capsys, sch
     got = np.stack([run_graph(graph, {"x": xi[None]})[graph.output_names[0]][0] for xi in x])
     want = ort_run(model, x)
     assert top1_agreement(got, want) >= 7
+
+
+# ---------------------------------------------------------------- s8.dense with a weight zero point
+def dense_weight_zp_graph(seed: int, weight_zp: int = 15):
+    """x -> s8.dense (weight_zp, 7 outputs: the paired and the odd-channel path) -> s8.dense (8 outputs)."""
+    from qcc.ir.graph import Graph
+    from qcc.ir.types import TensorType, UniformQuant
+    from qcc.sim.s8 import quantize_multiplier
+    rng = np.random.default_rng(seed)
+    g = Graph(f"dense_wzp{seed}")
+    xf = g.add_input("x", TensorType((2, 37)))
+    x = g.add_op("q.quantize", [xf], result_types=[TensorType((2, 37), "i8", UniformQuant(0.0625, 9))]).result
+    reals = {}
+
+    def dense(v, n, name, zp_out):
+        k = v.shape[1]
+        w = rng.integers(-128, 128, (n, k)).astype(np.int8)
+        b = rng.integers(-4000, 4000, n).astype(np.int32)
+        real = 1.0 / (np.sqrt(k) * 120.0)
+        pairs = [quantize_multiplier(real * f) for f in rng.uniform(0.7, 1.4, n)]
+        attrs = dict(input_zp=v.type.quant.zero_point, output_zp=zp_out, weight_zp=weight_zp,
+                     multiplier=[p[0] for p in pairs], shift=[p[1] for p in pairs])
+        op = g.add_op("s8.dense", [v, g.add_const(w), g.add_const(b)], attrs, name=name)
+        op.result.type = op.result.type.with_quant("i8", UniformQuant(0.0625, zp_out))
+        reals[name] = (w, b, [m * 2.0 ** (s - 31) for m, s in pairs])
+        return op.result
+
+    h = dense(x, 7, "fc1", -5)
+    y = dense(h, 8, "fc2", 3)
+    g.set_outputs([g.add_op("q.dequantize", [y], result_types=[TensorType(y.shape)]).result], ["y"])
+    g.verify()
+    return g, reals
+
+
+def test_dense_weight_zero_point_simulator_matches_the_formula():
+    import qcc.sim.s8  # noqa: F401  (registers the s8 kernels)
+    from qcc.sim.interpreter import run_graph
+    g, reals = dense_weight_zp_graph(0)
+    xq = np.random.default_rng(1).integers(-128, 128, (2, 37))
+    env = run_graph(g, {"x": ((xq - 9) * 0.0625).astype(np.float32)}, keep=True)
+    fc1 = next(op for op in g.ops if op.name == "fc1")
+    w, b, m = reals["fc1"]
+    acc = b + (xq - 9) @ (w.astype(np.int64) - 15).T   # acc = bias + sum((x - zp_in) * (w - zp_w))
+    want = np.clip(np.floor(acc * np.asarray(m) + 0.5) - 5, -128, 127)
+    got = env[fc1.result]
+    assert np.max(np.abs(got - want)) <= 1 and np.mean(got == want) > 0.8, (got, want)
+    assert len(np.unique(got)) > 4  # real arithmetic, not saturation
+
+
+@needs_gcc
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dense_weight_zero_point_host_c_equals_simulator(tmp_path, seed):
+    from test_backend_s8 import _run_and_compare, random_inputs
+    g, _ = dense_weight_zp_graph(seed)
+    got = _run_and_compare(tmp_path, g, random_inputs(g, 8, seed), "cortex-m4", "host")
+    assert len(np.unique(got.quantized[0])) > 4
+
+
+@needs_qemu
+def test_dense_weight_zero_point_on_qemu_m4(tmp_path):
+    from test_backend_s8 import _run_and_compare, random_inputs
+    g, _ = dense_weight_zp_graph(2)
+    _run_and_compare(tmp_path, g, random_inputs(g, 6, 2), "cortex-m4", "qemu")
