@@ -156,7 +156,7 @@ def check_accuracy(compiled: Compiled, qdq_path: Path, float_model, x: np.ndarra
     record.update(samples=len(x), qcc_top1=top1_agreement(ours, reference), ort_top1=top1_agreement(by_ort, reference),
                   sim_equals_ort=int(np.all(np.abs(ours - by_ort.reshape(ours.shape)) < q.scale / 2, axis=1).sum()),
                   max_lsb=float(np.max(np.abs(ours - by_ort.reshape(ours.shape))) / q.scale))
-    print(f"{qdq_path.name}: {record}")
+    print(f"{qdq_path.parent.name}/{qdq_path.name}: {record}")
     assert record["qcc_top1"] >= record["ort_top1"] - 1, record
 
 
