@@ -240,6 +240,31 @@ class LowerQuantizedIsland(RewritePattern):
         y = rewriter.create_op("s8.conv2d", operands, attrs, [TensorType(shape, "i8", out_q)], name=conv.name)
         return self._from_nhwc(y.result, layout, rewriter)
 
+    def _nn_scale_shift(self, op, q, out_q, clamp, rewriter):
+        """y = x * s[c] + t[c] (a BatchNormalization between its own DQ and Q, as onnxruntime leaves
+        one that was not folded) -> a depthwise 1x1 s8.conv2d. Each s[c] is exact as the weight
+        127 * sign(s[c]) at scale |s[c]| / 127; t[c] becomes the int32 bias at s_in * s_w[c]."""
+        x, in_q = self._input(op.operands[0])
+        s, t = op.operands[1].constant(), op.operands[2].constant()
+        if x is None or s is None or t is None:
+            return "the input is not a dequantized per-tensor i8 tensor, or scale/shift are not constants"
+        if len(x.shape) != 4 or op.attrs["axis"] not in (1, 3):
+            return "only a per-channel scale of a 4-D tensor lowers to a depthwise s8.conv2d"
+        layout = "NCHW" if op.attrs["axis"] == 1 else "NHWC"
+        c = x.shape[op.attrs["axis"]]
+        s = np.broadcast_to(np.asarray(s, np.float64).reshape(-1), (c,))
+        t = np.broadcast_to(np.asarray(t, np.float64).reshape(-1), (c,))
+        w = (127 * np.sign(s)).astype(np.int8).reshape(c, 1, 1, 1)
+        s_w = np.where(s != 0, np.abs(s) / 127, 1.0)
+        bias, _ = self._bias(rewriter.create_const(t.astype(np.float32)), in_q.scale * s_w, out_q, rewriter, c)
+        mult, shift = _multipliers([in_q.scale * sw / out_q.scale for sw in s_w], "double")
+        attrs = dict(strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=c, input_zp=in_q.zero_point,
+                     output_zp=out_q.zero_point, multiplier=mult, shift=shift, act_min=clamp[0], act_max=clamp[1])
+        xh = self._to_nhwc(x, layout, rewriter)
+        y = rewriter.create_op("s8.conv2d", [xh, _const(rewriter, w, s_w), bias], attrs,
+                               [TensorType(xh.shape, "i8", out_q)], name=op.name)
+        return self._from_nhwc(y.result, layout, rewriter)
+
     def _dense_common(self, x_v, w_v, b_v, w_axis, transpose, q, out_q, clamp, rewriter, name):
         x, in_q = self._input(x_v)
         if x is None:

@@ -17,6 +17,10 @@ step exact on the stored integers:
   ``DQ -> Reshape -> Q`` pairs become ``Reshape`` on the integers.
 * Likewise ``layout(DQ(x)) -> DQ(layout(x))`` for a per-tensor dequantize, so a
   float layer sits right behind its dequantize (tf2onnx's DQ -> Transpose -> Conv).
+* Batchnorm parameters behind DequantizeLinear (onnxruntime quantizes gamma and
+  beta of a batchnorm it did not fold) become the float constants they dequantize
+  to, so ``fold-batchnorm`` folds them or makes the batchnorm a scale_shift, which
+  ``lower-qdq`` lowers to a depthwise 1x1 ``s8.conv2d``.
 * ``Q(DQ(x))`` with the same storage type and parameters is ``x``; with other
   per-tensor i8 parameters it is ``s8.requantize`` (m = s_in / s_out, TFLite's
   requantize rounding, so it is not bit-exact with a float QDQ run).
@@ -44,6 +48,7 @@ import numpy as np
 
 from qcc.ir.graph import Graph
 from qcc.ir.types import PerAxisQuant, TensorType, UniformQuant
+from qcc.sim.qmn import dequantize_array
 from qcc.sim.s8 import quantize_multiplier
 from qcc.transforms.passmanager import PassResult, register_pass
 from qcc.transforms.rewriter import PatternPass, RewritePattern
@@ -116,6 +121,25 @@ class DequantizeAfterLayout(RewritePattern):
         return True
 
 
+class DequantizeBatchNormParameters(RewritePattern):
+    """DQ(const) feeding only batchnorm parameters (onnxruntime quantizes gamma and beta) -> the
+    float constant it computes, so ``fold-batchnorm`` sees constant parameters."""
+
+    op_names = ("q.dequantize",)
+
+    def match_and_rewrite(self, op, rewriter):
+        stored = op.operands[0]
+        if not stored.is_constant():
+            return rewriter.notify_match_failure(op, "the operand is not a constant")
+        uses = rewriter.graph.uses(op.result)
+        if not uses or any(u.opname != "nn.batchnorm" or i == 0 for u, i in uses) or \
+                rewriter.graph.is_output(op.result):
+            return rewriter.notify_match_failure(op, "not only batchnorm parameters use it")
+        value = dequantize_array(stored.constant(), stored.type.quant).astype(np.float32)
+        rewriter.replace_op(op, rewriter.create_const(value, name=stored.producer.name))
+        return True
+
+
 class FoldDequantizeQuantize(RewritePattern):
     """Q(DQ(x)) -> x with equal parameters; -> s8.requantize between per-tensor i8 parameters."""
 
@@ -153,7 +177,8 @@ class NormalizeQDQ(PatternPass):
     name = "normalize-qdq"
 
     def patterns(self) -> List[RewritePattern]:
-        return [QuantizeBeforeLayout(), DequantizeAfterLayout(), FoldDequantizeQuantize()]
+        return [QuantizeBeforeLayout(), DequantizeAfterLayout(), DequantizeBatchNormParameters(),
+                FoldDequantizeQuantize()]
 
     def run(self, graph: Graph) -> PassResult:
         recentred = recenter_uint8(graph)

@@ -55,17 +55,20 @@ def _model(nodes, inputs: Dict[str, list], output: str, out_shape, inits: Dict[s
 
 
 def small_cnn(seed: int = 0) -> onnx.ModelProto:
-    """NHWC float input -> Transpose -> conv, depthwise, pointwise, residual add, pools, dense (10 classes)."""
+    """NHWC float input -> Transpose -> conv, depthwise + batchnorm (onnxruntime leaves it unfolded, with
+    quantized gamma and beta), pointwise, residual add, pools, dense (10 classes)."""
     r = np.random.default_rng(seed)
     W = lambda *s: (r.standard_normal(s) * 0.4).astype(np.float32)  # noqa: E731
     inits = dict(w1=W(8, 3, 3, 3), b1=W(8), wd=W(8, 1, 3, 3), bd=W(8), w2=W(8, 8, 1, 1), b2=W(8),
-                 wf=W(32, 10), bf=W(10), shape=np.array([1, 32], np.int64))
+                 wf=W(32, 10), bf=W(10), shape=np.array([1, 32], np.int64),
+                 gamma=(1 + W(8)), beta=W(8), mean=W(8), var=(1 + np.abs(W(8))))
     n = helper.make_node
     nodes = [n("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2], name="to_nchw"),
              n("Conv", ["xt", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
              n("Relu", ["c1"], ["r1"], name="relu1"),
              n("Conv", ["r1", "wd", "bd"], ["c2"], pads=[1, 1, 1, 1], group=8, name="depthwise"),
-             n("Relu", ["c2"], ["r2"], name="relu2"),
+             n("BatchNormalization", ["c2", "gamma", "beta", "mean", "var"], ["n2"], name="batchnorm"),
+             n("Relu", ["n2"], ["r2"], name="relu2"),
              n("Conv", ["r2", "w2", "b2"], ["c3"], name="pointwise"),
              n("Add", ["c3", "r1"], ["a"], name="residual"),
              n("Relu", ["a"], ["r3"], name="relu3"),
@@ -78,13 +81,14 @@ def small_cnn(seed: int = 0) -> onnx.ModelProto:
 
 
 def small_mlp(seed: int = 1) -> onnx.ModelProto:
+    """MatMul + Add, ReLU, Gemm (onnxruntime quantizes the Gemm bias to int32)."""
     r = np.random.default_rng(seed)
     inits = dict(w1=(r.standard_normal((48, 24)) * 0.3 + 0.1).astype(np.float32), b1=r.standard_normal(24).astype(np.float32),
                  w2=(r.standard_normal((24, 10)) * 0.3).astype(np.float32), b2=r.standard_normal(10).astype(np.float32))
     n = helper.make_node
     nodes = [n("MatMul", ["x", "w1"], ["m1"], name="fc1"), n("Add", ["m1", "b1"], ["a1"], name="fc1_bias"),
              n("Relu", ["a1"], ["h"], name="relu"),
-             n("MatMul", ["h", "w2"], ["m2"], name="fc2"), n("Add", ["m2", "b2"], ["y"], name="fc2_bias")]
+             n("Gemm", ["h", "w2", "b2"], ["y"], name="fc2")]
     return _model(nodes, {"x": [1, 48]}, "y", [1, 10], inits)
 
 
@@ -182,7 +186,9 @@ def test_onnxruntime_qdq_cnn_compiles_bit_exact(cnn, tmp_path, per_channel, acti
                        activations=activations, weights=QuantType.QInt8)
     compiled = Compiled(qdq, tmp_path / "out", test)
     assert all(op.opname.startswith(("s8.", "q.", "qcc.", "nn.reshape", "nn.transpose")) for op in compiled.graph.ops)
-    assert {"s8.conv2d", "s8.add", "s8.maxpool", "s8.avgpool", "s8.dense"} <= {op.opname for op in compiled.graph.ops}
+    kinds = [op.opname for op in compiled.graph.ops]
+    assert {"s8.conv2d", "s8.add", "s8.maxpool", "s8.avgpool", "s8.dense"} <= set(kinds)
+    assert kinds.count("s8.conv2d") == 4  # conv1, depthwise, the batchnorm (depthwise 1x1), pointwise
     # the API stays float in, int8 out: uint8 activations were re-centred to int8 (zero point - 128)
     assert compiled.gen.plan.inputs[0].value.type.dtype == "i8"
     assert_bit_exact(compiled.host(), compiled.sim, "host C vs simulator")
