@@ -96,6 +96,15 @@ def _const(rewriter: Rewriter, w: np.ndarray, scales, zero_point: int = 0) -> Va
     return rewriter.create_op("qcc.const", [], {"value": w}, [TensorType(w.shape, "i8", quant)]).result
 
 
+def _float_bias(b: np.ndarray, product_scales: np.ndarray, rewriter: Rewriter) -> Value:
+    """A float bias (NNCF leaves biases unquantized) as int32 at s_in * s_w[c], rounded half away
+    from zero as TFLite's converter does: at most half an accumulator step from the float one."""
+    q = np.clip(np.sign(b) * np.floor(np.abs(b) / product_scales + 0.5), -(1 << 31), (1 << 31) - 1)
+    quant = PerAxisQuant(0, tuple(float(s) for s in product_scales), (0,) * len(b))
+    return rewriter.create_op("qcc.const", [], {"value": q.astype(np.int32)},
+                              [TensorType((len(b),), "i32", quant)]).result
+
+
 def _multipliers(reals, rounding: str):
     pairs = [quantize_multiplier(float(m), rounding) for m in reals]
     return [p[0] for p in pairs], [p[1] for p in pairs]
@@ -187,15 +196,10 @@ class LowerQuantizedIsland(RewritePattern):
         if v is None:
             return None, None
         if v.constant() is not None and v.type.is_float:
-            # A float bias (NNCF leaves biases unquantized): int32 at s_in * s_w[c], rounded half away
-            # from zero as TFLite's converter does; the error is at most half an accumulator step.
             b = np.asarray(v.constant(), np.float64).reshape(-1)
             if b.size != n:
                 return None, f"the bias has {b.size} values, not one per output channel ({n})"
-            q = np.clip(np.sign(b) * np.floor(np.abs(b) / product_scales + 0.5), -(1 << 31), (1 << 31) - 1)
-            quant = PerAxisQuant(0, tuple(float(s) for s in product_scales), (0,) * n)
-            return rewriter.create_op("qcc.const", [], {"value": q.astype(np.int32).reshape(n)},
-                                      [TensorType((n,), "i32", quant)]).result, None
+            return _float_bias(b, product_scales, rewriter), None
         b = _dequantized(v)
         if b is None or b.constant() is None or b.type.dtype != "i32":
             return None, "the bias is not a dequantized i32 or a float constant"
@@ -256,7 +260,7 @@ class LowerQuantizedIsland(RewritePattern):
         t = np.broadcast_to(np.asarray(t, np.float64).reshape(-1), (c,))
         w = (127 * np.sign(s)).astype(np.int8).reshape(c, 1, 1, 1)
         s_w = np.where(s != 0, np.abs(s) / 127, 1.0)
-        bias, _ = self._bias(rewriter.create_const(t.astype(np.float32)), in_q.scale * s_w, out_q, rewriter, c)
+        bias = _float_bias(t, in_q.scale * s_w, rewriter)
         mult, shift = _multipliers([in_q.scale * sw / out_q.scale for sw in s_w], "double")
         attrs = dict(strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=c, input_zp=in_q.zero_point,
                      output_zp=out_q.zero_point, multiplier=mult, shift=shift, act_min=clamp[0], act_max=clamp[1])
