@@ -12,7 +12,12 @@ float32 scales, then ``QuantizeMultiplier``):
     conv, per-channel dense:  m[c] = s_in * s_w[c] / s_out
     per-tensor dense:         m    = f64(f32(s_in * s_w)) / s_out      (GetQuantizedConvolutionMultipler)
     add:                      t = 2 max(s_a, s_b); m_a = s_a / t; m_b = s_b / t; m = t / (2^20 s_out)
-    softmax:                  PreprocessSoftmaxScaling(1, s_in, 5), diff_min = -CalculateInputRadius(5, shift)
+    softmax:                  PreprocessSoftmaxScaling(1, s_in, 5), diff_min = -CalculateInputRadius(5, shift);
+                              an output other than (1/256, -128) (onnxruntime: 1/255) is an s8.requantize
+                              after it with m = (1/256) / s_out
+    dense, asymmetric weights: weight_zp = z_w, acc = b + sum((x - zp_in) * (w - z_w)) (uint8 weights)
+    scale_shift (a batchnorm onnxruntime left between DQ and Q): a depthwise 1x1 conv with
+                              w[c] = 127 sign(s[c]) at s_w[c] = |s[c]| / 127 (exact), bias t[c] as int32
 
 Biases stay the given int32 values; a float constant bias (NNCF) becomes
 int32 at s_in * s_w[c], rounded half away from zero. A ReLU / ReLU6 / Clip (separate op or fused
