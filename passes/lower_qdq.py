@@ -185,16 +185,27 @@ class LowerQuantizedIsland(RewritePattern):
         if w is None or w.constant() is None or w.type.dtype != "i8":
             return None, "the weights are not a dequantized i8 constant"
         q = w.type.quant
-        zps = _zero_points(q)
-        if weight_zp is not None and np.all(zps == zps[0]):
-            weight_zp.append(int(zps[0]))
-        elif np.any(zps != 0):
-            return None, ("the weights are asymmetric (zero point != 0), which only the int8 dense kernel "
-                          "takes (one zero point per tensor); quantize the weights symmetrically "
-                          "(onnxruntime: weight_type=QInt8)")
         if isinstance(q, PerAxisQuant) and q.axis != axis_of_channels:
             return None, f"the weights are quantized along axis {q.axis}, not the output channels"
-        return (np.asarray(w.constant(), np.int8), _scales(q)), None
+        zps = _zero_points(q)
+        array = np.asarray(w.constant(), np.int64)
+        if np.any(zps != 0):
+            shape = [1] * array.ndim
+            if isinstance(q, PerAxisQuant):
+                shape[q.axis] = -1
+            centred = array - zps.reshape(shape)
+            if centred.min() >= -128 and centred.max() <= 127:
+                # (w - z) fits int8: the same reals as symmetric weights, exactly.
+                array, zps = centred, np.zeros_like(zps)
+        if weight_zp is not None:
+            if np.any(zps != zps[0]):
+                return None, "the weights have a zero point per channel; the int8 dense kernel takes one"
+            weight_zp.append(int(zps[0]))
+        elif np.any(zps != 0):
+            return None, ("the weights are asymmetric (zero point != 0), which int8 convolutions do not take "
+                          "(the dense kernel does); quantize the weights symmetrically "
+                          "(onnxruntime: weight_type=QInt8)")
+        return (array.astype(np.int8), _scales(q)), None
 
     @staticmethod
     def _bias(v: Optional[Value], product_scales: np.ndarray, out_q: UniformQuant, rewriter, n: int):
