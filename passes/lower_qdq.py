@@ -217,8 +217,13 @@ class LowerQuantizedIsland(RewritePattern):
                 return None, f"the bias has {b.size} values, not one per output channel ({n})"
             return _float_bias(b, product_scales, rewriter), None
         b = _dequantized(v)
+        if b is not None and b.constant() is not None and b.type.dtype in ("i8", "i16") and b.type.size == n:
+            # An int8 bias with its own scale: its reals (the QDQ model's float32 dequantize), then as a float bias.
+            real = (np.float32(b.constant().reshape(-1)) - np.float32(_zero_points(b.type.quant))) * \
+                np.float32(_scales(b.type.quant))
+            return _float_bias(real.astype(np.float64), product_scales, rewriter), None
         if b is None or b.constant() is None or b.type.dtype != "i32":
-            return None, "the bias is not a dequantized i32 or a float constant"
+            return None, "the bias is not a dequantized i32, i8 or float constant"
         q = b.type.quant
         if np.any(_zero_points(q) != 0):
             return None, "the bias zero point is not 0"

@@ -445,3 +445,12 @@ def test_dense_weight_zero_point_on_qemu_m4(tmp_path):
     from test_backend_s8 import _run_and_compare, random_inputs
     g, _ = dense_weight_zp_graph(2)
     _run_and_compare(tmp_path, g, random_inputs(g, 6, 2), "cortex-m4", "qemu")
+
+
+def test_cmsis_nn_kernels_leave_a_weight_zero_point_to_qcc():
+    from qcc.backends.cmsis.cmsis_nn import fallback_reason
+    g, _ = dense_weight_zp_graph(0)
+    dense = [op for op in g.ops if op.opname == "s8.dense"]
+    assert all("weight zero point" in fallback_reason(op) for op in dense)
+    dense[0].attrs["weight_zp"] = 0
+    assert fallback_reason(dense[0]) is None
