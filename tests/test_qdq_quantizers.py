@@ -83,7 +83,8 @@ def small_cnn(seed: int = 0) -> onnx.ModelProto:
 def small_mlp(seed: int = 1) -> onnx.ModelProto:
     """MatMul + Add, ReLU, Gemm (onnxruntime quantizes the Gemm bias to int32)."""
     r = np.random.default_rng(seed)
-    inits = dict(w1=(r.standard_normal((48, 24)) * 0.3 + 0.1).astype(np.float32), b1=r.standard_normal(24).astype(np.float32),
+    inits = dict(w1=(r.standard_normal((48, 24)) * 0.3 + 0.1).astype(np.float32),
+                 b1=r.standard_normal(24).astype(np.float32),
                  w2=(r.standard_normal((24, 10)) * 0.3).astype(np.float32), b2=r.standard_normal(10).astype(np.float32))
     n = helper.make_node
     nodes = [n("MatMul", ["x", "w1"], ["m1"], name="fc1"), n("Add", ["m1", "b1"], ["a1"], name="fc1_bias"),
@@ -226,7 +227,10 @@ MLPERF_CASES = [("kws_dscnn", True, QuantType.QInt8), ("kws_dscnn", False, Quant
                 ("ic_resnet8", True, QuantType.QInt8), ("ic_resnet8", False, QuantType.QUInt8)]
 
 
-@pytest.fixture(scope="module", params=MLPERF_CASES, ids=[f"{m}-{'pc' if p else 'pt'}-{a.name}" for m, p, a in MLPERF_CASES])
+MLPERF_IDS = [f"{m}-{'pc' if p else 'pt'}-{a.name}" for m, p, a in MLPERF_CASES]
+
+
+@pytest.fixture(scope="module", params=MLPERF_CASES, ids=MLPERF_IDS)
 def mlperf(request, tmp_path_factory):
     name, per_channel, activations = request.param
     float_path = shared_model_path(name, f"{name}_float.onnx")
@@ -249,7 +253,7 @@ def test_onnxruntime_quantized_mlperf_model_host_c_equals_simulator(mlperf):
 
 
 @needs_qemu
-@pytest.mark.parametrize("mlperf", MLPERF_CASES[:1], indirect=True, ids=["kws_dscnn-pc-QInt8"])
+@pytest.mark.parametrize("mlperf", MLPERF_CASES[:1], indirect=True, ids=MLPERF_IDS[:1])
 def test_onnxruntime_quantized_kws_on_qemu_m4(mlperf):
     compiled = mlperf[0]
     harness.run_qemu(compiled.folder, compiled.folder / "in.bin", compiled.folder / "qemu.bin")
@@ -372,7 +376,8 @@ def test_weight_only_model_needs_calibration_then_compiles(tmp_path, capsys, sch
     assert not (tmp_path / "out").exists()
     calib = np.random.default_rng(8).standard_normal((16, 1, 4, 6, 6)).astype(np.float32)
     np.save(tmp_path / "calib.npy", calib)
-    assert qcc_main(args + ["--calib", str(tmp_path / "calib.npy"), "--emit-ir", str(tmp_path / "out" / "net.qir")]) == 0
+    emit = ["--emit-ir", str(tmp_path / "out" / "net.qir")]
+    assert qcc_main(args + ["--calib", str(tmp_path / "calib.npy")] + emit) == 0
     graph = parse_file(tmp_path / "out" / "net.qir")
     prefix = "s8." if scheme == "int8" else "qnn."
     assert any(op.opname.startswith(prefix + "conv2d") for op in graph.ops)
