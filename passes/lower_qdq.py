@@ -16,6 +16,8 @@ float32 scales, then ``QuantizeMultiplier``):
                               an output other than (1/256, -128) (onnxruntime: 1/255) is an s8.requantize
                               after it with m = (1/256) / s_out
     dense, asymmetric weights: weight_zp = z_w, acc = b + sum((x - zp_in) * (w - z_w)) (uint8 weights)
+    pools with other output parameters (onnxruntime's GlobalAveragePool): the pool on the input's
+                              parameters, then s8.requantize with m = s_in / s_out
     scale_shift (a batchnorm onnxruntime left between DQ and Q): a depthwise 1x1 conv with
                               w[c] = 127 sign(s[c]) at s_w[c] = |s[c]| / 127 (exact), bias t[c] as int32
 
@@ -379,14 +381,21 @@ class LowerQuantizedIsland(RewritePattern):
         x, in_q = self._input(pool.operands[0])
         if x is None:
             return "the input is not a dequantized per-tensor i8 tensor"
-        if in_q != out_q:
-            return "pooling must keep the scale and zero point"
         layout = pool.attrs["layout"]
         shape = tuple(q.result.shape[i] for i in NCHW_TO_NHWC) if layout == "NCHW" else q.result.shape
-        attrs = dict(kernel=kernel, strides=strides, pads=pads, act_min=clamp[0], act_max=clamp[1])
+        same = in_q == out_q
+        pool_clamp = clamp if same else (-128, 127)
+        attrs = dict(kernel=kernel, strides=strides, pads=pads, act_min=pool_clamp[0], act_max=pool_clamp[1])
         y = rewriter.create_op(kind, [self._to_nhwc(x, layout, rewriter)], attrs,
-                               [TensorType(shape, "i8", out_q)], name=pool.name)
-        return self._from_nhwc(y.result, layout, rewriter)
+                               [TensorType(shape, "i8", in_q)], name=pool.name).result
+        if not same:
+            # TFLite pools keep their input's parameters; onnxruntime gives GlobalAveragePool its own:
+            # pool on the input's, then requantize (m = s_in / s_out).
+            mult, shift = quantize_multiplier(in_q.scale / out_q.scale)
+            y = rewriter.create_op("s8.requantize", [y], dict(
+                input_zp=in_q.zero_point, output_zp=out_q.zero_point, multiplier=[mult], shift=[shift],
+                act_min=clamp[0], act_max=clamp[1]), [TensorType(shape, "i8", out_q)], name=pool.name).result
+        return self._from_nhwc(y, layout, rewriter)
 
     def _nn_avgpool(self, pool, q, out_q, clamp, rewriter):
         a = pool.attrs

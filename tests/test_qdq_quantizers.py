@@ -56,11 +56,11 @@ def _model(nodes, inputs: Dict[str, list], output: str, out_shape, inits: Dict[s
 
 def small_cnn(seed: int = 0) -> onnx.ModelProto:
     """NHWC float input -> Transpose -> conv, depthwise + batchnorm (onnxruntime leaves it unfolded, with
-    quantized gamma and beta), pointwise, residual add, pools, dense (10 classes)."""
+    quantized gamma and beta), pointwise, residual add, pools (a global one), dense (10 classes)."""
     r = np.random.default_rng(seed)
     W = lambda *s: (r.standard_normal(s) * 0.4).astype(np.float32)  # noqa: E731
     inits = dict(w1=W(8, 3, 3, 3), b1=W(8), wd=W(8, 1, 3, 3), bd=W(8), w2=W(8, 8, 1, 1), b2=W(8),
-                 wf=W(32, 10), bf=W(10), shape=np.array([1, 32], np.int64),
+                 wf=W(8, 10), bf=W(10), shape=np.array([1, 8], np.int64),
                  gamma=(1 + W(8)), beta=W(8), mean=W(8), var=(1 + np.abs(W(8))))
     n = helper.make_node
     nodes = [n("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2], name="to_nchw"),
@@ -74,7 +74,8 @@ def small_cnn(seed: int = 0) -> onnx.ModelProto:
              n("Relu", ["a"], ["r3"], name="relu3"),
              n("MaxPool", ["r3"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], name="maxpool"),
              n("AveragePool", ["p1"], ["p2"], kernel_shape=[2, 2], strides=[2, 2], name="avgpool"),
-             n("Reshape", ["p2", "shape"], ["f"], name="flatten"),
+             n("GlobalAveragePool", ["p2"], ["p3"], name="global_avgpool"),  # its own output scale in ORT
+             n("Reshape", ["p3", "shape"], ["f"], name="flatten"),
              n("MatMul", ["f", "wf"], ["m"], name="fc"),
              n("Add", ["m", "bf"], ["y"], name="fc_bias")]
     return _model(nodes, {"x": [1, 8, 8, 3]}, "y", [1, 10], inits)
@@ -190,6 +191,7 @@ def test_onnxruntime_qdq_cnn_compiles_bit_exact(cnn, tmp_path, per_channel, acti
     kinds = [op.opname for op in compiled.graph.ops]
     assert {"s8.conv2d", "s8.add", "s8.maxpool", "s8.avgpool", "s8.dense"} <= set(kinds)
     assert kinds.count("s8.conv2d") == 4  # conv1, depthwise, the batchnorm (depthwise 1x1), pointwise
+    assert kinds.count("s8.avgpool") == 2 and "s8.requantize" in kinds  # global pool: then its own scale
     # the API stays float in, int8 out: uint8 activations were re-centred to int8 (zero point - 128)
     assert compiled.gen.plan.inputs[0].value.type.dtype == "i8"
     assert_bit_exact(compiled.host(), compiled.sim, "host C vs simulator")
