@@ -12,9 +12,17 @@ float32 scales, then ``QuantizeMultiplier``):
     conv, per-channel dense:  m[c] = s_in * s_w[c] / s_out
     per-tensor dense:         m    = f64(f32(s_in * s_w)) / s_out      (GetQuantizedConvolutionMultipler)
     add:                      t = 2 max(s_a, s_b); m_a = s_a / t; m_b = s_b / t; m = t / (2^20 s_out)
-    softmax:                  PreprocessSoftmaxScaling(1, s_in, 5), diff_min = -CalculateInputRadius(5, shift)
+    softmax:                  PreprocessSoftmaxScaling(1, s_in, 5), diff_min = -CalculateInputRadius(5, shift);
+                              an output other than (1/256, -128) (onnxruntime: 1/255) is an s8.requantize
+                              after it with m = (1/256) / s_out
+    dense, asymmetric weights: weight_zp = z_w, acc = b + sum((x - zp_in) * (w - z_w)) (uint8 weights)
+    pools with other output parameters (onnxruntime's GlobalAveragePool): the pool on the input's
+                              parameters, then s8.requantize with m = s_in / s_out
+    scale_shift (a batchnorm onnxruntime left between DQ and Q): a depthwise 1x1 conv with
+                              w[c] = 127 sign(s[c]) at s_w[c] = |s[c]| / 127 (exact), bias t[c] as int32
 
-Biases stay the given int32 values. A ReLU / ReLU6 / Clip (separate op or fused
+Biases stay the given int32 values; a float constant bias (NNCF) becomes
+int32 at s_in * s_w[c], rounded half away from zero. A ReLU / ReLU6 / Clip (separate op or fused
 ``act``) becomes the clamp: [max(-128, zp + round(lo / s)), min(127, zp + round(hi / s))].
 NCHW float ops are lowered to NHWC ``s8`` ops between ``nn.transpose`` ops; transposes
 sink through ``s8.add`` and a transpose that only moves unit dimensions becomes a
@@ -45,6 +53,7 @@ from qcc.sim.s8 import quantize_multiplier, softmax_params
 from qcc.ir.types import PerAxisQuant, TensorType, UniformQuant
 
 NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
+SOFTMAX_QUANT = UniformQuant(1.0 / 256, -128)  # TFLite's int8 softmax output
 
 
 def _round_away(x: float) -> int:
@@ -88,10 +97,19 @@ def _clamp(act: str, lo: float, hi: float, out: UniformQuant):
     return amin, amax
 
 
-def _const(rewriter: Rewriter, w: np.ndarray, scales) -> Value:
+def _const(rewriter: Rewriter, w: np.ndarray, scales, zero_point: int = 0) -> Value:
     """An i8 weight constant typed with its per-output-channel (axis 0) scales."""
-    quant = PerAxisQuant(0, tuple(float(s) for s in scales), (0,) * len(scales))
+    quant = PerAxisQuant(0, tuple(float(s) for s in scales), (zero_point,) * len(scales))
     return rewriter.create_op("qcc.const", [], {"value": w}, [TensorType(w.shape, "i8", quant)]).result
+
+
+def _float_bias(b: np.ndarray, product_scales: np.ndarray, rewriter: Rewriter) -> Value:
+    """A float bias (NNCF leaves biases unquantized) as int32 at s_in * s_w[c], rounded half away
+    from zero as TFLite's converter does: at most half an accumulator step from the float one."""
+    q = np.clip(np.sign(b) * np.floor(np.abs(b) / product_scales + 0.5), -(1 << 31), (1 << 31) - 1)
+    quant = PerAxisQuant(0, tuple(float(s) for s in product_scales), (0,) * len(b))
+    return rewriter.create_op("qcc.const", [], {"value": q.astype(np.int32)},
+                              [TensorType((len(b),), "i32", quant)]).result
 
 
 def _multipliers(reals, rounding: str):
@@ -159,25 +177,55 @@ class LowerQuantizedIsland(RewritePattern):
         return self._relayout(y, layout, NHWC_TO_NCHW, rewriter)
 
     @staticmethod
-    def _weights(v: Value, axis_of_channels: int):
-        """(int8 array, per-channel scales) of a dequantized constant with symmetric quantization."""
+    def _weights(v: Value, axis_of_channels: int, weight_zp: Optional[list] = None):
+        """(int8 array, per-channel scales) of a dequantized constant with symmetric quantization.
+
+        A dense layer passes ``weight_zp`` (a list) to accept one zero point for the whole
+        tensor (asymmetric weights, e.g. uint8 re-centred to int8); it receives that value.
+        """
         w = _dequantized(v)
         if w is None or w.constant() is None or w.type.dtype != "i8":
             return None, "the weights are not a dequantized i8 constant"
         q = w.type.quant
-        if np.any(_zero_points(q) != 0):
-            return None, "the weights are not symmetric (zero point != 0)"
         if isinstance(q, PerAxisQuant) and q.axis != axis_of_channels:
             return None, f"the weights are quantized along axis {q.axis}, not the output channels"
-        return (np.asarray(w.constant(), np.int8), _scales(q)), None
+        zps = _zero_points(q)
+        array = np.asarray(w.constant(), np.int64)
+        if np.any(zps != 0):
+            shape = [1] * array.ndim
+            if isinstance(q, PerAxisQuant):
+                shape[q.axis] = -1
+            centred = array - zps.reshape(shape)
+            if centred.min() >= -128 and centred.max() <= 127:
+                # (w - z) fits int8: the same reals as symmetric weights, exactly.
+                array, zps = centred, np.zeros_like(zps)
+        if weight_zp is not None:
+            if np.any(zps != zps[0]):
+                return None, "the weights have a zero point per channel; the int8 dense kernel takes one"
+            weight_zp.append(int(zps[0]))
+        elif np.any(zps != 0):
+            return None, ("the weights are asymmetric (zero point != 0), which int8 convolutions do not take "
+                          "(the dense kernel does); quantize the weights symmetrically "
+                          "(onnxruntime: weight_type=QInt8)")
+        return (array.astype(np.int8), _scales(q)), None
 
     @staticmethod
     def _bias(v: Optional[Value], product_scales: np.ndarray, out_q: UniformQuant, rewriter, n: int):
         if v is None:
             return None, None
+        if v.constant() is not None and v.type.is_float:
+            b = np.asarray(v.constant(), np.float64).reshape(-1)
+            if b.size != n:
+                return None, f"the bias has {b.size} values, not one per output channel ({n})"
+            return _float_bias(b, product_scales, rewriter), None
         b = _dequantized(v)
+        if b is not None and b.constant() is not None and b.type.dtype in ("i8", "i16") and b.type.size == n:
+            # An int8 bias with its own scale: its reals (the QDQ model's float32 dequantize), then as a float bias.
+            real = (np.float32(b.constant().reshape(-1)) - np.float32(_zero_points(b.type.quant))) * \
+                np.float32(_scales(b.type.quant))
+            return _float_bias(real.astype(np.float64), product_scales, rewriter), None
         if b is None or b.constant() is None or b.type.dtype != "i32":
-            return None, "the bias is not a dequantized i32 constant"
+            return None, "the bias is not a dequantized i32, i8 or float constant"
         q = b.type.quant
         if np.any(_zero_points(q) != 0):
             return None, "the bias zero point is not 0"
@@ -219,11 +267,37 @@ class LowerQuantizedIsland(RewritePattern):
         y = rewriter.create_op("s8.conv2d", operands, attrs, [TensorType(shape, "i8", out_q)], name=conv.name)
         return self._from_nhwc(y.result, layout, rewriter)
 
+    def _nn_scale_shift(self, op, q, out_q, clamp, rewriter):
+        """y = x * s[c] + t[c] (a BatchNormalization between its own DQ and Q, as onnxruntime leaves
+        one that was not folded) -> a depthwise 1x1 s8.conv2d. Each s[c] is exact as the weight
+        127 * sign(s[c]) at scale |s[c]| / 127; t[c] becomes the int32 bias at s_in * s_w[c]."""
+        x, in_q = self._input(op.operands[0])
+        s, t = op.operands[1].constant(), op.operands[2].constant()
+        if x is None or s is None or t is None:
+            return "the input is not a dequantized per-tensor i8 tensor, or scale/shift are not constants"
+        if len(x.shape) != 4 or op.attrs["axis"] not in (1, 3):
+            return "only a per-channel scale of a 4-D tensor lowers to a depthwise s8.conv2d"
+        layout = "NCHW" if op.attrs["axis"] == 1 else "NHWC"
+        c = x.shape[op.attrs["axis"]]
+        s = np.broadcast_to(np.asarray(s, np.float64).reshape(-1), (c,))
+        t = np.broadcast_to(np.asarray(t, np.float64).reshape(-1), (c,))
+        w = (127 * np.sign(s)).astype(np.int8).reshape(c, 1, 1, 1)
+        s_w = np.where(s != 0, np.abs(s) / 127, 1.0)
+        bias = _float_bias(t, in_q.scale * s_w, rewriter)
+        mult, shift = _multipliers([in_q.scale * sw / out_q.scale for sw in s_w], "double")
+        attrs = dict(strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=c, input_zp=in_q.zero_point,
+                     output_zp=out_q.zero_point, multiplier=mult, shift=shift, act_min=clamp[0], act_max=clamp[1])
+        xh = self._to_nhwc(x, layout, rewriter)
+        y = rewriter.create_op("s8.conv2d", [xh, _const(rewriter, w, s_w), bias], attrs,
+                               [TensorType(xh.shape, "i8", out_q)], name=op.name)
+        return self._from_nhwc(y.result, layout, rewriter)
+
     def _dense_common(self, x_v, w_v, b_v, w_axis, transpose, q, out_q, clamp, rewriter, name):
         x, in_q = self._input(x_v)
         if x is None:
             return "the input is not a dequantized per-tensor i8 tensor"
-        wq, why = self._weights(w_v, w_axis)
+        weight_zp: list = []
+        wq, why = self._weights(w_v, w_axis, weight_zp)
         if why:
             return why
         w, s_w = wq
@@ -240,9 +314,9 @@ class LowerQuantizedIsland(RewritePattern):
         if why:
             return why
         mult, shift = _multipliers(reals, self.fc_rounding)
-        wv = _const(rewriter, w, np.broadcast_to(s_w, (n,)))
+        wv = _const(rewriter, w, np.broadcast_to(s_w, (n,)), weight_zp[0])
         attrs = dict(input_zp=in_q.zero_point, output_zp=out_q.zero_point, multiplier=mult, shift=shift,
-                     rounding=self.fc_rounding, act_min=clamp[0], act_max=clamp[1])
+                     rounding=self.fc_rounding, act_min=clamp[0], act_max=clamp[1], weight_zp=weight_zp[0])
         return rewriter.create_op("s8.dense", [x, wv] + ([bias] if bias is not None else []), attrs,
                                   [TensorType(q.result.shape, "i8", out_q)], name=name).result
 
@@ -251,17 +325,28 @@ class LowerQuantizedIsland(RewritePattern):
         return self._dense_common(dense.operands[0], dense.operands[1], b, 0, False, q, out_q, clamp,
                                   rewriter, dense.name)
 
+    def _nn_gemm(self, gemm, q, out_q, clamp, rewriter):
+        a = gemm.attrs
+        if a["alpha"] != 1.0 or a["beta"] != 1.0 or a["trans_a"]:
+            return "only Gemm with alpha = beta = 1 and no transA lowers to s8.dense"
+        b = gemm.operands[2] if len(gemm.operands) > 2 else None
+        trans_b = a["trans_b"]
+        return self._dense_common(gemm.operands[0], gemm.operands[1], b, 0 if trans_b else 1, not trans_b, q, out_q,
+                                  clamp, rewriter, gemm.name)
+
     def _nn_matmul(self, mm, q, out_q, clamp, rewriter):
         if len(mm.operands[1].shape) != 2:
             return "only a 2-D constant right operand lowers to s8.dense"
         return self._dense_common(mm.operands[0], mm.operands[1], None, 1, True, q, out_q, clamp, rewriter, mm.name)
 
     def _nn_add(self, add, q, out_q, clamp, rewriter):
-        # matmul + bias add (an ONNX MatMul followed by Add of a dequantized i32 bias)
+        # matmul + bias add (an ONNX MatMul followed by Add of a dequantized i32 bias, or a float one: NNCF)
         for i in (0, 1):
             mm = add.operands[i].producer
-            if mm is not None and mm.opname == "nn.matmul" and _dequantized(add.operands[1 - i]) is not None \
-                    and _dequantized(add.operands[1 - i]).type.dtype == "i32":
+            bias = add.operands[1 - i]
+            if mm is not None and mm.opname == "nn.matmul" and (
+                    (_dequantized(bias) is not None and _dequantized(bias).type.dtype == "i32")
+                    or (bias.constant() is not None and bias.type.is_float)):
                 if _sole_user(mm.result, rewriter.graph) is not add:
                     return "the matmul result has other users"
                 return self._dense_common(mm.operands[0], mm.operands[1], add.operands[1 - i], 1, True, q, out_q,
@@ -269,6 +354,7 @@ class LowerQuantizedIsland(RewritePattern):
         (a, qa), (b, qb) = self._input(add.operands[0]), self._input(add.operands[1])
         if a is None or b is None:
             return "the operands are not dequantized per-tensor i8 tensors"
+        a, b = self._broadcast_constant(a, b, add, rewriter), self._broadcast_constant(b, a, add, rewriter)
         if a.shape != b.shape:
             return "s8.add does not broadcast"
         left_shift = 20
@@ -281,18 +367,35 @@ class LowerQuantizedIsland(RewritePattern):
         return rewriter.create_op("s8.add", [a, b], attrs, [TensorType(a.shape, "i8", out_q)],
                                   name=add.name).result
 
+    @staticmethod
+    def _broadcast_constant(c: Value, other: Value, add: Op, rewriter: Rewriter) -> Value:
+        """An i8 constant operand (an int8 bias Add, as onnxruntime writes MatMul + bias) spelled
+        out to the other operand's shape, so s8.add sees equal shapes; anything else unchanged."""
+        if c.constant() is None or c.shape == other.shape or \
+                np.broadcast_shapes(c.shape, other.shape) != tuple(other.shape):
+            return c
+        full = np.ascontiguousarray(np.broadcast_to(c.constant(), other.shape))
+        return rewriter.create_const(full, name=f"{add.name}.operand", like=c)
+
     def _pool(self, kind, pool, q, out_q, clamp, rewriter, kernel, strides, pads):
         x, in_q = self._input(pool.operands[0])
         if x is None:
             return "the input is not a dequantized per-tensor i8 tensor"
-        if in_q != out_q:
-            return "pooling must keep the scale and zero point"
         layout = pool.attrs["layout"]
         shape = tuple(q.result.shape[i] for i in NCHW_TO_NHWC) if layout == "NCHW" else q.result.shape
-        attrs = dict(kernel=kernel, strides=strides, pads=pads, act_min=clamp[0], act_max=clamp[1])
+        same = in_q == out_q
+        pool_clamp = clamp if same else (-128, 127)
+        attrs = dict(kernel=kernel, strides=strides, pads=pads, act_min=pool_clamp[0], act_max=pool_clamp[1])
         y = rewriter.create_op(kind, [self._to_nhwc(x, layout, rewriter)], attrs,
-                               [TensorType(shape, "i8", out_q)], name=pool.name)
-        return self._from_nhwc(y.result, layout, rewriter)
+                               [TensorType(shape, "i8", in_q)], name=pool.name).result
+        if not same:
+            # TFLite pools keep their input's parameters; onnxruntime gives GlobalAveragePool its own:
+            # pool on the input's, then requantize (m = s_in / s_out).
+            mult, shift = quantize_multiplier(in_q.scale / out_q.scale)
+            y = rewriter.create_op("s8.requantize", [y], dict(
+                input_zp=in_q.zero_point, output_zp=out_q.zero_point, multiplier=[mult], shift=[shift],
+                act_min=clamp[0], act_max=clamp[1]), [TensorType(shape, "i8", out_q)], name=pool.name).result
+        return self._from_nhwc(y, layout, rewriter)
 
     def _nn_avgpool(self, pool, q, out_q, clamp, rewriter):
         a = pool.attrs
@@ -317,11 +420,17 @@ class LowerQuantizedIsland(RewritePattern):
             return "the input is not a dequantized per-tensor i8 tensor"
         if sm.attrs["axis"] % len(x.shape) != len(x.shape) - 1:
             return "int8 softmax works on the last axis"
-        if out_q != UniformQuant(1.0 / 256, -128):
-            return "the int8 softmax output must have scale 1/256 and zero point -128"
         mult, shift, diff_min = softmax_params(in_q.scale)
-        return rewriter.create_op("s8.softmax", [x], dict(multiplier=mult, shift=shift, diff_min=diff_min),
-                                  [TensorType(x.shape, "i8", out_q)], name=sm.name).result
+        y = rewriter.create_op("s8.softmax", [x], dict(multiplier=mult, shift=shift, diff_min=diff_min),
+                               [TensorType(x.shape, "i8", SOFTMAX_QUANT)], name=sm.name).result
+        if out_q == SOFTMAX_QUANT:
+            return y
+        # Other quantizers pick their own softmax output (onnxruntime: 1/255 with zero point 0 or -128):
+        # TFLite's softmax to 1/256, then a requantize to the model's parameters.
+        mult, shift = quantize_multiplier(SOFTMAX_QUANT.scale / out_q.scale)
+        return rewriter.create_op("s8.requantize", [y], dict(
+            input_zp=SOFTMAX_QUANT.zero_point, output_zp=out_q.zero_point, multiplier=[mult], shift=[shift],
+            act_min=clamp[0], act_max=clamp[1]), [TensorType(x.shape, "i8", out_q)], name=sm.name).result
 
 
 class SinkTransposeThroughAdd(RewritePattern):
@@ -379,7 +488,7 @@ class LowerQDQ(PatternPass):
 # Already-quantized (QDQ) models. lower-qdq runs before to-nhwc: it needs each
 # float layer right behind its dequantize ops, and it converts layouts itself.
 register_pipeline(
-    "int8", lambda opts: ["fold-batchnorm", "canonicalize", "fuse-activation",
+    "int8", lambda opts: ["normalize-qdq", "fold-batchnorm", "canonicalize", "fuse-activation",
                           f"lower-qdq{{fc_rounding={opts.get('fc_rounding', 'double')}}}",
                           "canonicalize", "to-nhwc", "const-fold", "dce"],
     "Compile a QDQ int8 model (e.g. a converted .tflite) to s8 ops bit-exact with TFLite Micro",

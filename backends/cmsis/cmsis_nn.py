@@ -129,6 +129,8 @@ def fallback_reason(op: Op) -> Optional[str]:
         return None if not op.opname.startswith("s8.") else f"CMSIS-NN has no {op.opname} kernel"
     if op.attrs.get("rounding", "double") != "double":
         return "single rounding (CMSIS-NN selects it for the whole library at build time)"
+    if op.attrs.get("weight_zp", 0):
+        return "a weight zero point (qcc's dense kernel takes it; the CMSIS-NN call here does not)"
     if op.opname == "s8.add" and any(v.type.size != op.result.type.size for v in op.operands):
         return "a broadcasting add (arm_elementwise_add_s8 takes equal shapes)"
     return None

@@ -40,7 +40,7 @@ _WINDOW = {"kernel", "strides", "pads", "act_min", "act_max"}
 # Every attribute each s8 kernel honours (an op carrying another one is refused).
 S8_HANDLED_ATTRS = {
     "s8.conv2d": _REQUANT | {"strides", "pads", "dilations", "group"},
-    "s8.dense": set(_REQUANT),
+    "s8.dense": set(_REQUANT) | {"weight_zp"},
     "s8.add": {"input_zp", "output_zp", "left_shift", "input_multiplier", "input_shift", "multiplier", "shift",
                "rounding", "act_min", "act_max"},
     "s8.requantize": set(_REQUANT),
@@ -93,12 +93,18 @@ def _epilogue(builder, op: Op, fn: str, channels: int, index: str) -> dict:
             "lo": a["act_min"], "hi": a["act_max"], "rlo": a["act_min"] - zp, "rhi": a["act_max"] - zp}
 
 
-def _weights(builder, op: Op, fn: str, w: np.ndarray, fold_zp: int) -> dict:
-    """Weight table and the bias with ``-zp * sum(w[c])`` folded in (int32, wrapped modulo 2^32)."""
+def _weights(builder, op: Op, fn: str, w: np.ndarray, fold_zp: int, weight_zp: int = 0) -> dict:
+    """Weight table and the bias with ``-zp * sum(w[c])`` folded in (int32, wrapped modulo 2^32).
+
+    With a weight zero point (dense only) the bias also holds ``K * zp * weight_zp``:
+    ``sum((x - zp)(w - wzp)) = sum(x w) - zp sum(w) - wzp sum(x) + K zp wzp``; the kernel
+    subtracts ``wzp * sum(x)`` per row.
+    """
     cout = w.shape[0]
     wsym = builder.add_const(f"{builder.prefix}_{fn}_w", "i8", w, f"{op.name} weights {list(w.shape)}")
     b = op.operands[2].constant().astype(np.int64) if len(op.operands) > 2 else np.zeros(cout, np.int64)
-    folded = b - fold_zp * w.reshape(cout, -1).astype(np.int64).sum(axis=1)
+    k = w.size // cout
+    folded = b - fold_zp * w.reshape(cout, -1).astype(np.int64).sum(axis=1) + k * fold_zp * weight_zp
     bias = _per_channel(builder, fn, "b", "i32", [_wrap32(v) for v in folded], cout, "oc",
                         f"{op.name} bias - input_zp * sum(w)")
     builder.dots.add(("s8", "s8"))
@@ -241,8 +247,10 @@ def _dense(builder, op: Op, fn: str) -> dict:
     nout, k = op.operands[1].shape
     w = np.asarray(op.operands[1].constant(), np.int8)
     ctx = {"m": op.operands[0].type.size // k, "k": k, "nout": nout}
-    ctx.update(_weights(builder, op, fn, w, op.attrs["input_zp"]))
+    wzp = op.attrs.get("weight_zp", 0)
+    ctx.update(_weights(builder, op, fn, w, op.attrs["input_zp"], wzp))
     ctx.update(_epilogue(builder, op, fn, nout, "oc"))
+    ctx["wzp"] = wzp
     return ctx
 
 

@@ -126,7 +126,8 @@ def _conv2d(op, x, w, b=None):
 
 
 def dense_acc_s8(op, x, w, b=None) -> np.ndarray:
-    acc = _exact_matmul(np.asarray(x, np.int64) - op.attrs["input_zp"], np.asarray(w, np.int64).T)
+    w = np.asarray(w, np.int64) - op.attrs.get("weight_zp", 0)
+    acc = _exact_matmul(np.asarray(x, np.int64) - op.attrs["input_zp"], w.T)
     return acc if b is None else acc + np.asarray(b, np.int64)
 
 

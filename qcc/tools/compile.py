@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from qcc.errors import InputError
+from qcc.errors import InputError, UnsupportedModelError
 from qcc.ir.graph import Graph
 from qcc.backend_registry import get_backend
 from qcc.tools.cli import _run, load_graph, parse_input_shapes
@@ -165,19 +165,106 @@ def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max
 
 def is_qdq(graph: Graph) -> bool:
     """True for a pre-quantized model: DequantizeLinear feeding float ops (a lowered or
-    half-lowered Qm.n graph only dequantizes its outputs)."""
+    half-lowered Qm.n graph only dequantizes its outputs), activations included (a model
+    that dequantizes only constant weights is weight-only, see ``is_weight_only``)."""
     if any(op.opname.startswith("qnn.") for op in graph.ops):
         return False
-    return any(op.opname == "q.dequantize" and graph.uses(op.result) for op in graph.ops)
+    return any(op.opname == "q.dequantize" and graph.uses(op.result) for op in graph.ops) \
+        and not is_weight_only(graph)
 
 
-def lower_qdq(graph: Graph, *, scheme: str, model_path: str) -> None:
-    """Run the ``int8`` pipeline (no calibration: the model carries its scales) in place."""
+def is_weight_only(graph: Graph) -> bool:
+    """True for a "hybrid" model: constant weights through DequantizeLinear, float activations."""
+    dqs = [op for op in graph.ops if op.opname == "q.dequantize"]
+    return bool(dqs) and all(op.operands[0].is_constant() for op in dqs) \
+        and not any(op.opname == "q.quantize" for op in graph.ops)
+
+
+def dequantize_weights(graph: Graph) -> int:
+    """Replace every DequantizeLinear of a constant by the float constant it computes
+    (``(q - zp) * scale`` in float32, as the QDQ model itself computes it); returns the count."""
+    from qcc.sim.qmn import dequantize_array
+    count = 0
+    for op in graph.ops:
+        if op.opname == "q.dequantize" and op.operands[0].is_constant():
+            stored = op.operands[0]
+            value = dequantize_array(stored.constant(), stored.type.quant).astype(np.float32)
+            const = graph.add_const(value, name=stored.producer.name or op.name)
+            const.name = op.result.name
+            graph.replace_all_uses(op.result, const)
+            graph.erase_op(op)
+            count += 1
+    for op in graph.ops:  # the integer constants left without users
+        if op.opname == "qcc.const" and not graph.uses(op.result) and not graph.is_output(op.result):
+            graph.erase_op(op)
+    return count
+
+
+def lower_qdq(graph: Graph, *, scheme: str, model_path: str, float_output: bool = False) -> None:
+    """Run the ``int8`` pipeline (no calibration: the model carries its scales) in place.
+
+    Layers the pipeline cannot lower (float islands a quantizer left between
+    DequantizeLinear and QuantizeLinear, float ops after the last
+    DequantizeLinear, weights int8 kernels do not take) are refused together,
+    each named with the reason, before any code is generated.
+    """
     from qcc.transforms.passmanager import PassManager
     if scheme != "int8":
         raise InputError(f"{model_path} is already quantized (QuantizeLinear/DequantizeLinear): it compiles "
                          f"with --scheme int8 only, got --scheme {scheme}")
-    PassManager.parse("int8").run(graph)
+    report = PassManager.parse("int8").run(graph)
+    if not is_lowered(graph):
+        reasons: Dict[str, List[str]] = {}
+        for record in report.records:
+            if record.pass_.name == "lower-qdq":
+                for f in record.result.stats.get("match_failures", []):
+                    reasons.setdefault(f.op, []).append(f.reason)
+        raise UnsupportedModelError(unlowered_message(graph, reasons, model_path, float_output))
+
+
+def _onnx_op_types(model_path: str) -> Dict[str, str]:
+    """ONNX node name -> op type (unnamed nodes named as the importer names them)."""
+    if not str(model_path).endswith(".onnx"):
+        return {}
+    import onnx
+    from qcc.frontend.importer import _node_names
+    nodes = onnx.load(str(model_path), load_external_data=False).graph.node
+    return {name: n.op_type for name, n in zip(_node_names(nodes), nodes)}
+
+
+def unlowered_message(graph: Graph, reasons: Dict[str, List[str]], model_path: str, float_output: bool) -> str:
+    """One line per float layer left after lowering a QDQ model: its node, op type and why."""
+    op_types = _onnx_op_types(model_path)
+    passthrough = {"nn.relu", "nn.clip"} | INTEGER_SHAPE_OPS
+    epilogue = set(float_epilogue(graph)) if float_output else set()
+    lines = []
+    for op in graph.ops:
+        if not op.opname.startswith("nn.") or op.opname in INTEGER_SHAPE_OPS or op in epilogue \
+                or not any(v.type.is_float for v in op.results):
+            continue
+        end = op
+        while len(graph.users(end.result)) == 1 and graph.users(end.result)[0].opname in passthrough:
+            end = graph.users(end.result)[0]
+        users = graph.users(end.result)
+        closing = [u for u in users if u.opname == "q.quantize"]
+        why = sorted({r for q in closing for r in reasons.get(q.describe(), [])})
+        if not why and op.opname in passthrough:
+            continue  # an activation of a layer reported on its own line
+        if not why and graph.is_output(end.result):
+            why = ["a float op after the last DequantizeLinear (a float tail); quantize it too, "
+                   "or end the model at the DequantizeLinear"]
+        elif not why and not closing:
+            what = ", ".join(f'"{u.name}"' for u in users if u.name) or "float ops"
+            why = [f"a float island: its result feeds {what} in float, not a QuantizeLinear "
+                   f"(quantize every layer between DequantizeLinear and QuantizeLinear, or compile the "
+                   f"original float model with --calib)"]
+        elif not why:
+            why = ["no int8 lowering"]
+        kind = op_types.get(op.name, op.opname)
+        lines.append(f"  node \"{op.name}\" ({kind}): {'; '.join(why)}")
+    count = len(lines)
+    return (f"{model_path}: {count} float layer{'s' if count != 1 else ''} of this QDQ model cannot be "
+            f"lowered to int8; nothing was written:\n" + "\n".join(lines or ["  (no float layer found)"]))
 
 
 def compile_model(model: str, output: str, target: str, *, calib: Optional[str] = None,
@@ -202,6 +289,13 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     graph = load_graph(model, input_shapes)
     float_graph = None
     notes: List[str] = []
+    if is_weight_only(graph):
+        # Weight-only ("hybrid") quantization: the float model with its int8-rounded weights.
+        dequantize_weights(graph)
+        if not calib and not act_max:
+            raise InputError(f"{model} is weight-only quantized (int8 weights through DequantizeLinear, float "
+                             f"activations): qcc dequantizes the weights and quantizes it like a float model, "
+                             f"so it needs calibration inputs; pass --calib DATA")
     if is_lowered(graph) or is_qdq(graph):
         what = "already lowered" if is_lowered(graph) else "a QDQ model: it carries its own int8 scales"
         if bits not in (None, 8) and not is_lowered(graph):
@@ -210,7 +304,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
             if given:
                 notes.append(f"ignoring {flag}: {model} is {what}")
         if not is_lowered(graph):
-            lower_qdq(graph, scheme=scheme or "int8", model_path=model)
+            lower_qdq(graph, scheme=scheme or "int8", model_path=model, float_output=float_output)
     else:
         float_graph = lower(graph, calib=calib, bits=bits or 8, scheme=scheme or "qmn", act_max=act_max or {},
                             model_path=model, jobs=jobs, float_output=float_output)

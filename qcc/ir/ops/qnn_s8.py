@@ -29,6 +29,10 @@ one entry for the tensor or one per channel):
     acc[c] = bias[c] + sum((x - input_zp) * w[c])     (padding contributes 0, i.e. pads with input_zp)
     y      = clamp(requant(acc, multiplier[c], shift[c]) + output_zp, act_min, act_max)
 
+``s8.dense`` also takes a per-tensor ``weight_zp`` (asymmetric weights, e.g.
+uint8 weights re-centred to int8, or CMSIS-NN's fully connected filter offset):
+``acc[c] = bias[c] + sum((x - input_zp) * (w[c] - weight_zp))``.
+
 ``s8.add`` (TFLite's elementwise add, ``left_shift`` = 20 for int8):
 
     a' = requant((a - input_zp[0]) * 2^left_shift, input_multiplier[0], input_shift[0])
@@ -117,6 +121,8 @@ def _verify_weighted(op):
             raise OpError(f"bias must be i32 [{op.operands[1].type.shape[0]}], got {b.dtype} {list(b.shape)}")
     _check_zp(op, "input_zp")
     _check_zp(op, "output_zp")
+    if "weight_zp" in op.attrs:
+        _check_zp(op, "weight_zp")
     _check_clamp(op)
     _check_requant(op, op.operands[1].type.shape[0])
 
@@ -135,7 +141,7 @@ register_op(OpDef(
     summary="Affine int8 NHWC convolution (grouped/depthwise by 'group'), per-channel requantization."))
 
 register_op(OpDef(
-    "s8.dense", operands=["x", "w", "b?"], attrs=attrs(*_REQUANT),
+    "s8.dense", operands=["x", "w", "b?"], attrs=attrs(*_REQUANT, attr("weight_zp", "int", 0)),
     infer=_i8_rule(_dense_rule), verify_fn=_verify_weighted,
     summary="Affine int8 fully connected layer, weights [N, K], requantization per tensor or channel."))
 
