@@ -13,6 +13,11 @@ float32 scales, then ``QuantizeMultiplier``):
     per-tensor dense:         m    = f64(f32(s_in * s_w)) / s_out      (GetQuantizedConvolutionMultipler)
     add:                      t = 2 max(s_a, s_b); m_a = s_a / t; m_b = s_b / t; m = t / (2^20 s_out)
     softmax:                  PreprocessSoftmaxScaling(1, s_in, 5), diff_min = -CalculateInputRadius(5, shift)
+    mul:                      m = s_a * s_b / s_out                  (add and mul broadcast, as TFLite's 4-D slow paths)
+    concat:                   inputs with other parameters -> s8.requantize (m = s_in / s_out), then nn.concat
+    leaky_relu, sigmoid, tanh, hard_swish: s8.lut, the TFLite Micro kernel tabulated per input code
+                              (qcc/sim/s8_lut.py; sigmoid needs s_out = 1/256, zp -128, tanh 1/128, 0)
+    global max pool:          s8.maxpool over the whole H x W window (keeps s and zp)
 
 Biases stay the given int32 values. A ReLU / ReLU6 / Clip (separate op or fused
 ``act``) becomes the clamp: [max(-128, zp + round(lo / s)), min(127, zp + round(hi / s))].
@@ -41,6 +46,7 @@ import numpy as np
 from qcc.ir.graph import Op, Value
 from qcc.transforms.passmanager import register_pass, register_pipeline
 from qcc.transforms.rewriter import PatternPass, RewritePattern, Rewriter
+from qcc.sim import s8_lut
 from qcc.sim.s8 import quantize_multiplier, softmax_params
 from qcc.ir.types import PerAxisQuant, TensorType, UniformQuant
 
@@ -92,6 +98,14 @@ def _const(rewriter: Rewriter, w: np.ndarray, scales) -> Value:
     """An i8 weight constant typed with its per-output-channel (axis 0) scales."""
     quant = PerAxisQuant(0, tuple(float(s) for s in scales), (0,) * len(scales))
     return rewriter.create_op("qcc.const", [], {"value": w}, [TensorType(w.shape, "i8", quant)]).result
+
+
+def _broadcast_shape(a: Value, b: Value):
+    """numpy's broadcast of the two operand shapes (TFLite's 4-D broadcast), or None."""
+    try:
+        return tuple(np.broadcast_shapes(a.shape, b.shape))
+    except ValueError:
+        return None
 
 
 def _multipliers(reals, rounding: str):
@@ -269,8 +283,9 @@ class LowerQuantizedIsland(RewritePattern):
         (a, qa), (b, qb) = self._input(add.operands[0]), self._input(add.operands[1])
         if a is None or b is None:
             return "the operands are not dequantized per-tensor i8 tensors"
-        if a.shape != b.shape:
-            return "s8.add does not broadcast"
+        shape = _broadcast_shape(a, b)
+        if shape is None:
+            return f"the operand shapes {list(a.shape)} and {list(b.shape)} do not broadcast"
         left_shift = 20
         twice_max = 2 * max(qa.scale, qb.scale)
         in_mult, in_shift = _multipliers([qa.scale / twice_max, qb.scale / twice_max], "double")
@@ -278,8 +293,73 @@ class LowerQuantizedIsland(RewritePattern):
         attrs = dict(input_zp=[qa.zero_point, qb.zero_point], output_zp=out_q.zero_point, left_shift=left_shift,
                      input_multiplier=in_mult, input_shift=in_shift, multiplier=mult, shift=shift,
                      act_min=clamp[0], act_max=clamp[1])
-        return rewriter.create_op("s8.add", [a, b], attrs, [TensorType(a.shape, "i8", out_q)],
+        return rewriter.create_op("s8.add", [a, b], attrs, [TensorType(shape, "i8", out_q)],
                                   name=add.name).result
+
+    def _nn_mul(self, mul, q, out_q, clamp, rewriter):
+        (a, qa), (b, qb) = self._input(mul.operands[0]), self._input(mul.operands[1])
+        if a is None or b is None:
+            return "the operands are not dequantized per-tensor i8 tensors"
+        shape = _broadcast_shape(a, b)
+        if shape is None:
+            return f"the operand shapes {list(a.shape)} and {list(b.shape)} do not broadcast"
+        # TFLite PrepareGeneralSubOp for MUL: m = (double)s_a * s_b / s_y.
+        mult, shift = _multipliers([qa.scale * qb.scale / out_q.scale], "double")
+        attrs = dict(input_zp=[qa.zero_point, qb.zero_point], output_zp=out_q.zero_point, multiplier=mult,
+                     shift=shift, act_min=clamp[0], act_max=clamp[1])
+        return rewriter.create_op("s8.mul", [a, b], attrs, [TensorType(shape, "i8", out_q)], name=mul.name).result
+
+    def _lut(self, op, out_q, clamp, rewriter, function, make_table):
+        """A pointwise TFLite kernel as its 256-entry table (qcc.sim.s8_lut), the clamp folded into it."""
+        x, in_q = self._input(op.operands[0])
+        if x is None:
+            return "the input is not a dequantized per-tensor i8 tensor"
+        try:
+            table = make_table(in_q)
+        except ValueError as e:
+            return str(e)
+        table = np.clip(table.astype(np.int64), clamp[0], clamp[1])
+        return rewriter.create_op("s8.lut", [x], dict(table=[int(t) for t in table], function=function),
+                                  [TensorType(x.shape, "i8", out_q)], name=op.name).result
+
+    def _nn_leaky_relu(self, op, q, out_q, clamp, rewriter):
+        alpha = op.attrs["alpha"]
+        return self._lut(op, out_q, clamp, rewriter, "leaky_relu", lambda i: s8_lut.leaky_relu_table(
+            i.scale, i.zero_point, out_q.scale, out_q.zero_point, alpha))
+
+    def _nn_sigmoid(self, op, q, out_q, clamp, rewriter):
+        if (out_q.scale, out_q.zero_point) != s8_lut.LOGISTIC_OUT:
+            return "the int8 sigmoid output must have scale 1/256 and zero point -128 (TFLite LOGISTIC)"
+        return self._lut(op, out_q, clamp, rewriter, "logistic",
+                         lambda i: s8_lut.logistic_table(i.scale, i.zero_point))
+
+    def _nn_tanh(self, op, q, out_q, clamp, rewriter):
+        if (out_q.scale, out_q.zero_point) != s8_lut.TANH_OUT:
+            return "the int8 tanh output must have scale 1/128 and zero point 0 (TFLite TANH)"
+        return self._lut(op, out_q, clamp, rewriter, "tanh", lambda i: s8_lut.tanh_table(i.scale, i.zero_point))
+
+    def _nn_hard_swish(self, op, q, out_q, clamp, rewriter):
+        return self._lut(op, out_q, clamp, rewriter, "hard_swish", lambda i: s8_lut.hard_swish_table(
+            i.scale, i.zero_point, out_q.scale, out_q.zero_point))
+
+    def _nn_concat(self, cat, q, out_q, clamp, rewriter):
+        """TFLite gives a concat's inputs the output's parameters: inputs that differ are rescaled
+        (s8.requantize, m = s_in / s_out), then the int8 tensors are concatenated."""
+        if clamp != (-128, 127):
+            return "a clamp after a concat has no int8 lowering"
+        stored = []
+        for v in cat.operands:
+            x, in_q = self._input(v)
+            if x is None:
+                return "the inputs are not dequantized per-tensor i8 tensors"
+            if in_q != out_q:
+                mult, shift = _multipliers([in_q.scale / out_q.scale], "double")
+                x = rewriter.create_op("s8.requantize", [x], dict(
+                    input_zp=in_q.zero_point, output_zp=out_q.zero_point, multiplier=mult, shift=shift),
+                    [TensorType(x.shape, "i8", out_q)], name=cat.name).result
+            stored.append(x)
+        return rewriter.create_op("nn.concat", stored, dict(cat.attrs), [TensorType(q.result.shape, "i8", out_q)],
+                                  name=cat.name).result
 
     def _pool(self, kind, pool, q, out_q, clamp, rewriter, kernel, strides, pads):
         x, in_q = self._input(pool.operands[0])
@@ -311,6 +391,11 @@ class LowerQuantizedIsland(RewritePattern):
         hw = list(x.shape[1:3]) if pool.attrs["layout"] == "NHWC" else list(x.shape[2:4])
         return self._pool("s8.avgpool", pool, q, out_q, clamp, rewriter, hw, hw, [0, 0, 0, 0])
 
+    def _nn_global_maxpool(self, pool, q, out_q, clamp, rewriter):
+        x = pool.operands[0]
+        hw = list(x.shape[1:3]) if pool.attrs["layout"] == "NHWC" else list(x.shape[2:4])
+        return self._pool("s8.maxpool", pool, q, out_q, clamp, rewriter, hw, hw, [0, 0, 0, 0])
+
     def _nn_softmax(self, sm, q, out_q, clamp, rewriter):
         x, in_q = self._input(sm.operands[0])
         if x is None:
@@ -325,9 +410,9 @@ class LowerQuantizedIsland(RewritePattern):
 
 
 class SinkTransposeThroughAdd(RewritePattern):
-    """s8.add(transpose(a, p), transpose(b, p)) -> transpose(s8.add(a, b), p)."""
+    """s8.add / s8.mul (transpose(a, p), transpose(b, p)) -> transpose(s8.add / s8.mul (a, b), p)."""
 
-    op_names = ("s8.add",)
+    op_names = ("s8.add", "s8.mul")
 
     def match_and_rewrite(self, op, rewriter):
         ta, tb = (v.producer for v in op.operands)
@@ -337,9 +422,35 @@ class SinkTransposeThroughAdd(RewritePattern):
             return rewriter.notify_match_failure(op, "the operands are transposed differently")
         a, b = ta.operands[0], tb.operands[0]
         rewriter.anchor = op
-        add = rewriter.create_op("s8.add", [a, b], dict(op.attrs), [op.result.type.with_shape(a.shape)],
-                                 name=op.name)
+        add = rewriter.create_op(op.opname, [a, b], dict(op.attrs),
+                                 [op.result.type.with_shape(_broadcast_shape(a, b))], name=op.name)
         t = rewriter.create_op("nn.transpose", [add.result], {"perm": ta.attrs["perm"]}, [op.result.type])
+        rewriter.replace_op(op, t)
+        return True
+
+
+class SinkTransposeThroughConcat(RewritePattern):
+    """concat(transpose(x_i, p), axis) of int8 tensors -> transpose(concat(x_i, p[axis]), p)."""
+
+    op_names = ("nn.concat",)
+
+    def match_and_rewrite(self, op, rewriter):
+        ts = [v.producer for v in op.operands]
+        if op.result.type.is_float:
+            return rewriter.notify_match_failure(op, "float concats are left to to-nhwc")
+        if not all(t is not None and t.opname == "nn.transpose" for t in ts):
+            return rewriter.notify_match_failure(op, "the operands are not all transposes")
+        perm = ts[0].attrs["perm"]
+        if any(t.attrs["perm"] != perm for t in ts):
+            return rewriter.notify_match_failure(op, "the operands are transposed differently")
+        axis = perm[op.attrs["axis"] % len(perm)]
+        xs = [t.operands[0] for t in ts]
+        shape = list(xs[0].shape)
+        shape[axis] = sum(x.shape[axis] for x in xs)
+        rewriter.anchor = op
+        cat = rewriter.create_op("nn.concat", xs, {"axis": axis}, [op.result.type.with_shape(tuple(shape))],
+                                 name=op.name)
+        t = rewriter.create_op("nn.transpose", [cat.result], {"perm": perm}, [op.result.type])
         rewriter.replace_op(op, t)
         return True
 
@@ -364,7 +475,7 @@ class UnitTransposeToReshape(RewritePattern):
 
 @register_pass
 class LowerQDQ(PatternPass):
-    """Lower QDQ islands (DQ -> conv/dense/add/pool/softmax -> Q) to affine int8 s8 ops.
+    """Lower QDQ islands (DQ -> conv/dense/add/mul/pool/concat/softmax/pointwise -> Q) to affine int8 s8 ops.
 
     See the module docstring for the arithmetic and a before/after example.
     """
@@ -373,7 +484,8 @@ class LowerQDQ(PatternPass):
     fc_rounding: Literal["double", "single"] = "double"
 
     def patterns(self) -> List[RewritePattern]:
-        return [LowerQuantizedIsland(self.fc_rounding), SinkTransposeThroughAdd(), UnitTransposeToReshape()]
+        return [LowerQuantizedIsland(self.fc_rounding), SinkTransposeThroughAdd(), SinkTransposeThroughConcat(),
+                UnitTransposeToReshape()]
 
 
 # Already-quantized (QDQ) models. lower-qdq runs before to-nhwc: it needs each
