@@ -16,8 +16,12 @@ float32 scales, then ``QuantizeMultiplier``):
     mul:                      m = s_a * s_b / s_out                  (add and mul broadcast, as TFLite's 4-D slow paths)
     concat:                   inputs with other parameters -> s8.requantize (m = s_in / s_out), then nn.concat
     leaky_relu, sigmoid, tanh, hard_swish: s8.lut, the TFLite Micro kernel tabulated per input code
-                              (qcc/sim/s8_lut.py; sigmoid needs s_out = 1/256, zp -128, tanh 1/128, 0)
+                              (qcc/sim/s8_lut.py). TFLite fixes the sigmoid output at 1/256, -128 and
+                              tanh at 1/128, 0; other output parameters (a QDQ model's) get TFLite's
+                              QUANTIZE (requantize) after the kernel, folded into the same table
     global max pool:          s8.maxpool over the whole H x W window (keeps s and zp)
+    pools whose output parameters differ from the input's (a QDQ model's choice; TFLite's pools keep
+    them): the pool on the input's parameters, then s8.requantize (TFLite QUANTIZE), m = s_in / s_out
 
 Biases stay the given int32 values. A ReLU / ReLU6 / Clip (separate op or fused
 ``act``) becomes the clamp: [max(-128, zp + round(lo / s)), min(127, zp + round(hi / s))].
@@ -328,15 +332,12 @@ class LowerQuantizedIsland(RewritePattern):
             i.scale, i.zero_point, out_q.scale, out_q.zero_point, alpha))
 
     def _nn_sigmoid(self, op, q, out_q, clamp, rewriter):
-        if (out_q.scale, out_q.zero_point) != s8_lut.LOGISTIC_OUT:
-            return "the int8 sigmoid output must have scale 1/256 and zero point -128 (TFLite LOGISTIC)"
-        return self._lut(op, out_q, clamp, rewriter, "logistic",
-                         lambda i: s8_lut.logistic_table(i.scale, i.zero_point))
+        return self._lut(op, out_q, clamp, rewriter, "logistic", lambda i: s8_lut.requantized(
+            s8_lut.logistic_table(i.scale, i.zero_point), s8_lut.LOGISTIC_OUT, out_q))
 
     def _nn_tanh(self, op, q, out_q, clamp, rewriter):
-        if (out_q.scale, out_q.zero_point) != s8_lut.TANH_OUT:
-            return "the int8 tanh output must have scale 1/128 and zero point 0 (TFLite TANH)"
-        return self._lut(op, out_q, clamp, rewriter, "tanh", lambda i: s8_lut.tanh_table(i.scale, i.zero_point))
+        return self._lut(op, out_q, clamp, rewriter, "tanh", lambda i: s8_lut.requantized(
+            s8_lut.tanh_table(i.scale, i.zero_point), s8_lut.TANH_OUT, out_q))
 
     def _nn_hard_swish(self, op, q, out_q, clamp, rewriter):
         return self._lut(op, out_q, clamp, rewriter, "hard_swish", lambda i: s8_lut.hard_swish_table(
@@ -365,14 +366,21 @@ class LowerQuantizedIsland(RewritePattern):
         x, in_q = self._input(pool.operands[0])
         if x is None:
             return "the input is not a dequantized per-tensor i8 tensor"
-        if in_q != out_q:
-            return "pooling must keep the scale and zero point"
         layout = pool.attrs["layout"]
         shape = tuple(q.result.shape[i] for i in NCHW_TO_NHWC) if layout == "NCHW" else q.result.shape
-        attrs = dict(kernel=kernel, strides=strides, pads=pads, act_min=clamp[0], act_max=clamp[1])
+        # TFLite pools keep s and zp; a QDQ model that gives the result its own parameters gets the pool
+        # on the input's, then TFLite's QUANTIZE (s8.requantize, which takes the clamp) to the output's.
+        rescale = in_q != out_q
+        attrs = dict(kernel=kernel, strides=strides, pads=pads, act_min=-128 if rescale else clamp[0],
+                     act_max=127 if rescale else clamp[1])
         y = rewriter.create_op(kind, [self._to_nhwc(x, layout, rewriter)], attrs,
-                               [TensorType(shape, "i8", out_q)], name=pool.name)
-        return self._from_nhwc(y.result, layout, rewriter)
+                               [TensorType(shape, "i8", in_q)], name=pool.name).result
+        if rescale:
+            mult, shift = _multipliers([in_q.scale / out_q.scale], "double")
+            y = rewriter.create_op("s8.requantize", [y], dict(
+                input_zp=in_q.zero_point, output_zp=out_q.zero_point, multiplier=mult, shift=shift,
+                act_min=clamp[0], act_max=clamp[1]), [TensorType(shape, "i8", out_q)], name=pool.name).result
+        return self._from_nhwc(y, layout, rewriter)
 
     def _nn_avgpool(self, pool, q, out_q, clamp, rewriter):
         a = pool.attrs

@@ -22,6 +22,9 @@ s = 1/256, zp = -128:
 ``tanh_table`` -- TFLM ``TANH`` int8 (reference_integer_ops::Tanh); output s = 1/128, zp = 0:
     the same input scaling and radius, then y = clamp(rdiv_pot(gemmlowp::tanh(Q4.27 ...), 24))
 
+``requantized`` -- a table followed by TFLM ``QUANTIZE`` int8 -> int8 (reference Requantize,
+    the s8.requantize arithmetic), for a QDQ model whose sigmoid/tanh output is not TFLite's fixed one.
+
 ``hard_swish_table`` -- TFLM ``HARD_SWISH`` int8 (reference_ops::HardSwish, int16 fixed point):
     hires = f32(s_in / 128); (m_o, e_o) = QuantizeMultiplier(f32(hires / s_out)) (e_o <= 0),
     (m_r, e_r) = QuantizeMultiplier(f32(hires / f32(3 / 32768))), both rounded to int16
@@ -110,6 +113,16 @@ def tanh_table(s_in: float, zp_in: int) -> np.ndarray:
     r = np.where(a == 0, 0, np.where(neg, -t, t))
     y = np.clip(rounding_divide_by_pot(r, 31 - 7), -128, 127)
     return _clamp(np.where(live, y, np.where(d <= 0, -128, 127)))
+
+
+def requantized(table: np.ndarray, table_q, out_q) -> np.ndarray:
+    """``table`` (outputs with (scale, zp) ``table_q``) followed by TFLite's int8 QUANTIZE to ``out_q``
+    (Requantize: clamp(mbqm(y - zp, QuantizeMultiplier(s / s_out)) + zp_out)); unchanged when equal."""
+    scale, zp = table_q
+    if (scale, zp) == (out_q.scale, out_q.zero_point):
+        return table
+    mult, shift = quantize_multiplier(float(np.float64(scale) / np.float64(out_q.scale)))
+    return _clamp(_mbqm(table.astype(np.int64) - zp, mult, shift) + out_q.zero_point)
 
 
 # ---------------------------------------------------------------- hard swish (int16 fixed point)
