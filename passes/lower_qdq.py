@@ -20,7 +20,7 @@ float32 scales, then ``QuantizeMultiplier``):
                               tanh at 1/128, 0; other output parameters (a QDQ model's) get TFLite's
                               QUANTIZE (requantize) after the kernel, folded into the same table
     global max pool:          s8.maxpool over the whole H x W window (keeps s and zp)
-    pools whose output parameters differ from the input's (a QDQ model's choice; TFLite's pools keep
+    max pools whose output parameters differ from the input's (a QDQ model's choice; TFLite's pools keep
     them): the pool on the input's parameters, then s8.requantize (TFLite QUANTIZE), m = s_in / s_out
 
 Biases stay the given int32 values. A ReLU / ReLU6 / Clip (separate op or fused
@@ -368,9 +368,13 @@ class LowerQuantizedIsland(RewritePattern):
             return "the input is not a dequantized per-tensor i8 tensor"
         layout = pool.attrs["layout"]
         shape = tuple(q.result.shape[i] for i in NCHW_TO_NHWC) if layout == "NCHW" else q.result.shape
-        # TFLite pools keep s and zp; a QDQ model that gives the result its own parameters gets the pool
-        # on the input's, then TFLite's QUANTIZE (s8.requantize, which takes the clamp) to the output's.
+        # TFLite pools keep s and zp. A QDQ model may give a max pool's result its own parameters: max
+        # commutes with the monotonic requantization, so the pool runs on the input's parameters and
+        # TFLite's QUANTIZE (s8.requantize, which takes the clamp) follows, exactly as the QDQ graph rounds.
+        # An average pool would round twice: it stays refused.
         rescale = in_q != out_q
+        if rescale and kind != "s8.maxpool":
+            return "pooling must keep the scale and zero point"
         attrs = dict(kernel=kernel, strides=strides, pads=pads, act_min=-128 if rescale else clamp[0],
                      act_max=127 if rescale else clamp[1])
         y = rewriter.create_op(kind, [self._to_nhwc(x, layout, rewriter)], attrs,

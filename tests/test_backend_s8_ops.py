@@ -159,9 +159,9 @@ def test_tables_at_hand_computed_points():
 
 
 # ---------------------------------------------------------------- float and QDQ ONNX models
-def _onnx_model():
+def _onnx_model(squeeze: str = "GlobalAveragePool"):
     """A small NCHW float model with every op of this file: conv -> LeakyReLU -> squeeze-and-excitation
-    (GlobalAveragePool, 1x1 conv, Sigmoid, Mul), residual Add, x + x, HardSwish, Tanh times a per-channel
+    (``squeeze``, 1x1 conv, Sigmoid, Mul), residual Add, x + x, HardSwish, Tanh times a per-channel
     constant, GlobalMaxPool broadcast Add, Concat of two branches with their own ranges, 1x1 head."""
     from onnx import helper
     from onnx_builders import build
@@ -170,7 +170,7 @@ def _onnx_model():
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
         helper.make_node("LeakyRelu", ["c1"], ["l1"], alpha=0.1, name="leaky"),
-        helper.make_node("GlobalAveragePool", ["l1"], ["gap"], name="gap"),
+        helper.make_node(squeeze, ["l1"], ["gap"], name="squeeze"),
         helper.make_node("Conv", ["gap", "w2", "b2"], ["se"], name="se_fc"),
         helper.make_node("Sigmoid", ["se"], ["gate"], name="gate"),
         helper.make_node("Mul", ["l1", "gate"], ["scaled"], name="se_mul"),
@@ -258,8 +258,8 @@ def test_float_model_compiles_with_scheme_int8(onnx_files, tmp_path):
 
 @needs_gcc
 def test_onnxruntime_qdq_model_lowers_to_s8(onnx_files, tmp_path):
-    """The same model quantized by onnxruntime (QDQ, int8 activations, per-channel weights): its sigmoid
-    and tanh outputs and pool outputs get their own parameters, which lower-qdq meets with a requantize."""
+    """The model quantized by onnxruntime (QDQ, int8 activations, per-channel weights): its sigmoid and
+    tanh outputs and max pool outputs get their own parameters, which lower-qdq meets with a requantize."""
     import onnx
     import qcc
     import qcc.passes  # noqa: F401
@@ -274,7 +274,10 @@ def test_onnxruntime_qdq_model_lowers_to_s8(onnx_files, tmp_path):
         def get_next(self):
             return next(self.data, None)
 
-    quantize_static(str(folder / "model.onnx"), str(tmp_path / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+    # onnxruntime gives a global average pool its own output range, which TFLite's AVERAGE_POOL cannot
+    # take (lower-qdq refuses it); this variant squeezes with a global max pool.
+    onnx.save(_onnx_model("GlobalMaxPool"), tmp_path / "model.onnx")
+    quantize_static(str(tmp_path / "model.onnx"), str(tmp_path / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
     g = qcc.load_onnx(tmp_path / "qdq.onnx")
     qcc.PassManager.parse("int8").run(g)
