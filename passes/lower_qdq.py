@@ -441,6 +441,27 @@ class SinkTransposeThroughAdd(RewritePattern):
         return True
 
 
+class SinkTransposeThroughPointwise(RewritePattern):
+    """s8.lut / s8.requantize (transpose(x, p)) -> transpose(op(x), p): a per-element map commutes with any
+    layout, so the transposes a lowered NCHW model leaves meet and cancel (canonicalize)."""
+
+    op_names = ("s8.lut", "s8.requantize")
+
+    def match_and_rewrite(self, op, rewriter):
+        t = op.operands[0].producer
+        if t is None or t.opname != "nn.transpose":
+            return rewriter.notify_match_failure(op, "the operand is not a transpose")
+        if _sole_user(t.result, rewriter.graph) is not op:
+            return rewriter.notify_match_failure(op, "the transpose has other users")
+        x = t.operands[0]
+        rewriter.anchor = op
+        moved = rewriter.create_op(op.opname, [x], dict(op.attrs), [op.result.type.with_shape(x.shape)],
+                                   name=op.name)
+        y = rewriter.create_op("nn.transpose", [moved.result], {"perm": t.attrs["perm"]}, [op.result.type])
+        rewriter.replace_op(op, y)
+        return True
+
+
 class SinkTransposeThroughConcat(RewritePattern):
     """concat(transpose(x_i, p), axis) of int8 tensors -> transpose(concat(x_i, p[axis]), p)."""
 
@@ -497,7 +518,7 @@ class LowerQDQ(PatternPass):
 
     def patterns(self) -> List[RewritePattern]:
         return [LowerQuantizedIsland(self.fc_rounding), SinkTransposeThroughAdd(), SinkTransposeThroughConcat(),
-                UnitTransposeToReshape()]
+                SinkTransposeThroughPointwise(), UnitTransposeToReshape()]
 
 
 # Already-quantized (QDQ) models. lower-qdq runs before to-nhwc: it needs each
