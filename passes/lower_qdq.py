@@ -11,7 +11,7 @@ float32 scales, then ``QuantizeMultiplier``):
 
     conv, per-channel dense:  m[c] = s_in * s_w[c] / s_out
     per-tensor dense:         m    = f64(f32(s_in * s_w)) / s_out      (GetQuantizedConvolutionMultipler)
-    add:                      t = 2 max(s_a, s_b); m_a = s_a / t; m_b = s_b / t; m = t / (2^20 s_out)
+    add, sub:                 t = 2 max(s_a, s_b); m_a = s_a / t; m_b = s_b / t; m = t / (2^20 s_out)
     softmax:                  PreprocessSoftmaxScaling(1, s_in, 5), diff_min = -CalculateInputRadius(5, shift)
     mul:                      m = s_a * s_b / s_out                  (add and mul broadcast, as TFLite's 4-D slow paths)
     concat:                   inputs with other parameters -> s8.requantize (m = s_in / s_out), then nn.concat
@@ -284,6 +284,12 @@ class LowerQuantizedIsland(RewritePattern):
                     return "the matmul result has other users"
                 return self._dense_common(mm.operands[0], mm.operands[1], add.operands[1 - i], 1, True, q, out_q,
                                           clamp, rewriter, mm.name)
+        return self._add_sub("s8.add", add, out_q, clamp, rewriter)
+
+    def _nn_sub(self, sub, q, out_q, clamp, rewriter):
+        return self._add_sub("s8.sub", sub, out_q, clamp, rewriter)
+
+    def _add_sub(self, kind, add, out_q, clamp, rewriter):
         (a, qa), (b, qb) = self._input(add.operands[0]), self._input(add.operands[1])
         if a is None or b is None:
             return "the operands are not dequantized per-tensor i8 tensors"
@@ -297,8 +303,7 @@ class LowerQuantizedIsland(RewritePattern):
         attrs = dict(input_zp=[qa.zero_point, qb.zero_point], output_zp=out_q.zero_point, left_shift=left_shift,
                      input_multiplier=in_mult, input_shift=in_shift, multiplier=mult, shift=shift,
                      act_min=clamp[0], act_max=clamp[1])
-        return rewriter.create_op("s8.add", [a, b], attrs, [TensorType(shape, "i8", out_q)],
-                                  name=add.name).result
+        return rewriter.create_op(kind, [a, b], attrs, [TensorType(shape, "i8", out_q)], name=add.name).result
 
     def _nn_mul(self, mul, q, out_q, clamp, rewriter):
         (a, qa), (b, qb) = self._input(mul.operands[0]), self._input(mul.operands[1])
@@ -422,9 +427,9 @@ class LowerQuantizedIsland(RewritePattern):
 
 
 class SinkTransposeThroughAdd(RewritePattern):
-    """s8.add / s8.mul (transpose(a, p), transpose(b, p)) -> transpose(s8.add / s8.mul (a, b), p)."""
+    """s8.add / s8.sub / s8.mul (transpose(a, p), transpose(b, p)) -> transpose(the op (a, b), p)."""
 
-    op_names = ("s8.add", "s8.mul")
+    op_names = ("s8.add", "s8.sub", "s8.mul")
 
     def match_and_rewrite(self, op, rewriter):
         ta, tb = (v.producer for v in op.operands)
@@ -508,7 +513,7 @@ class UnitTransposeToReshape(RewritePattern):
 
 @register_pass
 class LowerQDQ(PatternPass):
-    """Lower QDQ islands (DQ -> conv/dense/add/mul/pool/concat/softmax/pointwise -> Q) to affine int8 s8 ops.
+    """Lower QDQ islands (DQ -> conv/dense/add/sub/mul/pool/concat/softmax/pointwise -> Q) to affine int8 s8 ops.
 
     See the module docstring for the arithmetic and a before/after example.
     """

@@ -16,7 +16,7 @@ instead of their own range: max / average pooling (global too) and the shape ops
 transpose, ...; these move to the integer side: ``DQ -> reshape`` becomes
 ``reshape -> DQ``). Softmax and sigmoid outputs are fixed at s = 1/256, zp = -128,
 tanh at s = 1/128, zp = 0 (TFLite's int8 kernels require these). A float constant
-operand of an add or mul is quantized per tensor with the asymmetric rule over its
+operand of an add, sub or mul is quantized per tensor with the asymmetric rule over its
 own values (clamp(round_half_away(k / s) + zp)), as TFLite quantizes constant inputs. A concat
 keeps its own range and becomes an integer ``nn.concat`` whose inputs with other
 parameters are rescaled by ``s8.requantize`` (m = s_in / s_out, TFLite's rule
@@ -65,7 +65,7 @@ SOFTMAX_QUANT = UniformQuant(1.0 / 256, -128)
 FIXED_OUTPUT_QUANT = {"nn.softmax": SOFTMAX_QUANT, "nn.sigmoid": UniformQuant(1.0 / 256, -128),
                       "nn.tanh": UniformQuant(1.0 / 128, 0)}
 # Elementwise ops whose constant operand is quantized like an activation (TFLite: per tensor, asymmetric).
-ELEMENTWISE_CONST_OPS = frozenset({"nn.add", "nn.mul"})
+ELEMENTWISE_CONST_OPS = frozenset({"nn.add", "nn.sub", "nn.mul"})
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 
@@ -237,7 +237,7 @@ class QuantizeAffine(Pass):
 
     @staticmethod
     def _quantize_constant_operand(graph: Graph, op: Op, stats: Dict[str, int]):
-        """x + k, x * k: the float constant k becomes DQ(int8 k) with asymmetric per-tensor parameters of its
+        """x + k, x - k, k - x, x * k: the float constant k becomes DQ(int8 k) with asymmetric per-tensor parameters of its
         own range (TFLite's rule for constant inputs of ADD/MUL), once the other operand is quantized."""
         for i in (0, 1):
             k, other = op.operands[i], op.operands[1 - i]

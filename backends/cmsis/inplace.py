@@ -53,7 +53,7 @@ from qcc.ir.graph import Op
 from .layers_s8 import is_s8_depthwise
 
 ELEMENTWISE = frozenset({"qnn.requantize", "qnn.lut", "qnn.lut_interp", "qnn.add", "s8.requantize", "s8.add",
-                         "s8.mul", "s8.lut"})
+                         "s8.sub", "s8.mul", "s8.lut"})
 CONVS = frozenset({"qnn.conv2d", "s8.conv2d"})
 WINDOWED = CONVS | {"qnn.maxpool", "qnn.avgpool", "s8.maxpool", "s8.avgpool"}
 INPLACE_OPS = ELEMENTWISE | WINDOWED

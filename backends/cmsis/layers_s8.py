@@ -50,6 +50,7 @@ S8_HANDLED_ATTRS = {
     "s8.maxpool": set(_WINDOW),
     "s8.softmax": {"multiplier", "shift", "diff_min"},
 }
+S8_HANDLED_ATTRS["s8.sub"] = S8_HANDLED_ATTRS["s8.add"]
 REQUANT_FN = {"double": "qcc_s8_requant", "single": "qcc_s8_requant_single"}
 SOFTMAX_MAX_COLS = 4095  # sum of exp terms (each <= 2^19) must stay inside int32
 
@@ -310,7 +311,7 @@ def _add(builder, op: Op, fn: str) -> dict:
                and all(0 <= m < 1 << 31 and -31 <= sh <= 0 for m, sh in ins))
     # qcc_s8_requant_out's conditions (s8_common.j2) for the final rescale.
     fast_out = (a["rounding"] == "double" and 1 << 30 <= a["multiplier"][0] < 1 << 31 and -21 <= a["shift"][0] <= -1)
-    return {**_broadcast(op), "fast_in": fast_in, "fast_out": fast_out, "e1": -a["shift"][0] - 1, "zp2p1": 2 * zp + 1,
+    return {**_broadcast(op), "sub": op.opname == "s8.sub", "fast_in": fast_in, "fast_out": fast_out, "e1": -a["shift"][0] - 1, "zp2p1": 2 * zp + 1,
             "e_a": -a["input_shift"][0], "e_b": -a["input_shift"][1],
             "requant": REQUANT_FN[a["rounding"]], "left_shift": a["left_shift"],
             "zp_a": a["input_zp"][0], "zp_b": a["input_zp"][1],
@@ -342,7 +343,7 @@ def _softmax(builder, op: Op, fn: str) -> dict:
 
 
 S8_CONTEXTS = {"s8.conv2d": _conv2d, "s8.dense": _dense, "s8.requantize": _requantize, "s8.add": _add,
-               "s8.mul": _mul, "s8.lut": _lut, "s8.avgpool": _pool, "s8.maxpool": _pool, "s8.softmax": _softmax}
+               "s8.sub": _add, "s8.mul": _mul, "s8.lut": _lut, "s8.avgpool": _pool, "s8.maxpool": _pool, "s8.softmax": _softmax}
 
 
 def build_s8(builder, op: Op, fn: str) -> dict:

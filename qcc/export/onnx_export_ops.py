@@ -230,6 +230,7 @@ _INTEGER_OPS = {
     "s8.conv2d": _integer_conv,
     "s8.dense": (lambda ex, op, xs, name, out: ex.dense(op, xs, name, out)),
     "s8.add": (lambda ex, op, xs, name, out: ex.node("Add", xs, name, [out])),
+    "s8.sub": (lambda ex, op, xs, name, out: ex.node("Sub", xs, name, [out])),
     "s8.mul": (lambda ex, op, xs, name, out: ex.node("Mul", xs, name, [out])),
     "s8.lut": _gather_table,  # TFLite's kernel per input code: exact
     "s8.requantize": (_requantize),

@@ -136,7 +136,7 @@ def _dense(op, x, w, b=None):
 
 
 # ---------------------------------------------------------------- elementwise
-@kernel("s8.add")
+@kernel("s8.add", "s8.sub")
 def _add(op, a, b):
     at = op.attrs
     r = at["rounding"]
@@ -144,7 +144,8 @@ def _add(op, a, b):
     for i, v in enumerate((a, b)):
         shifted = (np.asarray(v, np.int64) - at["input_zp"][i]) << at["left_shift"]
         scaled.append(requantize(shifted, at["input_multiplier"][i], at["input_shift"][i], op, r))
-    y = requantize(scaled[0] + scaled[1], at["multiplier"][0], at["shift"][0], op, r)
+    total = scaled[0] - scaled[1] if op.opname == "s8.sub" else scaled[0] + scaled[1]
+    y = requantize(total, at["multiplier"][0], at["shift"][0], op, r)
     return _clamp_i8(y + at["output_zp"], op)
 
 

@@ -35,13 +35,15 @@ one entry for the tensor or one per channel):
     b' = requant((b - input_zp[1]) * 2^left_shift, input_multiplier[1], input_shift[1])
     y  = clamp(requant(a' + b', multiplier[0], shift[0]) + output_zp, act_min, act_max)
 
+``s8.sub`` (TFLite's int8 SUB, reference SubElementwise): the same with ``a' - b'``.
+
 ``s8.mul`` (TFLite ``MulElementwise`` / CMSIS-NN ``arm_elementwise_mul_s8``; m = s_a * s_b / s_y):
 
     y  = clamp(requant((a - input_zp[0]) * (b - input_zp[1]), multiplier[0], shift[0]) + output_zp,
                act_min, act_max)
 
-``s8.add`` and ``s8.mul`` broadcast their operands numpy-style to the result shape
-(TFLite's ``BroadcastAdd4DSlow`` / ``BroadcastMul4DSlow``: the same arithmetic per
+``s8.add``, ``s8.sub`` and ``s8.mul`` broadcast their operands numpy-style to the result shape
+(TFLite's ``BroadcastAdd4DSlow`` / ``BroadcastSubSlow`` / ``BroadcastMul4DSlow``: the same arithmetic per
 output element, e.g. the squeeze-and-excitation form NxHxWxC * Nx1x1xC).
 
 ``s8.lut``: ``y = table[x + 128]``, a 256-entry int8 table per input code. The
@@ -181,13 +183,15 @@ def _verify_add(op):
         raise OpError(f"'left_shift' must lie in [0, 24], got {op.attrs['left_shift']}")
 
 
-register_op(OpDef(
-    "s8.add", operands=["a", "b"],
-    attrs=attrs(attr("input_zp", "ints"), attr("output_zp", "int", 0), attr("left_shift", "int", 20),
-                attr("input_multiplier", "ints"), attr("input_shift", "ints"),
-                attr("multiplier", "ints"), attr("shift", "ints"), attr("rounding", "str", "double"), *_CLAMP),
-    infer=_broadcast_rule, verify_fn=_verify_add,
-    summary="Affine int8 elementwise add (TFLite scheme: left shift 20, per-input and output multipliers)."))
+for _name, _summary in [
+        ("s8.add", "Affine int8 elementwise add (TFLite scheme: left shift 20, per-input and output multipliers)."),
+        ("s8.sub", "Affine int8 elementwise subtract a - b (TFLite SUB: the add's scheme with a' - b').")]:
+    register_op(OpDef(
+        _name, operands=["a", "b"],
+        attrs=attrs(attr("input_zp", "ints"), attr("output_zp", "int", 0), attr("left_shift", "int", 20),
+                    attr("input_multiplier", "ints"), attr("input_shift", "ints"),
+                    attr("multiplier", "ints"), attr("shift", "ints"), attr("rounding", "str", "double"), *_CLAMP),
+        infer=_broadcast_rule, verify_fn=_verify_add, summary=_summary))
 
 
 def _verify_mul(op):
