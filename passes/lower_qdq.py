@@ -289,13 +289,21 @@ class LowerQuantizedIsland(RewritePattern):
     def _nn_sub(self, sub, q, out_q, clamp, rewriter):
         return self._add_sub("s8.sub", sub, out_q, clamp, rewriter)
 
-    def _add_sub(self, kind, add, out_q, clamp, rewriter):
-        (a, qa), (b, qb) = self._input(add.operands[0]), self._input(add.operands[1])
+    def _binary_inputs(self, op):
+        """((a, s_a), (b, s_b), broadcast shape) of an elementwise island, or the reason it does not lower."""
+        (a, qa), (b, qb) = self._input(op.operands[0]), self._input(op.operands[1])
         if a is None or b is None:
             return "the operands are not dequantized per-tensor i8 tensors"
         shape = _broadcast_shape(a, b)
         if shape is None:
             return f"the operand shapes {list(a.shape)} and {list(b.shape)} do not broadcast"
+        return (a, qa), (b, qb), shape
+
+    def _add_sub(self, kind, add, out_q, clamp, rewriter):
+        inputs = self._binary_inputs(add)
+        if isinstance(inputs, str):
+            return inputs
+        (a, qa), (b, qb), shape = inputs
         left_shift = 20
         twice_max = 2 * max(qa.scale, qb.scale)
         in_mult, in_shift = _multipliers([qa.scale / twice_max, qb.scale / twice_max], "double")
@@ -306,13 +314,11 @@ class LowerQuantizedIsland(RewritePattern):
         return rewriter.create_op(kind, [a, b], attrs, [TensorType(shape, "i8", out_q)], name=add.name).result
 
     def _nn_mul(self, mul, q, out_q, clamp, rewriter):
-        (a, qa), (b, qb) = self._input(mul.operands[0]), self._input(mul.operands[1])
-        if a is None or b is None:
-            return "the operands are not dequantized per-tensor i8 tensors"
-        shape = _broadcast_shape(a, b)
-        if shape is None:
-            return f"the operand shapes {list(a.shape)} and {list(b.shape)} do not broadcast"
-        # TFLite PrepareGeneralSubOp for MUL: m = (double)s_a * s_b / s_y.
+        inputs = self._binary_inputs(mul)
+        if isinstance(inputs, str):
+            return inputs
+        (a, qa), (b, qb), shape = inputs
+        # TFLite MUL's prepare: m = (double)s_a * (double)s_b / (double)s_out.
         mult, shift = _multipliers([qa.scale * qb.scale / out_q.scale], "double")
         attrs = dict(input_zp=[qa.zero_point, qb.zero_point], output_zp=out_q.zero_point, multiplier=mult,
                      shift=shift, act_min=clamp[0], act_max=clamp[1])

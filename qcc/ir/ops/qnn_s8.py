@@ -167,7 +167,8 @@ def _broadcast_rule(op):
     return [TensorType(tuple(shape), "i8")]
 
 
-def _verify_add(op):
+def _verify_binary(op):
+    """The checks s8.add / s8.sub / s8.mul share: i8 operands that broadcast, two input zero points."""
     _check_i8(op, list(op.operands) + list(op.results))
     _broadcast_rule(op)
     if len(op.attrs["input_zp"]) != 2:
@@ -176,6 +177,10 @@ def _verify_add(op):
     _check_zp(op, "output_zp")
     _check_clamp(op)
     _check_requant(op, 1)
+
+
+def _verify_add(op):
+    _verify_binary(op)
     _check_requant(op, 2, "input_")
     if len(op.attrs["input_multiplier"]) != 2:
         raise OpError("'input_multiplier' needs two entries (a, b)")
@@ -194,22 +199,11 @@ for _name, _summary in [
         infer=_broadcast_rule, verify_fn=_verify_add, summary=_summary))
 
 
-def _verify_mul(op):
-    _check_i8(op, list(op.operands) + list(op.results))
-    _broadcast_rule(op)
-    if len(op.attrs["input_zp"]) != 2:
-        raise OpError("'input_zp' needs two entries (a, b)")
-    _check_zp(op, "input_zp")
-    _check_zp(op, "output_zp")
-    _check_clamp(op)
-    _check_requant(op, 1)
-
-
 register_op(OpDef(
     "s8.mul", operands=["a", "b"],
     attrs=attrs(attr("input_zp", "ints"), attr("output_zp", "int", 0), attr("multiplier", "ints"),
                 attr("shift", "ints"), attr("rounding", "str", "double"), *_CLAMP),
-    infer=_broadcast_rule, verify_fn=_verify_mul,
+    infer=_broadcast_rule, verify_fn=_verify_binary,
     summary="Affine int8 elementwise multiply, broadcasting (TFLite MulElementwise / arm_elementwise_mul_s8)."))
 
 LUT_FUNCTIONS = ("leaky_relu", "logistic", "tanh", "hard_swish")
