@@ -20,6 +20,8 @@ float32 scales, then ``QuantizeMultiplier``):
                               tanh at 1/128, 0; other output parameters (a QDQ model's) get TFLite's
                               QUANTIZE (requantize) after the kernel, folded into the same table
     global max pool:          s8.maxpool over the whole H x W window (keeps s and zp)
+    Q(relu / clip (DQ x)), Q(DQ x): s8.requantize, m = s_in / s_out, the activation as its clamp
+                              (TFLite's int8 RELU / RELU6 / RELU_N1_TO_1 / QUANTIZE)
     max pools whose output parameters differ from the input's (a QDQ model's choice; TFLite's pools keep
     them): the pool on the input's parameters, then s8.requantize (TFLite QUANTIZE), m = s_in / s_out
 
@@ -413,6 +415,19 @@ class LowerQuantizedIsland(RewritePattern):
         x = pool.operands[0]
         hw = list(x.shape[1:3]) if pool.attrs["layout"] == "NHWC" else list(x.shape[2:4])
         return self._pool("s8.avgpool", pool, q, out_q, clamp, rewriter, hw, hw, [0, 0, 0, 0])
+
+    def _q_dequantize(self, dq, q, out_q, clamp, rewriter):
+        """Q(act(DQ x)) with no layer between: TFLite's int8 RELU / RELU6 / RELU_N1_TO_1 (a clip) or QUANTIZE
+        (no activation): y = clamp(requant(x - zp_in, s_in / s_out) + zp_out), i.e. s8.requantize."""
+        x, in_q = self._input(dq.result)
+        if x is None:
+            return "quantizes a dequantized tensor that is not per-tensor i8"
+        if in_q == out_q and clamp == (-128, 127):
+            return x
+        mult, shift = _multipliers([in_q.scale / out_q.scale], "double")
+        return rewriter.create_op("s8.requantize", [x], dict(
+            input_zp=in_q.zero_point, output_zp=out_q.zero_point, multiplier=mult, shift=shift, act_min=clamp[0],
+            act_max=clamp[1]), [TensorType(x.shape, "i8", out_q)], name=q.name).result
 
     def _nn_global_maxpool(self, pool, q, out_q, clamp, rewriter):
         x = pool.operands[0]

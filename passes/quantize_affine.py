@@ -13,8 +13,8 @@ Activations, asymmetric per tensor (``GetAsymmetricQuantizationParams``, float32
 ``q.range %x`` becomes ``q.dequantize(q.quantize %x)`` with that type. Results
 that TFLite requires to keep their input's parameters take them from the input
 instead of their own range: max / average pooling (global too) and the shape ops (reshape,
-transpose, ...; these move to the integer side: ``DQ -> reshape`` becomes
-``reshape -> DQ``). Softmax and sigmoid outputs are fixed at s = 1/256, zp = -128,
+transpose, pad ...; these move to the integer side: ``DQ -> reshape`` becomes
+``reshape -> DQ``; a pad's value v becomes the stored round_half_away(v / s) + zp, TFLite's PAD). Softmax and sigmoid outputs are fixed at s = 1/256, zp = -128,
 tanh at s = 1/128, zp = 0 (TFLite's int8 kernels require these). A float constant
 operand of an add, sub or mul is quantized per tensor with the asymmetric rule over its
 own values (clamp(round_half_away(k / s) + zp)), as TFLite quantizes constant inputs. A concat
@@ -56,7 +56,7 @@ from qcc.ir.types import PerAxisQuant, TensorType, UniformQuant
 
 SHARES_INPUT_QUANT = frozenset({"nn.maxpool", "nn.avgpool", "nn.global_avgpool", "nn.global_maxpool"})
 # Shape ops the int8 graph runs on quantized tensors directly (frontend_qdq.SHAPE_OPS).
-INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose"})
+INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose", "nn.pad"})
 WEIGHTED = {"nn.conv2d": (1, 2), "nn.dense": (1, 2)}  # opname -> (weight operand, bias operand)
 # Ops float_output keeps in float when they end the graph (the back end's float epilogue).
 FLOAT_EPILOGUE_OPS = frozenset({"nn.softmax", "nn.sigmoid", "nn.tanh"})
@@ -226,7 +226,14 @@ class QuantizeAffine(Pass):
             return
         stored = x.producer.operands[0]
         out = op.result
-        moved = graph.add_op(op.opname, [stored], dict(op.attrs), [TensorType(out.shape, "i8", stored.type.quant)],
+        attrs = dict(op.attrs)
+        if op.opname == "nn.pad":  # TFLite PAD / PADV2: the pad value quantized with the tensor's parameters
+            q = stored.type.quant
+            value = round_half_away(np.float64(attrs["value"]) / np.float64(np.float32(q.scale))) + q.zero_point
+            if not -128 <= value <= 127:
+                return
+            attrs["value"] = float(value)
+        moved = graph.add_op(op.opname, [stored], attrs, [TensorType(out.shape, "i8", stored.type.quant)],
                              name=op.name)
         dq = graph.add_op("q.dequantize", [moved.result], {}, [out.type], name=op.name)
         graph.replace_all_uses(out, dq.result)
