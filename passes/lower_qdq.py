@@ -16,6 +16,7 @@ float32 scales, then ``QuantizeMultiplier``):
     mul:                      m = s_a * s_b / s_out                  (add and mul broadcast, as TFLite's 4-D slow paths)
     concat:                   inputs with other parameters -> s8.requantize (m = s_in / s_out), then nn.concat
     leaky_relu, sigmoid, tanh, hard_swish: s8.lut, the TFLite Micro kernel tabulated per input code
+                              (hard_sigmoid, which TFLite lacks: the real function rounded per code)
                               (qcc/sim/s8_lut.py). TFLite fixes the sigmoid output at 1/256, -128 and
                               tanh at 1/128, 0; other output parameters (a QDQ model's) get TFLite's
                               QUANTIZE (requantize) after the kernel, folded into the same table
@@ -355,6 +356,11 @@ class LowerQuantizedIsland(RewritePattern):
     def _nn_hard_swish(self, op, q, out_q, clamp, rewriter):
         return self._lut(op, out_q, clamp, rewriter, "hard_swish", lambda i: s8_lut.hard_swish_table(
             i.scale, i.zero_point, out_q.scale, out_q.zero_point))
+
+    def _nn_hard_sigmoid(self, op, q, out_q, clamp, rewriter):
+        a = op.attrs
+        return self._lut(op, out_q, clamp, rewriter, "hard_sigmoid", lambda i: s8_lut.hard_sigmoid_table(
+            i.scale, i.zero_point, out_q.scale, out_q.zero_point, a["alpha"], a["beta"]))
 
     def _nn_concat(self, cat, q, out_q, clamp, rewriter):
         """TFLite gives a concat's inputs the output's parameters: inputs that differ are rescaled

@@ -82,6 +82,7 @@ def elementwise_graph(seed: int):
                 "leaky")
     th = lut(per_c, "tanh", s8_lut.tanh_table(0.0625, per_c.type.quant.zero_point), "tanh")
     hs = lut(leaky, "hard_swish", s8_lut.hard_swish_table(0.05, -20, 0.04, -60), "hard_swish")
+    hs = lut(hs, "hard_sigmoid", s8_lut.hard_sigmoid_table(0.04, -60, 1 / 256, -128, 0.2, 0.5), "hard_sigmoid")
     row_max = _typed(b, g.add_op("s8.maxpool", [c], dict(kernel=[1, 6], strides=[1, 6]), name="row_max"), zc)
     rowmul = mul(th, row_max, "times_rows")                                    # Nx5x6xC * Nx5x1xC
     out_q = UniformQuant(0.0625, 9)
@@ -129,6 +130,8 @@ def test_tables_follow_the_float_functions(s_in, zp):
     hs = (s8_lut.hard_swish_table(s_in, zp, s_out, zo).astype(np.float64) - zo) * s_out
     want = np.clip(x * np.clip(x / 6 + 0.5, 0, 1), (-128 - zo) * s_out, (127 - zo) * s_out)
     assert np.abs(hs - want).max() < 0.55 * s_out
+    hsg = (s8_lut.hard_sigmoid_table(s_in, zp, 1 / 256, -128, 0.2, 0.5).astype(np.float64) + 128) / 256
+    assert np.abs(hsg - np.clip(0.2 * x + 0.5, 0, 255 / 256)).max() <= 0.5 / 256 + 1e-12  # rounded once
     lr = (s8_lut.leaky_relu_table(s_in, zp, s_in * 0.7, zo, -0.3).astype(np.float64) - zo) * s_in * 0.7
     want = np.clip(np.where(x >= 0, x, -0.3 * x), (-128 - zo) * s_in * 0.7, (127 - zo) * s_in * 0.7)
     # MultiplyByQuantizedMultiplier rounds twice (high multiply, then the shift): up to one step off.
@@ -363,8 +366,9 @@ def test_lowered_graph_exports_to_qdq_onnx(onnx_files):
 @needs_gcc
 def test_float_model_with_pad_clip_div_and_concat_output(tmp_path):
     """Pad (TFLite PAD: the value quantized), a standalone clip (RELU_N1_TO_1 as a requantize), division
-    by a constant (a multiplication by its reciprocal), relu of a graph input and a concat that is the
-    graph output: all integer, C == simulator, close to float on the calibration inputs."""
+    by a constant (a multiplication by its reciprocal), hard sigmoid of the graph input, a relu of it with
+    no layer before, and a concat that is the graph output: all integer, C == simulator, close to float
+    on the calibration inputs."""
     import qcc
     import qcc.passes  # noqa: F401
     from onnx import helper
@@ -375,7 +379,8 @@ def test_float_model_with_pad_clip_div_and_concat_output(tmp_path):
              helper.make_node("Pad", ["c", "p"], ["pd"], name="pad"),
              helper.make_node("Clip", ["pd", "lo", "hi"], ["cl"], name="clip"),
              helper.make_node("Div", ["cl", "k"], ["dv"], name="div"),
-             helper.make_node("Relu", ["x"], ["r"], name="relu_in"),
+             helper.make_node("HardSigmoid", ["x"], ["hsg"], name="hard_sigmoid"),
+             helper.make_node("Relu", ["hsg"], ["r"], name="relu"),
              helper.make_node("Concat", ["dv", "r"], ["y"], axis=1, name="concat")]
     # Small weights: the conv's range stays near the clip's, so its int8 step does not dominate the error.
     inits = {"w": w(3, 3, 3, 3) * 0.2, "b": w(3) * 0.2, "p": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
@@ -386,9 +391,9 @@ def test_float_model_with_pad_clip_div_and_concat_output(tmp_path):
     g = qcc.load_onnx(model)
     qcc.PassManager.parse(f"int8-calibrated{{data={tmp_path / 'calib.npz'}}}").run(g)
     ops = {op.opname for op in g.ops if op.opname != "qcc.const"}
-    assert ops <= {"q.quantize", "q.dequantize", "s8.conv2d", "s8.requantize", "s8.mul", "nn.pad", "nn.concat",
-                   "nn.transpose"}, ops
-    assert {"nn.pad", "s8.mul", "s8.requantize"} <= ops
+    assert ops <= {"q.quantize", "q.dequantize", "s8.conv2d", "s8.requantize", "s8.mul", "s8.lut", "nn.pad",
+                   "nn.concat", "nn.transpose"}, ops
+    assert {"nn.pad", "s8.mul", "s8.requantize", "s8.lut"} <= ops
     from qcc.sim.interpreter import run_batched
     got = run_batched(g, {"x": calib})["y"]
     want = np.stack([run_ort(model, {"x": x})["y"] for x in calib]).reshape(got.shape)

@@ -22,6 +22,11 @@ s = 1/256, zp = -128:
 ``tanh_table`` -- TFLM ``TANH`` int8 (reference_integer_ops::Tanh); output s = 1/128, zp = 0:
     the same input scaling and radius, then y = clamp(rdiv_pot(gemmlowp::tanh(Q4.27 ...), 24))
 
+``hard_sigmoid_table`` -- ONNX HardSigmoid, for which TFLite has no int8 kernel (its converter
+    builds it from other ops): qcc's definition, the real function on each code's value rounded
+    half away from zero, y = clamp(zp_out + round((max(0, min(1, alpha * (x - zp_in) * s_in + beta))) / s_out)),
+    in float64.
+
 ``requantized`` -- a table followed by TFLM ``QUANTIZE`` int8 -> int8 (reference Requantize,
     the s8.requantize arithmetic), for a QDQ model whose sigmoid/tanh output is not TFLite's fixed one.
 
@@ -113,6 +118,12 @@ def tanh_table(s_in: float, zp_in: int) -> np.ndarray:
     r = np.where(a == 0, 0, np.where(neg, -t, t))
     y = np.clip(rounding_divide_by_pot(r, 31 - 7), -128, 127)
     return _clamp(np.where(live, y, np.where(d <= 0, -128, 127)))
+
+
+def hard_sigmoid_table(s_in: float, zp_in: int, s_out: float, zp_out: int, alpha: float, beta: float) -> np.ndarray:
+    x = (CODES - zp_in) * np.float64(s_in)
+    y = np.clip(np.float64(alpha) * x + np.float64(beta), 0.0, 1.0) / np.float64(s_out)
+    return _clamp(zp_out + np.sign(y) * np.floor(np.abs(y) + 0.5))
 
 
 def requantized(table: np.ndarray, table_q, out_q) -> np.ndarray:

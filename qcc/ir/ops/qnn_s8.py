@@ -49,7 +49,8 @@ output element, e.g. the squeeze-and-excitation form NxHxWxC * Nx1x1xC).
 ``s8.lut``: ``y = table[x + 128]``, a 256-entry int8 table per input code. The
 lowering fills it with a TFLite Micro int8 reference kernel evaluated on every
 code (``qcc.sim.s8_lut`` states each: LEAKY_RELU, LOGISTIC, TANH, HARD_SWISH), so
-the table is that kernel, bit for bit; ``function`` names which one.
+the table is that kernel, bit for bit; ``function`` names which one. ``hard_sigmoid``
+has no TFLite int8 kernel: its table is the real function rounded per code.
 
 ``s8.requantize``: y = clamp(requant(x - input_zp, multiplier[0], shift[0]) + output_zp, act_min, act_max)
 
@@ -206,7 +207,7 @@ register_op(OpDef(
     infer=_broadcast_rule, verify_fn=_verify_binary,
     summary="Affine int8 elementwise multiply, broadcasting (TFLite MulElementwise / arm_elementwise_mul_s8)."))
 
-LUT_FUNCTIONS = ("leaky_relu", "logistic", "tanh", "hard_swish")
+LUT_FUNCTIONS = ("leaky_relu", "logistic", "tanh", "hard_swish", "hard_sigmoid")
 
 
 def _verify_lut(op):
