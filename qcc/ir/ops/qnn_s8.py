@@ -213,8 +213,10 @@ LUT_FUNCTIONS = ("leaky_relu", "logistic", "tanh", "hard_swish", "hard_sigmoid")
 def _verify_lut(op):
     _check_i8(op, list(op.operands) + list(op.results))
     table = op.attrs["table"]
-    if len(table) != 256 or any(not -128 <= t <= 127 for t in table):
+    if len(table) != 256:
         raise OpError(f"'table' must hold 256 int8 values, got {len(table)} entries")
+    if any(not -128 <= t <= 127 for t in table):
+        raise OpError("'table' holds values outside the i8 range")
     if op.attrs["function"] not in LUT_FUNCTIONS:
         raise OpError(f"'function' must be one of {', '.join(LUT_FUNCTIONS)}, got '{op.attrs['function']}'")
 
