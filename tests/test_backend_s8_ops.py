@@ -400,3 +400,78 @@ def test_float_model_with_pad_clip_div_and_concat_output(tmp_path):
     step = g.outputs[0].producer.operands[0].type.quant.scale
     assert np.abs(got - want).max() <= 2.5 * step   # measured: 1.73 steps max, 0.21 mean
     _host_equals_simulator(tmp_path, g, calib)
+
+
+# ---------------------------------------------------------------- TensorFlow Lite Micro itself
+def _tflm():
+    for module in ("tflite", "flatbuffers", "tflite_micro"):
+        pytest.importorskip(module, reason=f"the PyPI package {module} (tflite-micro, tflite) is not installed")
+    import tflite
+    import tflite_builders
+    return tflite, tflite_builders
+
+
+LUT_PARAMS = [(0.0625, 0), (0.05, 3), (0.1, -20), (0.02, 100), (0.3, -128), (0.0071, 55), (1.7, -3)]
+
+
+@pytest.mark.parametrize("s_in, zp", LUT_PARAMS)
+def test_tables_equal_tflite_micro_on_every_code(s_in, zp):
+    """LOGISTIC, TANH, HARD_SWISH and LEAKY_RELU one-op models in TFLite Micro's interpreter, fed all 256
+    codes: the s8.lut tables equal its outputs code for code."""
+    tflite, tb = _tflm()
+    op = tflite.BuiltinOperator
+    codes = np.arange(-128, 128, dtype=np.int8).reshape(1, 256)
+    s_in = float(np.float32(s_in))
+    shape = (1, 256)
+    so, zo = float(np.float32(max(s_in * 0.6, 0.004))), -90
+    cases = [(op.LOGISTIC, (1 / 256, -128), None, s8_lut.logistic_table(s_in, zp)),
+             (op.TANH, (1 / 128, 0), None, s8_lut.tanh_table(s_in, zp)),
+             (op.HARD_SWISH, (so, zo), None, s8_lut.hard_swish_table(s_in, zp, so, zo))]
+    for alpha in (0.1, 0.2, -0.3):
+        so2 = float(np.float32(s_in * 0.7))
+        cases.append((op.LEAKY_RELU, (so2, zo), tb.options("LeakyRelu", Alpha=alpha),
+                      s8_lut.leaky_relu_table(s_in, zp, so2, zo, float(np.float32(alpha)))))
+    for code, (s_out, z_out), opts, table in cases:
+        model = tb.one_op_model(code, [(shape, s_in, zp)], (shape, s_out, z_out), opts)
+        np.testing.assert_array_equal(table, tb.run_tflm(model, [codes]).reshape(-1), err_msg=str(code))
+
+
+QDQ_BINARY = """qcc.graph @g(%a: {ta}, %b: {tb}) -> ({to} {{name = "y"}}) {{
+  %0 = q.dequantize %a : tensor<{sa}xf32>
+  %1 = q.dequantize %b : tensor<{sb}xf32>
+  %2 = {op} %0, %1 : tensor<{so}xf32>
+  %3 = q.quantize %2 : {to}
+  qcc.return %3 : {to}
+}}"""
+
+
+@pytest.mark.parametrize("shapes", [((1, 4, 5, 6), (1, 4, 5, 6)), ((1, 4, 5, 6), (1, 1, 1, 6)),
+                                    ((1, 4, 5, 6), (6,)), ((1, 4, 1, 6), (1, 1, 5, 1))])
+def test_binary_ops_equal_tflite_micro(shapes):
+    """MUL, ADD and SUB one-op models in TFLite Micro (same and broadcast shapes, random parameters) against
+    lower-qdq's s8 op on the same int8 inputs: parameters and arithmetic both TFLite's."""
+    import qcc
+    import qcc.passes  # noqa: F401
+    from qcc.ir.parser import parse
+    from qcc.sim.interpreter import run_graph
+    tflite, tb = _tflm()
+    rng = np.random.default_rng(len(shapes[1]))
+    sa, sb = shapes
+    so = tuple(np.broadcast_shapes(sa, sb))
+    dims = lambda s: "x".join(map(str, s))  # noqa: E731
+    for opname, kind in [("mul", "Mul"), ("add", "Add"), ("sub", "Sub")]:
+        for _ in range(3):
+            qs = [(float(np.float32(rng.uniform(lo, 8 * lo))), int(rng.integers(-60, 60)))
+                  for lo in (0.01, 0.01, 0.02)]
+            typ = lambda s, q: f"tensor<{dims(s)}x!q.uniform<i8:f32, {q[0]!r}:{q[1]}>>"  # noqa: E731
+            g = parse(QDQ_BINARY.format(ta=typ(sa, qs[0]), tb=typ(sb, qs[1]), to=typ(so, qs[2]), sa=dims(sa),
+                                        sb=dims(sb), so=dims(so), op=f"nn.{opname}"), "g.qir")
+            qcc.PassManager.parse("lower-qdq").run(g)
+            assert [op.opname for op in g.ops] == [f"s8.{opname}"]
+            a = rng.integers(-128, 128, sa).astype(np.int8)
+            b = rng.integers(-128, 128, sb).astype(np.int8)
+            model = tb.one_op_model(getattr(tflite.BuiltinOperator, opname.upper()),
+                                    [(sa, *qs[0]), (sb, *qs[1])], (so, *qs[2]), tb.options(kind))
+            want = tb.run_tflm(model, [a, b])
+            got = run_graph(g, {"a": a, "b": b})["y"]  # the graph's arguments and result are the int8 codes
+            np.testing.assert_array_equal(got, want, err_msg=f"{opname} {shapes}")
