@@ -6,8 +6,11 @@
   logistic, tanh, hard swish as TFLite Micro's kernels tabulated per input code),
   global max pooling and a concat with requantized inputs: emitted C == simulator,
   bit for bit, on the host (gcc with ASan/UBSan) and in QEMU (Cortex-M4).
-- The tables against the float functions (within TFLite's fixed-point error) and
-  against values worked out by hand from the reference arithmetic.
+- Against TensorFlow Lite Micro itself (PyPI ``tflite-micro``, one-op .tflite models
+  built with ``tests/tflite_builders.py``; skipped when not installed): the LUT tables
+  on all 256 codes, MUL/ADD/SUB with broadcasting, QUANTIZE, RELU, RELU6; and against
+  CMSIS-NN's add/mul unit-test vectors (``CMSIS_NN_DIR``). Without those, the tables
+  against the float functions and against values worked out by hand.
 - Float ONNX models with these ops compile with ``--scheme int8`` (int8-calibrated)
   to s8 ops only, close to float, and their C equals the simulator; the same
   models exported as QDQ ONNX lower through the ``int8`` pipeline to the same graph.
@@ -475,3 +478,33 @@ def test_binary_ops_equal_tflite_micro(shapes):
             want = tb.run_tflm(model, [a, b])
             got = run_graph(g, {"a": a, "b": b})["y"]  # the graph's arguments and result are the int8 codes
             np.testing.assert_array_equal(got, want, err_msg=f"{opname} {shapes}")
+
+
+UNARY_QDQ = """qcc.graph @g(%a: tensor<1x256x!q.uniform<i8:f32, {si!r}:{zi}>>) -> ({to} {{name = "y"}}) {{
+  %0 = q.dequantize %a : tensor<1x256xf32>
+  %1 = {body} : tensor<1x256xf32>
+  %2 = q.quantize %1 : {to}
+  qcc.return %2 : {to}
+}}"""
+
+
+@pytest.mark.parametrize("si, zi, so, zo", [(0.05, 3, 0.03, -10), (0.1, -20, 0.2, 5), (0.02, 100, 0.05, -128)])
+def test_requantize_and_relus_equal_tflite_micro(si, zi, so, zo):
+    """Q(DQ x) is TFLM's QUANTIZE (int8 -> int8) and Q(relu(DQ x)) its RELU, both rescaling; TFLM's RELU6
+    clamps in the input's parameters (the converter gives its output the same), so it is compared so."""
+    import qcc
+    import qcc.passes  # noqa: F401
+    from qcc.ir.parser import parse
+    from qcc.sim.interpreter import run_graph
+    tflite, tb = _tflm()
+    op = tflite.BuiltinOperator
+    codes = np.arange(-128, 128, dtype=np.int8).reshape(1, 256)
+    si, so = float(np.float32(si)), float(np.float32(so))
+    for code, body, out in [(op.QUANTIZE, "nn.identity %0", (so, zo)), (op.RELU, "nn.relu %0", (so, zo)),
+                            (op.RELU6, "nn.clip %0 {min = 0.0, max = 6.0}", (si, zi))]:
+        to = f"tensor<1x256x!q.uniform<i8:f32, {out[0]!r}:{out[1]}>>"
+        g = parse(UNARY_QDQ.format(si=si, zi=zi, to=to, body=body), "g.qir")
+        qcc.PassManager.parse("canonicalize,lower-qdq").run(g)
+        assert {o.opname for o in g.ops} <= {"s8.requantize"}, [o.opname for o in g.ops]
+        want = tb.run_tflm(tb.one_op_model(code, [((1, 256), si, zi)], ((1, 256), *out)), [codes])
+        np.testing.assert_array_equal(run_graph(g, {"a": codes})["y"], want, err_msg=str(code))
