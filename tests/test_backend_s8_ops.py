@@ -81,6 +81,7 @@ def elementwise_graph(seed: int):
     twice = add(pix, pix, "x_plus_x")                                          # one tensor, both operands
     res = add(twice, gate, "plus_gate")                                        # Nx1x1xC broadcast
     res = add(res, twice, "minus_twice", "s8.sub")
+    res = mul(res, pix, "times_pix")                                           # same shapes
     leaky = lut(res, "leaky_relu", s8_lut.leaky_relu_table(0.0625, res.type.quant.zero_point, 0.05, -20, 0.1),
                 "leaky")
     th = lut(per_c, "tanh", s8_lut.tanh_table(0.0625, per_c.type.quant.zero_point), "tanh")
@@ -508,3 +509,45 @@ def test_requantize_and_relus_equal_tflite_micro(si, zi, so, zo):
         assert {o.opname for o in g.ops} <= {"s8.requantize"}, [o.opname for o in g.ops]
         want = tb.run_tflm(tb.one_op_model(code, [((1, 256), si, zi)], ((1, 256), *out)), [codes])
         np.testing.assert_array_equal(run_graph(g, {"a": codes})["y"], want, err_msg=str(code))
+
+
+@needs_cmsis_nn_data
+@needs_gcc
+def test_mul_and_add_through_the_cmsis_nn_library(tmp_path):
+    """--kernels cmsis-nn: same-shape s8.mul / s8.add call arm_elementwise_{mul,add}_s8 (broadcasting ones stay
+    on qcc's kernels, with a warning); the host build against the library's C equals the simulator."""
+    import subprocess
+    from qcc.backends.cmsis import generate, harness
+    from qcc.fileio import write_files
+    from qcc.sim.interpreter import run_graph  # noqa: F401
+    g = elementwise_graph(1)
+    gen = generate(g, "net", "cortex-m4", kernels="cmsis-nn")
+    c = gen.files["net.c"].decode()
+    assert "arm_elementwise_mul_s8(" in c and "arm_elementwise_add_s8(" in c
+    assert any("broadcasting mul" in w for w in gen.warnings)
+    write_files({tmp_path / k: v for k, v in gen.files.items()})
+    samples = random_inputs(g, 6, 1)
+    n = harness.write_samples(tmp_path / "in.bin", g, samples)
+    include = Path(CMSIS_NN_DIR) / "Include"
+    # the library's integer C for the layers the graph sends to it (convolutions, pools, elementwise)
+    srcs = [str(p) for d in ("ConvolutionFunctions", "PoolingFunctions", "BasicMathFunctions", "NNSupportFunctions",
+                             "ActivationFunctions")
+            for p in sorted((Path(CMSIS_NN_DIR) / "Source" / d).glob("*.c")) if not p.stem.endswith(("_f16", "_f32"))]
+    # The library is built without UBSan: its portable add shifts negative values left (defined by gcc,
+    # flagged by -fsanitize=undefined); qcc's own C keeps the sanitizers.
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    subprocess.run(["gcc", "-std=c99", "-O1", "-I", str(include), "-c", *srcs], cwd=lib, check=True,
+                   capture_output=True)
+    srcs = sorted(str(p) for p in lib.glob("*.o"))
+    exe = tmp_path / "net_host"
+    cmd = ["gcc", *harness.HOST_CFLAGS, "-I", str(include), "-I", str(tmp_path), "-I", str(tmp_path / "firmware"),
+           str(tmp_path / "net.c"), str(tmp_path / "net_weights.c"), str(tmp_path / "firmware" / "net_main.c"),
+           str(tmp_path / "firmware" / "semihost_io.c"), *srcs, "-o", str(exe), "-lm"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    harness.run_host(exe, tmp_path / "in.bin", tmp_path / "out.bin")
+    got = harness.read_outputs(tmp_path / "out.bin", gen, n)
+    want = harness.simulate(g, gen, samples)
+    for a, b in zip(got.quantized, want.quantized):
+        np.testing.assert_array_equal(a, b)
