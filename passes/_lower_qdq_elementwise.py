@@ -11,6 +11,7 @@ scales, in float64, then ``QuantizeMultiplier``:
     Q(act(DQ)): s8.requantize, m = s_in / s_out, the relu / clip as its clamp (TFLite RELU, RELU6,
                 RELU_N1_TO_1, QUANTIZE)
     global max: s8.maxpool over the whole H x W window
+    pad:        nn.pad on the int8 tensor, value -> zp + round_half_away(value / s) (TFLite PAD)
     leaky_relu, sigmoid, tanh, hard_swish: s8.lut, TFLite Micro's kernel on all 256 codes
                 (qcc/sim/s8_lut.py); TFLite fixes the sigmoid output at (1/256, -128) and tanh at
                 (1/128, 0): other output parameters (a QDQ model's) add TFLite's QUANTIZE, folded
@@ -122,6 +123,21 @@ class ElementwiseLowerings:
         x = pool.operands[0]
         hw = list(x.shape[1:3]) if pool.attrs["layout"] == "NHWC" else list(x.shape[2:4])
         return self._pool("s8.maxpool", pool, q, out_q, clamp, rewriter, hw, hw, [0, 0, 0, 0])
+
+    def _nn_pad(self, pad, q, out_q, clamp, rewriter):
+        """TFLite PAD / PADV2: the int8 tensor padded with the pad value quantized (zp for 0.0); the
+        parameters stay, so the island must keep them."""
+        x, in_q = self._input(pad.operands[0])
+        if x is None:
+            return "the input is not a dequantized per-tensor i8 tensor"
+        if in_q != out_q or clamp != (-128, 127):
+            return "an int8 pad keeps its input's parameters and has no clamp"
+        value = in_q.zero_point + int(np.sign(pad.attrs["value"] / in_q.scale)
+                                      * np.floor(abs(pad.attrs["value"] / in_q.scale) + 0.5))
+        if not -128 <= value <= 127:
+            return f"the pad value {pad.attrs['value']} is outside the int8 range of the tensor"
+        return rewriter.create_op("nn.pad", [x], dict(pad.attrs, value=float(value)),
+                                  [TensorType(q.result.shape, "i8", out_q)], name=pad.name).result
 
     def _lut(self, op, out_q, clamp, rewriter, function, make_table):
         """A pointwise TFLite kernel as its 256-entry table (qcc.sim.s8_lut), the clamp folded into it."""
