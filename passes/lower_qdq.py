@@ -11,13 +11,16 @@ float32 scales, then ``QuantizeMultiplier``):
 
     conv, per-channel dense:  m[c] = s_in * s_w[c] / s_out
     per-tensor dense:         m    = f64(f32(s_in * s_w)) / s_out      (GetQuantizedConvolutionMultipler)
-    add:                      t = 2 max(s_a, s_b); m_a = s_a / t; m_b = s_b / t; m = t / (2^20 s_out)
+    add, sub:                 t = 2 max(s_a, s_b); m_a = s_a / t; m_b = s_b / t; m = t / (2^20 s_out)
     softmax:                  PreprocessSoftmaxScaling(1, s_in, 5), diff_min = -CalculateInputRadius(5, shift);
                               an output other than (1/256, -128) (onnxruntime: 1/255) is an s8.requantize
                               after it with m = (1/256) / s_out
+    mul, broadcasting add/sub, concat, LeakyReLU / sigmoid / tanh / hard swish tables, global max
+    pool, Q(relu(DQ x)):      passes/_lower_qdq_elementwise.py states their parameters
     dense, asymmetric weights: weight_zp = z_w, acc = b + sum((x - zp_in) * (w - z_w)) (uint8 weights)
-    pools with other output parameters (onnxruntime's GlobalAveragePool): the pool on the input's
-                              parameters, then s8.requantize with m = s_in / s_out
+    pools whose output parameters differ from the input's (a QDQ model's choice, e.g. onnxruntime's
+                              GlobalAveragePool; TFLite's pools keep them): the pool on the input's
+                              parameters, then s8.requantize (TFLite QUANTIZE) with m = s_in / s_out
     scale_shift (a batchnorm onnxruntime left between DQ and Q): a depthwise 1x1 conv with
                               w[c] = 127 sign(s[c]) at s_w[c] = |s[c]| / 127 (exact), bias t[c] as int32
 
@@ -51,6 +54,9 @@ from qcc.transforms.passmanager import register_pass, register_pipeline
 from qcc.transforms.rewriter import PatternPass, RewritePattern, Rewriter
 from qcc.sim.s8 import quantize_multiplier, softmax_params
 from qcc.ir.types import PerAxisQuant, TensorType, UniformQuant
+
+from ._lower_qdq_elementwise import (ElementwiseLowerings, SinkTransposeThroughConcat, SinkTransposeThroughPointwise,
+                                     broadcast_shape as _broadcast_shape, multipliers as _multipliers)
 
 NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 SOFTMAX_QUANT = UniformQuant(1.0 / 256, -128)  # TFLite's int8 softmax output
@@ -112,12 +118,7 @@ def _float_bias(b: np.ndarray, product_scales: np.ndarray, rewriter: Rewriter) -
                               [TensorType((len(b),), "i32", quant)]).result
 
 
-def _multipliers(reals, rounding: str):
-    pairs = [quantize_multiplier(float(m), rounding) for m in reals]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-class LowerQuantizedIsland(RewritePattern):
+class LowerQuantizedIsland(ElementwiseLowerings, RewritePattern):
     """Q(act(op(DQ ...))) -> one s8 op; anchored on the closing q.quantize."""
 
     op_names = ("q.quantize",)
@@ -351,31 +352,7 @@ class LowerQuantizedIsland(RewritePattern):
                     return "the matmul result has other users"
                 return self._dense_common(mm.operands[0], mm.operands[1], add.operands[1 - i], 1, True, q, out_q,
                                           clamp, rewriter, mm.name)
-        (a, qa), (b, qb) = self._input(add.operands[0]), self._input(add.operands[1])
-        if a is None or b is None:
-            return "the operands are not dequantized per-tensor i8 tensors"
-        a, b = self._broadcast_constant(a, b, add, rewriter), self._broadcast_constant(b, a, add, rewriter)
-        if a.shape != b.shape:
-            return "s8.add does not broadcast"
-        left_shift = 20
-        twice_max = 2 * max(qa.scale, qb.scale)
-        in_mult, in_shift = _multipliers([qa.scale / twice_max, qb.scale / twice_max], "double")
-        mult, shift = _multipliers([twice_max / ((1 << left_shift) * out_q.scale)], "double")
-        attrs = dict(input_zp=[qa.zero_point, qb.zero_point], output_zp=out_q.zero_point, left_shift=left_shift,
-                     input_multiplier=in_mult, input_shift=in_shift, multiplier=mult, shift=shift,
-                     act_min=clamp[0], act_max=clamp[1])
-        return rewriter.create_op("s8.add", [a, b], attrs, [TensorType(a.shape, "i8", out_q)],
-                                  name=add.name).result
-
-    @staticmethod
-    def _broadcast_constant(c: Value, other: Value, add: Op, rewriter: Rewriter) -> Value:
-        """An i8 constant operand (an int8 bias Add, as onnxruntime writes MatMul + bias) spelled
-        out to the other operand's shape, so s8.add sees equal shapes; anything else unchanged."""
-        if c.constant() is None or c.shape == other.shape or \
-                np.broadcast_shapes(c.shape, other.shape) != tuple(other.shape):
-            return c
-        full = np.ascontiguousarray(np.broadcast_to(c.constant(), other.shape))
-        return rewriter.create_const(full, name=f"{add.name}.operand", like=c)
+        return self._add_sub("s8.add", add, out_q, clamp, rewriter)
 
     def _pool(self, kind, pool, q, out_q, clamp, rewriter, kernel, strides, pads):
         x, in_q = self._input(pool.operands[0])
@@ -434,9 +411,9 @@ class LowerQuantizedIsland(RewritePattern):
 
 
 class SinkTransposeThroughAdd(RewritePattern):
-    """s8.add(transpose(a, p), transpose(b, p)) -> transpose(s8.add(a, b), p)."""
+    """s8.add / s8.sub / s8.mul (transpose(a, p), transpose(b, p)) -> transpose(the op (a, b), p)."""
 
-    op_names = ("s8.add",)
+    op_names = ("s8.add", "s8.sub", "s8.mul")
 
     def match_and_rewrite(self, op, rewriter):
         ta, tb = (v.producer for v in op.operands)
@@ -446,8 +423,8 @@ class SinkTransposeThroughAdd(RewritePattern):
             return rewriter.notify_match_failure(op, "the operands are transposed differently")
         a, b = ta.operands[0], tb.operands[0]
         rewriter.anchor = op
-        add = rewriter.create_op("s8.add", [a, b], dict(op.attrs), [op.result.type.with_shape(a.shape)],
-                                 name=op.name)
+        add = rewriter.create_op(op.opname, [a, b], dict(op.attrs),
+                                 [op.result.type.with_shape(_broadcast_shape(a, b))], name=op.name)
         t = rewriter.create_op("nn.transpose", [add.result], {"perm": ta.attrs["perm"]}, [op.result.type])
         rewriter.replace_op(op, t)
         return True
@@ -473,7 +450,7 @@ class UnitTransposeToReshape(RewritePattern):
 
 @register_pass
 class LowerQDQ(PatternPass):
-    """Lower QDQ islands (DQ -> conv/dense/add/pool/softmax -> Q) to affine int8 s8 ops.
+    """Lower QDQ islands (DQ -> conv/dense/add/sub/mul/pool/concat/softmax/pointwise -> Q) to affine int8 s8 ops.
 
     See the module docstring for the arithmetic and a before/after example.
     """
@@ -482,7 +459,8 @@ class LowerQDQ(PatternPass):
     fc_rounding: Literal["double", "single"] = "double"
 
     def patterns(self) -> List[RewritePattern]:
-        return [LowerQuantizedIsland(self.fc_rounding), SinkTransposeThroughAdd(), UnitTransposeToReshape()]
+        return [LowerQuantizedIsland(self.fc_rounding), SinkTransposeThroughAdd(), SinkTransposeThroughConcat(),
+                SinkTransposeThroughPointwise(), UnitTransposeToReshape()]
 
 
 # Already-quantized (QDQ) models. lower-qdq runs before to-nhwc: it needs each

@@ -12,9 +12,12 @@ Activations, asymmetric per tensor (``GetAsymmetricQuantizationParams``, float32
 
 ``q.range %x`` becomes ``q.dequantize(q.quantize %x)`` with that type. Results
 that TFLite requires to keep their input's parameters take them from the input
-instead of their own range: max / average pooling and the shape ops (reshape,
-transpose, ...; these move to the integer side: ``DQ -> reshape`` becomes
-``reshape -> DQ``). Softmax output is fixed at s = 1/256, zp = -128. A concat
+instead of their own range: max / average pooling (global too) and the shape ops (reshape,
+transpose, pad ...; these move to the integer side: ``DQ -> reshape`` becomes
+``reshape -> DQ``; a pad's value v becomes the stored round_half_away(v / s) + zp, TFLite's PAD). Softmax and sigmoid outputs are fixed at s = 1/256, zp = -128,
+tanh at s = 1/128, zp = 0 (TFLite's int8 kernels require these). A float constant
+operand of an add, sub or mul is quantized per tensor with the asymmetric rule over its
+own values (clamp(round_half_away(k / s) + zp)), as TFLite quantizes constant inputs. A concat
 keeps its own range and becomes an integer ``nn.concat`` whose inputs with other
 parameters are rescaled by ``s8.requantize`` (m = s_in / s_out, TFLite's rule
 that concat inputs and output share parameters).
@@ -51,13 +54,18 @@ from qcc.transforms.passmanager import Pass, PassResult, make_pass, register_pas
 from qcc.sim.s8 import quantize_multiplier
 from qcc.ir.types import PerAxisQuant, TensorType, UniformQuant
 
-SHARES_INPUT_QUANT = frozenset({"nn.maxpool", "nn.avgpool", "nn.global_avgpool"})
+SHARES_INPUT_QUANT = frozenset({"nn.maxpool", "nn.avgpool", "nn.global_avgpool", "nn.global_maxpool"})
 # Shape ops the int8 graph runs on quantized tensors directly (qdq_lifters.SHAPE_OPS).
-INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose"})
+INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose", "nn.pad"})
 WEIGHTED = {"nn.conv2d": (1, 2), "nn.dense": (1, 2)}  # opname -> (weight operand, bias operand)
 # Ops float_output keeps in float when they end the graph (the back end's float epilogue).
 FLOAT_EPILOGUE_OPS = frozenset({"nn.softmax", "nn.sigmoid", "nn.tanh"})
 SOFTMAX_QUANT = UniformQuant(1.0 / 256, -128)
+# Output parameters TFLite's int8 kernels require (lower-qdq's s8.lut tables assume them).
+FIXED_OUTPUT_QUANT = {"nn.softmax": SOFTMAX_QUANT, "nn.sigmoid": UniformQuant(1.0 / 256, -128),
+                      "nn.tanh": UniformQuant(1.0 / 128, 0)}
+# Elementwise ops whose constant operand is quantized like an activation (TFLite: per tensor, asymmetric).
+ELEMENTWISE_CONST_OPS = frozenset({"nn.add", "nn.sub", "nn.mul"})
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 
@@ -150,6 +158,8 @@ class QuantizeAffine(Pass):
                 self._quantize_weights(graph, op, stats)
             elif op.opname in INTEGER_SHAPE_OPS:
                 self._sink_dequantize(graph, op, stats)
+            elif op.opname in ELEMENTWISE_CONST_OPS:
+                self._quantize_constant_operand(graph, op, stats)
         changed = any(stats.values())
         return PassResult(changed, stats)
 
@@ -167,8 +177,8 @@ class QuantizeAffine(Pass):
         if producer is not None and producer.opname in SHARES_INPUT_QUANT:
             quant = _dq_input_quant(producer.operands[0])  # TFLite: pooling keeps s and zp
             stats["shared"] += quant is not None
-        elif producer is not None and producer.opname == "nn.softmax":
-            quant = SOFTMAX_QUANT
+        elif producer is not None and producer.opname in FIXED_OUTPUT_QUANT:
+            quant = FIXED_OUTPUT_QUANT[producer.opname]
         if quant is None:
             quant = asymmetric_params(rng.attrs["min"], rng.attrs["max"])
         if producer is not None and producer.opname == "nn.concat" and self._integer_concat(graph, rng, quant):
@@ -216,7 +226,14 @@ class QuantizeAffine(Pass):
             return
         stored = x.producer.operands[0]
         out = op.result
-        moved = graph.add_op(op.opname, [stored], dict(op.attrs), [TensorType(out.shape, "i8", stored.type.quant)],
+        attrs = dict(op.attrs)
+        if op.opname == "nn.pad":  # TFLite PAD / PADV2: the pad value quantized with the tensor's parameters
+            q = stored.type.quant
+            value = round_half_away(np.float64(attrs["value"]) / np.float64(np.float32(q.scale))) + q.zero_point
+            if not -128 <= value <= 127:
+                return
+            attrs["value"] = float(value)
+        moved = graph.add_op(op.opname, [stored], attrs, [TensorType(out.shape, "i8", stored.type.quant)],
                              name=op.name)
         dq = graph.add_op("q.dequantize", [moved.result], {}, [out.type], name=op.name)
         graph.replace_all_uses(out, dq.result)
@@ -224,6 +241,24 @@ class QuantizeAffine(Pass):
         graph.move_after_seq(moved, x.producer)
         graph.move_after_seq(dq, moved)
         stats["shape_ops"] += 1
+
+    @staticmethod
+    def _quantize_constant_operand(graph: Graph, op: Op, stats: Dict[str, int]):
+        """x + k, x - k, k - x, x * k: the float constant k becomes DQ(int8 k) with asymmetric per-tensor parameters of its
+        own range (TFLite's rule for constant inputs of ADD/MUL), once the other operand is quantized."""
+        for i in (0, 1):
+            k, other = op.operands[i], op.operands[1 - i]
+            c = k.constant()
+            if c is None or not k.type.is_float or _dq_input_quant(other) is None:
+                continue
+            c = np.asarray(c, np.float32)
+            quant = asymmetric_params(float(c.min()), float(c.max()))
+            stored = np.clip(round_half_away(c.astype(np.float64) / np.float64(np.float32(quant.scale)))
+                             + quant.zero_point, -128, 127).astype(np.int8)
+            kc = graph.add_const(stored, name=(k.producer.name or k.name or "k") + ".q", quant=quant)
+            kc.name = kc.producer.name
+            graph.set_operand(op, i, QuantizeAffine._dequantize(graph, kc, k.type))
+            stats["constants"] = stats.get("constants", 0) + 1
 
     # ------------------------------------------------------------ weights and biases
     def _quantize_weights(self, graph: Graph, op: Op, stats: Dict[str, int]):
@@ -258,7 +293,7 @@ class QuantizeAffine(Pass):
 
 
 # ---------------------------------------------------------------- the pipeline
-FLOAT_CLEANUP = ("fold-batchnorm", "canonicalize", "fuse-activation", "to-nhwc", "const-fold", "dce")
+FLOAT_CLEANUP = ("fold-batchnorm", "canonicalize", "fuse-activation", "legalize-affine", "to-nhwc", "const-fold", "dce")
 DEFAULTS = {"bits": 8, "method": "minmax", "p": 99.99, "per_channel": True, "data": "", "fc_rounding": "double",
             "float_output": False}
 

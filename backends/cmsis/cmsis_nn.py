@@ -7,6 +7,7 @@ call into Arm's library (the Makefile builds it from ``CMSIS_NN_DIR``):
     s8.conv2d (depthwise)      arm_depthwise_conv_wrapper_s8    filter [1, KH, KW, Cout], one call per batch
     s8.dense                   arm_fully_connected_s8 (one multiplier) / _per_channel_s8
     s8.add (same shapes)       arm_elementwise_add_s8
+    s8.mul (same shapes)       arm_elementwise_mul_s8
     s8.avgpool / s8.maxpool    arm_avgpool_s8 / arm_max_pool_s8
     s8.softmax                 arm_softmax_s8
 
@@ -50,7 +51,7 @@ from qcc.ir.graph import Op
 from .layers_s8 import S8_HANDLED_ATTRS
 
 KERNELS = ("qcc", "cmsis-nn")
-OPS = frozenset({"s8.conv2d", "s8.dense", "s8.add", "s8.avgpool", "s8.maxpool", "s8.softmax"})
+OPS = frozenset({"s8.conv2d", "s8.dense", "s8.add", "s8.mul", "s8.avgpool", "s8.maxpool", "s8.softmax"})
 CH_IN_BLOCK_MVE = 124           # arm_nnsupportfunctions.h
 DW_ONE_IN_CH_THRESHOLD = 1      # CONVERT_DW_CONV_WITH_ONE_INPUT_CH_AND_OUTPUT_CH_ABOVE_THRESHOLD (gcc)
 SCRATCH_ALIGN = 8
@@ -131,8 +132,9 @@ def fallback_reason(op: Op) -> Optional[str]:
         return "single rounding (CMSIS-NN selects it for the whole library at build time)"
     if op.attrs.get("weight_zp", 0):
         return "a weight zero point (qcc's dense kernel takes it; the CMSIS-NN call here does not)"
-    if op.opname == "s8.add" and any(v.type.size != op.result.type.size for v in op.operands):
-        return "a broadcasting add (arm_elementwise_add_s8 takes equal shapes)"
+    if op.opname in ("s8.add", "s8.mul") and any(v.type.size != op.result.type.size for v in op.operands):
+        kind = op.opname.split(".")[1]
+        return f"a broadcasting {kind} (arm_elementwise_{kind}_s8 takes equal shapes)"
     return None
 
 
@@ -248,6 +250,12 @@ class CmsisNNKernels:
                    mult_b=a["input_multiplier"][1], shift_b=a["input_shift"][1],
                    mult=a["multiplier"][0], shift=a["shift"][0], out_off=a["output_zp"],
                    lo=a["act_min"], hi=a["act_max"])
+
+    def _mul(self, op: Op, ctx: dict):
+        a = op.attrs
+        ctx.update(kind="mul", size=op.result.type.size, off_a=-a["input_zp"][0], off_b=-a["input_zp"][1],
+                   mult=a["multiplier"][0], shift=a["shift"][0], out_off=a["output_zp"], lo=a["act_min"],
+                   hi=a["act_max"])
 
     def _pool(self, op: Op, ctx: dict, kind: str):
         n, h, w, c = op.operands[0].shape

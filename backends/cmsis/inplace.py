@@ -25,8 +25,9 @@ output reads). The C of such a layer drops ``restrict`` (the two pointers now
 alias), and the template loop orders this module relies on are those of
 conv2d.j2 (n, oy, ox, oc), maxpool.j2 / avgpool.j2 (n, oy, ox, c) and the
 flat loops of requantize/add/lut/lut_interp.j2, and their affine int8 twins
-s8_conv2d.j2, s8_maxpool.j2 / s8_avgpool.j2, s8_requantize.j2 and s8_add.j2
-(which reads ``a[i]`` and ``b[i]`` before storing ``y[i]``: D = 0 for both).
+s8_conv2d.j2, s8_maxpool.j2 / s8_avgpool.j2, s8_requantize.j2, s8_lut.j2, and s8_add.j2 / s8_mul.j2
+(which read ``a[ia]`` and ``b[ib]`` before storing ``y[o]``, output order; only an operand of the
+result's size, read at ``ia = o``, is a candidate: D = 0).
 
 Blocks. The s8 depthwise kernel keeps ``uint32_t acc[Cout]`` per pixel: it
 reads the whole window of a pixel for all its channels, then stores the pixel's
@@ -51,7 +52,8 @@ from qcc.ir.graph import Op
 
 from .layers_s8 import is_s8_depthwise
 
-ELEMENTWISE = frozenset({"qnn.requantize", "qnn.lut", "qnn.lut_interp", "qnn.add", "s8.requantize", "s8.add"})
+ELEMENTWISE = frozenset({"qnn.requantize", "qnn.lut", "qnn.lut_interp", "qnn.add", "s8.requantize", "s8.add",
+                         "s8.sub", "s8.mul", "s8.lut"})
 CONVS = frozenset({"qnn.conv2d", "s8.conv2d"})
 WINDOWED = CONVS | {"qnn.maxpool", "qnn.avgpool", "s8.maxpool", "s8.avgpool"}
 INPLACE_OPS = ELEMENTWISE | WINDOWED

@@ -91,7 +91,8 @@ class LayerBuilder:
         """Symbol of a constant data operand (emitted once)."""
         if id(v) not in self.const_of:
             sym = f"{self.prefix}_c{len(self.const_of)}"
-            self.const_of[id(v)] = self.add_const(sym, v.type.dtype, v.constant(), f"{what} {v.name}")
+            # The producing op's name: it survives the text IR (loc), so C from a .qir equals C from the model.
+            self.const_of[id(v)] = self.add_const(sym, v.type.dtype, v.constant(), f"{what} {v.producer.name}")
         return self.const_of[id(v)]
 
     # ------------------------------------------------------------ steps

@@ -43,11 +43,14 @@ S8_HANDLED_ATTRS = {
     "s8.dense": set(_REQUANT) | {"weight_zp"},
     "s8.add": {"input_zp", "output_zp", "left_shift", "input_multiplier", "input_shift", "multiplier", "shift",
                "rounding", "act_min", "act_max"},
+    "s8.mul": {"input_zp", "output_zp", "multiplier", "shift", "rounding", "act_min", "act_max"},
+    "s8.lut": {"table", "function"},
     "s8.requantize": set(_REQUANT),
     "s8.avgpool": set(_WINDOW),
     "s8.maxpool": set(_WINDOW),
     "s8.softmax": {"multiplier", "shift", "diff_min"},
 }
+S8_HANDLED_ATTRS["s8.sub"] = S8_HANDLED_ATTRS["s8.add"]
 REQUANT_FN = {"double": "qcc_s8_requant", "single": "qcc_s8_requant_single"}
 SOFTMAX_MAX_COLS = 4095  # sum of exp terms (each <= 2^19) must stay inside int32
 
@@ -260,6 +263,51 @@ def _requantize(builder, op: Op, fn: str) -> dict:
     return ctx
 
 
+def broadcast_loops(out_shape, a_shape, b_shape) -> List[dict]:
+    """Loops ``{n, sa, sb}`` (outermost first) that visit a broadcast elementwise result in order, with the
+    element strides of each operand (0 along a broadcast dimension). Size-1 dimensions are dropped and
+    neighbours that both operands step through contiguously (or both repeat) merge: 1xHxWxC * 1x1x1xC
+    becomes [H*W: sa = C, sb = 0] and [C: sa = sb = 1], and equal shapes one flat loop."""
+    rank = len(out_shape)
+    dims = []
+    strides = []
+    for shape in (a_shape, b_shape):
+        full = (1,) * (rank - len(shape)) + tuple(shape)
+        st, acc = [0] * rank, 1
+        for d in range(rank - 1, -1, -1):
+            st[d] = acc if full[d] != 1 else 0
+            acc *= full[d]
+        strides.append(st)
+    for d in range(rank):
+        if out_shape[d] != 1:
+            dims.append({"n": int(out_shape[d]), "sa": strides[0][d], "sb": strides[1][d]})
+    merged: List[dict] = []
+    for d in dims:
+        if merged and all(merged[-1][k] == d[k] * d["n"] for k in ("sa", "sb")):
+            merged[-1] = {"n": merged[-1]["n"] * d["n"], "sa": d["sa"], "sb": d["sb"]}
+        else:
+            merged.append(dict(d))
+    return merged or [{"n": 1, "sa": 0, "sb": 0}]
+
+
+def _broadcast(op: Op) -> dict:
+    loops = broadcast_loops(op.result.shape, op.operands[0].shape, op.operands[1].shape)
+    flat = len(loops) == 1 and loops[0]["sa"] == loops[0]["sb"] == 1
+    return {"loops": loops, "flat": flat, "size": op.result.type.size}
+
+
+def _mul(builder, op: Op, fn: str) -> dict:
+    ctx = _broadcast(op)
+    ctx.update(_epilogue(builder, op, fn, 1, "0"), zp_a=op.attrs["input_zp"][0], zp_b=op.attrs["input_zp"][1])
+    return ctx
+
+
+def _lut(builder, op: Op, fn: str) -> dict:
+    table = builder.add_const(f"{builder.prefix}_{fn}_table", "i8", op.attrs["table"],
+                              f"{op.name} {op.attrs['function']} (TFLite Micro int8) per input code, x + 128")
+    return {"size": op.result.type.size, "table": table}
+
+
 def _add(builder, op: Op, fn: str) -> dict:
     a = op.attrs
     zp = a["output_zp"]
@@ -271,9 +319,9 @@ def _add(builder, op: Op, fn: str) -> dict:
                and all(0 <= m < 1 << 31 and -31 <= sh <= 0 for m, sh in ins))
     # qcc_s8_requant_out's conditions (s8_common.j2) for the final rescale.
     fast_out = (a["rounding"] == "double" and 1 << 30 <= a["multiplier"][0] < 1 << 31 and -21 <= a["shift"][0] <= -1)
-    return {"fast_in": fast_in, "fast_out": fast_out, "e1": -a["shift"][0] - 1, "zp2p1": 2 * zp + 1,
+    return {**_broadcast(op), "sub": op.opname == "s8.sub", "fast_in": fast_in, "fast_out": fast_out, "e1": -a["shift"][0] - 1, "zp2p1": 2 * zp + 1,
             "e_a": -a["input_shift"][0], "e_b": -a["input_shift"][1],
-            "size": op.result.type.size, "requant": REQUANT_FN[a["rounding"]], "left_shift": a["left_shift"],
+            "requant": REQUANT_FN[a["rounding"]], "left_shift": a["left_shift"],
             "zp_a": a["input_zp"][0], "zp_b": a["input_zp"][1],
             "mult_a": a["input_multiplier"][0], "shift_a": a["input_shift"][0],
             "mult_b": a["input_multiplier"][1], "shift_b": a["input_shift"][1],
@@ -303,7 +351,7 @@ def _softmax(builder, op: Op, fn: str) -> dict:
 
 
 S8_CONTEXTS = {"s8.conv2d": _conv2d, "s8.dense": _dense, "s8.requantize": _requantize, "s8.add": _add,
-               "s8.avgpool": _pool, "s8.maxpool": _pool, "s8.softmax": _softmax}
+               "s8.sub": _add, "s8.mul": _mul, "s8.lut": _lut, "s8.avgpool": _pool, "s8.maxpool": _pool, "s8.softmax": _softmax}
 
 
 def build_s8(builder, op: Op, fn: str) -> dict:

@@ -45,8 +45,8 @@ COMPUTE_OPS = frozenset({
     "qnn.conv2d", "qnn.dense", "qnn.add", "qnn.requantize", "qnn.maxpool", "qnn.avgpool", "qnn.lut",
     "qnn.lut_interp", "qnn.softmax", "nn.transpose", "nn.concat", "nn.pad", "qnn.sub", "qnn.mul"})
 # Affine int8 kernels (layers_s8.py); conv/dense take constant weights and bias like qnn.
-S8_OPS = frozenset({"s8.conv2d", "s8.dense", "s8.add", "s8.requantize", "s8.maxpool", "s8.avgpool",
-                    "s8.softmax"})
+S8_OPS = frozenset({"s8.conv2d", "s8.dense", "s8.add", "s8.sub", "s8.mul", "s8.lut", "s8.requantize", "s8.maxpool",
+                    "s8.avgpool", "s8.softmax"})
 COMPUTE_OPS = COMPUTE_OPS | S8_OPS
 WEIGHTED_OPS = ("qnn.conv2d", "qnn.dense", "s8.conv2d", "s8.dense")
 # Float ops a graph output may apply after its q.dequantize (the float epilogue; float C, tolerance only).

@@ -175,7 +175,11 @@ def _qnn_lut(ex, op, xs, name, out):
     fn = _table_function(op, lut_table)
     if fn is not None:
         return ex.node(fn, xs, name, [out])
-    # Not a map we know: look the table up exactly, y = table[x + 128], then back to reals.
+    return _gather_table(ex, op, xs, name, out)  # not a map we know
+
+
+def _gather_table(ex, op, xs, name, out):
+    """The table looked up exactly, y = table[x + 128] on the stored integers, then back to reals."""
     t = op.result.type
     table = ex.init(np.asarray(op.attrs["table"], t.np_dtype), f"{name}/table")
     idx = ex.node("Cast", [ex.stored_name(op.operands[0])], f"{name}/Cast", to=TensorProto.INT32)
@@ -226,6 +230,9 @@ _INTEGER_OPS = {
     "s8.conv2d": _integer_conv,
     "s8.dense": (lambda ex, op, xs, name, out: ex.dense(op, xs, name, out)),
     "s8.add": (lambda ex, op, xs, name, out: ex.node("Add", xs, name, [out])),
+    "s8.sub": (lambda ex, op, xs, name, out: ex.node("Sub", xs, name, [out])),
+    "s8.mul": (lambda ex, op, xs, name, out: ex.node("Mul", xs, name, [out])),
+    "s8.lut": _gather_table,  # TFLite's kernel per input code: exact
     "s8.requantize": (_requantize),
     "s8.maxpool": _integer_pool("MaxPool"),
     "s8.avgpool": _integer_pool("AveragePool"),

@@ -137,7 +137,7 @@ def _dense(op, x, w, b=None):
 
 
 # ---------------------------------------------------------------- elementwise
-@kernel("s8.add")
+@kernel("s8.add", "s8.sub")
 def _add(op, a, b):
     at = op.attrs
     r = at["rounding"]
@@ -145,8 +145,21 @@ def _add(op, a, b):
     for i, v in enumerate((a, b)):
         shifted = (np.asarray(v, np.int64) - at["input_zp"][i]) << at["left_shift"]
         scaled.append(requantize(shifted, at["input_multiplier"][i], at["input_shift"][i], op, r))
-    y = requantize(scaled[0] + scaled[1], at["multiplier"][0], at["shift"][0], op, r)
+    total = scaled[0] - scaled[1] if op.opname == "s8.sub" else scaled[0] + scaled[1]
+    y = requantize(total, at["multiplier"][0], at["shift"][0], op, r)
     return _clamp_i8(y + at["output_zp"], op)
+
+
+@kernel("s8.mul")
+def _mul(op, a, b):
+    at = op.attrs
+    prod = (np.asarray(a, np.int64) - at["input_zp"][0]) * (np.asarray(b, np.int64) - at["input_zp"][1])
+    return _epilogue(op, prod)
+
+
+@kernel("s8.lut")
+def _lut(op, x):
+    return np.asarray(op.attrs["table"], np.int8)[np.asarray(x, np.int64) + 128]
 
 
 @kernel("s8.requantize")
@@ -195,31 +208,44 @@ def _mul_pow2_sat(x, e: int):
 _EXP_BARRELS = (1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242)
 
 
-def exp_on_negative_values(a):
-    """gemmlowp exp_on_negative_values: Q5.26 input <= 0 -> exp in Q0.31."""
+def exp_on_negative_values(a, integer_bits: int = SOFTMAX_DIFF_BITS):
+    """gemmlowp exp_on_negative_values: Q(ib).(31-ib) input <= 0 -> exp in Q0.31 (ib = 4 or 5)."""
     a = np.asarray(a, np.int64)
-    mod = _wrap32((a & ((1 << 24) - 1)) - (1 << 24))
+    quarter = 1 << (29 - integer_bits)  # 1/4 in the input format
+    mod = _wrap32((a & (quarter - 1)) - quarter)
     remainder = _wrap32(mod - a)
-    x = _wrap32((mod << 5) + (1 << 28))  # exp(x - 1/8) on [-1/4, 0) by a Taylor polynomial around -1/8
+    # Rescale<0> of a value in [-1/4, 0): exact, no saturation.
+    x = _wrap32((mod << integer_bits) + (1 << 28))  # exp(x - 1/8) on [-1/4, 0) by a Taylor polynomial around -1/8
     x2 = srdhm(x, x)
     x3 = srdhm(x2, x)
     x4_over_4 = rounding_divide_by_pot(srdhm(x2, x2), 2)
     poly = rounding_divide_by_pot(_wrap32(srdhm(_wrap32(x4_over_4 + x3), 715827883) + x2), 1)
     result = _wrap32(1895147668 + srdhm(1895147668, _wrap32(x + poly)))
-    for k, factor in enumerate(_EXP_BARRELS):
-        result = np.where(remainder & (1 << (24 + k)), srdhm(result, factor), result)
+    # Barrel shifter: one factor exp(-2^e) per remainder bit, for e = -2 .. integer_bits - 1.
+    for k, factor in enumerate(_EXP_BARRELS[:integer_bits + 2]):
+        result = np.where(remainder & (1 << (29 - integer_bits + k)), srdhm(result, factor), result)
     return np.where(a == 0, INT32_MAX, result)
+
+
+def _reciprocal_q2(a):
+    """1 / (1 + a) for Q0.31 a in [0, 1), as gemmlowp's Newton-Raphson leaves it: Q2.29 (unsaturated)."""
+    a = np.asarray(a, np.int64)
+    total = a + INT32_MAX  # RoundingHalfSum(a, One): (a + one + sign) / 2 with C division
+    half_den = np.where(total >= 0, (total + 1) // 2, -((1 - total) // 2))
+    x = _wrap32(1515870810 + srdhm(half_den, -1010580540))  # 48/17 - 32/17 * d
+    for _ in range(3):
+        x = _wrap32(x + _mul_pow2_sat(srdhm(x, _wrap32((1 << 29) - srdhm(half_den, x))), 2))
+    return x
 
 
 def one_over_one_plus_x(a):
     """gemmlowp one_over_one_plus_x_for_x_in_0_1: Q0.31 in [0, 1) -> 1/(1+x) in Q0.31 (Newton-Raphson)."""
-    a = np.asarray(a, np.int64)
-    total = a + INT32_MAX
-    half_den = np.where(total >= 0, (total + 1) // 2, -((1 - total) // 2))
-    x = _wrap32(1515870810 + srdhm(half_den, -1010580540))
-    for _ in range(3):
-        x = _wrap32(x + _mul_pow2_sat(srdhm(x, _wrap32((1 << 29) - srdhm(half_den, x))), 2))
-    return _mul_pow2_sat(x, 1)
+    return _mul_pow2_sat(_reciprocal_q2(a), 1)  # Rescale<0>(ExactMulByPot<-1>(x))
+
+
+def one_minus_x_over_one_plus_x(a):
+    """gemmlowp one_minus_x_over_one_plus_x_for_x_in_0_1: (1 - x) / (1 + x) in Q0.31 = 2 / (1 + x) - 1."""
+    return _mul_pow2_sat(_wrap32(_reciprocal_q2(a) - (1 << 29)), 2)  # Rescale<0>(x - F2::One())
 
 
 def _clz32(v):

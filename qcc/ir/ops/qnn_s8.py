@@ -39,6 +39,23 @@ uint8 weights re-centred to int8, or CMSIS-NN's fully connected filter offset):
     b' = requant((b - input_zp[1]) * 2^left_shift, input_multiplier[1], input_shift[1])
     y  = clamp(requant(a' + b', multiplier[0], shift[0]) + output_zp, act_min, act_max)
 
+``s8.sub`` (TFLite's int8 SUB, reference SubElementwise): the same with ``a' - b'``.
+
+``s8.mul`` (TFLite ``MulElementwise`` / CMSIS-NN ``arm_elementwise_mul_s8``; m = s_a * s_b / s_y):
+
+    y  = clamp(requant((a - input_zp[0]) * (b - input_zp[1]), multiplier[0], shift[0]) + output_zp,
+               act_min, act_max)
+
+``s8.add``, ``s8.sub`` and ``s8.mul`` broadcast their operands numpy-style to the result shape
+(TFLite's ``BroadcastAdd4DSlow`` / ``BroadcastSubSlow`` / ``BroadcastMul4DSlow``: the same arithmetic per
+output element, e.g. the squeeze-and-excitation form NxHxWxC * Nx1x1xC).
+
+``s8.lut``: ``y = table[x + 128]``, a 256-entry int8 table per input code. The
+lowering fills it with a TFLite Micro int8 reference kernel evaluated on every
+code (``qcc.sim.s8_lut`` states each: LEAKY_RELU, LOGISTIC, TANH, HARD_SWISH), so
+the table is that kernel, bit for bit; ``function`` names which one. ``hard_sigmoid``
+has no TFLite int8 kernel: its table is the real function rounded per code.
+
 ``s8.requantize``: y = clamp(requant(x - input_zp, multiplier[0], shift[0]) + output_zp, act_min, act_max)
 
 ``s8.avgpool`` (input and output share scale and zero point): over the window's
@@ -68,6 +85,8 @@ The multiplier encoding (TFLite ``QuantizeMultiplier``): ``q, e = frexp(m)``,
 provides it as ``quantize_multiplier``.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from qcc.ir.types import TensorType
 from qcc.ir.registry import OpDef, OpError, attr, attrs, register_op
@@ -146,16 +165,29 @@ register_op(OpDef(
     summary="Affine int8 fully connected layer, weights [N, K], requantization per tensor or channel."))
 
 
-def _verify_add(op):
+def _broadcast_rule(op):
+    a, b = op.operands[0].type.shape, op.operands[1].type.shape
+    try:
+        shape = np.broadcast_shapes(a, b)
+    except ValueError:
+        raise OpError(f"operand shapes {list(a)} and {list(b)} do not broadcast") from None
+    return [TensorType(tuple(shape), "i8")]
+
+
+def _verify_binary(op):
+    """The checks s8.add / s8.sub / s8.mul share: i8 operands that broadcast, two input zero points."""
     _check_i8(op, list(op.operands) + list(op.results))
-    if op.operands[0].type.shape != op.operands[1].type.shape:
-        raise OpError("s8.add does not broadcast: operand shapes differ")
+    _broadcast_rule(op)
     if len(op.attrs["input_zp"]) != 2:
         raise OpError("'input_zp' needs two entries (a, b)")
     _check_zp(op, "input_zp")
     _check_zp(op, "output_zp")
     _check_clamp(op)
     _check_requant(op, 1)
+
+
+def _verify_add(op):
+    _verify_binary(op)
     _check_requant(op, 2, "input_")
     if len(op.attrs["input_multiplier"]) != 2:
         raise OpError("'input_multiplier' needs two entries (a, b)")
@@ -163,13 +195,42 @@ def _verify_add(op):
         raise OpError(f"'left_shift' must lie in [0, 24], got {op.attrs['left_shift']}")
 
 
+for _name, _summary in [
+        ("s8.add", "Affine int8 elementwise add (TFLite scheme: left shift 20, per-input and output multipliers)."),
+        ("s8.sub", "Affine int8 elementwise subtract a - b (TFLite SUB: the add's scheme with a' - b').")]:
+    register_op(OpDef(
+        _name, operands=["a", "b"],
+        attrs=attrs(attr("input_zp", "ints"), attr("output_zp", "int", 0), attr("left_shift", "int", 20),
+                    attr("input_multiplier", "ints"), attr("input_shift", "ints"),
+                    attr("multiplier", "ints"), attr("shift", "ints"), attr("rounding", "str", "double"), *_CLAMP),
+        infer=_broadcast_rule, verify_fn=_verify_add, summary=_summary))
+
+
 register_op(OpDef(
-    "s8.add", operands=["a", "b"],
-    attrs=attrs(attr("input_zp", "ints"), attr("output_zp", "int", 0), attr("left_shift", "int", 20),
-                attr("input_multiplier", "ints"), attr("input_shift", "ints"),
-                attr("multiplier", "ints"), attr("shift", "ints"), attr("rounding", "str", "double"), *_CLAMP),
-    infer=lambda op: [TensorType(op.operands[0].type.shape, "i8")], verify_fn=_verify_add,
-    summary="Affine int8 elementwise add (TFLite scheme: left shift 20, per-input and output multipliers)."))
+    "s8.mul", operands=["a", "b"],
+    attrs=attrs(attr("input_zp", "ints"), attr("output_zp", "int", 0), attr("multiplier", "ints"),
+                attr("shift", "ints"), attr("rounding", "str", "double"), *_CLAMP),
+    infer=_broadcast_rule, verify_fn=_verify_binary,
+    summary="Affine int8 elementwise multiply, broadcasting (TFLite MulElementwise / arm_elementwise_mul_s8)."))
+
+LUT_FUNCTIONS = ("leaky_relu", "logistic", "tanh", "hard_swish", "hard_sigmoid")
+
+
+def _verify_lut(op):
+    _check_i8(op, list(op.operands) + list(op.results))
+    table = op.attrs["table"]
+    if len(table) != 256:
+        raise OpError(f"'table' must hold 256 int8 values, got {len(table)} entries")
+    if any(not -128 <= t <= 127 for t in table):
+        raise OpError("'table' holds values outside the i8 range")
+    if op.attrs["function"] not in LUT_FUNCTIONS:
+        raise OpError(f"'function' must be one of {', '.join(LUT_FUNCTIONS)}, got '{op.attrs['function']}'")
+
+
+register_op(OpDef(
+    "s8.lut", operands=["x"], attrs=attrs(attr("table", "ints"), attr("function", "str")),
+    infer=lambda op: [TensorType(op.operands[0].type.shape, "i8")], verify_fn=_verify_lut,
+    summary="y = table[x + 128]: a TFLite Micro int8 pointwise kernel tabulated on all 256 codes."))
 
 
 def _verify_requantize(op):

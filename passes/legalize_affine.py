@@ -1,0 +1,76 @@
+"""legalize-affine: float rewrites that give the int8 (affine) lowering one TFLite op per tensor.
+
+Exact float identities, run before ``calibrate`` in ``int8-calibrated``:
+
+* ``act = "leaky_relu"`` on conv/dense/add is split back into the layer and an
+  ``nn.leaky_relu``: TFLite has no fused LeakyReLU, its int8 ``LEAKY_RELU``
+  reads the layer's own int8 output (s_in, zp_in) and rescales it by two
+  multipliers, ``s_in / s_out`` and ``alpha * s_in / s_out``, so the
+  pre-activation tensor needs its own calibrated range;
+* ``reduce_mean`` over the two spatial axes of a 4-D tensor becomes
+  ``global_avgpool`` (the int8 average pool);
+* ``x / k`` with a constant ``k`` becomes ``x * (1 / k)`` (TFLite has no int8
+  DIV; its converter multiplies by the reciprocal). Not exact: ``1 / k`` is
+  rounded to float32, a relative change below 2^-24, far under one int8 step.
+
+The first two patterns are legalize-qmn's (passes/legalize_qmn.py); the Qm.n-only ones
+(constant arithmetic to ``scale_shift``) are not applied here: in int8 a
+constant operand of an add/mul is quantized as a tensor (quantize-affine).
+"""
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+
+from qcc.ir.graph import Op
+from qcc.transforms.passmanager import register_pass
+from qcc.transforms.rewriter import PatternPass, RewritePattern, Rewriter
+
+from qcc.passes.legalize_qmn import SpatialMeanToGlobalAvgPool, SplitLeakyRelu
+
+
+class DivideByConstantToMul(RewritePattern):
+    """x / k with a constant k (no zero) -> x * (1 / k), the reciprocal in float32."""
+
+    op_names = ("nn.div",)
+
+    def match_and_rewrite(self, op: Op, rewriter: Rewriter) -> bool:
+        k = op.operands[1]
+        c = k.constant()
+        if c is None or not k.type.is_float:
+            return rewriter.notify_match_failure(op, "the divisor is not a float constant")
+        c = np.asarray(c, np.float64)
+        if np.any(c == 0) or not np.all(np.isfinite(c)):
+            return rewriter.notify_match_failure(op, "the divisor holds zero or a non-finite value")
+        rewriter.anchor = op
+        recip = rewriter.create_const((1.0 / c).astype(np.float32), like=k)
+        mul = rewriter.create_op("nn.mul", [op.operands[0], recip], dict(op.attrs), [op.result.type], name=op.name)
+        rewriter.replace_op(op, mul)
+        return True
+
+
+def populate_legalize_affine_patterns() -> List[RewritePattern]:
+    return [SplitLeakyRelu(), SpatialMeanToGlobalAvgPool(), DivideByConstantToMul()]
+
+
+@register_pass
+class LegalizeAffine(PatternPass):
+    """Split fused leaky_relu off conv/dense/add, make spatial means global pools, divisions multiplications.
+
+    Before::
+
+        %1 = nn.conv2d %x, %w {act = "leaky_relu", act_alpha = 0.1, ...} : tensor<1x8x8x4xf32>
+
+    After ``-p legalize-affine``::
+
+        %1 = nn.conv2d %x, %w {act = "none", act_alpha = 0.0, ...} : tensor<1x8x8x4xf32>
+        %2 = nn.leaky_relu %1 {alpha = 0.1} : tensor<1x8x8x4xf32>
+
+    Statistics: ``applied.<pattern>`` per rewrite; reasons in ``match_failures``.
+    """
+
+    name = "legalize-affine"
+
+    def patterns(self):
+        return populate_legalize_affine_patterns()
