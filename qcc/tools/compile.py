@@ -83,6 +83,12 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     p.add_argument("--kernels", choices=KERNEL_CHOICES, default="qcc",
                    help="qcc (own specialized C, the default) or cmsis-nn: the affine int8 layers call the "
                         "CMSIS-NN library (the Makefile builds it from CMSIS_NN_DIR)")
+    p.add_argument("--round-scales", action="store_true",
+                   help="with --scheme qmn and a QDQ model: round scales that are not powers of two to the "
+                        "nearest one (listed as warnings) instead of refusing the model")
+    p.add_argument("--emit-onnx-qdq", metavar="FILE.onnx",
+                   help="also write the fake-quant (QDQ) ONNX model of the compiled graph, for training, "
+                        "and FILE.onnx.json beside it with every tensor's format/range")
     p.add_argument("--backend", default="cmsis", help=argparse.SUPPRESS)
     return p
 
@@ -165,13 +171,20 @@ def is_qdq(graph: Graph) -> bool:
     return any(op.opname == "q.dequantize" and graph.uses(op.result) for op in graph.ops)
 
 
-def lower_qdq(graph: Graph, *, scheme: str, model_path: str) -> None:
-    """Run the ``int8`` pipeline (no calibration: the model carries its scales) in place."""
+def lower_qdq(graph: Graph, *, scheme: str, model_path: str, round_scales: bool = False,
+              float_output: bool = False) -> List[str]:
+    """Lower a QDQ model in place, no calibration (the model carries its scales): the ``int8``
+    pipeline, or with ``--scheme qmn`` the ``qmn-qdq`` one (power-of-two scales read as Qm.n
+    formats; ``round_scales`` rounds the others). Returns notes for the user (rounded scales)."""
     from qcc.transforms.passmanager import PassManager
-    if scheme != "int8":
-        raise InputError(f"{model_path} is already quantized (QuantizeLinear/DequantizeLinear): it compiles "
-                         f"with --scheme int8 only, got --scheme {scheme}")
-    PassManager.parse("int8").run(graph)
+    if scheme != "qmn":
+        PassManager.parse("int8").run(graph)
+        return []
+    pm = PassManager.parse(f"qmn-qdq{{round_scales={str(round_scales).lower()},"
+                           f"float_output={str(float_output).lower()}}}")
+    pm.run(graph)
+    qdq = next(p for p in pm.passes if p.name == "qdq-to-qmn")
+    return [f"--round-scales: {r}" for r in getattr(qdq, "rounded", [])]
 
 
 def compile_model(model: str, output: str, target: str, *, calib: Optional[str] = None,
@@ -179,7 +192,8 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                   bits: Optional[int] = None, name: Optional[str] = None, report: Optional[str] = None,
                   emit_ir: Optional[str] = None, act_max: Optional[Dict[str, float]] = None,
                   float_output: bool = False, backend: str = "cmsis", kernels: str = "qcc",
-                  input_shapes: Optional[Dict[str, tuple]] = None, jobs: int = 1):
+                  input_shapes: Optional[Dict[str, tuple]] = None, jobs: int = 1, round_scales: bool = False,
+                  emit_onnx_qdq: Optional[str] = None):
     """Compile ``model`` and write every output file; returns the backend's GeneratedModel."""
     out = Path(output)
     if out.suffix != ".c":
@@ -192,14 +206,15 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     float_graph = None
     notes: List[str] = []
     if is_lowered(graph) or is_qdq(graph):
-        what = "already lowered" if is_lowered(graph) else "a QDQ model: it carries its own int8 scales"
+        what = "already lowered" if is_lowered(graph) else "a QDQ model: it carries its own scales"
         if bits not in (None, 8) and not is_lowered(graph):
             raise InputError(f"--bits {bits} does not apply: {model} is {what}")
         for flag, given in (("--calib", calib), ("--act-max", act_max), ("--bits", bits)):
             if given:
                 notes.append(f"ignoring {flag}: {model} is {what}")
         if not is_lowered(graph):
-            lower_qdq(graph, scheme=scheme or "int8", model_path=model)
+            notes += lower_qdq(graph, scheme=scheme or "int8", model_path=model, round_scales=round_scales,
+                               float_output=float_output)
     else:
         float_graph = lower(graph, calib=calib, bits=bits or 8, scheme=scheme or "qmn", act_max=act_max or {},
                             model_path=model, jobs=jobs, float_output=float_output)
@@ -313,7 +328,8 @@ def _command(args: argparse.Namespace) -> int:
                         bits=args.bits, name=args.name, report=args.report, emit_ir=args.emit_ir,
                         act_max=parse_act_max(args.act_max), float_output=args.float_output,
                         backend=args.backend, kernels=args.kernels,
-                        input_shapes=parse_input_shapes(args.input_shape), jobs=args.jobs)
+                        input_shapes=parse_input_shapes(args.input_shape), jobs=args.jobs,
+                        round_scales=args.round_scales, emit_onnx_qdq=args.emit_onnx_qdq)
     folder = Path(args.output).parent
     for w in gen.warnings:
         print(f"qcc: warning: {w}", file=sys.stderr)

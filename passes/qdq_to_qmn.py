@@ -1,0 +1,184 @@
+"""qdq-to-qmn: read a QDQ model's power-of-two scales as Qm.n formats.
+
+A QDQ model whose scales are all powers of two with zero point 0 (what a
+Qm.n fine-tune, or qcc's own ``--emit-onnx-qdq`` of a ``--scheme qmn``
+compile, produces) already states every format: a QuantizeLinear/
+DequantizeLinear pair with scale ``s = 2^-n`` and zero point 0 on an
+``iW`` tensor is ``!q.fixed<iW, n>`` (Qm.n with ``m = W-1-n``), because
+
+    real = s * (q - 0) = q * 2^-n.
+
+Activations (per tensor) become ``FixedPoint(n)``; per-axis weights and
+biases keep ``PerAxisQuant`` with their power-of-two scales (the per-channel
+Qm.n form ``lower-quantized`` reads), per-tensor ones become ``FixedPoint``.
+The graph is then exactly the fake-quant picture ``assign-qmn`` leaves, and
+``lower-quantized`` turns it into ``qnn.*`` ops with
+``out_shift = n_x + n_w - n_y`` and ``bias_shift = n_x + n_w - n_b``.
+
+Integer shape ops between a quantize and its dequantize (an exporter's
+``Q -> Transpose -> Reshape -> DQ``) move after the dequantize, where they
+act on reals; moving values commutes with ``q * 2^-n``, so nothing changes
+numerically, and every quantize then meets its dequantize directly (the
+pairing ``lower-quantized`` reads output formats from).
+
+A scale that is not a power of two (or a zero point other than 0) is an
+error naming the tensor. With ``round_scales`` the scale is replaced by the
+nearest power of two in the log domain, ``n = round(-log2 s)``; constant
+data are requantized to the new scale, ``q' = clamp(round_half_away(q * s *
+2^n))``, and every rounded tensor is listed in the pass statistics
+(``rounded``: ``name: scale -> 2^-n``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from qcc.errors import UnsupportedModelError
+from qcc.ir.graph import Graph, Value
+from qcc.ir.types import FixedPoint, PerAxisQuant, TensorType, UniformQuant, storage_range
+from qcc.sim.qmn import round_half_away
+from qcc.transforms.passmanager import Pass, PassResult, register_pass, register_pipeline
+
+QMN_DTYPES = ("i8", "i16", "i32")
+SHAPE_OPS = ("nn.transpose", "nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze")
+
+
+def pow2_exponent(scale: float) -> Optional[int]:
+    """n with scale == 2^-n exactly, else None."""
+    mantissa, exp = math.frexp(scale)
+    return 1 - exp if mantissa == 0.5 else None
+
+
+def nearest_exponent(scale: float) -> int:
+    """n minimizing |log2(scale) + n| (ties to the finer format)."""
+    return int(math.floor(-math.log2(scale) + 0.5))
+
+
+@register_pass
+@dataclass
+class QdqToQmn(Pass):
+    """Turn power-of-two, zero-point-0 QDQ types into Qm.n formats.
+
+    Before::
+
+        %0 = q.quantize %x : tensor<1x4x!q.uniform<i8:f32, 0.0625:0>>
+        %1 = q.dequantize %0 : tensor<1x4xf32>
+
+    After ``-p qdq-to-qmn``::
+
+        %0 = q.quantize %x : tensor<1x4x!q.fixed<i8, 4>>
+        %1 = q.dequantize %0 : tensor<1x4xf32>
+    """
+
+    name = "qdq-to-qmn"
+    round_scales: bool = False
+
+    def run(self, graph: Graph) -> PassResult:
+        self.rounded: List[str] = []
+        changed = self._sink_shape_ops(graph)
+        for v in self._quantized_values(graph):
+            before = len(self.rounded)
+            new = self._qmn_type(v)
+            if new != v.type:
+                if v.is_constant() and len(self.rounded) > before:
+                    self._requantize_const(v, new)
+                v.type = new
+                changed += 1
+        return PassResult(bool(changed), {"converted": changed, "rounded": list(self.rounded)})
+
+    @staticmethod
+    def _sink_shape_ops(graph: Graph) -> int:
+        """dequantize(shape_op(q)) -> shape_op(dequantize(q)), last ops first so chains move whole."""
+        moved = 0
+        for op in reversed(graph.ops):
+            if op.opname not in SHAPE_OPS or op.result.type.quant is None or graph.is_output(op.result):
+                continue
+            users = graph.users(op.result)
+            if not users or any(u.opname != "q.dequantize" for u in users):
+                continue
+            src = op.operands[0]
+            dq = graph.add_op("q.dequantize", [src], {}, [TensorType(src.shape)], name=users[0].name)
+            moved_op = graph.add_op(op.opname, [dq.result] + list(op.operands[1:]), dict(op.attrs),
+                                    [TensorType(op.result.shape)], name=op.name)
+            for u in users:
+                graph.replace_all_uses(u.result, moved_op.result)
+                graph.erase_op(u)
+            graph.erase_op(op)
+            moved += 1
+        return moved
+
+    @staticmethod
+    def _quantized_values(graph: Graph) -> List[Value]:
+        values = [v for v in graph.inputs if v.type.quant is not None]
+        for op in graph.ops:
+            values += [r for r in op.results if r.type.quant is not None]
+        return values
+
+    @staticmethod
+    def _label(v: Value) -> str:
+        if v.name:
+            return v.name
+        return v.producer.name or v.producer.opname if v.producer is not None else "?"
+
+    def _exponent(self, v: Value, scale: float, zero_point: int) -> int:
+        what = (f"tensor '{self._label(v)}'"
+                + (f" ({v.producer.describe()})" if v.producer is not None and v.producer.name else ""))
+        if zero_point != 0:
+            raise UnsupportedModelError(f"qdq-to-qmn: {what} has zero point {zero_point}; Qm.n needs zero "
+                                        f"point 0 (compile this QDQ model with --scheme int8)")
+        n = pow2_exponent(scale)
+        if n is not None:
+            return n
+        if not self.round_scales:
+            raise UnsupportedModelError(f"qdq-to-qmn: {what} has scale {scale!r}, not a power of two; Qm.n "
+                                        f"needs scales 2^-n (pass --round-scales to round it to the nearest "
+                                        f"power of two, or compile with --scheme int8)")
+        n = nearest_exponent(scale)
+        self.rounded.append(f"{self._label(v)}: {scale!r} -> 2^-{n}")
+        return n
+
+    def _qmn_type(self, v: Value) -> TensorType:
+        t = v.type
+        if t.dtype not in QMN_DTYPES:
+            raise UnsupportedModelError(f"qdq-to-qmn: tensor '{self._label(v)}' is stored as {t.dtype}; Qm.n "
+                                        f"stores i8 or i16 (i32 biases)")
+        q = t.quant
+        if isinstance(q, FixedPoint):
+            return t
+        if isinstance(q, UniformQuant):
+            return TensorType(t.shape, t.dtype, FixedPoint(self._exponent(v, q.scale, q.zero_point)))
+        assert isinstance(q, PerAxisQuant)
+        ns = [self._exponent(v, s, z) for s, z in zip(q.scales, q.zero_points)]
+        return TensorType(t.shape, t.dtype, PerAxisQuant(q.axis, tuple(2.0 ** -n for n in ns), (0,) * len(ns)))
+
+    @staticmethod
+    def _requantize_const(v: Value, new: TensorType):
+        """Re-express a constant's integers in its rounded power-of-two scales."""
+        old_q, arr = v.type.quant, v.constant().astype(np.float64)
+        if isinstance(old_q, PerAxisQuant):
+            shape = [1] * arr.ndim
+            shape[old_q.axis] = -1
+            old_s = np.asarray(old_q.scales).reshape(shape)
+            new_s = np.asarray(new.quant.scales).reshape(shape)
+        else:
+            old_s, new_s = old_q.scale, new.quant.scale
+        lo, hi = storage_range(new.dtype)
+        q = np.clip(round_half_away(arr * old_s / new_s), lo, hi).astype(new.np_dtype)
+        v.producer.attrs["value"] = q
+
+
+def _pipeline(options) -> list:
+    round_scales = str(options.get("round_scales", False)).lower()
+    float_output = str(options.get("float_output", False)).lower()
+    return ["canonicalize", "fold-batchnorm", "fuse-activation", f"qdq-to-qmn{{round_scales={round_scales}}}",
+            f"lower-quantized{{float_output={float_output}}}", "canonicalize", "to-nhwc", "const-fold", "dce",
+            "check-quantized"]
+
+
+register_pipeline(
+    "qmn-qdq", _pipeline,
+    "Compile a power-of-two QDQ model (a Qm.n fine-tune, or qcc's own export) to qnn ops, no calibration",
+    {"round_scales": bool, "float_output": bool})
