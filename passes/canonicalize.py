@@ -16,7 +16,8 @@ Dense layers (``nn.dense(x, w, b) = x @ w.T + b`` with ``w`` [N, K]):
 * ``nn.add(nn.dense(x, w), b)`` with constant ``b`` of N elements -> ``nn.dense(x, w, b)``;
 * ``nn.gemm(a, B, c)`` (ONNX Gemm: ``alpha * a @ op(B) + beta * c``) with constant
   ``B`` and ``c`` -> ``nn.dense(a, alpha * op(B).T, beta * c)``;
-* the QDQ form of the same Gemm, ``B = dequantize(Bq)`` of a quantized constant and ``c``
+* the QDQ form of the same Gemm, ``B = dequantize(Bq)`` of a quantized constant (or of
+  ``quantize(W)``, W constant, when ``trans_b``) and ``c``
   one value per output feature, ``alpha = beta = 1`` -> ``nn.dense(a, dequantize(op(Bq).T), c)``
   (a per-axis ``Bq`` keeps its output-channel axis: 1 -> 0 when ``op(B) = B``), which
   ``lower-qdq`` and ``lower-quantized`` read as a quantized dense layer.
@@ -237,6 +238,12 @@ class GemmToDense(RewritePattern):
         return True
 
 
+def _quantized_constant(v: Value) -> bool:
+    """A quantized constant, or the quantize of a float constant (PyTorch's fake-quant weights)."""
+    p = v.producer
+    return v.is_constant() or (p is not None and p.opname == "q.quantize" and p.operands[0].is_constant())
+
+
 class DequantizedGemmToDense(RewritePattern):
     """nn.gemm(a, dequantize(Bq), c) with constant Bq, alpha = beta = 1 -> nn.dense(a, dequantize(Bq'), c)."""
 
@@ -246,7 +253,7 @@ class DequantizedGemmToDense(RewritePattern):
         a, b = op.operands[:2]
         c = op.operands[2] if len(op.operands) > 2 else None
         dq = b.producer
-        if dq is None or dq.opname != "q.dequantize" or not dq.operands[0].is_constant():
+        if dq is None or dq.opname != "q.dequantize" or not _quantized_constant(dq.operands[0]):
             return rewriter.notify_match_failure(op, "B (operand 1) is not a dequantized constant")
         if op.attrs["trans_a"] or op.attrs["alpha"] != 1.0 or (c is not None and op.attrs["beta"] != 1.0):
             return rewriter.notify_match_failure(op, "trans_a is set or alpha/beta is not 1 (scales are fixed)")
@@ -255,6 +262,8 @@ class DequantizedGemmToDense(RewritePattern):
         if c is not None and tuple(c.shape) != (n,):
             return rewriter.notify_match_failure(op, f"C is not a vector of one value per output feature ({n})")
         w = b
+        if not op.attrs["trans_b"] and not bq.is_constant():
+            return rewriter.notify_match_failure(op, "B = dequantize(quantize(W)) is not transposed (trans_b=0)")
         if not op.attrs["trans_b"]:
             from qcc.ir.types import PerAxisQuant, TensorType
             q = bq.type.quant

@@ -21,6 +21,12 @@ act on reals; moving values commutes with ``q * 2^-n``, so nothing changes
 numerically, and every quantize then meets its dequantize directly (the
 pairing ``lower-quantized`` reads output formats from).
 
+A float bias constant of a conv/dense whose input and weights are Qm.n (how
+PyTorch exports fake-quantized layers: QDQ on activations and weights only)
+is quantized like ``assign-qmn`` quantizes biases, i32 at the accumulator
+precision ``n_b = n_x + n_w[c]``, coarser only when ``|b| * 2^n_b`` would
+pass 2^29 (``lower-quantized`` then shifts it left by ``n_x + n_w - n_b``).
+
 A scale that is not a power of two (or a zero point other than 0) is an
 error naming the tensor. With ``round_scales`` the scale is replaced by the
 nearest power of two in the log domain, ``n = round(-log2 s)``; constant
@@ -42,7 +48,10 @@ from qcc.ir.types import FixedPoint, PerAxisQuant, TensorType, UniformQuant, sto
 from qcc.sim.qmn import round_half_away
 from qcc.transforms.passmanager import Pass, PassResult, register_pass, register_pipeline
 
+from ._qmn_util import WEIGHTED, channel_frac_bits, per_channel_type
+
 QMN_DTYPES = ("i8", "i16", "i32")
+BIAS_LIMIT = (2 ** 31 - 1) // 4  # as assign-qmn: the weighted sum may take the rest of int32
 SHAPE_OPS = ("nn.transpose", "nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze")
 
 
@@ -87,7 +96,9 @@ class QdqToQmn(Pass):
                     self._requantize_const(v, new)
                 v.type = new
                 changed += 1
-        return PassResult(bool(changed), {"converted": changed, "rounded": list(self.rounded)})
+        biases = sum(self._quantize_float_bias(graph, op) for op in graph.ops if op.opname in WEIGHTED)
+        changed += biases
+        return PassResult(bool(changed), {"converted": changed, "biases": biases, "rounded": list(self.rounded)})
 
     @staticmethod
     def _sink_shape_ops(graph: Graph) -> int:
@@ -111,6 +122,35 @@ class QdqToQmn(Pass):
         return moved
 
     @staticmethod
+    def _quantize_float_bias(graph: Graph, op) -> int:
+        """Fake-quantize a float bias constant at the accumulator precision n_x + n_w[c]."""
+        if len(op.operands) < 3 or not op.operands[2].is_constant() or not op.operands[2].type.is_float:
+            return 0
+        formats = []
+        for v in op.operands[:2]:
+            p = v.producer
+            if p is None or p.opname != "q.dequantize":
+                return 0
+            formats.append(p.operands[0].type)
+        if not all(isinstance(t.quant, (FixedPoint, PerAxisQuant)) for t in formats):
+            return 0
+        n_x = channel_frac_bits(formats[0])[0]
+        b = op.operands[2]
+        n_w = channel_frac_bits(formats[1]) * (b.shape[0] if len(channel_frac_bits(formats[1])) == 1 else 1)
+        mags = np.abs(np.asarray(b.constant(), np.float64)).reshape(-1)
+        n_b = []
+        for bc, nw in zip(mags, n_w):
+            n = n_x + nw
+            while bc * 2.0 ** n > BIAS_LIMIT and n > -31:
+                n -= 1
+            n_b.append(n)
+        qt = per_channel_type(b.shape, "i32", n_b)
+        q = graph.add_op("q.quantize", [b], {}, [qt], name=b.producer.name)
+        d = graph.add_op("q.dequantize", [q.result], {}, [TensorType(b.shape)], name=b.producer.name)
+        graph.set_operand(op, 2, d.result)
+        return 1
+
+    @staticmethod
     def _quantized_values(graph: Graph) -> List[Value]:
         values = [v for v in graph.inputs if v.type.quant is not None]
         for op in graph.ops:
@@ -124,8 +164,7 @@ class QdqToQmn(Pass):
         return v.producer.name or v.producer.opname if v.producer is not None else "?"
 
     def _exponent(self, v: Value, scale: float, zero_point: int) -> int:
-        what = (f"tensor '{self._label(v)}'"
-                + (f" ({v.producer.describe()})" if v.producer is not None and v.producer.name else ""))
+        what = f"tensor '{v.name}'" if v.name or v.producer is None else f"the result of {v.producer.describe()}"
         if zero_point != 0:
             raise UnsupportedModelError(f"qdq-to-qmn: {what} has zero point {zero_point}; Qm.n needs zero "
                                         f"point 0 (compile this QDQ model with --scheme int8)")

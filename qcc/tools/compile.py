@@ -62,7 +62,8 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     p.add_argument("--calib", metavar="DATA", help="calibration inputs (.npz keyed by input name, .npy, or a folder)")
     p.add_argument("--scheme", choices=SCHEMES,
                    help="quantization scheme: qmn (Qm.n fixed point, the default for float models) or int8 "
-                        "(affine TFLite/CMSIS-NN int8, the default and only choice for QDQ models; no --calib)")
+                        "(affine TFLite/CMSIS-NN int8, the default for QDQ models); a QDQ model with "
+                        "power-of-two scales and zero points 0 also compiles with qmn (no --calib)")
     p.add_argument("--bits", type=int, choices=(8, 16),
                    help="activation/weight bits of a float model: 8 (q7, the default) or 16 (q15)")
     p.add_argument("--name", help="C name prefix and file stem (default: the stem of -o)")
@@ -232,6 +233,9 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     files = {out.parent / rel: data for rel, data in gen.files.items()}
     if emit_ir:
         files.update(_ir_files(graph, Path(emit_ir)))
+    if emit_onnx_qdq:
+        from qcc.export.onnx_export import onnx_files
+        files.update(onnx_files(graph, emit_onnx_qdq))
     if report:
         summary = make_report(gen, graph, model)
         if Path(report).suffix == ".json":
