@@ -172,11 +172,11 @@ class QdqToQmn(Pass):
         if n is not None:
             return n
         if not self.round_scales:
-            raise UnsupportedModelError(f"qdq-to-qmn: {what} has scale {scale!r}, not a power of two; Qm.n "
+            raise UnsupportedModelError(f"qdq-to-qmn: {what} has scale {scale:.7g}, not a power of two; Qm.n "
                                         f"needs scales 2^-n (pass --round-scales to round it to the nearest "
                                         f"power of two, or compile with --scheme int8)")
         n = nearest_exponent(scale)
-        self.rounded.append(f"{self._label(v)}: {scale!r} -> 2^-{n}")
+        self.rounded.append(f"{self._label(v)}: scale {scale:.7g} -> 2^-{n}")
         return n
 
     def _qmn_type(self, v: Value) -> TensorType:
