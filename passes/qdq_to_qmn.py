@@ -19,7 +19,9 @@ Integer shape ops between a quantize and its dequantize (an exporter's
 ``Q -> Transpose -> Reshape -> DQ``) move after the dequantize, where they
 act on reals; moving values commutes with ``q * 2^-n``, so nothing changes
 numerically, and every quantize then meets its dequantize directly (the
-pairing ``lower-quantized`` reads output formats from).
+pairing ``lower-quantized`` reads output formats from). For the same reason
+a quantize after float shape ops (``avgpool -> Flatten -> Q``) gets a copy
+on the layer's own result, so the layer rounds once into the format.
 
 A float bias constant of a conv/dense whose input and weights are Qm.n (how
 PyTorch exports fake-quantized layers: QDQ on activations and weights only)
@@ -87,7 +89,7 @@ class QdqToQmn(Pass):
 
     def run(self, graph: Graph) -> PassResult:
         self.rounded: List[str] = []
-        changed = self._sink_shape_ops(graph)
+        changed = self._sink_shape_ops(graph) + self._quantize_before_shape_ops(graph)
         for v in self._quantized_values(graph):
             before = len(self.rounded)
             new = self._qmn_type(v)
@@ -120,6 +122,29 @@ class QdqToQmn(Pass):
             graph.erase_op(op)
             moved += 1
         return moved
+
+    @staticmethod
+    def _quantize_before_shape_ops(graph: Graph) -> int:
+        """layer -> float shape ops -> quantize: quantize the layer's result itself (same per-tensor
+        format), so the layer rounds once into it (PyTorch exports ``avgpool -> Flatten -> Q``)."""
+        added = 0
+        for q in graph.find("q.quantize"):
+            if isinstance(q.result.type.quant, PerAxisQuant):
+                continue
+            v, chain = q.operands[0], []
+            while (v.producer is not None and v.producer.opname in SHAPE_OPS and graph.users(v) == [chain[-1] if chain
+                   else q] and not graph.is_output(v)):
+                chain.append(v.producer)
+                v = v.producer.operands[0]
+            if not chain or v.producer is None or v.producer.opname in ("q.dequantize", "qcc.const"):
+                continue
+            if graph.users(v) != [chain[-1]] or graph.is_output(v):
+                continue
+            q2 = graph.add_op("q.quantize", [v], {}, [q.result.type.with_shape(v.shape)], name=q.name)
+            d2 = graph.add_op("q.dequantize", [q2.result], {}, [TensorType(v.shape)], name=q.name)
+            graph.set_operand(chain[-1], 0, d2.result)
+            added += 1
+        return added
 
     @staticmethod
     def _quantize_float_bias(graph: Graph, op) -> int:
@@ -213,8 +238,8 @@ def _pipeline(options) -> list:
     round_scales = str(options.get("round_scales", False)).lower()
     float_output = str(options.get("float_output", False)).lower()
     return ["canonicalize", "fold-batchnorm", "fuse-activation", f"qdq-to-qmn{{round_scales={round_scales}}}",
-            f"lower-quantized{{float_output={float_output}}}", "canonicalize", "to-nhwc", "const-fold", "dce",
-            "check-quantized"]
+            f"lower-quantized{{float_output={float_output}}}", "canonicalize", "fold-transpose-dense", "to-nhwc",
+            "const-fold", "dce", "check-quantized"]
 
 
 register_pipeline(

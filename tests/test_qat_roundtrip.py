@@ -195,3 +195,27 @@ qcc.graph @w(%x: tensor<1x2xf32>) -> (tensor<1x2xf32> {name = "y"}) {
     assert w.type.quant.scales == (2.0 ** -7, 0.25)
     np.testing.assert_array_equal(w.constant(), [[127, -64], [3, 127]])  # 128 saturates; -64 = round(-64.0)
     assert pm.passes[0].rounded == ["w: scale 0.01 -> 2^-7"]  # only the per-axis weight needed rounding
+
+
+def test_fold_transpose_dense_is_bit_exact():
+    """flatten(transpose(x)) -> qnn.dense equals reshape(x) -> qnn.dense with permuted weight columns."""
+    from qcc.ir.graph import Graph
+    from qcc.ir.types import FixedPoint, TensorType
+    from qcc.sim.interpreter import run_graph
+    import qcc.sim.qmn  # noqa: F401  (integer kernels)
+    rng = np.random.default_rng(3)
+    g = Graph("t")
+    x = g.add_input("x", TensorType((1, 3, 2, 5)))
+    q = g.add_op("q.quantize", [x], {}, [TensorType((1, 3, 2, 5), "i8", FixedPoint(4))]).result
+    t = g.add_op("nn.transpose", [q], {"perm": [0, 3, 1, 2]}, [TensorType((1, 5, 3, 2), "i8", FixedPoint(4))]).result
+    f = g.add_op("nn.flatten", [t], {"axis": 1}, [TensorType((1, 30), "i8", FixedPoint(4))]).result
+    w = g.add_const(rng.integers(-128, 128, (7, 30)).astype(np.int8))
+    d = g.add_op("qnn.dense", [f, w], {"out_shift": [5], "act_min": -128, "act_max": 127},
+                 [TensorType((1, 7), "i8", FixedPoint(3))]).result
+    g.set_outputs([g.add_op("q.dequantize", [d], {}, [TensorType((1, 7))]).result], ["y"])
+    xs = rng.normal(0, 3, (20, 1, 3, 2, 5)).astype(np.float32)
+    before = [run_graph(g, {"x": s})["y"] for s in xs]
+    PassManager.parse("fold-transpose-dense").run(g)
+    assert not g.find("nn.transpose")
+    after = [run_graph(g, {"x": s})["y"] for s in xs]
+    np.testing.assert_array_equal(np.stack(before), np.stack(after))

@@ -29,6 +29,15 @@ def test_fine_tuned_q7_is_at_least_as_accurate_on_qemu(tmp_path):
     assert tuned["qemu_accuracy"] > 0.9
     # the fine-tuned model compiled from its own QDQ formats: no calibration data in that command
     assert (tmp_path / "qat" / "net.c").exists() and (tmp_path / "ptq.onnx.json").exists()
+    # qcc compiled the fine-tuned model in exactly the formats it chose for the float one
+    from qcc.ir.parser import parse_file
+
+    def formats(folder):
+        g = parse_file(tmp_path / folder / "net.qir")
+        return sorted((op.opname, str(t.type)) for op in g.ops for t in op.operands + op.results
+                      if t.type.quant is not None)
+    assert formats("ptq") == formats("qat")
+    assert ptq["arena_bytes"] == tuned["arena_bytes"] and ptq["weight_bytes"] == tuned["weight_bytes"]
     # the README states this run's numbers (seeded, single-threaded, torch pinned in the train extra)
     readme = (HERE / "README.md").read_text()
     for label, value in (("float", m["float_accuracy"]), ("post-training", ptq["qemu_accuracy"]),
