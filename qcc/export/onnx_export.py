@@ -1,7 +1,9 @@
 """Export a graph back to ONNX, quantized graphs as QDQ, for inspection in familiar tools.
 
 ``export_qdq_onnx(graph) -> onnx.ModelProto``; ``write_onnx(graph, path)``
-writes it atomically (``qcc-opt ... --emit-onnx out.onnx``). The model runs in
+writes it atomically (``qcc-opt ... --emit-onnx out.onnx``, ``qcc ...
+--emit-onnx-qdq out.onnx``) with ``out.onnx.json`` beside it, every quantized
+tensor's format (``qcc.export.qdq_formats``) for training in the same formats. The model runs in
 onnxruntime and opens in Netron. Every IR value becomes one ONNX tensor in
 its *storage* type: f32 values stay float, quantized values are integer
 tensors (i8/i16/u8/u16, i32 constants) and a ``DequantizeLinear`` gives their

@@ -16,6 +16,12 @@ softmax (its scales are the user's), so there it only dequantizes. The C,
 header, weights, Makefile and firmware harness are written into the folder of
 ``-o`` all at once or not at all.
 
+A QDQ model compiles without calibration: with the ``int8`` pipeline, or with
+``--scheme qmn`` the ``qmn-qdq`` one (power-of-two scales, zero points 0;
+``--round-scales`` rounds others). ``--emit-onnx-qdq F.onnx`` also writes the
+compiled graph as QDQ ONNX plus ``F.onnx.json`` (every tensor's format), which
+compiles back to the same C.
+
 The driver is the one place that connects the core to a backend: it looks the
 backend up by name (``qcc.backends.get_backend``); the core itself never
 imports backends.
