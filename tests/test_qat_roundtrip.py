@@ -219,3 +219,17 @@ def test_fold_transpose_dense_is_bit_exact():
     assert not g.find("nn.transpose")
     after = [run_graph(g, {"x": s})["y"] for s in xs]
     np.testing.assert_array_equal(np.stack(before), np.stack(after))
+
+
+def test_qcc_opt_emit_onnx_writes_the_formats_too(tmp_path, capsys):
+    from qcc.tools.cli import opt_main
+    out = tmp_path / "m.onnx"
+    assert opt_main([str(DIGITS / "digits.onnx"), "-p", "qmn", "--calib", str(DIGITS / "calib.npz"),
+                     "--emit-onnx", str(out), "-o", str(tmp_path / "m.qir")]) == 0
+    formats = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert [layer["name"] for layer in formats["layers"]] == ["conv1", "conv2", "dense"]
+    assert all("frac_bits" in t for t in formats["tensors"].values())  # every scale 2^-n, zero point 0
+    # --round-scales only concerns QDQ models under --scheme qmn: a float model says it was ignored
+    assert qcc_main([str(DIGITS / "digits.onnx"), "-o", str(tmp_path / "c" / "net.c"), "--target", "cortex-m4",
+                     "--calib", str(DIGITS / "calib.npz"), "--round-scales"]) == 0
+    assert "ignoring --round-scales" in capsys.readouterr().err

@@ -216,13 +216,16 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
         what = "already lowered" if is_lowered(graph) else "a QDQ model: it carries its own scales"
         if bits not in (None, 8) and not is_lowered(graph):
             raise InputError(f"--bits {bits} does not apply: {model} is {what}")
-        for flag, given in (("--calib", calib), ("--act-max", act_max), ("--bits", bits)):
+        for flag, given in (("--calib", calib), ("--act-max", act_max), ("--bits", bits),
+                            ("--round-scales", round_scales and (scheme != "qmn" or is_lowered(graph)))):
             if given:
                 notes.append(f"ignoring {flag}: {model} is {what}")
         if not is_lowered(graph):
             notes += lower_qdq(graph, scheme=scheme or "int8", model_path=model, round_scales=round_scales,
                                float_output=float_output)
     else:
+        if round_scales:
+            notes.append(f"ignoring --round-scales: {model} is a float model (it applies to QDQ models)")
         float_graph = lower(graph, calib=calib, bits=bits or 8, scheme=scheme or "qmn", act_max=act_max or {},
                             model_path=model, jobs=jobs, float_output=float_output)
     if float_epilogue(graph) and not float_output:
