@@ -23,6 +23,10 @@ pairing ``lower-quantized`` reads output formats from). For the same reason
 a quantize after float shape ops (``avgpool -> Flatten -> Q``) gets a copy
 on the layer's own result, so the layer rounds once into the format.
 
+A MatMul on dequantized constant weights ``[K, N]`` (with a following Add
+of a bias vector) becomes ``nn.dense`` on the transposed weights, as
+canonicalize makes of a Gemm.
+
 A float bias constant of a conv/dense whose input and weights are Qm.n (how
 PyTorch exports fake-quantized layers: QDQ on activations and weights only)
 is quantized like ``assign-qmn`` quantizes biases, i32 at the accumulator
@@ -90,6 +94,7 @@ class QdqToQmn(Pass):
     def run(self, graph: Graph) -> PassResult:
         self.rounded: List[str] = []
         changed = self._sink_shape_ops(graph) + self._quantize_before_shape_ops(graph)
+        changed += sum(self._matmul_to_dense(graph, op) for op in graph.find("nn.matmul"))
         for v in self._quantized_values(graph):
             before = len(self.rounded)
             new = self._qmn_type(v)
@@ -145,6 +150,50 @@ class QdqToQmn(Pass):
             graph.set_operand(chain[-1], 0, d2.result)
             added += 1
         return added
+
+    @staticmethod
+    def _matmul_to_dense(graph: Graph, mm) -> int:
+        """matmul(x, dequantize(Wq [K, N])) (+ a bias vector) -> dense(x, dequantize(Wq.T), bias).
+
+        Wq is a quantized constant or the quantize of a float one; a per-axis
+        format over N (axis 1) becomes axis 0 of the transposed weights.
+        """
+        x, w = mm.operands
+        dq = w.producer
+        if x.type.rank != 2 or w.type.rank != 2 or dq is None or dq.opname != "q.dequantize":
+            return 0
+        src = dq.operands[0]
+        quant_op = src.producer if src.producer is not None and src.producer.opname == "q.quantize" else None
+        const = quant_op.operands[0] if quant_op is not None else src
+        if not const.is_constant():
+            return 0
+        q = src.type.quant
+        if isinstance(q, PerAxisQuant):
+            q = PerAxisQuant(1 - q.axis, q.scales, q.zero_points)
+        arr = np.ascontiguousarray(const.constant().T)
+        new_t = TensorType(arr.shape, src.type.dtype, q)
+        wt = graph.add_op("qcc.const", [], {"value": arr}, [TensorType(arr.shape, const.type.dtype,
+                                                                         const.type.quant if quant_op else q)],
+                          name=const.producer.name).result
+        if quant_op is not None:
+            wt = graph.add_op("q.quantize", [wt], {}, [new_t], name=quant_op.name).result
+        wd = graph.add_op("q.dequantize", [wt], {}, [TensorType(arr.shape)], name=dq.name).result
+        operands, result = [x, wd], mm.result
+        users = graph.users(mm.result)
+        if len(users) == 1 and users[0].opname == "nn.add" and not graph.is_output(mm.result):
+            add = users[0]
+            bias = add.operands[1] if add.operands[0] is mm.result else add.operands[0]
+            p = bias.producer
+            vector = tuple(bias.shape) == (arr.shape[0],) and add.attrs.get("act", "none") == "none"
+            if vector and p is not None and (bias.is_constant() or (p.opname == "q.dequantize"
+                                                                    and p.operands[0].is_constant())):
+                operands.append(bias)
+                result = add.result
+        dense = graph.add_op("nn.dense", operands, {}, [result.type], name=mm.name)
+        graph.replace_all_uses(result, dense.result)
+        for op in ([result.producer] if result is not mm.result else []) + [mm]:
+            graph.erase_op(op)
+        return 1
 
     @staticmethod
     def _quantize_float_bias(graph: Graph, op) -> int:

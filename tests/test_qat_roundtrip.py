@@ -233,3 +233,36 @@ def test_qcc_opt_emit_onnx_writes_the_formats_too(tmp_path, capsys):
     assert qcc_main([str(DIGITS / "digits.onnx"), "-o", str(tmp_path / "c" / "net.c"), "--target", "cortex-m4",
                      "--calib", str(DIGITS / "calib.npz"), "--round-scales"]) == 0
     assert "ignoring --round-scales" in capsys.readouterr().err
+
+
+@needs_gcc
+@pytest.mark.parametrize("float_bias", [False, True])
+def test_qdq_matmul_add_compiles_to_qmn_dense(tmp_path, float_bias):
+    """MatMul(x, DQ(Wq [K, N], axis 1)) + bias (DQ'd int32, or float as torch.export writes it) -> qnn.dense."""
+    from test_backend_cmsis import compile_and_compare
+    rng = np.random.default_rng(2)
+    w_scales = np.array([2.0 ** -6, 2.0 ** -7, 2.0 ** -6], np.float32)
+    inits = {"wq": rng.integers(-127, 128, (5, 3)).astype(np.int8), "w_s": w_scales, "w_z": np.zeros(3, np.int8),
+             "x_s": np.array(2.0 ** -5, np.float32), "x_z": np.array(0, np.int8),
+             "y_s": np.array(2.0 ** -4, np.float32), "y_z": np.array(0, np.int8)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_s", "x_z"], ["xq"], name="x_q"),
+             helper.make_node("DequantizeLinear", ["xq", "x_s", "x_z"], ["xd"], name="x_dq"),
+             helper.make_node("DequantizeLinear", ["wq", "w_s", "w_z"], ["wd"], name="w_dq", axis=1),
+             helper.make_node("MatMul", ["xd", "wd"], ["mm"], name="fc/MatMul"),
+             helper.make_node("Add", ["mm", "bd"], ["a"], name="fc/Add"),
+             helper.make_node("QuantizeLinear", ["a", "y_s", "y_z"], ["yq"], name="y_q"),
+             helper.make_node("DequantizeLinear", ["yq", "y_s", "y_z"], ["y"], name="y_dq")]
+    if float_bias:
+        inits["bd"] = np.array([0.5, -0.25, 0.125], np.float32)
+    else:
+        inits.update({"bq": np.array([300, -200, 50], np.int32), "b_s": w_scales * 2.0 ** -5,
+                      "b_z": np.zeros(3, np.int32)})
+        nodes.insert(3, helper.make_node("DequantizeLinear", ["bq", "b_s", "b_z"], ["bd"], name="b_dq", axis=0))
+    graph = load_onnx(build(nodes, {"x": [1, 5]}, ["y"], inits))
+    PassManager.parse("qmn-qdq").run(graph)
+    (dense,) = graph.find("qnn.dense")
+    assert [op.opname for op in graph.ops if op.opname.startswith("qnn.")] == ["qnn.dense"]
+    assert dense.operands[1].shape == (3, 5) and dense.attrs["out_shift"] == [7, 8, 7]  # n_x + n_w - n_y
+    np.testing.assert_array_equal(dense.operands[1].constant(), inits["wq"].T)
+    samples = {"x": rng.normal(0, 1.5, (16, 1, 5)).astype(np.float32)}
+    compile_and_compare(graph, tmp_path, samples)
