@@ -95,6 +95,9 @@ def test_export_runs_in_onnxruntime_within_one_step(tmp_path):
 def test_json_states_every_layer_format(tmp_path):
     from qcc.ir.parser import parse_file
     qdq = _qmn_export(tmp_path)
+    again = _qmn_export(tmp_path / "again")  # same inputs, same bytes
+    assert again.read_bytes() == qdq.read_bytes()
+    assert Path(str(again) + ".json").read_bytes() == Path(str(qdq) + ".json").read_bytes()
     formats = json.loads(Path(str(qdq) + ".json").read_text())
     assert formats["format"] == "qcc-qdq-formats/1"
     lowered = {op.name: op for op in parse_file(str(tmp_path / "net.qir")).ops
