@@ -191,8 +191,9 @@ class QdqToQmn(Pass):
                 result = add.result
         dense = graph.add_op("nn.dense", operands, {}, [result.type], name=mm.name)
         graph.replace_all_uses(result, dense.result)
-        for op in ([result.producer] if result is not mm.result else []) + [mm]:
-            graph.erase_op(op)
+        for op in ([result.producer] if result is not mm.result else []) + [mm, dq, quant_op, const.producer]:
+            if op is not None and not any(graph.has_uses(r) or graph.is_output(r) for r in op.results):
+                graph.erase_op(op)  # the old weights, once nothing else reads them
         return 1
 
     @staticmethod
