@@ -11,13 +11,12 @@ with ``--round-scales``.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 from conftest import REPO_ROOT, shared_model_path
 from onnx_builders import build
