@@ -15,7 +15,12 @@ Dense layers (``nn.dense(x, w, b) = x @ w.T + b`` with ``w`` [N, K]):
 * ``nn.matmul(x, W)`` with constant ``W`` [K, N] -> ``nn.dense(x, W.T)``;
 * ``nn.add(nn.dense(x, w), b)`` with constant ``b`` of N elements -> ``nn.dense(x, w, b)``;
 * ``nn.gemm(a, B, c)`` (ONNX Gemm: ``alpha * a @ op(B) + beta * c``) with constant
-  ``B`` and ``c`` -> ``nn.dense(a, alpha * op(B).T, beta * c)``.
+  ``B`` and ``c`` -> ``nn.dense(a, alpha * op(B).T, beta * c)``;
+* the QDQ form of the same Gemm, ``B = dequantize(Bq)`` of a quantized constant (or of
+  ``quantize(W)``, W constant, when ``trans_b``) and ``c``
+  one value per output feature, ``alpha = beta = 1`` -> ``nn.dense(a, dequantize(op(Bq).T), c)``
+  (a per-axis ``Bq`` keeps its output-channel axis: 1 -> 0 when ``op(B) = B``), which
+  ``lower-qdq`` and ``lower-quantized`` read as a quantized dense layer.
 
 Each pattern tells the rewriter why it did not apply (``rewriter.why(op)``).
 """
@@ -233,10 +238,51 @@ class GemmToDense(RewritePattern):
         return True
 
 
+def _quantized_constant(v: Value) -> bool:
+    """A quantized constant, or the quantize of a float constant (PyTorch's fake-quant weights)."""
+    p = v.producer
+    return v.is_constant() or (p is not None and p.opname == "q.quantize" and p.operands[0].is_constant())
+
+
+class DequantizedGemmToDense(RewritePattern):
+    """nn.gemm(a, dequantize(Bq), c) with constant Bq, alpha = beta = 1 -> nn.dense(a, dequantize(Bq'), c)."""
+
+    op_names = ("nn.gemm",)
+
+    def match_and_rewrite(self, op, rewriter):
+        a, b = op.operands[:2]
+        c = op.operands[2] if len(op.operands) > 2 else None
+        dq = b.producer
+        if dq is None or dq.opname != "q.dequantize" or not _quantized_constant(dq.operands[0]):
+            return rewriter.notify_match_failure(op, "B (operand 1) is not a dequantized constant")
+        if op.attrs["trans_a"] or op.attrs["alpha"] != 1.0 or (c is not None and op.attrs["beta"] != 1.0):
+            return rewriter.notify_match_failure(op, "trans_a is set or alpha/beta is not 1 (scales are fixed)")
+        bq = dq.operands[0]
+        n = bq.shape[0] if op.attrs["trans_b"] else bq.shape[1]
+        if c is not None and tuple(c.shape) != (n,):
+            return rewriter.notify_match_failure(op, f"C is not a vector of one value per output feature ({n})")
+        w = b
+        if not op.attrs["trans_b"] and not bq.is_constant():
+            return rewriter.notify_match_failure(op, "B = dequantize(quantize(W)) is not transposed (trans_b=0)")
+        if not op.attrs["trans_b"]:
+            from qcc.ir.types import PerAxisQuant, TensorType
+            q = bq.type.quant
+            if isinstance(q, PerAxisQuant):
+                q = PerAxisQuant(1 - q.axis, q.scales, q.zero_points)
+            arr = np.ascontiguousarray(bq.constant().T)
+            wq = rewriter.create_op("qcc.const", [], {"value": arr},
+                                    [TensorType(arr.shape, bq.type.dtype, q)], name=bq.producer.name).result
+            w = rewriter.create_op("q.dequantize", [wq], {}, [TensorType(arr.shape)], name=dq.name).result
+        dense = rewriter.create_op("nn.dense", [a, w] + ([c] if c is not None else []), {},
+                                   [op.results[0].type], name=op.name)
+        rewriter.replace_op(op, dense)
+        return True
+
+
 def populate_canonicalize_patterns() -> List[RewritePattern]:
     """The canonicalization patterns, for reuse by other pattern passes."""
     return [RemoveNeutralOperand(), RemoveIdentity(), CollapseReshapes(), ComposeTransposes(),
-            MatMulToDense(), DenseAddBias(), GemmToDense()]
+            MatMulToDense(), DenseAddBias(), GemmToDense(), DequantizedGemmToDense()]
 
 
 @register_pass

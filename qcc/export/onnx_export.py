@@ -1,7 +1,9 @@
 """Export a graph back to ONNX, quantized graphs as QDQ, for inspection in familiar tools.
 
 ``export_qdq_onnx(graph) -> onnx.ModelProto``; ``write_onnx(graph, path)``
-writes it atomically (``qcc-opt ... --emit-onnx out.onnx``). The model runs in
+writes it atomically (``qcc-opt ... --emit-onnx out.onnx``, ``qcc ...
+--emit-onnx-qdq out.onnx``) with ``out.onnx.json`` beside it, every quantized
+tensor's format (``qcc.export.qdq_formats``) for training in the same formats. The model runs in
 onnxruntime and opens in Netron. Every IR value becomes one ONNX tensor in
 its *storage* type: f32 values stay float, quantized values are integer
 tensors (i8/i16/u8/u16, i32 constants) and a ``DequantizeLinear`` gives their
@@ -385,11 +387,21 @@ def export_qdq_onnx(graph: Graph) -> onnx.ModelProto:
     return _Exporter(graph).run()
 
 
+def onnx_files(graph: Graph, path) -> List[tuple]:
+    """``[(path, model bytes), (path.json, formats)]``: the QDQ model and, beside it, every quantized
+    tensor's format (``qcc.export.qdq_formats``), for training with the same fake quantization."""
+    from qcc.export.qdq_formats import formats_json
+    model = export_qdq_onnx(graph)
+    path = Path(path)
+    return [(path, model.SerializeToString(deterministic=True)),
+            (path.with_name(path.name + ".json"), formats_json(model))]
+
+
 def write_onnx(graph: Graph, path) -> None:
-    """Export ``graph`` and write it to ``path`` atomically (all bytes or nothing)."""
+    """Export ``graph`` to ``path`` and its formats to ``path.json``, atomically (all bytes or nothing)."""
     from qcc.fileio import write_files
-    data = export_qdq_onnx(graph).SerializeToString(deterministic=True)
+    files = onnx_files(graph, path)
     try:
-        write_files([(Path(path), data)])
+        write_files(files)
     except OSError as e:
         raise InputError(f"cannot write {path}: {e.strerror or e}") from None

@@ -128,7 +128,8 @@ def _opt_parser(prog: str) -> argparse.ArgumentParser:
     _add_input_shape_option(p)
     p.add_argument("--emit-onnx", metavar="FILE.onnx",
                    help="also write the resulting graph as ONNX (quantized values in QDQ form, for "
-                        "onnxruntime or Netron); the IR then goes only to -o, not to stdout")
+                        "onnxruntime or Netron) and FILE.onnx.json (every tensor's format); the IR then "
+                        "goes only to -o, not to stdout")
     p.add_argument("--split-input-file", action="store_true",
                    help="run each '// -----' separated part of a .qir file on its own and join the "
                         "results with '// -----' (as mlir-opt does)")

@@ -16,6 +16,12 @@ softmax (its scales are the user's), so there it only dequantizes. The C,
 header, weights, Makefile and firmware harness are written into the folder of
 ``-o`` all at once or not at all.
 
+A QDQ model compiles without calibration: with the ``int8`` pipeline, or with
+``--scheme qmn`` the ``qmn-qdq`` one (power-of-two scales, zero points 0;
+``--round-scales`` rounds others). ``--emit-onnx-qdq F.onnx`` also writes the
+compiled graph as QDQ ONNX plus ``F.onnx.json`` (every tensor's format), which
+compiles back to the same C.
+
 The driver is the one place that connects the core to a backend: it looks the
 backend up by name (``qcc.backends.get_backend``); the core itself never
 imports backends.
@@ -62,7 +68,8 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     p.add_argument("--calib", metavar="DATA", help="calibration inputs (.npz keyed by input name, .npy, or a folder)")
     p.add_argument("--scheme", choices=SCHEMES,
                    help="quantization scheme: qmn (Qm.n fixed point, the default for float models) or int8 "
-                        "(affine TFLite/CMSIS-NN int8, the default and only choice for QDQ models; no --calib)")
+                        "(affine TFLite/CMSIS-NN int8, the default for QDQ models); a QDQ model with "
+                        "power-of-two scales and zero points 0 also compiles with qmn (no --calib)")
     p.add_argument("--bits", type=int, choices=(8, 16),
                    help="activation/weight bits of a float model: 8 (q7, the default) or 16 (q15)")
     p.add_argument("--name", help="C name prefix and file stem (default: the stem of -o)")
@@ -75,9 +82,9 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     p.add_argument("--input-shape", metavar="NAME=1x49x10x1", action="append", default=[],
                    help="fix the shape of an ONNX input whose dimensions are dynamic (repeatable)")
     p.add_argument("--emit-ir", metavar="FILE.qir", help="also write the lowered graph as text IR")
-    p.add_argument("--emit-onnx", metavar="FILE.onnx",
-                   help="also write the lowered graph as ONNX (quantized values in QDQ form, for onnxruntime "
-                        "or Netron)")
+    p.add_argument("--emit-onnx", "--emit-onnx-qdq", dest="emit_onnx", metavar="FILE.onnx",
+                   help="also write the compiled graph as fake-quant (QDQ) ONNX, for onnxruntime, Netron or "
+                        "training, and FILE.onnx.json beside it with every tensor's format and range")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="calibrate in N processes (0: one per CPU); results equal a single process's")
     p.add_argument("--act-max", metavar="NAME=V", action="append", default=[],
@@ -89,6 +96,9 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     p.add_argument("--kernels", choices=KERNEL_CHOICES, default="qcc",
                    help="qcc (own specialized C, the default) or cmsis-nn: the affine int8 layers call the "
                         "CMSIS-NN library (the Makefile builds it from CMSIS_NN_DIR)")
+    p.add_argument("--round-scales", action="store_true",
+                   help="with --scheme qmn and a QDQ model: round scales that are not powers of two to the "
+                        "nearest one (listed as warnings) instead of refusing the model")
     p.add_argument("--backend", default="cmsis", help=argparse.SUPPRESS)
     return p
 
@@ -200,18 +210,24 @@ def dequantize_weights(graph: Graph) -> int:
     return count
 
 
-def lower_qdq(graph: Graph, *, scheme: str, model_path: str, float_output: bool = False) -> None:
-    """Run the ``int8`` pipeline (no calibration: the model carries its scales) in place.
+def lower_qdq(graph: Graph, *, scheme: str, model_path: str, round_scales: bool = False,
+              float_output: bool = False) -> List[str]:
+    """Lower a QDQ model in place, no calibration (the model carries its scales): the ``int8``
+    pipeline, or with ``--scheme qmn`` the ``qmn-qdq`` one (power-of-two scales read as Qm.n
+    formats; ``round_scales`` rounds the others). Returns notes for the user (rounded scales).
 
-    Layers the pipeline cannot lower (float islands a quantizer left between
-    DequantizeLinear and QuantizeLinear, float ops after the last
-    DequantizeLinear, weights int8 kernels do not take) are refused together,
-    each named with the reason, before any code is generated.
+    Layers the int8 pipeline cannot lower (float islands a quantizer left between
+    DequantizeLinear and QuantizeLinear, float ops after the last DequantizeLinear,
+    weights int8 kernels do not take) are refused together, each named with the
+    reason, before any code is generated.
     """
     from qcc.transforms.passmanager import PassManager
-    if scheme != "int8":
-        raise InputError(f"{model_path} is already quantized (QuantizeLinear/DequantizeLinear): it compiles "
-                         f"with --scheme int8 only, got --scheme {scheme}")
+    if scheme == "qmn":
+        pm = PassManager.parse(f"qmn-qdq{{round_scales={str(round_scales).lower()},"
+                               f"float_output={str(float_output).lower()}}}")
+        pm.run(graph)
+        qdq = next(p for p in pm.passes if p.name == "qdq-to-qmn")
+        return [f"--round-scales: {r}" for r in getattr(qdq, "rounded", [])]
     report = PassManager.parse("int8").run(graph)
     if not is_lowered(graph):
         reasons: Dict[str, List[str]] = {}
@@ -220,6 +236,7 @@ def lower_qdq(graph: Graph, *, scheme: str, model_path: str, float_output: bool 
                 for f in record.result.stats.get("match_failures", []):
                     reasons.setdefault(f.op, []).append(f.reason)
         raise UnsupportedModelError(unlowered_message(graph, reasons, model_path, float_output))
+    return []
 
 
 def _onnx_op_types(model_path: str) -> Dict[str, str]:
@@ -273,7 +290,8 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                   emit_ir: Optional[str] = None, act_max: Optional[Dict[str, float]] = None,
                   float_output: bool = False, backend: str = "cmsis", kernels: str = "qcc",
                   input_shapes: Optional[Dict[str, tuple]] = None, jobs: int = 1,
-                  report_samples: Optional[int] = None, emit_onnx: Optional[str] = None):
+                  report_samples: Optional[int] = None, emit_onnx: Optional[str] = None,
+                  round_scales: bool = False):
     """Compile ``model`` and write every output file; returns the backend's GeneratedModel."""
     out = Path(output)
     if out.suffix != ".c":
@@ -297,15 +315,19 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                              f"activations): qcc dequantizes the weights and quantizes it like a float model, "
                              f"so it needs calibration inputs; pass --calib DATA")
     if is_lowered(graph) or is_qdq(graph):
-        what = "already lowered" if is_lowered(graph) else "a QDQ model: it carries its own int8 scales"
+        what = "already lowered" if is_lowered(graph) else "a QDQ model: it carries its own scales"
         if bits not in (None, 8) and not is_lowered(graph):
             raise InputError(f"--bits {bits} does not apply: {model} is {what}")
-        for flag, given in (("--calib", calib), ("--act-max", act_max), ("--bits", bits)):
+        for flag, given in (("--calib", calib), ("--act-max", act_max), ("--bits", bits),
+                            ("--round-scales", round_scales and (scheme != "qmn" or is_lowered(graph)))):
             if given:
                 notes.append(f"ignoring {flag}: {model} is {what}")
         if not is_lowered(graph):
-            lower_qdq(graph, scheme=scheme or "int8", model_path=model, float_output=float_output)
+            notes += lower_qdq(graph, scheme=scheme or "int8", model_path=model, round_scales=round_scales,
+                               float_output=float_output)
     else:
+        if round_scales:
+            notes.append(f"ignoring --round-scales: {model} is a float model (it applies to QDQ models)")
         float_graph = lower(graph, calib=calib, bits=bits or 8, scheme=scheme or "qmn", act_max=act_max or {},
                             model_path=model, jobs=jobs, float_output=float_output)
     if float_epilogue(graph) and not float_output:
@@ -323,8 +345,8 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     if emit_ir:
         files.update(_ir_files(graph, Path(emit_ir)))
     if emit_onnx:
-        from qcc.export.onnx_export import export_qdq_onnx
-        files[Path(emit_onnx)] = export_qdq_onnx(graph).SerializeToString(deterministic=True)
+        from qcc.export.onnx_export import onnx_files
+        files.update(onnx_files(graph, emit_onnx))
     if report:
         summary = make_report(gen, graph, model)
         if Path(report).suffix == ".json":
@@ -454,7 +476,8 @@ def _command(args: argparse.Namespace) -> int:
                         act_max=parse_act_max(args.act_max), float_output=args.float_output,
                         backend=args.backend, kernels=args.kernels,
                         input_shapes=parse_input_shapes(args.input_shape), jobs=args.jobs,
-                        report_samples=args.report_samples, emit_onnx=args.emit_onnx)
+                        report_samples=args.report_samples, emit_onnx=args.emit_onnx,
+                        round_scales=args.round_scales)
     folder = Path(args.output).parent
     for w in gen.warnings:
         print(f"qcc: warning: {w}", file=sys.stderr)
