@@ -52,8 +52,9 @@ from qcc.sim.s8 import quantize_multiplier
 from qcc.ir.types import PerAxisQuant, TensorType, UniformQuant
 
 SHARES_INPUT_QUANT = frozenset({"nn.maxpool", "nn.avgpool", "nn.global_avgpool"})
-# Shape ops the int8 graph runs on quantized tensors directly (frontend_qdq.SHAPE_OPS).
-INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose"})
+# Shape ops the int8 graph runs on quantized tensors directly (frontend_qdq.SHAPE_OPS), and constant
+# padding (its value quantized with the input's parameters: a zero pads with the zero point).
+INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose", "nn.pad"})
 WEIGHTED = {"nn.conv2d": (1, 2), "nn.dense": (1, 2)}  # opname -> (weight operand, bias operand)
 # Ops float_output keeps in float when they end the graph (the back end's float epilogue).
 FLOAT_EPILOGUE_OPS = frozenset({"nn.softmax", "nn.sigmoid", "nn.tanh"})
@@ -216,7 +217,12 @@ class QuantizeAffine(Pass):
             return
         stored = x.producer.operands[0]
         out = op.result
-        moved = graph.add_op(op.opname, [stored], dict(op.attrs), [TensorType(out.shape, "i8", stored.type.quant)],
+        attrs = dict(op.attrs)
+        if op.opname == "nn.pad":
+            q = stored.type.quant
+            attrs["value"] = float(np.clip(round_half_away(np.float64(attrs["value"]) / q.scale) + q.zero_point,
+                                           -128, 127))
+        moved = graph.add_op(op.opname, [stored], attrs, [TensorType(out.shape, "i8", stored.type.quant)],
                              name=op.name)
         dq = graph.add_op("q.dequantize", [moved.result], {}, [out.type], name=op.name)
         graph.replace_all_uses(out, dq.result)
@@ -258,7 +264,7 @@ class QuantizeAffine(Pass):
 
 
 # ---------------------------------------------------------------- the pipeline
-FLOAT_CLEANUP = ("fold-batchnorm", "canonicalize", "fuse-activation", "to-nhwc", "const-fold", "dce")
+FLOAT_CLEANUP = ("fold-batchnorm", "canonicalize", "fuse-activation", "legalize-pool", "to-nhwc", "const-fold", "dce")
 DEFAULTS = {"bits": 8, "method": "minmax", "p": 99.99, "per_channel": True, "data": "", "fc_rounding": "double",
             "float_output": False}
 
@@ -269,6 +275,8 @@ def _build(options) -> List:
         raise InputError(f"int8-calibrated quantizes to 8 bits only, got bits={o['bits']}")
     known = registered_passes()
     passes: List = [name for name in FLOAT_CLEANUP if name in known]
+    # Every op must have an int8 kernel before calibration spends any time.
+    passes.append(make_pass("check-legal", {"scheme": "int8", "float_output": str(o["float_output"])}))
     calibrate = {"method": o["method"]}
     if o["method"] == "percentile":
         calibrate["p"] = str(o["p"])
