@@ -154,6 +154,8 @@ NEVER: Dict[str, str] = {
     "nn.gemm": "the weights are not constant", "nn.matmul": "the right operand is not a 2-D constant",
     "nn.div": "only division by a constant scalar or per-channel vector lowers",
     "nn.reduce_mean": "only a mean over both spatial axes of a 4-D tensor lowers (as a global average pool)",
+    "nn.sub": "no int8 kernel for a subtraction of two tensors",
+    "nn.hard_sigmoid": "no int8 kernel",
 }
 
 LEGAL = {"qmn": QMN_LEGAL, "int8": INT8_LEGAL}

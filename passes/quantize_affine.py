@@ -264,7 +264,9 @@ class QuantizeAffine(Pass):
 
 
 # ---------------------------------------------------------------- the pipeline
-FLOAT_CLEANUP = ("fold-batchnorm", "canonicalize", "fuse-activation", "legalize-pool", "to-nhwc", "const-fold", "dce")
+# canonicalize first: it merges the reshapes around 1-D layers lifted as 2-D, so their BN folds.
+FLOAT_CLEANUP = ("canonicalize", "fold-batchnorm", "canonicalize", "fuse-activation", "legalize-pool", "to-nhwc",
+                 "const-fold", "dce")
 DEFAULTS = {"bits": 8, "method": "minmax", "p": 99.99, "per_channel": True, "data": "", "fc_rounding": "double",
             "float_output": False}
 

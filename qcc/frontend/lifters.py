@@ -97,13 +97,43 @@ def _inp(node, i) -> str:
     return node.input[i] if len(node.input) > i else ""
 
 
-def _need_rank4(imp, node, a):
+def _need_rank3or4(imp, node, a):
     r = imp.rank(node.input[0])
-    if r != 4:
-        return f"only 2-D spatial ops (4-D NCHW input) are supported; input rank is {r}"
+    if r not in (3, 4):
+        return f"only 1-D and 2-D spatial ops (3-D NCL or 4-D NCHW input) are supported; input rank is {r}"
     if imp.shape(node.input[0]) is None:
         return "the input shape is not static"
     return None
+
+
+# 1-D spatial ops (N x C x L: audio, time series) lift as their 2-D form on N x C x 1 x L, between two
+# reshapes; canonicalize merges the reshapes between consecutive 1-D layers, so a 1-D conv -> BN pair
+# folds like a 2-D one.
+def _is_1d(imp, node) -> bool:
+    return imp.rank(node.input[0]) == 3
+
+
+def _attrs_2d(a: dict) -> dict:
+    """ONNX 1-D window attributes as 2-D ones with a height-1 window."""
+    b = dict(a)
+    for key in ("kernel_shape", "strides", "dilations"):
+        if key in b:
+            b[key] = [1] + list(b[key])
+    if "pads" in b:
+        begin, end = b["pads"]
+        b["pads"] = [0, begin, 0, end]
+    return b
+
+
+def _emit_as_2d(imp, node, opname: str, operands: list, attrs: dict):
+    """reshape N x C x L -> N x C x 1 x L, the 2-D op, reshape back to the node's 3-D output."""
+    x = imp.value(node.input[0])
+    n, c, length = x.shape
+    name = imp.node_name(node)
+    x4 = imp.emit("nn.reshape", [x], {"shape": [n, c, 1, length]}, node, name=f"{name}/to_2d", outputs=[])
+    y4 = imp.emit(opname, [x4] + list(operands), attrs, node, outputs=[])
+    yn, yc, _, yl = y4.shape
+    imp.emit("nn.reshape", [y4], {"shape": [yn, yc, yl]}, node, name=f"{name}/to_1d")
 
 
 def _need_consts(*indices):
@@ -148,7 +178,8 @@ def resolve_pads(a: dict, in_hw, kernel, strides, dilations) -> List[int]:
 def _window_attrs(imp, node, a, kernel):
     strides = list(a.get("strides", [1, 1]))
     dilations = list(a.get("dilations", [1, 1]))
-    pads = resolve_pads(a, imp.shape(node.input[0])[2:], kernel, strides, dilations)
+    in_hw = imp.shape(node.input[0])[2:]
+    pads = resolve_pads(a, (1,) + tuple(in_hw) if len(in_hw) == 1 else in_hw, kernel, strides, dilations)
     return strides, dilations, pads
 
 
@@ -166,16 +197,27 @@ def _check_conv(imp, node, a):
 
 
 @lifter("Conv", attrs=("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"),
-        check=_all(_need_rank4, _check_auto_pad, _check_conv))
+        check=_all(_need_rank3or4, _check_auto_pad, _check_conv))
 def _conv(imp, node, a):
     w_shape = imp.shape(node.input[1])
     kernel = list(a.get("kernel_shape", w_shape[2:]))
     if kernel != list(w_shape[2:]):
         raise OpError(f"kernel_shape {kernel} does not match the weights {list(w_shape)}")
+    one_d = _is_1d(imp, node)
+    if one_d:
+        a, kernel, w_shape = _attrs_2d(a), [1] + kernel, tuple(w_shape[:2]) + (1,) + tuple(w_shape[2:])
     strides, dilations, pads = _window_attrs(imp, node, a, kernel)
-    operands = [imp.value(n) for n in node.input if n]
-    imp.emit("nn.conv2d", operands, {"strides": strides, "pads": pads, "dilations": dilations,
-                                     "group": a.get("group", 1)}, node)
+    attrs = {"strides": strides, "pads": pads, "dilations": dilations, "group": a.get("group", 1)}
+    if not one_d:
+        imp.emit("nn.conv2d", [imp.value(n) for n in node.input if n], attrs, node)
+        return
+    w = imp.const(node.input[1])
+    if w is not None:  # a constant stays a constant (fold-batchnorm needs it before const-fold runs)
+        w4 = imp.add_const(w.reshape(w_shape), name=node.input[1])
+    else:
+        w4 = imp.emit("nn.reshape", [imp.value(node.input[1])], {"shape": list(w_shape)}, node,
+                      name=f"{imp.node_name(node)}/weight_2d", outputs=[])
+    _emit_as_2d(imp, node, "nn.conv2d", [w4] + [imp.value(n) for n in node.input[2:] if n], attrs)
 
 
 @lifter("Gemm", attrs=("alpha", "beta", "transA", "transB"))
@@ -227,8 +269,12 @@ def _check_batchnorm(imp, node, a):
 
 @lifter("BatchNormalization", attrs=("epsilon", "momentum", "training_mode"), check=_check_batchnorm)
 def _batchnorm(imp, node, a):
-    imp.emit("nn.batchnorm", [imp.value(n) for n in node.input[:5]],
-             {"epsilon": a.get("epsilon", 1e-5), "axis": 1}, node)
+    attrs = {"epsilon": a.get("epsilon", 1e-5), "axis": 1}
+    params = [imp.value(n) for n in node.input[1:5]]
+    if imp.rank(node.input[0]) == 3 and imp.shape(node.input[0]) is not None:
+        _emit_as_2d(imp, node, "nn.batchnorm", params, attrs)  # N x C x L: as N x C x 1 x L, next to a 1-D conv
+        return
+    imp.emit("nn.batchnorm", [imp.value(node.input[0])] + params, attrs, node)
 
 
 def _check_softmax(imp, node, a):
@@ -265,13 +311,18 @@ def _check_maxpool(imp, node, a):
 
 
 @lifter("MaxPool", attrs=("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides"),
-        check=_all(_need_rank4, _check_auto_pad, _check_maxpool))
+        check=_all(_need_rank3or4, _check_auto_pad, _check_maxpool))
 def _maxpool(imp, node, a):
+    one_d = _is_1d(imp, node)
+    a = _attrs_2d(a) if one_d else a
     kernel = list(a["kernel_shape"])
     strides, dilations, pads = _window_attrs(imp, node, a, kernel)
-    imp.emit("nn.maxpool", [imp.value(node.input[0])],
-             {"kernel": kernel, "strides": strides, "pads": pads, "dilations": dilations,
-              "ceil_mode": bool(a.get("ceil_mode", 0))}, node)
+    attrs = {"kernel": kernel, "strides": strides, "pads": pads, "dilations": dilations,
+             "ceil_mode": bool(a.get("ceil_mode", 0))}
+    if one_d:
+        _emit_as_2d(imp, node, "nn.maxpool", [], attrs)
+    else:
+        imp.emit("nn.maxpool", [imp.value(node.input[0])], attrs, node)
 
 
 def _check_avgpool(imp, node, a):
@@ -282,19 +333,27 @@ def _check_avgpool(imp, node, a):
 
 @lifter("AveragePool", attrs=("auto_pad", "ceil_mode", "count_include_pad", "dilations", "kernel_shape", "pads",
                               "strides"),
-        check=_all(_need_rank4, _check_auto_pad, _check_avgpool))
+        check=_all(_need_rank3or4, _check_auto_pad, _check_avgpool))
 def _avgpool(imp, node, a):
+    one_d = _is_1d(imp, node)
+    a = _attrs_2d(a) if one_d else a
     kernel = list(a["kernel_shape"])
     strides, _, pads = _window_attrs(imp, node, a, kernel)
-    imp.emit("nn.avgpool", [imp.value(node.input[0])],
-             {"kernel": kernel, "strides": strides, "pads": pads, "ceil_mode": bool(a.get("ceil_mode", 0)),
-              "count_include_pad": bool(a.get("count_include_pad", 0))}, node)
+    attrs = {"kernel": kernel, "strides": strides, "pads": pads, "ceil_mode": bool(a.get("ceil_mode", 0)),
+             "count_include_pad": bool(a.get("count_include_pad", 0))}
+    if one_d:
+        _emit_as_2d(imp, node, "nn.avgpool", [], attrs)
+    else:
+        imp.emit("nn.avgpool", [imp.value(node.input[0])], attrs, node)
 
 
-@lifter("GlobalAveragePool", "GlobalMaxPool", check=_need_rank4)
+@lifter("GlobalAveragePool", "GlobalMaxPool", check=_need_rank3or4)
 def _global_pool(imp, node, a):
     opname = "nn.global_avgpool" if node.op_type == "GlobalAveragePool" else "nn.global_maxpool"
-    imp.emit(opname, [imp.value(node.input[0])], {}, node)
+    if _is_1d(imp, node):
+        _emit_as_2d(imp, node, opname, [], {})
+    else:
+        imp.emit(opname, [imp.value(node.input[0])], {}, node)
 
 
 @lifter("ReduceMean", attrs=("axes", "keepdims", "noop_with_empty_axes"), check=_need_consts(1))
