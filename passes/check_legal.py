@@ -22,7 +22,7 @@ Before (``-p check-legal{scheme=int8}``)::
     %1 = nn.leaky_relu %0 {alpha = 0.1} : tensor<1x8xf32> loc("lrelu")
 
 After: no change, or ``error: 1 op cannot be compiled with --scheme int8 ...
-node 'lrelu' (LeakyRelu): no int8 kernel yet``.
+node "lrelu" (LeakyRelu): no int8 kernel yet``.
 """
 from __future__ import annotations
 

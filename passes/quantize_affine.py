@@ -48,6 +48,7 @@ import numpy as np
 from qcc.errors import InputError, PassError
 from qcc.ir.graph import Graph, Op, Value
 from qcc.transforms.passmanager import Pass, PassResult, make_pass, register_pass, register_pipeline, registered_passes
+from qcc.quant.weights import describe_degenerate, safe_channel_max_abs
 from qcc.sim.s8 import quantize_multiplier
 from qcc.ir.types import PerAxisQuant, TensorType, UniformQuant
 
@@ -81,8 +82,8 @@ def symmetric_weights(w: np.ndarray, per_channel: bool):
     """(int8 weights, per-output-channel float32 scales) with round half away from zero."""
     w = np.asarray(w, np.float32)
     n = w.shape[0]
-    if per_channel:
-        amax = np.abs(w.reshape(n, -1)).max(axis=1)
+    if per_channel:  # a degenerate channel takes the largest channel's scale (qcc.quant.weights)
+        amax = safe_channel_max_abs(w).astype(np.float32)
     else:
         amax = np.full(n, np.abs(w).max())
     scales = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
@@ -239,6 +240,7 @@ class QuantizeAffine(Pass):
         if in_q is None or w_v.constant() is None or not w_v.type.is_float:
             return  # input not quantized (no calibrated range) or weights not a float constant
         w_q, s_w = symmetric_weights(w_v.constant(), self.per_channel)
+        graph.notes += describe_degenerate(graph.source_name(op), w_v.constant())
         w_quant = PerAxisQuant(0, tuple(float(s) for s in s_w), (0,) * len(s_w))
         wc = graph.add_const(w_q, name=(w_v.producer.name or w_v.name or "w") + ".q", quant=w_quant)
         wc.name = wc.producer.name

@@ -117,9 +117,9 @@ def _qcc(args):
 
 
 @pytest.mark.parametrize("scheme, nodes", [
-    ("qmn", ["node 'pool1' (MaxPool): dilations [2, 2]"]),
-    ("int8", ["node 'conv1' (Conv): the LeakyRelu fused into it has no int8 kernel yet",
-              "node 'pool1' (MaxPool): dilations [2, 2]", "node 'sig' (Sigmoid): no int8 kernel yet"]),
+    ("qmn", ['node "pool1" (MaxPool): dilations [2, 2]']),
+    ("int8", ['node "conv1" (Conv): the LeakyRelu fused into it has no int8 kernel yet',
+              'node "pool1" (MaxPool): dilations [2, 2]', 'node "sig" (Sigmoid): no int8 kernel yet']),
 ])
 def test_unsupported_ops_are_listed_in_onnx_terms_before_calibration(tmp_path, scheme, nodes):
     onnx.save(_bad_model(), tmp_path / "bad.onnx")

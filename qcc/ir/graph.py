@@ -98,11 +98,13 @@ class Graph:
         self._seq = itertools.count()
         # Model node name -> its op type in the source model (ONNX), so messages speak the model's terms.
         self.source_ops: Dict[str, str] = {}
+        # Facts passes found that users should hear about (the drivers print them as warnings).
+        self.notes: List[str] = []
 
     def source_name(self, op: Op) -> str:
-        """How user-facing messages name ``op``: ``node 'conv1' (Conv)`` when it came from a model node."""
+        """How user-facing messages name ``op``: ``node "conv1" (Conv)`` (as the importer's) for a model node."""
         if op.name and op.name in self.source_ops:
-            return f"node '{op.name}' ({self.source_ops[op.name]})"
+            return f"node \"{op.name}\" ({self.source_ops[op.name]})"
         return op.describe()
 
     # ------------------------------------------------------------ building

@@ -203,6 +203,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     else:
         float_graph = lower(graph, calib=calib, bits=bits or 8, scheme=scheme or "qmn", act_max=act_max or {},
                             model_path=model, jobs=jobs, float_output=float_output)
+    notes += graph.notes
     if float_epilogue(graph) and not float_output:
         ops = ", ".join(sorted({op.describe() for op in float_epilogue(graph)}))
         raise InputError(f"{model} ends in float ops after its final q.dequantize ({ops}): they run in C "
