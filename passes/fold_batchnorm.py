@@ -119,14 +119,20 @@ class FoldBatchNormIntoLayer(RewritePattern):
 
 
 class DenseBeforeBatchNorm(RewritePattern):
-    """nn.gemm / nn.matmul with constant weights feeding only a batchnorm -> nn.dense (canonicalize's rules),
-    so ONNX Gemm + BatchNormalization folds even when fold-batchnorm runs before canonicalize."""
+    """nn.gemm / nn.matmul with constant weights feeding only a batchnorm (or constant arithmetic) -> nn.dense
+    (canonicalize's rules), so ONNX Gemm + BatchNormalization folds even when fold-batchnorm runs before
+    canonicalize."""
 
-    op_names = ("nn.batchnorm",)
+    op_names = ("nn.batchnorm", "nn.add", "nn.sub", "nn.mul", "nn.div")
     TO_DENSE = {"nn.gemm": GemmToDense(), "nn.matmul": MatMulToDense()}
 
     def match_and_rewrite(self, bn: Op, rewriter: Rewriter) -> bool:
         y = bn.operands[0]
+        if bn.opname != "nn.batchnorm":  # constant arithmetic: the tensor operand
+            a, b = bn.operands
+            if a.is_constant() == b.is_constant():
+                return rewriter.notify_match_failure(bn, "it needs exactly one constant operand")
+            y = b if a.is_constant() else a
         layer = y.producer
         if layer is None or layer.opname not in self.TO_DENSE:
             return rewriter.notify_match_failure(bn, "its input is not made by nn.gemm or nn.matmul")

@@ -1,0 +1,259 @@
+"""Model forms real networks use, compiled end to end under q7, q15 and int8 (issue 11).
+
+* pools with partial windows: ceil_mode MaxPool / AveragePool, count_include_pad;
+* 1-D Conv / MaxPool / AveragePool / BatchNormalization / GlobalAveragePool (N x C x L);
+* BatchNormalization after Gemm / MatMul as a BN node, Mul + Add, or Add + Mul;
+* degenerate (near-zero) output channels.
+
+Each float model is checked against onnxruntime, then compiled with ``qcc``
+(``compile_model``) and its C run on the host (gcc, address + undefined
+sanitizers) must equal the integer simulator bit for bit.
+"""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import qcc
+from qcc.backends.cmsis import generate, harness
+from qcc.frontend import load_onnx
+from qcc.ir.parser import parse_file
+from qcc.sim.interpreter import run_graph
+from qcc.tools.compile import compile_model
+from onnx_builders import build, check_against_ort, rand
+
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
+needs_qemu = pytest.mark.skipif(harness.tools_missing("arm-none-eabi-gcc", "qemu-system-arm", "make") is not None,
+                                reason="arm-none-eabi-gcc, make or qemu-system-arm not installed")
+SCHEMES = [pytest.param("qmn", 8, id="q7"), pytest.param("qmn", 16, id="q15"), pytest.param("int8", 8, id="int8")]
+N = helper.make_node
+
+
+def _save(tmp_path, model, x_shape, seed=3):
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=rand(16, *x_shape, seed=seed))
+    return path, calib
+
+
+def compile_and_compare(model_path, calib, folder, scheme, bits, count=8, where="host", **options):
+    """qcc the model; run ``count`` samples in C (host or QEMU) and assert they equal the simulator.
+
+    Returns (lowered graph, generated model, C outputs, samples).
+    """
+    out = folder / "net.c"
+    gen = compile_model(str(model_path), str(out), "cortex-m4", calib=str(calib), scheme=scheme, bits=bits,
+                        emit_ir=str(folder / "net.qir"), **options)
+    graph = parse_file(folder / "net.qir")
+    # The simulator needs the backend's plan of this very graph: generate it again from the emitted IR;
+    # it must give the same files qcc wrote.
+    gen_again = generate(graph, gen.name, "cortex-m4")
+    for rel, data in gen_again.files.items():
+        assert (folder / rel).read_bytes() == data, rel
+    gen_again.warnings = gen.warnings
+    gen = gen_again
+    x = graph.inputs[0]
+    samples = {x.name: rand(count, *x.shape, seed=11)}
+    samples[x.name][0].flat[:2] = [40.0, -40.0]  # saturation at the input quantizer
+    n = harness.write_samples(folder / "in.bin", graph, samples)
+    if where == "host":
+        harness.run_host(harness.build_host(folder, gen.name), folder / "in.bin", folder / "out.bin")
+    else:
+        harness.run_qemu(folder, folder / "in.bin", folder / "out.bin")
+    got = harness.read_outputs(folder / "out.bin", gen, n)
+    want = harness.simulate(graph, gen, samples)
+    for a, b in zip(got.quantized + got.floats, want.quantized + want.floats):
+        np.testing.assert_array_equal(a, b)
+    return graph, gen, got, samples
+
+
+def sqnr_db(model_path, samples, got) -> float:
+    """SQNR of the C outputs (dequantized) against the float model, over samples 1.. (0 saturates)."""
+    f = load_onnx(str(model_path))
+    name = f.inputs[0].name
+    ref = np.stack([run_graph(f, {name: s})[f.output_names[0]] for s in samples[name][1:]])
+    err = got.floats[0][1:] - ref
+    return float(10 * np.log10(np.sum(ref ** 2) / max(np.sum(err ** 2), 1e-30)))
+
+
+# ---------------------------------------------------------------- pools with partial windows
+def pool_model():
+    """10x10 -> AvgPool k3 s2 p1 ceil count_include_pad (6x6, last window 1 past the padding) -> MaxPool k3 s2 ceil
+    (3x3) -> AvgPool k2 s2 ceil (2x2, partial windows divide by in-bounds cells) -> AvgPool k3 p1 count_include_pad."""
+    nodes = [N("Conv", ["x", "w", "b"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+             N("Relu", ["c"], ["r"], name="relu1"),
+             N("AveragePool", ["r"], ["p1"], name="avg_ceil_counted", kernel_shape=[3, 3], strides=[2, 2],
+               pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1),
+             N("MaxPool", ["p1"], ["p2"], name="max_ceil", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+             N("AveragePool", ["p2"], ["p3"], name="avg_ceil", kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
+             N("AveragePool", ["p3"], ["y"], name="avg_counted", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+               count_include_pad=1)]
+    inits = {"w": rand(4, 3, 3, 3, seed=1) * 0.3, "b": rand(4, seed=2) * 0.2}
+    return build(nodes, {"x": [1, 3, 10, 10]}, ["y"], inits)
+
+
+def test_partial_window_pools_match_onnxruntime_in_float():
+    m = pool_model()
+    g = check_against_ort(m, {"x": rand(1, 3, 10, 10, seed=5)})
+    assert [op.result.shape for op in g.ops if op.opname.endswith("pool")] == \
+        [(1, 4, 6, 6), (1, 4, 3, 3), (1, 4, 2, 2), (1, 4, 2, 2)]
+    # the rewrite to in-bounds pools is exact in float
+    x = rand(1, 3, 10, 10, seed=6)
+    before = run_graph(g, {"x": x})["y"]
+    result = qcc.PassManager.parse("legalize-pool").run(g)
+    assert result.records[0].result.stats["applied.CeilModeToPadding"] == 2
+    assert result.records[0].result.stats["applied.CountedPaddingToPad"] == 2
+    assert not any(op.attrs.get("ceil_mode") or op.attrs.get("count_include_pad") for op in g.ops)
+    np.testing.assert_allclose(run_graph(g, {"x": x})["y"], before, rtol=1e-6, atol=1e-6)
+
+
+@needs_gcc
+@pytest.mark.parametrize("scheme, bits", SCHEMES)
+def test_partial_window_pools_compile_and_c_equals_simulator(tmp_path, scheme, bits):
+    path, calib = _save(tmp_path, pool_model(), (1, 3, 10, 10))
+    graph, _, got, samples = compile_and_compare(path, calib, tmp_path / "out", scheme, bits)
+    kinds = {op.opname for op in graph.ops}
+    assert {"nn.pad", f"{'s8' if scheme == 'int8' else 'qnn'}.avgpool"} <= kinds
+    assert sqnr_db(path, samples, got) > (40 if bits == 16 else 20)
+
+
+@needs_qemu
+def test_partial_window_pools_int8_on_qemu_m4_equal_simulator(tmp_path):
+    path, calib = _save(tmp_path, pool_model(), (1, 3, 10, 10))
+    compile_and_compare(path, calib, tmp_path / "out", "int8", 8, count=3, where="qemu")
+
+
+# ---------------------------------------------------------------- 1-D layers
+def conv1d_model():
+    c = 6
+    inits = {"w1": rand(c, 2, 5, seed=1) * 0.3, "b1": rand(c, seed=2) * 0.1,
+             "g": np.abs(rand(c, seed=3)) + 0.5, "be": rand(c, seed=4) * 0.1, "m": rand(c, seed=5) * 0.1,
+             "v": np.abs(rand(c, seed=6)) + 0.5, "w2": rand(c, 1, 3, seed=7) * 0.5}
+    nodes = [N("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[2, 2], strides=[2]),
+             N("BatchNormalization", ["c1", "g", "be", "m", "v"], ["bn"], name="bn1"),
+             N("Relu", ["bn"], ["r1"], name="relu1"),
+             N("Conv", ["r1", "w2"], ["c2"], name="dw", group=c, auto_pad="SAME_UPPER"),
+             N("MaxPool", ["c2"], ["p1"], name="mp", kernel_shape=[3], strides=[2], ceil_mode=1),
+             N("AveragePool", ["p1"], ["p2"], name="ap", kernel_shape=[3], pads=[1, 1], count_include_pad=1),
+             N("GlobalAveragePool", ["p2"], ["y"], name="gap")]
+    return build(nodes, {"x": [1, 2, 40]}, ["y"], inits)
+
+
+def test_1d_layers_match_onnxruntime_and_batchnorm_folds():
+    g = check_against_ort(conv1d_model(), {"x": rand(1, 2, 40, seed=9)})
+    assert g.outputs[0].shape == (1, 6, 1)
+    qcc.PassManager.parse("canonicalize,fold-batchnorm,canonicalize,fuse-activation").run(g)
+    ops = [op.opname for op in g.ops if op.opname != "qcc.const"]
+    assert "nn.batchnorm" not in ops and "nn.scale_shift" not in ops and "nn.relu" not in ops, ops
+    assert [op.attrs["act"] for op in g.ops if op.opname == "nn.conv2d"] == ["relu", "none"]
+
+
+@needs_gcc
+@pytest.mark.parametrize("scheme, bits", SCHEMES)
+def test_1d_layers_compile_and_c_equals_simulator(tmp_path, scheme, bits):
+    path, calib = _save(tmp_path, conv1d_model(), (1, 2, 40))
+    graph, _, got, samples = compile_and_compare(path, calib, tmp_path / "out", scheme, bits)
+    layer = "s8.conv2d" if scheme == "int8" else "qnn.conv2d"
+    assert [op.opname for op in graph.ops].count(layer) == 2
+    assert sqnr_db(path, samples, got) > (40 if bits == 16 else 20)
+
+
+# ---------------------------------------------------------------- BatchNormalization after a dense layer
+def dense_bn_model():
+    """Three exported forms of an inference BN after a dense layer, one per output:
+    Gemm -> BatchNormalization, Gemm -> Mul -> Add, MatMul -> Add (bias) -> Add -> Mul."""
+    k, n = 16, 5
+    inits = {"w1": rand(n, k, seed=1) * 0.3, "b1": rand(n, seed=2) * 0.1,
+             "g": np.abs(rand(n, seed=3)) + 0.5, "be": rand(n, seed=4) * 0.1, "m": rand(n, seed=5) * 0.1,
+             "v": np.abs(rand(n, seed=6)) + 0.5,
+             "w2": rand(n, k, seed=7) * 0.3, "b2": rand(n, seed=8) * 0.1, "s2": rand(n, seed=9), "t2": rand(n, seed=10),
+             "w3": rand(k, n, seed=11) * 0.3, "b3": rand(n, seed=12) * 0.1, "t3": rand(1, n, seed=13),
+             "s3": np.float32(1.5)}
+    nodes = [N("Gemm", ["x", "w1", "b1"], ["d1"], name="fc_bn", transB=1),
+             N("BatchNormalization", ["d1", "g", "be", "m", "v"], ["y1"], name="bn"),
+             N("Gemm", ["x", "w2", "b2"], ["d2"], name="fc_muladd", transB=1),
+             N("Mul", ["d2", "s2"], ["e2"], name="bn_mul"),
+             N("Add", ["e2", "t2"], ["y2"], name="bn_add"),
+             N("MatMul", ["x", "w3"], ["d3"], name="fc_addmul"),
+             N("Add", ["d3", "b3"], ["e3"], name="fc_addmul_bias"),
+             N("Add", ["t3", "e3"], ["f3"], name="bn_add2"),
+             N("Mul", ["f3", "s3"], ["y3"], name="bn_mul2")]
+    return build(nodes, {"x": [1, k]}, ["y1", "y2", "y3"], inits)
+
+
+@pytest.mark.parametrize("cleanup", ["canonicalize,fold-batchnorm,canonicalize",  # qmn and int8-calibrated
+                                     "fold-batchnorm,canonicalize"])               # fold-batchnorm first
+def test_batchnorm_forms_after_dense_fold_into_it(cleanup):
+    m = dense_bn_model()
+    g = check_against_ort(m, {"x": rand(1, 16, seed=20)})
+    xs = [rand(1, 16, seed=s) for s in range(21, 25)]
+    before = [run_graph(g, {"x": x}) for x in xs]
+    qcc.PassManager.parse(cleanup).run(g)
+    assert [op.opname for op in g.ops if op.opname != "qcc.const"] == ["nn.dense"] * 3
+    for x, want in zip(xs, before):
+        got = run_graph(g, {"x": x})
+        for name in ("y1", "y2", "y3"):
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@needs_gcc
+@pytest.mark.parametrize("scheme, bits", SCHEMES)
+def test_batchnorm_forms_after_dense_compile_and_c_equals_simulator(tmp_path, scheme, bits):
+    path, calib = _save(tmp_path, dense_bn_model(), (1, 16))
+    graph, _, got, samples = compile_and_compare(path, calib, tmp_path / "out", scheme, bits)
+    layer = "s8.dense" if scheme == "int8" else "qnn.dense"
+    assert sorted({op.opname for op in graph.ops} - {"qcc.const", "q.quantize", "q.dequantize"}) == [layer]
+    assert len(got.floats) == 3
+
+
+# ---------------------------------------------------------------- degenerate channels
+def degenerate_model():
+    w = rand(4, 3, 3, 3, seed=1) * 0.3
+    w[2] = 1e-30 * rand(3, 3, 3, seed=5)        # a dead filter, as trained MobileNets keep them
+    w2 = rand(5, 4 * 8 * 8, seed=3) * 0.1
+    w2[1], w2[3] = 0.0, 1e-31
+    nodes = [N("Conv", ["x", "w", "b"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+             N("Relu", ["c"], ["r"], name="relu1"),
+             N("Flatten", ["r"], ["f"], name="flat"),
+             N("Gemm", ["f", "w2", "b2"], ["y"], name="fc", transB=1)]
+    return build(nodes, {"x": [1, 3, 8, 8]}, ["y"],
+                 {"w": w, "b": rand(4, seed=2) * 0.1 + 0.2, "w2": w2, "b2": rand(5, seed=4) * 0.1})
+
+
+def test_degenerate_channels_take_the_coarsest_scale():
+    from qcc.passes.quantize_affine import symmetric_weights
+    from qcc.quant.weights import degenerate_channels
+    w = np.array([[0.5, -0.25], [1e-30, -2e-30], [0.0, 0.0], [0.1, 0.05]], np.float32)
+    assert degenerate_channels(w).tolist() == [False, True, True, False]
+    q, s = symmetric_weights(w, per_channel=True)
+    assert s[1] == s[2] == s[0] == np.float32(0.5 / 127) and not q[1:3].any()
+    assert s[3] == np.float32(0.1 / 127) and q[3].tolist() == [127, 64]
+    assert not degenerate_channels(np.zeros((3, 2))).any()  # all zero: each scheme's all-zero rule
+
+
+@needs_gcc
+@pytest.mark.parametrize("scheme, bits", SCHEMES)
+def test_degenerate_channels_compile_the_same_with_and_without_report(tmp_path, scheme, bits):
+    path, calib = _save(tmp_path, degenerate_model(), (1, 3, 8, 8))
+    graph, gen, got, samples = compile_and_compare(path, calib, tmp_path / "a", scheme, bits)
+    report = tmp_path / "b" / "report.md"
+    gen_b = compile_model(str(path), str(tmp_path / "b" / "net.c"), "cortex-m4", calib=str(calib), scheme=scheme,
+                          bits=bits, report=str(report))
+    for f in ("net.c", "net.h", "net_weights.c"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    text = report.read_text()
+    assert 'node "conv1" (Conv): output channel 2 (max |w| = ' in text
+    assert 'node "fc" (Gemm): output channels 1 (max |w| = 0), 3 (max |w| = 1e-31)' in text
+    assert gen_b.warnings == gen.warnings and any("conv1" in w for w in gen.warnings)
+    conv = next(op for op in graph.ops if op.opname.endswith("conv2d"))
+    if scheme == "int8":  # the dead channel requantizes like a live one: its output is the bias, not 0
+        assert 0 not in conv.attrs["multiplier"]
+        assert np.abs(conv.operands[2].constant()).max() < 2 ** 24
+    else:
+        assert max(conv.attrs["out_shift"]) <= 2 * bits
+    assert sqnr_db(path, samples, got) > (40 if bits == 16 else 20)
