@@ -25,6 +25,7 @@ from qcc.ir.parser import parse_file
 from qcc.sim.interpreter import run_graph
 from qcc.tools.compile import compile_model
 from onnx_builders import build, check_against_ort, rand
+from test_backend_models import check
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
 needs_qemu = pytest.mark.skipif(harness.tools_missing("arm-none-eabi-gcc", "qemu-system-arm", "make") is not None,
@@ -60,15 +61,7 @@ def compile_and_compare(model_path, calib, folder, scheme, bits, count=8, where=
     x = graph.inputs[0]
     samples = {x.name: rand(count, *x.shape, seed=11)}
     samples[x.name][0].flat[:2] = [40.0, -40.0]  # saturation at the input quantizer
-    n = harness.write_samples(folder / "in.bin", graph, samples)
-    if where == "host":
-        harness.run_host(harness.build_host(folder, gen.name), folder / "in.bin", folder / "out.bin")
-    else:
-        harness.run_qemu(folder, folder / "in.bin", folder / "out.bin")
-    got = harness.read_outputs(folder / "out.bin", gen, n)
-    want = harness.simulate(graph, gen, samples)
-    for a, b in zip(got.quantized + got.floats, want.quantized + want.floats):
-        np.testing.assert_array_equal(a, b)
+    got, _ = check(graph, gen, folder, samples, where)  # C (host or QEMU) == simulator, bit for bit
     return graph, gen, got, samples
 
 
@@ -256,4 +249,38 @@ def test_degenerate_channels_compile_the_same_with_and_without_report(tmp_path, 
         assert np.abs(conv.operands[2].constant()).max() < 2 ** 24
     else:
         assert max(conv.attrs["out_shift"]) <= 2 * bits
+    assert sqnr_db(path, samples, got) > (40 if bits == 16 else 20)
+
+
+# ---------------------------------------------------------------- Pad modes reflect and edge
+def pad_model():
+    inits = {"w1": rand(4, 3, 3, 3, seed=1) * 0.3, "b1": rand(4, seed=2) * 0.1, "w2": rand(4, 4, 3, 3, seed=3) * 0.2,
+             "p1": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64), "p2": np.array([0, 0, 1, 1, 0, 0, 0, 2], np.int64)}
+    nodes = [N("Conv", ["x", "w1", "b1"], ["c1"], name="conv1"),
+             N("Pad", ["c1", "p1"], ["q1"], name="pad_reflect", mode="reflect"),
+             N("Conv", ["q1", "w2"], ["c2"], name="conv2"),
+             N("Relu", ["c2"], ["r2"], name="relu2"),
+             N("Pad", ["r2", "p2"], ["y"], name="pad_edge", mode="edge")]
+    return build(nodes, {"x": [1, 3, 8, 8]}, ["y"], inits)
+
+
+def test_reflect_and_edge_pads_match_onnxruntime():
+    g = check_against_ort(pad_model(), {"x": rand(1, 3, 8, 8, seed=9)})
+    assert [op.attrs["mode"] for op in g.ops if op.opname == "nn.pad"] == ["reflect", "edge"]
+
+
+def test_reflect_padding_longer_than_the_axis_is_refused():
+    from qcc.errors import QccError
+    m = build([N("Pad", ["x", "p"], ["y"], mode="reflect")], {"x": [1, 3]}, ["y"],
+              {"p": np.array([0, 3, 0, 0], np.int64)})
+    with pytest.raises(QccError, match="reflect padding of 3 on axis 1 needs more than the 3 input elements"):
+        load_onnx(m)
+
+
+@needs_gcc
+@pytest.mark.parametrize("scheme, bits", SCHEMES)
+def test_reflect_and_edge_pads_compile_and_c_equals_simulator(tmp_path, scheme, bits):
+    path, calib = _save(tmp_path, pad_model(), (1, 3, 8, 8))
+    graph, _, got, samples = compile_and_compare(path, calib, tmp_path / "out", scheme, bits)
+    assert sorted(op.attrs["mode"] for op in graph.ops if op.opname == "nn.pad") == ["edge", "reflect"]
     assert sqnr_db(path, samples, got) > (40 if bits == 16 else 20)

@@ -45,7 +45,7 @@ HANDLED_ATTRS = {
     "qnn.softmax": {"axis", "table", "table_shift"},
     "nn.transpose": {"perm"},
     "nn.concat": {"axis"},
-    "nn.pad": {"pads", "value"},
+    "nn.pad": {"pads", "value", "mode"},
 }
 HANDLED_ATTRS.update(S8_HANDLED_ATTRS)  # affine int8 kernels: layers_s8.py
 
@@ -303,9 +303,12 @@ class LayerBuilder:
             raise UnsupportedModelError(f"{op.describe()}: pad value {value} is not a {x.type.dtype} integer")
         out = op.result.shape
         out_strides = [int(np.prod(out[i + 1:], dtype=np.int64)) for i in range(rank)]
+        in_strides = [int(np.prod(x.shape[i + 1:], dtype=np.int64)) for i in range(rank)]
         begin = sum(pads[i] * out_strides[i] for i in range(rank))
         return {"xt": ctype(x), "value": int(value), "size": op.result.type.size, "in_dims": list(x.shape),
-                "out_strides": out_strides, "begin": begin, "row": x.shape[-1] if rank else 1}
+                "out_strides": out_strides, "begin": begin, "row": x.shape[-1] if rank else 1,
+                "mode": op.attrs["mode"], "out_dims": list(out), "in_strides": in_strides,
+                "pads_begin": list(pads[:rank])}
 
 
 # Float epilogue ops (plan.FLOAT_EPILOGUE_OPS): the attributes each float kernel honours.

@@ -444,8 +444,8 @@ def _concat(imp, node, a):
 
 
 def _check_pad(imp, node, a):
-    if a.get("mode", "constant") != "constant":
-        return f"Pad mode '{a['mode']}' is not supported (only constant)"
+    if a.get("mode", "constant") not in ("constant", "reflect", "edge"):
+        return f"Pad mode '{a['mode']}' is not supported (only constant, reflect and edge)"
     return _need_consts(1, 2, 3)(imp, node, a)
 
 
@@ -460,8 +460,8 @@ def _pad(imp, node, a):
     axes = list(range(rank)) if axes is None else [ax % rank for ax in axes.tolist()]
     for i, ax in enumerate(axes):
         pads[ax], pads[ax + rank] = given[i], given[i + len(axes)]
-    imp.emit("nn.pad", [x], {"pads": pads, "value": 0.0 if value is None or value.size == 0 else float(value)},
-             node)
+    imp.emit("nn.pad", [x], {"pads": pads, "value": 0.0 if value is None or value.size == 0 else float(value),
+                             "mode": a.get("mode", "constant")}, node)
 
 
 def _check_dropout(imp, node, a):
