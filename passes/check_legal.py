@@ -81,6 +81,10 @@ def _window(op: Op) -> Optional[str]:
     return None
 
 
+def _constant_indices(op: Op) -> Optional[str]:
+    return None if op.operands[1].is_constant() else "the indices are computed at run time, not constants"
+
+
 def _last_axis(op: Op) -> Optional[str]:
     rank = op.operands[0].type.rank
     if op.attrs["axis"] % rank != rank - 1:
@@ -103,7 +107,7 @@ QMN_LEGAL: Dict[str, Check] = {
     "nn.global_avgpool": None, "nn.global_maxpool": None, "nn.relu": None, "nn.clip": None,
     "nn.softmax": _last_axis, "nn.sigmoid": None, "nn.tanh": None, "nn.leaky_relu": None,
     "nn.hard_sigmoid": None, "nn.hard_swish": None, "nn.scale_shift": _scale_shift_axis,
-    **{name: None for name in SHAPE_OPS},
+    "nn.gather": _constant_indices, **{name: None for name in SHAPE_OPS},
 }
 
 
@@ -134,7 +138,7 @@ def _int8_activation(op: Op) -> Optional[str]:
 INT8_LEGAL: Dict[str, Check] = {
     "nn.conv2d": _layer, "nn.dense": _layer, "nn.add": _elementwise, "nn.maxpool": _int8_pool,
     "nn.avgpool": _int8_pool, "nn.global_avgpool": None, "nn.softmax": _last_axis,
-    "nn.relu": _int8_activation, "nn.clip": _int8_activation,
+    "nn.relu": _int8_activation, "nn.clip": _int8_activation, "nn.gather": _constant_indices,
     **{name: None for name in SHAPE_OPS},
 }
 

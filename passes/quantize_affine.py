@@ -55,7 +55,8 @@ from qcc.ir.types import PerAxisQuant, TensorType, UniformQuant
 SHARES_INPUT_QUANT = frozenset({"nn.maxpool", "nn.avgpool", "nn.global_avgpool"})
 # Shape ops the int8 graph runs on quantized tensors directly (frontend_qdq.SHAPE_OPS), and constant
 # padding (its value quantized with the input's parameters: a zero pads with the zero point).
-INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose", "nn.pad"})
+INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose", "nn.pad",
+                               "nn.gather"})
 WEIGHTED = {"nn.conv2d": (1, 2), "nn.dense": (1, 2)}  # opname -> (weight operand, bias operand)
 # Ops float_output keeps in float when they end the graph (the back end's float epilogue).
 FLOAT_EPILOGUE_OPS = frozenset({"nn.softmax", "nn.sigmoid", "nn.tanh"})
@@ -223,8 +224,8 @@ class QuantizeAffine(Pass):
             q = stored.type.quant
             attrs["value"] = float(np.clip(round_half_away(np.float64(attrs["value"]) / q.scale) + q.zero_point,
                                            -128, 127))
-        moved = graph.add_op(op.opname, [stored], attrs, [TensorType(out.shape, "i8", stored.type.quant)],
-                             name=op.name)
+        moved = graph.add_op(op.opname, [stored] + list(op.operands[1:]), attrs,
+                             [TensorType(out.shape, "i8", stored.type.quant)], name=op.name)
         dq = graph.add_op("q.dequantize", [moved.result], {}, [out.type], name=op.name)
         graph.replace_all_uses(out, dq.result)
         graph.erase_op(op)

@@ -22,11 +22,11 @@ from qcc.tools.compile import main as qcc_main
 from onnx_builders import build, rand
 
 # Ops const-fold or the import's shape logic removes: never reach a lowering with a run-time operand.
-SHAPE_COMPUTATION = {"nn.cast", "nn.gather", "nn.slice", "nn.shape"}
+SHAPE_COMPUTATION = {"nn.cast", "nn.slice", "nn.shape"}
 # Passed through by lower-quantized without a handler (canonicalize removes them in int8).
 PASS_THROUGH = {"nn.identity", "nn.dropout"}
 # Lowered by quantize-affine (integer shape ops, the integer concat) or as lower-qdq's clamp.
-INT8_OUTSIDE_LOWER_QDQ = set(SHAPE_OPS) | {"nn.relu", "nn.clip"}
+INT8_OUTSIDE_LOWER_QDQ = set(SHAPE_OPS) | {"nn.relu", "nn.clip", "nn.gather"}
 
 
 def _handlers(cls) -> set:

@@ -284,3 +284,53 @@ def test_reflect_and_edge_pads_compile_and_c_equals_simulator(tmp_path, scheme, 
     graph, _, got, samples = compile_and_compare(path, calib, tmp_path / "out", scheme, bits)
     assert sorted(op.attrs["mode"] for op in graph.ops if op.opname == "nn.pad") == ["edge", "reflect"]
     assert sqnr_db(path, samples, got) > (40 if bits == 16 else 20)
+
+
+# ---------------------------------------------------------------- Resize (nearest)
+@pytest.mark.parametrize("ctm", ["half_pixel", "pytorch_half_pixel", "asymmetric", "tf_half_pixel_for_nn",
+                                 "align_corners"])
+@pytest.mark.parametrize("nearest", ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"])
+def test_nearest_resize_matches_onnxruntime(ctm, nearest):
+    """Up by 2 and 1.5, down to 3x4 (by sizes), odd factors: every coordinate mode and rounding."""
+    for h, w, oh, ow, by_sizes in [(4, 5, 8, 10, False), (4, 6, 6, 9, True), (6, 9, 3, 4, True), (5, 5, 15, 10, False)]:
+        if by_sizes:
+            inits, ins = {"roi": np.zeros(0, np.float32), "scales": np.zeros(0, np.float32),
+                          "sizes": np.array([1, 2, oh, ow], np.int64)}, ["x", "roi", "scales", "sizes"]
+        else:
+            inits, ins = {"roi": np.zeros(0, np.float32),
+                          "scales": np.array([1, 1, oh / h, ow / w], np.float32)}, ["x", "roi", "scales"]
+        m = build([N("Resize", ins, ["y"], mode="nearest", coordinate_transformation_mode=ctm, nearest_mode=nearest)],
+                  {"x": [1, 2, h, w]}, ["y"], inits)
+        g = check_against_ort(m, {"x": rand(1, 2, h, w, seed=1)})
+        assert g.outputs[0].shape == (1, 2, oh, ow)
+        assert {op.opname for op in g.ops} <= {"qcc.const", "nn.gather", "nn.reshape"}
+
+
+def test_linear_resize_is_refused_by_name():
+    from qcc.errors import UnsupportedModelError
+    m = build([N("Resize", ["x", "", "s"], ["y"], name="up", mode="linear")], {"x": [1, 2, 4, 4]}, ["y"],
+              {"s": np.array([1, 1, 2, 2], np.float32)})
+    with pytest.raises(UnsupportedModelError, match=r'"up" \(Resize\): mode \'linear\' is not supported'):
+        load_onnx(m)
+
+
+def resize_model():
+    """An upsampling block: conv -> nearest x2 (asymmetric, as Keras/TF export it) -> conv."""
+    inits = {"w1": rand(4, 3, 3, 3, seed=1) * 0.3, "b1": rand(4, seed=2) * 0.1, "w2": rand(2, 4, 3, 3, seed=3) * 0.2,
+             "s": np.array([1, 1, 2, 2], np.float32)}
+    nodes = [N("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1], strides=[2, 2]),
+             N("Relu", ["c1"], ["r1"], name="relu1"),
+             N("Resize", ["r1", "", "s"], ["u"], name="up", mode="nearest",
+               coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+             N("Conv", ["u", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    return build(nodes, {"x": [1, 3, 8, 8]}, ["y"], inits)
+
+
+@needs_gcc
+@pytest.mark.parametrize("scheme, bits", SCHEMES)
+def test_nearest_resize_compiles_and_c_equals_simulator(tmp_path, scheme, bits):
+    check_against_ort(resize_model(), {"x": rand(1, 3, 8, 8, seed=4)})
+    path, calib = _save(tmp_path, resize_model(), (1, 3, 8, 8))
+    graph, _, got, samples = compile_and_compare(path, calib, tmp_path / "out", scheme, bits)
+    assert [op.opname for op in graph.ops].count("nn.gather") == 2
+    assert sqnr_db(path, samples, got) > (40 if bits == 16 else 20)

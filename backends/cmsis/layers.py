@@ -46,6 +46,7 @@ HANDLED_ATTRS = {
     "nn.transpose": {"perm"},
     "nn.concat": {"axis"},
     "nn.pad": {"pads", "value", "mode"},
+    "nn.gather": {"axis"},
 }
 HANDLED_ATTRS.update(S8_HANDLED_ATTRS)  # affine int8 kernels: layers_s8.py
 
@@ -309,6 +310,14 @@ class LayerBuilder:
                 "out_strides": out_strides, "begin": begin, "row": x.shape[-1] if rank else 1,
                 "mode": op.attrs["mode"], "out_dims": list(out), "in_strides": in_strides,
                 "pads_begin": list(pads[:rank])}
+
+    def _gather(self, op: Op, fn: str) -> dict:
+        x, idx = op.operands
+        axis = op.attrs["axis"] % x.type.rank
+        n = x.shape[axis]
+        indices = [int(i) % n for i in np.ravel(idx.constant())]  # np.take: negative counts from the end
+        return {"xt": ctype(x), "outer": int(np.prod(x.shape[:axis], dtype=np.int64)), "n": n,
+                "inner": int(np.prod(x.shape[axis + 1:], dtype=np.int64)), "indices": indices}
 
 
 # Float epilogue ops (plan.FLOAT_EPILOGUE_OPS): the attributes each float kernel honours.

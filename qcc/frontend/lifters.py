@@ -464,6 +464,94 @@ def _pad(imp, node, a):
                              "mode": a.get("mode", "constant")}, node)
 
 
+# ---------------------------------------------------------------- Resize (nearest)
+# ONNX Resize, mode "nearest": out[o] = in[nearest(x(o))] per resized axis, with the source coordinate x(o)
+# of coordinate_transformation_mode (s = the axis scale, n / m the input / output length). Computed in
+# float32 in onnxruntime's order of operations: a coordinate that lands on .5 must round the same way.
+_F = np.float32
+_RESIZE_COORDINATES = {
+    "half_pixel": lambda o, s, n, m: (_F(o) + _F(0.5)) / s - _F(0.5),
+    "pytorch_half_pixel": lambda o, s, n, m: (_F(o) + _F(0.5)) / s - _F(0.5) if m > 1 else _F(0),
+    "asymmetric": lambda o, s, n, m: _F(o) / s,
+    "tf_half_pixel_for_nn": lambda o, s, n, m: (_F(o) + _F(0.5)) / s,
+    "align_corners": lambda o, s, n, m: _F(o) * _F(n - 1) / _F(m - 1) if m > 1 else _F(0),
+}  # half_pixel_symmetric (opset 19) is not matched yet: onnxruntime rounds its .5 cases differently
+_RESIZE_NEAREST = {
+    "round_prefer_floor": lambda x: math.floor(x) if x == math.floor(x) + 0.5 else round(float(x)),
+    "round_prefer_ceil": lambda x: math.ceil(x) if x == math.floor(x) + 0.5 else round(float(x)),
+    "floor": lambda x: math.floor(x),
+    "ceil": lambda x: math.ceil(x),
+}
+
+
+def _resize_plan(imp, node, a):
+    """(per-axis output lengths, per-axis scales) of a Resize, or a reason it is unsupported."""
+    shape = imp.shape(node.input[0])
+    if shape is None:
+        return "the input shape is not static"
+    rank = len(shape)
+    axes = [ax % rank for ax in a.get("axes", range(rank))]
+    scales, sizes = imp.const(_inp(node, 2)), imp.const(_inp(node, 3))
+    if _inp(node, 3) and sizes is None or _inp(node, 2) and scales is None:
+        return "scales and sizes must be constants"
+    if sizes is not None and sizes.size:
+        if a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+            return "keep_aspect_ratio_policy other than stretch is not supported"
+        out = list(shape)
+        for ax, m in zip(axes, sizes.tolist()):
+            out[ax] = int(m)
+        return out, [np.float32(out[i]) / np.float32(shape[i]) for i in range(rank)]
+    if scales is None or not scales.size:
+        return "neither scales nor sizes is given"
+    full = [np.float32(1)] * rank
+    for ax, s in zip(axes, np.asarray(scales, np.float32).tolist()):
+        full[ax] = np.float32(s)
+    return [int(math.floor(np.float32(n) * s)) for n, s in zip(shape, full)], full
+
+
+def _check_resize(imp, node, a):
+    if a.get("mode", "nearest") != "nearest":
+        return f"mode '{a['mode']}' is not supported (only nearest)"
+    ctm = a.get("coordinate_transformation_mode", "half_pixel")
+    if ctm not in _RESIZE_COORDINATES:
+        return f"coordinate_transformation_mode '{ctm}' is not supported"
+    if a.get("nearest_mode", "round_prefer_floor") not in _RESIZE_NEAREST:
+        return f"nearest_mode '{a['nearest_mode']}' is not supported"
+    if a.get("antialias", 0):
+        return "antialias is not supported"
+    plan = _resize_plan(imp, node, a)
+    if isinstance(plan, str):
+        return plan
+    if any(m < 1 for m in plan[0]) or any(s <= 0 for s in plan[1]):
+        return f"the output shape {plan[0]} is empty"
+    return None
+
+
+@lifter("Resize", attrs=("antialias", "axes", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside",
+                         "extrapolation_value", "keep_aspect_ratio_policy", "mode", "nearest_mode"),
+        check=_check_resize)
+def _resize(imp, node, a):
+    """Nearest resize as one constant-index gather per resized axis (exact: it only selects elements)."""
+    shape = imp.shape(node.input[0])
+    out, scales = _resize_plan(imp, node, a)
+    where = _RESIZE_COORDINATES[a.get("coordinate_transformation_mode", "half_pixel")]
+    nearest = _RESIZE_NEAREST[a.get("nearest_mode", "round_prefer_floor")]
+    resized = [ax for ax in range(len(shape)) if out[ax] != shape[ax] or scales[ax] != 1.0]
+    y = imp.value(node.input[0])
+    name = imp.node_name(node)
+    for k, ax in enumerate(resized):
+        n, m = shape[ax], out[ax]
+        idx = [min(max(nearest(where(o, scales[ax], n, m)), 0), n - 1) for o in range(m)]
+        if idx == list(range(n)):
+            continue
+        index = imp.add_const(np.array(idx, np.int64), name=f"{name}/index{ax}")
+        last = k == len(resized) - 1
+        y = imp.emit("nn.gather", [y, index], {"axis": ax}, node, name=name if last else f"{name}/axis{ax}",
+                     outputs=None if last else [])
+    if imp.values.get(node.output[0]) is not y:  # nothing moved: the identity
+        imp.emit("nn.reshape", [y], {"shape": list(out)}, node)
+
+
 def _check_dropout(imp, node, a):
     mode = imp.const(_inp(node, 2))
     if _inp(node, 2) and (mode is None or bool(mode)):

@@ -41,7 +41,7 @@ KERNEL_CHOICES = ("qcc", "cmsis-nn")
 # Ops a fully lowered graph may hold; anything else means the graph is still float.
 BOUNDARY_OPS = frozenset({"qcc.const", "q.quantize", "q.dequantize"})
 INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose",
-                               "nn.concat", "nn.pad"})
+                               "nn.concat", "nn.pad", "nn.gather"})
 # Float ops allowed after an output's final q.dequantize: the --float-output epilogue (float C, not bit-exact).
 FLOAT_EPILOGUE_OPS = frozenset({"nn.softmax", "nn.sigmoid", "nn.tanh"})
 
