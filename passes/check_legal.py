@@ -72,6 +72,13 @@ def _elementwise(op: Op) -> Optional[str]:
     return _tensor_pair(op) or _act(op)
 
 
+def _int8_elementwise(op: Op) -> Optional[str]:
+    if any(v.is_constant() for v in op.operands):
+        return "one operand is a constant; the int8 add takes two tensors (a per-channel constant folds only " \
+               "right after a conv/dense)"
+    return _elementwise(op)
+
+
 def _window(op: Op) -> Optional[str]:
     a = op.attrs
     if a.get("dilations", [1, 1]) != [1, 1]:
@@ -136,7 +143,7 @@ def _int8_activation(op: Op) -> Optional[str]:
 
 
 INT8_LEGAL: Dict[str, Check] = {
-    "nn.conv2d": _layer, "nn.dense": _layer, "nn.add": _elementwise, "nn.maxpool": _int8_pool,
+    "nn.conv2d": _layer, "nn.dense": _layer, "nn.add": _int8_elementwise, "nn.maxpool": _int8_pool,
     "nn.avgpool": _int8_pool, "nn.global_avgpool": None, "nn.softmax": _last_axis,
     "nn.relu": _int8_activation, "nn.clip": _int8_activation, "nn.gather": _constant_indices,
     **{name: None for name in SHAPE_OPS},
@@ -157,7 +164,8 @@ NEVER: Dict[str, str] = {
                       "into a conv/dense has no int8 kernel",
     "nn.gemm": "the weights are not constant", "nn.matmul": "the right operand is not a 2-D constant",
     "nn.div": "only division by a constant scalar or per-channel vector lowers",
-    "nn.reduce_mean": "only a mean over both spatial axes of a 4-D tensor lowers (as a global average pool)",
+    "nn.reduce_mean": "only a mean over both spatial axes of a 4-D tensor lowers, as a global average pool, "
+                      "and only with --scheme qmn",
     "nn.sub": "no int8 kernel for a subtraction of two tensors",
     "nn.hard_sigmoid": "no int8 kernel",
 }

@@ -144,3 +144,19 @@ def test_ceil_mode_pools_are_accepted_by_both_schemes():
     for op in g.ops:
         if op.opname in ("nn.avgpool", "nn.maxpool"):
             assert why_illegal(op, "qmn") is None and why_illegal(op, "int8") is None
+
+
+def test_constant_add_is_legal_in_qmn_only():
+    """Qm.n lowers x + k as a depthwise 1x1 conv (legalize-qmn); int8 has no constant add kernel."""
+    from qcc.errors import PassError
+    from qcc.ir.parser import parse
+    text = """
+qcc.graph @g(%x: tensor<1x4xf32>) -> (tensor<1x4xf32> {name = "y"}) {
+  %k = qcc.const dense<[0.5]> : tensor<1xf32>
+  %0 = nn.add %x, %k : tensor<1x4xf32> loc("bias")
+  qcc.return %0 : tensor<1x4xf32>
+}"""
+    qcc.PassManager.parse("legalize-qmn,check-legal{scheme=qmn}").run(parse(text, "g.qir"))
+    with pytest.raises(PassError, match="the int8 add takes two tensors") as e:
+        qcc.PassManager.parse("check-legal{scheme=int8}").run(parse(text, "g.qir"))
+    assert e.value.exit_code == 2
