@@ -48,7 +48,8 @@ def compile_and_compare(model_path, calib, folder, scheme, bits, count=8, where=
     Returns (lowered graph, generated model, C outputs, samples).
     """
     out = folder / "net.c"
-    gen = compile_model(str(model_path), str(out), "cortex-m4", calib=str(calib), scheme=scheme, bits=bits,
+    gen = compile_model(str(model_path), str(out), "cortex-m4", calib=str(calib) if calib else None, scheme=scheme,
+                        bits=bits,
                         emit_ir=str(folder / "net.qir"), **options)
     graph = parse_file(folder / "net.qir")
     # The simulator needs the backend's plan of this very graph: generate it again from the emitted IR;
@@ -113,6 +114,38 @@ def test_partial_window_pools_compile_and_c_equals_simulator(tmp_path, scheme, b
     kinds = {op.opname for op in graph.ops}
     assert {"nn.pad", f"{'s8' if scheme == 'int8' else 'qnn'}.avgpool"} <= kinds
     assert sqnr_db(path, samples, got) > (40 if bits == 16 else 20)
+
+
+@needs_gcc
+def test_ceil_mode_pools_of_a_qdq_model_compile(tmp_path):
+    """A QDQ model (onnxruntime quantize_static) with ceil_mode pools: the int8 pipeline pads them too."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnx_builders import run_ort
+    nodes = [N("Conv", ["x", "w", "b"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+             N("Relu", ["c"], ["r"], name="relu1"),
+             N("MaxPool", ["r"], ["p"], name="max_ceil", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+             N("AveragePool", ["p"], ["y"], name="avg_ceil", kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)]
+    onnx.save(build(nodes, {"x": [1, 3, 10, 10]}, ["y"], {"w": rand(4, 3, 3, 3, seed=1) * 0.3,
+                                                          "b": rand(4, seed=2) * 0.2}), tmp_path / "float.onnx")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"x": rand(1, 3, 10, 10, seed=s)} for s in range(8)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(str(tmp_path / "float.onnx"), str(tmp_path / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    graph, _, got, samples = compile_and_compare(tmp_path / "qdq.onnx", None, tmp_path / "out", "int8", 8)
+    assert [op.attrs["pads"] for op in graph.ops if op.opname in ("s8.maxpool", "s8.avgpool")] == \
+        [[0, 0, 1, 1], [0, 0, 1, 1]]
+    # onnxruntime's own int8 run of the QDQ model: within one output step (rounding inside its kernels)
+    step = graph.outputs[0].producer.operands[0].type.quant.scale
+    qdq = onnx.load(tmp_path / "qdq.onnx")
+    for i in range(1, len(samples["x"])):
+        want = run_ort(qdq, {"x": samples["x"][i]})["y"]
+        assert np.abs(got.floats[0][i] - want).max() <= step * 1.01
 
 
 @needs_qemu
