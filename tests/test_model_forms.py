@@ -367,3 +367,47 @@ def test_nearest_resize_compiles_and_c_equals_simulator(tmp_path, scheme, bits):
     graph, _, got, samples = compile_and_compare(path, calib, tmp_path / "out", scheme, bits)
     assert [op.opname for op in graph.ops].count("nn.gather") == 2
     assert sqnr_db(path, samples, got) > (40 if bits == 16 else 20)
+
+
+# ---------------------------------------------------------------- ConvTranspose
+@pytest.mark.parametrize("k, s, p, out_pad, d, g", [
+    (3, 2, 1, 1, 1, 1), (4, 2, 1, 0, 1, 1), (2, 2, 0, 0, 1, 1), (3, 1, 1, 0, 1, 1), (3, 2, 0, 0, 1, 2),
+    (3, 3, 1, 2, 1, 1), (3, 2, 1, 1, 2, 1), (5, 2, 2, 1, 1, 4)])
+def test_conv_transpose_matches_onnxruntime(k, s, p, out_pad, d, g):
+    m = build([N("ConvTranspose", ["x", "w", "b"], ["y"], strides=[s, s], pads=[p, p, p, p],
+                 output_padding=[out_pad, out_pad], dilations=[d, d], group=g)], {"x": [1, 4, 5, 6]}, ["y"],
+              {"w": rand(4, 4 // g, k, k, seed=1), "b": rand(4, seed=2)})
+    g_ = check_against_ort(m, {"x": rand(1, 4, 5, 6, seed=3)})
+    assert [op.opname for op in g_.ops if op.opname == "nn.conv2d"] == ["nn.conv2d"]
+
+
+def test_conv_transpose_that_crops_is_refused_by_name():
+    from qcc.errors import UnsupportedModelError
+    m = build([N("ConvTranspose", ["x", "w"], ["y"], name="up", pads=[2, 2, 2, 2])], {"x": [1, 2, 5, 5]}, ["y"],
+              {"w": rand(2, 2, 2, 2, seed=1)})
+    with pytest.raises(UnsupportedModelError, match=r'"up" \(ConvTranspose\): pads larger than the dilated kernel'):
+        load_onnx(m)
+
+
+def conv_transpose_model():
+    """An encoder-decoder step: conv stride 2 -> ConvTranspose k3 s2 p1 output_padding 1 -> conv."""
+    inits = {"w1": rand(4, 3, 3, 3, seed=1) * 0.3, "b1": rand(4, seed=2) * 0.1, "wt": rand(4, 4, 3, 3, seed=3) * 0.2,
+             "bt": rand(4, seed=4) * 0.1, "w2": rand(2, 4, 3, 3, seed=5) * 0.2}
+    nodes = [N("Conv", ["x", "w1", "b1"], ["c1"], name="down", pads=[1, 1, 1, 1], strides=[2, 2]),
+             N("Relu", ["c1"], ["r1"], name="relu1"),
+             N("ConvTranspose", ["r1", "wt", "bt"], ["u"], name="up", strides=[2, 2], pads=[1, 1, 1, 1],
+               output_padding=[1, 1]),
+             N("Relu", ["u"], ["r2"], name="relu2"),
+             N("Conv", ["r2", "w2"], ["y"], name="head", pads=[1, 1, 1, 1])]
+    return build(nodes, {"x": [1, 3, 8, 8]}, ["y"], inits)
+
+
+@needs_gcc
+@pytest.mark.parametrize("scheme, bits", SCHEMES)
+def test_conv_transpose_compiles_and_c_equals_simulator(tmp_path, scheme, bits):
+    check_against_ort(conv_transpose_model(), {"x": rand(1, 3, 8, 8, seed=7)})
+    path, calib = _save(tmp_path, conv_transpose_model(), (1, 3, 8, 8))
+    graph, _, got, samples = compile_and_compare(path, calib, tmp_path / "out", scheme, bits)
+    layer = "s8.conv2d" if scheme == "int8" else "qnn.conv2d"
+    assert [op.opname for op in graph.ops].count(layer) == 3
+    assert sqnr_db(path, samples, got) > (40 if bits == 16 else 20)

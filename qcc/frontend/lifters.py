@@ -220,6 +220,64 @@ def _conv(imp, node, a):
     _emit_as_2d(imp, node, "nn.conv2d", [w4] + [imp.value(n) for n in node.input[2:] if n], attrs)
 
 
+# ConvTranspose (2-D) as a stride-1 convolution: zeros inserted between the input elements (s - 1 per gap,
+# by reshape -> pad -> reshape), the conv padded with e = d (k - 1) - p (plus output_padding at the end),
+# and the kernel flipped with its channel axes swapped per group:
+#     W'[g * Co + o, i, a, b] = W[g * Ci + i, o, k_h - 1 - a, k_w - 1 - b]      (Ci = Cin / g, Co = Cout / g)
+# Exact: only zeros are added. Pads beyond the kernel extent (a crop) are not supported.
+def _conv_transpose_geometry(imp, node, a):
+    kernel = list(imp.shape(node.input[1])[2:])
+    strides = list(a.get("strides", [1, 1]))
+    dilations = list(a.get("dilations", [1, 1]))
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    extra = list(a.get("output_padding", [0, 0]))
+    begin = [d * (k - 1) - p for d, k, p in zip(dilations, kernel, pads[:2])]
+    end = [d * (k - 1) - p + o - (s - 1) for d, k, p, o, s in zip(dilations, kernel, pads[2:], extra, strides)]
+    return kernel, strides, dilations, begin, end
+
+
+def _check_conv_transpose(imp, node, a):
+    if imp.rank(node.input[0]) != 4 or imp.shape(node.input[0]) is None:
+        return f"only 2-D ConvTranspose with a static 4-D NCHW input is supported (rank {imp.rank(node.input[0])})"
+    if imp.shape(node.input[1]) is None:
+        return "the weight shape is not static"
+    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", ""):
+        return f"auto_pad '{a['auto_pad']}' is not supported (give explicit pads)"
+    if "output_shape" in a:
+        return "output_shape is not supported (give pads and output_padding)"
+    if imp.const(node.input[1]) is None:
+        return "the weights must be a constant"
+    _, _, _, begin, end = _conv_transpose_geometry(imp, node, a)
+    if min(begin + end) < 0:
+        return "pads larger than the dilated kernel extent (a crop) are not supported"
+    return None
+
+
+@lifter("ConvTranspose", attrs=("auto_pad", "dilations", "group", "kernel_shape", "output_padding", "output_shape",
+                                "pads", "strides"),
+        check=_check_conv_transpose)
+def _conv_transpose(imp, node, a):
+    kernel, strides, dilations, begin, end = _conv_transpose_geometry(imp, node, a)
+    x = imp.value(node.input[0])
+    n, c, h, w = x.shape
+    name = imp.node_name(node)
+    sh, sw = strides
+    if (sh, sw) != (1, 1):  # zero insertion: [N,C,H,1,W,1] padded to [N,C,H,sh,W,sw], then merged
+        x = imp.emit("nn.reshape", [x], {"shape": [n, c, h, 1, w, 1]}, node, name=f"{name}/spread", outputs=[])
+        x = imp.emit("nn.pad", [x], {"pads": [0] * 9 + [sh - 1, 0, sw - 1]}, node, name=f"{name}/zeros",
+                     outputs=[])
+        x = imp.emit("nn.reshape", [x], {"shape": [n, c, h * sh, w * sw]}, node, name=f"{name}/merge", outputs=[])
+    wt = imp.const(node.input[1])
+    g = a.get("group", 1)
+    ci, co = wt.shape[0] // g, wt.shape[1]
+    flipped = wt[:, :, ::-1, ::-1].reshape(g, ci, co, *kernel).transpose(0, 2, 1, 3, 4).reshape(g * co, ci, *kernel)
+    w_value = imp.add_const(np.ascontiguousarray(flipped), name=f"{node.input[1]}/conv")
+    operands = [x, w_value] + ([imp.value(node.input[2])] if len(node.input) > 2 and node.input[2] else [])
+    # the border is the conv's own zero padding
+    imp.emit("nn.conv2d", operands, {"strides": [1, 1], "pads": begin + end, "dilations": dilations, "group": g},
+             node)
+
+
 @lifter("Gemm", attrs=("alpha", "beta", "transA", "transB"))
 def _gemm(imp, node, a):
     imp.emit("nn.gemm", [imp.value(n) for n in node.input if n],
