@@ -13,8 +13,9 @@ Activations, asymmetric per tensor (``GetAsymmetricQuantizationParams``, float32
 ``q.range %x`` becomes ``q.dequantize(q.quantize %x)`` with that type. Results
 that TFLite requires to keep their input's parameters take them from the input
 instead of their own range: max / average pooling and the shape ops (reshape,
-transpose, ...; these move to the integer side: ``DQ -> reshape`` becomes
-``reshape -> DQ``). Softmax output is fixed at s = 1/256, zp = -128. A concat
+transpose, pad, constant-index gather, ...; these move to the integer side:
+``DQ -> reshape`` becomes ``reshape -> DQ``; a pad value v becomes
+``clamp(round_half_away(v / s) + zp)``, so a zero pads with the zero point). Softmax output is fixed at s = 1/256, zp = -128. A concat
 keeps its own range and becomes an integer ``nn.concat`` whose inputs with other
 parameters are rescaled by ``s8.requantize`` (m = s_in / s_out, TFLite's rule
 that concat inputs and output share parameters).
