@@ -26,7 +26,7 @@ from qcc.ir.types import FixedPoint, PerAxisQuant, TensorType, storage_range
 
 # Ops whose output format is the input's: integer versions move or compare stored values.
 FORMAT_PRESERVING = ("nn.maxpool", "nn.global_maxpool", "nn.reshape", "nn.flatten", "nn.squeeze",
-                     "nn.unsqueeze", "nn.transpose", "nn.pad", "nn.relu", "nn.identity",
+                     "nn.unsqueeze", "nn.transpose", "nn.pad", "nn.gather", "nn.relu", "nn.identity",
                      "nn.dropout")
 # Fixed output format Q0.(W-1), whatever the input format.
 UNIT_OUTPUT = ("nn.softmax", "nn.sigmoid", "nn.tanh")
@@ -97,7 +97,7 @@ def qdq_after(graph: Graph, v: Value) -> Optional[Tuple[Optional[Op], Op, Op]]:
     return None
 
 
-MOVES_VALUES = ("nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose", "nn.pad",
+MOVES_VALUES = ("nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose", "nn.pad", "nn.gather",
                 "nn.identity", "nn.dropout", "q.range")
 
 

@@ -38,6 +38,8 @@ from qcc.transforms.passmanager import Pass, PassResult, register_pass
 from ._qmn_util import (UNIT_OUTPUT, WEIGHTED, activation_groups, bits_of, channel_frac_bits,
                         context_value, dequantized_source, fixed_type, frac_bits_for, load_samples,
                         per_channel_type, range_of)
+from qcc.quant.weights import degenerate_channels
+
 from .insert_qdq import weight_frac_bits
 
 INT32_MAX = (1 << 31) - 1
@@ -178,7 +180,9 @@ class AssignQmn(Pass):
         if self.search:
             flat = w.reshape(w.shape[0], -1)
             if self.per_channel:
-                n_w = [min(range(n - 1, n + 3), key=lambda c: (fake_quant_error(flat[i], c, bits), c))
+                # A degenerate channel keeps its safe format: its weights are zeros in any of them.
+                dead = degenerate_channels(w)
+                n_w = [n if dead[i] else min(range(n - 1, n + 3), key=lambda c: (fake_quant_error(flat[i], c, bits), c))
                        for i, n in enumerate(n_w)]
             else:
                 best = min(range(n_w[0] - 1, n_w[0] + 3), key=lambda c: (fake_quant_error(flat, c, bits), c))

@@ -30,7 +30,7 @@ from qcc.ir.types import storage_range
 
 LIMIT = 1 << 31
 INTEGER_SHAPE_OPS = ("nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose", "nn.concat",
-                     "nn.pad")
+                     "nn.pad", "nn.gather")
 
 
 def accumulator_bound(op: Op) -> np.ndarray:

@@ -20,6 +20,18 @@ other users, a fused activation in between, non-constant parameters) becomes
 lower like any per-channel affine op. An ``nn.gemm`` / ``nn.matmul`` with
 constant weights that feeds only a batchnorm is first turned into ``nn.dense``
 with canonicalize's rules, so the fold does not depend on pass order.
+
+Exporters also write an inference batchnorm after a dense layer as constant
+arithmetic (``Mul`` then ``Add``, or ``Add`` then ``Mul``). Each such op whose
+tensor operand is a conv/dense result (sole user, no fused activation) and whose
+constant ``k`` is a scalar or one value per output channel is the same per-channel
+affine map, and folds the same way (float64)::
+
+    y * k -> s = k, t = 0      y + k -> s = 1, t = k      y - k -> s = 1, t = -k
+    k - y -> s = -1, t = k     y / k -> s = 1 / k, t = 0
+    W'[c] = W[c] * s[c],  b'[c] = b[c] * s[c] + t[c]
+
+so every scheme sees one dense layer, whatever form the model used.
 """
 from __future__ import annotations
 
@@ -31,6 +43,7 @@ from qcc.ir.graph import Op, Value
 from qcc.transforms.passmanager import register_pass
 from qcc.transforms.rewriter import PatternPass, RewritePattern, Rewriter
 from qcc.passes.canonicalize import GemmToDense, MatMulToDense
+from qcc.passes.legalize_qmn import FoldScaleShiftIntoLayer, channel_vector
 
 
 def batchnorm_affine(bn: Op) -> Optional[Tuple[np.ndarray, np.ndarray]]:
@@ -106,14 +119,20 @@ class FoldBatchNormIntoLayer(RewritePattern):
 
 
 class DenseBeforeBatchNorm(RewritePattern):
-    """nn.gemm / nn.matmul with constant weights feeding only a batchnorm -> nn.dense (canonicalize's rules),
-    so ONNX Gemm + BatchNormalization folds even when fold-batchnorm runs before canonicalize."""
+    """nn.gemm / nn.matmul with constant weights feeding only a batchnorm (or constant arithmetic) -> nn.dense
+    (canonicalize's rules), so ONNX Gemm + BatchNormalization folds even when fold-batchnorm runs before
+    canonicalize."""
 
-    op_names = ("nn.batchnorm",)
+    op_names = ("nn.batchnorm", "nn.add", "nn.sub", "nn.mul", "nn.div")
     TO_DENSE = {"nn.gemm": GemmToDense(), "nn.matmul": MatMulToDense()}
 
     def match_and_rewrite(self, bn: Op, rewriter: Rewriter) -> bool:
         y = bn.operands[0]
+        if bn.opname != "nn.batchnorm":  # constant arithmetic: the tensor operand
+            a, b = bn.operands
+            if a.is_constant() == b.is_constant():
+                return rewriter.notify_match_failure(bn, "it needs exactly one constant operand")
+            y = b if a.is_constant() else a
         layer = y.producer
         if layer is None or layer.opname not in self.TO_DENSE:
             return rewriter.notify_match_failure(bn, "its input is not made by nn.gemm or nn.matmul")
@@ -146,10 +165,60 @@ class BatchNormToScaleShift(RewritePattern):
         return True
 
 
+class ConstantArithmeticAfterLayer(RewritePattern):
+    """conv/dense result (+ - * /) a per-channel constant -> nn.scale_shift, which then folds into the layer.
+
+    Only where ``FoldScaleShiftIntoLayer`` will fold it: elsewhere a scale_shift has no int8 kernel,
+    while the arithmetic op may have one.
+    """
+
+    op_names = ("nn.add", "nn.sub", "nn.mul", "nn.div")
+
+    def match_and_rewrite(self, op: Op, rewriter: Rewriter) -> bool:
+        a, b = op.operands
+        const_first = a.is_constant()
+        x, k = (b, a.constant()) if const_first else (a, b.constant())
+        if k is None or x.is_constant():
+            return rewriter.notify_match_failure(op, "it needs exactly one constant operand")
+        if op.attrs.get("act", "none") != "none":
+            return rewriter.notify_match_failure(op, f"it has a fused activation ({op.attrs['act']})")
+        layer = x.producer
+        if layer is None or layer.opname not in ("nn.conv2d", "nn.dense") or layer.attrs["act"] != "none":
+            return rewriter.notify_match_failure(op, "its tensor operand is not a conv/dense without fused activation")
+        graph = rewriter.graph
+        if graph.users(x) != [op] or graph.is_output(x):
+            return rewriter.notify_match_failure(op, f"the {layer.opname} result has other users")
+        if not all(v.is_constant() for v in layer.operands[1:]):
+            return rewriter.notify_match_failure(op, "the layer weights or bias are not constants")
+        rank = x.type.rank
+        want = (3 if layer.attrs["layout"] == "NHWC" else 1) if layer.opname == "nn.conv2d" else rank - 1
+        found = channel_vector(np.asarray(k, np.float64), x.shape)
+        if found is None or (found[0] != want and np.asarray(k).size != 1):
+            return rewriter.notify_match_failure(op, "the constant is neither a scalar nor one value per output channel")
+        if x.shape != op.result.shape:
+            return rewriter.notify_match_failure(op, "the constant broadcasts the layer result to a larger shape")
+        if op.opname == "nn.div" and const_first:
+            return rewriter.notify_match_failure(op, "k / y is not affine in y")
+        if op.opname == "nn.div" and np.any(np.asarray(k) == 0):
+            return rewriter.notify_match_failure(op, "division by a zero constant")
+        kv = np.broadcast_to(np.asarray(k, np.float64).reshape(-1), (x.shape[want],)) if np.asarray(k).size == 1 \
+            else found[1]
+        one, zero = np.ones_like(kv), np.zeros_like(kv)
+        scale, shift = {"nn.mul": (kv, zero), "nn.add": (one, kv), "nn.div": (1.0 / kv, zero),
+                        "nn.sub": (-one, kv) if const_first else (one, -kv)}[op.opname]
+        dtype = x.type.np_dtype
+        sv, tv = (rewriter.create_const(np.asarray(v, dtype), name=f"{op.name}.{what}" if op.name else "")
+                  for v, what in ((scale, "scale"), (shift, "shift")))
+        new = rewriter.create_op("nn.scale_shift", [x, sv, tv], {"axis": want}, [op.result.type], name=op.name)
+        rewriter.replace_op(op, new)
+        return True
+
+
 def populate_fold_batchnorm_patterns() -> List[RewritePattern]:
     """Folding first (a gemm/matmul producer becomes a dense to make that possible); a batchnorm
-    that cannot fold becomes a scale_shift."""
-    return [FoldBatchNormIntoLayer(), DenseBeforeBatchNorm(), BatchNormToScaleShift()]
+    that cannot fold becomes a scale_shift; constant arithmetic on a layer result folds too."""
+    return [FoldBatchNormIntoLayer(), DenseBeforeBatchNorm(), BatchNormToScaleShift(),
+            ConstantArithmeticAfterLayer(), FoldScaleShiftIntoLayer()]
 
 
 @register_pass

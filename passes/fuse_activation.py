@@ -12,6 +12,12 @@ The identities are exact (the same float operations in the same order). The
 fusion needs P's result to have no other user (nor be a graph output), since
 those users want the value before the activation. Any other clip bounds stay a
 standalone ``nn.clip``.
+
+An elementwise activation commutes with a reshape, so one that follows a reshape
+of P's result (a 1-D conv lifted as 2-D is ``reshape(conv2d(...))``) first moves
+above the reshape when both have no other user::
+
+    act(reshape(P(x)))         == reshape(act(P(x)))
 """
 from __future__ import annotations
 
@@ -67,8 +73,32 @@ class FuseActivationIntoProducer(RewritePattern):
         return True
 
 
+class HoistActivationAboveReshape(RewritePattern):
+    """act(reshape(P(x))) -> reshape(act(P(x))) for a fusable producer P, so the activation can fuse."""
+
+    op_names = ("nn.relu", "nn.clip", "nn.leaky_relu")
+
+    def match_and_rewrite(self, op: Op, rewriter: Rewriter) -> bool:
+        r = op.operands[0].producer
+        if r is None or r.opname not in ("nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze"):
+            return rewriter.notify_match_failure(op, "its input is not a reshape")
+        y = r.operands[0]
+        if y.producer is None or y.producer.opname not in FUSABLE_PRODUCERS:
+            return rewriter.notify_match_failure(op, "the reshape's input is not made by a fusable producer")
+        graph = rewriter.graph
+        for v in (y, r.result):
+            if len(graph.users(v)) != 1 or graph.is_output(v):
+                return rewriter.notify_match_failure(op, "the reshape or its input has other users")
+        rewriter.anchor = op
+        act = rewriter.create_op(op.opname, [y], dict(op.attrs), [y.type], name=op.name)
+        moved = rewriter.create_op(r.opname, [act.result] + list(r.operands[1:]), dict(r.attrs), [op.result.type],
+                                   name=r.name)
+        rewriter.replace_op(op, moved)
+        return True
+
+
 def populate_fuse_activation_patterns() -> List[RewritePattern]:
-    return [FuseActivationIntoProducer()]
+    return [FuseActivationIntoProducer(), HoistActivationAboveReshape()]
 
 
 @register_pass

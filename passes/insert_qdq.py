@@ -21,13 +21,18 @@ from qcc.transforms.passmanager import Pass, PassResult, register_pass
 from qcc.transforms.rewriter import Rewriter
 from qcc.ir.types import TensorType
 
+from qcc.quant.weights import describe_degenerate, safe_channel_max_abs
+
 from ._qmn_util import (WEIGHTED, channel_frac_bits, dequantized_source, dtype_for_bits, fixed_type,
                         frac_bits_for, per_channel_type)
 
 
 def weight_frac_bits(w: np.ndarray, bits: int, per_channel: bool):
-    """Per-channel (or one shared) fractional bits of a weight tensor, output channels on axis 0."""
-    mags = np.abs(w.reshape(w.shape[0], -1)).max(axis=1) if w.size else np.zeros(w.shape[0])
+    """Per-channel (or one shared) fractional bits of a weight tensor, output channels on axis 0.
+
+    A degenerate (all near-zero) channel takes the format of the largest channel (qcc.quant.weights).
+    """
+    mags = safe_channel_max_abs(w)
     if per_channel:
         return [frac_bits_for(float(m), bits) for m in mags]
     return [frac_bits_for(float(mags.max(initial=0.0)), bits)] * w.shape[0]
@@ -91,6 +96,7 @@ class InsertQDQ(Pass):
                 continue
             w = op.operands[1]
             n_w = weight_frac_bits(np.asarray(w.constant(), np.float64), wbits, self.per_channel)
+            graph.notes += describe_degenerate(graph.source_name(op), w.constant())
             _, dw = fake_quant(rw, w, per_channel_type(w.shape, dtype_for_bits(wbits), n_w), op, op.name)
             graph.set_operand(op, 1, dw)
             weights += 1

@@ -467,6 +467,7 @@ class LowerQDQ(PatternPass):
 # float layer right behind its dequantize ops, and it converts layouts itself.
 register_pipeline(
     "int8", lambda opts: ["normalize-qdq", "fold-batchnorm", "canonicalize", "fuse-activation",
+                          "legalize-pool{count_include_pad=false}",
                           f"lower-qdq{{fc_rounding={opts.get('fc_rounding', 'double')}}}",
                           "canonicalize", "to-nhwc", "const-fold", "dce"],
     "Compile a QDQ int8 model (e.g. a converted .tflite) to s8 ops bit-exact with TFLite Micro",

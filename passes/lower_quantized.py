@@ -290,7 +290,7 @@ class LowerQuantized(ElementwiseLowerings, Pass):
         rest = list(op.operands[1:])
         return self._create(op.opname, [x] + rest, dict(op.attrs), x.type.with_shape(op.result.shape), op)
 
-    _nn_reshape = _nn_flatten = _nn_squeeze = _nn_unsqueeze = _nn_transpose = _shape_op
+    _nn_reshape = _nn_flatten = _nn_squeeze = _nn_unsqueeze = _nn_transpose = _nn_gather = _shape_op
 
     def _nn_pad(self, op: Op) -> Value:
         x = self._x(op)

@@ -5,8 +5,8 @@
 
 expands to::
 
-    canonicalize, fold-batchnorm, fuse-activation, to-nhwc, legalize-qmn, const-fold, canonicalize, dce,
-    (those registered)
+    canonicalize, fold-batchnorm, fuse-activation, legalize-pool, to-nhwc, legalize-qmn, const-fold,
+    canonicalize, dce (those registered), check-legal{scheme=qmn, float_output},
     calibrate{method, p, bits, data}, insert-qdq{bits, weight_bits, per_channel},
     propagate-scales, assign-qmn{search, per_channel, data, samples},
     lower-quantized{float_output}, check-quantized, dce
@@ -19,8 +19,8 @@ from typing import Any, Dict, List
 
 from qcc.transforms.passmanager import make_pass, register_pipeline, registered_passes
 
-FLOAT_CLEANUP = ("canonicalize", "fold-batchnorm", "fuse-activation", "to-nhwc", "legalize-qmn", "const-fold",
-                 "canonicalize", "dce")
+FLOAT_CLEANUP = ("canonicalize", "fold-batchnorm", "fuse-activation", "legalize-pool", "to-nhwc", "legalize-qmn",
+                 "const-fold", "canonicalize", "dce")
 DEFAULTS: Dict[str, Any] = {"bits": 8, "method": "percentile", "p": 99.99, "weight_bits": 0,
                             "per_channel": True, "search": True, "float_output": False, "data": "",
                             "samples": 16}
@@ -30,6 +30,8 @@ def _build(options: Dict[str, Any]) -> List:
     o = {**DEFAULTS, **options}
     known = registered_passes()
     passes: List = [name for name in FLOAT_CLEANUP if name in known]
+    # Every op must have a Qm.n kernel before calibration spends any time.
+    passes.append(make_pass("check-legal", {"scheme": "qmn", "float_output": str(o["float_output"])}))
     calibrate = {"method": o["method"], "bits": str(o["bits"])}
     if o["method"] == "percentile":
         calibrate["p"] = str(o["p"])

@@ -13,7 +13,7 @@ Activations, asymmetric per tensor (``GetAsymmetricQuantizationParams``, float32
 ``q.range %x`` becomes ``q.dequantize(q.quantize %x)`` with that type. Results
 that TFLite requires to keep their input's parameters take them from the input
 instead of their own range: max / average pooling (global too) and the shape ops (reshape,
-transpose, pad ...; these move to the integer side: ``DQ -> reshape`` becomes
+transpose, pad, constant-index gather, ...; these move to the integer side: ``DQ -> reshape`` becomes
 ``reshape -> DQ``; a pad's value v becomes the stored round_half_away(v / s) + zp, TFLite's PAD). Softmax and sigmoid outputs are fixed at s = 1/256, zp = -128,
 tanh at s = 1/128, zp = 0 (TFLite's int8 kernels require these). A float constant
 operand of an add, sub or mul is quantized per tensor with the asymmetric rule over its
@@ -51,12 +51,15 @@ import numpy as np
 from qcc.errors import InputError, PassError
 from qcc.ir.graph import Graph, Op, Value
 from qcc.transforms.passmanager import Pass, PassResult, make_pass, register_pass, register_pipeline, registered_passes
+from qcc.quant.weights import describe_degenerate, safe_channel_max_abs
 from qcc.sim.s8 import quantize_multiplier
 from qcc.ir.types import PerAxisQuant, TensorType, UniformQuant
 
 SHARES_INPUT_QUANT = frozenset({"nn.maxpool", "nn.avgpool", "nn.global_avgpool", "nn.global_maxpool"})
-# Shape ops the int8 graph runs on quantized tensors directly (qdq_lifters.SHAPE_OPS).
-INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose", "nn.pad"})
+# Shape ops the int8 graph runs on quantized tensors directly (qdq_lifters.SHAPE_OPS), and constant
+# padding (its value quantized with the input's parameters: a zero pads with the zero point).
+INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose", "nn.pad",
+                               "nn.gather"})
 WEIGHTED = {"nn.conv2d": (1, 2), "nn.dense": (1, 2)}  # opname -> (weight operand, bias operand)
 # Ops float_output keeps in float when they end the graph (the back end's float epilogue).
 FLOAT_EPILOGUE_OPS = frozenset({"nn.softmax", "nn.sigmoid", "nn.tanh"})
@@ -88,8 +91,8 @@ def symmetric_weights(w: np.ndarray, per_channel: bool):
     """(int8 weights, per-output-channel float32 scales) with round half away from zero."""
     w = np.asarray(w, np.float32)
     n = w.shape[0]
-    if per_channel:
-        amax = np.abs(w.reshape(n, -1)).max(axis=1)
+    if per_channel:  # a degenerate channel takes the largest channel's scale (qcc.quant.weights)
+        amax = safe_channel_max_abs(w).astype(np.float32)
     else:
         amax = np.full(n, np.abs(w).max())
     scales = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
@@ -233,7 +236,7 @@ class QuantizeAffine(Pass):
             if not -128 <= value <= 127:
                 return
             attrs["value"] = float(value)
-        moved = graph.add_op(op.opname, [stored], attrs, [TensorType(out.shape, "i8", stored.type.quant)],
+        moved = graph.add_op(op.opname, [stored] + list(op.operands[1:]), attrs, [TensorType(out.shape, "i8", stored.type.quant)],
                              name=op.name)
         dq = graph.add_op("q.dequantize", [moved.result], {}, [out.type], name=op.name)
         graph.replace_all_uses(out, dq.result)
@@ -268,6 +271,7 @@ class QuantizeAffine(Pass):
         if in_q is None or w_v.constant() is None or not w_v.type.is_float:
             return  # input not quantized (no calibrated range) or weights not a float constant
         w_q, s_w = symmetric_weights(w_v.constant(), self.per_channel)
+        graph.notes += describe_degenerate(graph.source_name(op), w_v.constant())
         w_quant = PerAxisQuant(0, tuple(float(s) for s in s_w), (0,) * len(s_w))
         wc = graph.add_const(w_q, name=(w_v.producer.name or w_v.name or "w") + ".q", quant=w_quant)
         wc.name = wc.producer.name
@@ -293,7 +297,9 @@ class QuantizeAffine(Pass):
 
 
 # ---------------------------------------------------------------- the pipeline
-FLOAT_CLEANUP = ("fold-batchnorm", "canonicalize", "fuse-activation", "legalize-affine", "to-nhwc", "const-fold", "dce")
+# canonicalize first: it merges the reshapes around 1-D layers lifted as 2-D, so their BN folds.
+FLOAT_CLEANUP = ("canonicalize", "fold-batchnorm", "canonicalize", "fuse-activation", "legalize-affine",
+                 "legalize-pool", "to-nhwc", "const-fold", "dce")
 DEFAULTS = {"bits": 8, "method": "minmax", "p": 99.99, "per_channel": True, "data": "", "fc_rounding": "double",
             "float_output": False}
 
@@ -304,6 +310,8 @@ def _build(options) -> List:
         raise InputError(f"int8-calibrated quantizes to 8 bits only, got bits={o['bits']}")
     known = registered_passes()
     passes: List = [name for name in FLOAT_CLEANUP if name in known]
+    # Every op must have an int8 kernel before calibration spends any time.
+    passes.append(make_pass("check-legal", {"scheme": "int8", "float_output": str(o["float_output"])}))
     calibrate = {"method": o["method"]}
     if o["method"] == "percentile":
         calibrate["p"] = str(o["p"])

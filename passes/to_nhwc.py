@@ -22,6 +22,7 @@ works in two phases of local rewrites, each run to a fixpoint:
    * reduce_mean: ``axes' = {p[a]}``; without keepdims the result gets the
      transpose that orders the kept axes (none when they stay in order);
    * pad: ``pads'[p[i]] = pads[i]`` for the begin and the end halves;
+   * gather with 1-D constant indices (a nearest Resize): ``axis' = p[axis]``;
    * flatten / reshape to ``[N, K]`` of ``T(a, p)`` with ``p[0] = 0``: with
      ``idx = arange(K).reshape(a.shape[1:]).transpose(p[1:] - 1).ravel()``,
      ``flatten(T(a, p))[:, k] = flatten(a)[:, idx[k]]``. When ``idx`` is the
@@ -147,16 +148,19 @@ def _sink_operands(op: Op, rewriter: Rewriter):
 
 
 class SinkTranspose(RewritePattern):
-    """f(T(a, p)) -> T(f'(a), p) for elementwise, per-axis, concat, reduce_mean and pad ops."""
+    """f(T(a, p)) -> T(f'(a), p) for elementwise, per-axis, concat, reduce_mean, pad and gather ops."""
 
     op_names = UNARY_OPS + BINARY_OPS + ("nn.batchnorm", "nn.scale_shift", "nn.softmax", "nn.concat",
-                                         "nn.reduce_mean", "nn.pad")
+                                         "nn.reduce_mean", "nn.pad", "nn.gather")
 
     def match_and_rewrite(self, op: Op, rewriter: Rewriter) -> bool:
         if len(op.results) != 1:
             return rewriter.notify_match_failure(op, "it has more than one result")
-        if op.opname in ("nn.batchnorm", "nn.scale_shift"):
-            src = transposed_source(op.operands[0])  # the parameters are per-channel vectors: unchanged
+        if op.opname == "nn.gather" and op.operands[1].type.rank != 1:
+            return rewriter.notify_match_failure(op, "the indices are not a 1-D vector (the rank would change)")
+        if op.opname in ("nn.batchnorm", "nn.scale_shift", "nn.gather"):
+            # per-channel parameters and gather indices do not depend on the layout
+            src = transposed_source(op.operands[0])
             if src is None:
                 return rewriter.notify_match_failure(op, "its input is not made by nn.transpose")
             operands, perm = [src[0]] + op.operands[1:], src[1]

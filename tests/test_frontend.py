@@ -161,14 +161,14 @@ def test_named_nodes_keep_their_names():
 
 
 def test_all_unsupported_nodes_reported_at_once():
-    m = build([N("Relu", ["x"], ["a"]), N("Erf", ["a"], ["b"], name="erf1"), N("Pad", ["b", "p"], ["c"], mode="reflect"),
-               N("Conv", ["c", "w"], ["d"], name="conv1d"), N("LpNormalization", ["d"], ["y"])],
-              {"x": [1, 3, 8]}, ["y"], {"p": np.zeros(6, np.int64), "w": rand(2, 3, 3)})
+    m = build([N("Relu", ["x"], ["a"]), N("Erf", ["a"], ["b"], name="erf1"), N("Pad", ["b", "p"], ["c"], mode="wrap"),
+               N("Conv", ["c", "w"], ["d"], name="conv3d"), N("LpNormalization", ["d"], ["y"])],
+              {"x": [1, 3, 4, 4, 4]}, ["y"], {"p": np.zeros(10, np.int64), "w": rand(2, 3, 3, 3, 3)})
     with pytest.raises(UnsupportedModelError) as e:
         load_onnx(m)
     msg = str(e.value)
     assert "4 unsupported nodes" in msg
-    for part in ('"erf1" (Erf)', "(Pad): Pad mode 'reflect'", '"conv1d" (Conv)', "(LpNormalization)"):
+    for part in ('"erf1" (Erf)', "(Pad): Pad mode 'wrap'", '"conv3d" (Conv)', "(LpNormalization)"):
         assert part in msg
     assert e.value.exit_code == 2
 

@@ -50,9 +50,9 @@ def test_asymmetric_params_represent_zero_and_cover_the_range():
 def test_symmetric_weights_per_channel_round_half_away():
     w = np.array([[1.27, -0.635, 0.0], [0.0, 0.0, 0.0], [-0.1, 0.05, 0.025]], np.float32)
     q, s = symmetric_weights(w, per_channel=True)
-    assert s.tolist() == pytest.approx([0.01, 1.0, 0.1 / 127])
+    assert s.tolist() == pytest.approx([0.01, 0.01, 0.1 / 127])
     assert q[0].tolist() == [127, -64, 0]          # -63.5 -> -64
-    assert q[1].tolist() == [0, 0, 0]              # an all-zero channel gets scale 1
+    assert q[1].tolist() == [0, 0, 0]              # an all-zero channel gets the largest channel's scale
     assert q[2].tolist() == [-127, 64, 32]         # 63.5 -> 64, 31.75 -> 32
     q1, s1 = symmetric_weights(w, per_channel=False)
     assert np.all(s1 == np.float32(0.01)) and q1[2].tolist() == [-10, 5, 3]  # 2.5 -> 3

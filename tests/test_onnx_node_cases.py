@@ -22,7 +22,8 @@ from qcc.frontend.lifters import LIFTERS
 from qcc.sim.interpreter import run_graph
 
 # Inputs after the first must be constants for these ops.
-_CONST_INPUT_OPS = {"Clip", "Pad", "Reshape", "Slice", "Squeeze", "Unsqueeze", "ReduceMean", "Dropout"}
+_CONST_INPUT_OPS = {"Clip", "Pad", "Reshape", "Slice", "Squeeze", "Unsqueeze", "ReduceMean", "Dropout", "Resize",
+                    "ConvTranspose"}
 
 
 def _cases():

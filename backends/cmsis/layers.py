@@ -45,7 +45,8 @@ HANDLED_ATTRS = {
     "qnn.softmax": {"axis", "table", "table_shift"},
     "nn.transpose": {"perm"},
     "nn.concat": {"axis"},
-    "nn.pad": {"pads", "value"},
+    "nn.pad": {"pads", "value", "mode"},
+    "nn.gather": {"axis"},
 }
 HANDLED_ATTRS.update(S8_HANDLED_ATTRS)  # affine int8 kernels: layers_s8.py
 
@@ -304,9 +305,20 @@ class LayerBuilder:
             raise UnsupportedModelError(f"{op.describe()}: pad value {value} is not a {x.type.dtype} integer")
         out = op.result.shape
         out_strides = [int(np.prod(out[i + 1:], dtype=np.int64)) for i in range(rank)]
+        in_strides = [int(np.prod(x.shape[i + 1:], dtype=np.int64)) for i in range(rank)]
         begin = sum(pads[i] * out_strides[i] for i in range(rank))
         return {"xt": ctype(x), "value": int(value), "size": op.result.type.size, "in_dims": list(x.shape),
-                "out_strides": out_strides, "begin": begin, "row": x.shape[-1] if rank else 1}
+                "out_strides": out_strides, "begin": begin, "row": x.shape[-1] if rank else 1,
+                "mode": op.attrs["mode"], "out_dims": list(out), "in_strides": in_strides,
+                "pads_begin": list(pads[:rank])}
+
+    def _gather(self, op: Op, fn: str) -> dict:
+        x, idx = op.operands
+        axis = op.attrs["axis"] % x.type.rank
+        n = x.shape[axis]
+        indices = [int(i) % n for i in np.ravel(idx.constant())]  # np.take: negative counts from the end
+        return {"xt": ctype(x), "outer": int(np.prod(x.shape[:axis], dtype=np.int64)), "n": n,
+                "inner": int(np.prod(x.shape[axis + 1:], dtype=np.int64)), "indices": indices}
 
 
 # Float epilogue ops (plan.FLOAT_EPILOGUE_OPS): the attributes each float kernel honours.

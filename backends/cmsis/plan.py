@@ -43,12 +43,13 @@ from .inplace import INPLACE_OPS, max_displacement, min_displacement_reversed
 ALIAS_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze"})
 COMPUTE_OPS = frozenset({
     "qnn.conv2d", "qnn.dense", "qnn.add", "qnn.requantize", "qnn.maxpool", "qnn.avgpool", "qnn.lut",
-    "qnn.lut_interp", "qnn.softmax", "nn.transpose", "nn.concat", "nn.pad", "qnn.sub", "qnn.mul"})
+    "qnn.lut_interp", "qnn.softmax", "nn.transpose", "nn.concat", "nn.pad", "nn.gather", "qnn.sub", "qnn.mul"})
 # Affine int8 kernels (layers_s8.py); conv/dense take constant weights and bias like qnn.
 S8_OPS = frozenset({"s8.conv2d", "s8.dense", "s8.add", "s8.sub", "s8.mul", "s8.lut", "s8.requantize", "s8.maxpool",
                     "s8.avgpool", "s8.softmax"})
 COMPUTE_OPS = COMPUTE_OPS | S8_OPS
-WEIGHTED_OPS = ("qnn.conv2d", "qnn.dense", "s8.conv2d", "s8.dense")
+# Ops whose operands after the first are constant parameters (weights, bias; a gather's indices).
+WEIGHTED_OPS = ("qnn.conv2d", "qnn.dense", "s8.conv2d", "s8.dense", "nn.gather")
 # Float ops a graph output may apply after its q.dequantize (the float epilogue; float C, tolerance only).
 FLOAT_EPILOGUE_OPS = frozenset({"nn.softmax", "nn.sigmoid", "nn.tanh"})
 ALIGN = 8

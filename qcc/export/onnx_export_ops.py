@@ -56,7 +56,7 @@ def _shape_op(ex: "_Exporter", op: Op, name: str, out: str):
         ex.node("Concat", xs, name, [out], axis=int(a["axis"]))
     elif k == "nn.pad":
         value = ex.init(np.array(a["value"], op.operands[0].type.np_dtype), f"{name}/value")
-        ex.node("Pad", [xs[0], ex.ints(a["pads"], f"{name}/pads"), value], name, [out], mode="constant")
+        ex.node("Pad", [xs[0], ex.ints(a["pads"], f"{name}/pads"), value], name, [out], mode=a["mode"])
     elif k == "nn.slice":
         ex.node("Slice", xs, name, [out])
     elif k == "nn.gather":

@@ -140,6 +140,8 @@ class Importer:
                               "could not determine it")
         op = self.graph.add_op(opname, operands, attrs, types, name=name or self.node_name(node),
                                result_names=outputs or None)
+        for n in (self.node_name(node), op.name):
+            self.graph.source_ops.setdefault(n, node.op_type)
         for n, r in zip(outputs, op.results):
             self.values[n] = r
         if known is not None:

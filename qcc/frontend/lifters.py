@@ -97,13 +97,43 @@ def _inp(node, i) -> str:
     return node.input[i] if len(node.input) > i else ""
 
 
-def _need_rank4(imp, node, a):
+def _need_rank3or4(imp, node, a):
     r = imp.rank(node.input[0])
-    if r != 4:
-        return f"only 2-D spatial ops (4-D NCHW input) are supported; input rank is {r}"
+    if r not in (3, 4):
+        return f"only 1-D and 2-D spatial ops (3-D NCL or 4-D NCHW input) are supported; input rank is {r}"
     if imp.shape(node.input[0]) is None:
         return "the input shape is not static"
     return None
+
+
+# 1-D spatial ops (N x C x L: audio, time series) lift as their 2-D form on N x C x 1 x L, between two
+# reshapes; canonicalize merges the reshapes between consecutive 1-D layers, so a 1-D conv -> BN pair
+# folds like a 2-D one.
+def _is_1d(imp, node) -> bool:
+    return imp.rank(node.input[0]) == 3
+
+
+def _attrs_2d(a: dict) -> dict:
+    """ONNX 1-D window attributes as 2-D ones with a height-1 window."""
+    b = dict(a)
+    for key in ("kernel_shape", "strides", "dilations"):
+        if key in b:
+            b[key] = [1] + list(b[key])
+    if "pads" in b:
+        begin, end = b["pads"]
+        b["pads"] = [0, begin, 0, end]
+    return b
+
+
+def _emit_as_2d(imp, node, opname: str, operands: list, attrs: dict):
+    """reshape N x C x L -> N x C x 1 x L, the 2-D op, reshape back to the node's 3-D output."""
+    x = imp.value(node.input[0])
+    n, c, length = x.shape
+    name = imp.node_name(node)
+    x4 = imp.emit("nn.reshape", [x], {"shape": [n, c, 1, length]}, node, name=f"{name}/to_2d", outputs=[])
+    y4 = imp.emit(opname, [x4] + list(operands), attrs, node, outputs=[])
+    yn, yc, _, yl = y4.shape
+    imp.emit("nn.reshape", [y4], {"shape": [yn, yc, yl]}, node, name=f"{name}/to_1d")
 
 
 def _need_consts(*indices):
@@ -148,7 +178,8 @@ def resolve_pads(a: dict, in_hw, kernel, strides, dilations) -> List[int]:
 def _window_attrs(imp, node, a, kernel):
     strides = list(a.get("strides", [1, 1]))
     dilations = list(a.get("dilations", [1, 1]))
-    pads = resolve_pads(a, imp.shape(node.input[0])[2:], kernel, strides, dilations)
+    in_hw = imp.shape(node.input[0])[2:]
+    pads = resolve_pads(a, (1,) + tuple(in_hw) if len(in_hw) == 1 else in_hw, kernel, strides, dilations)
     return strides, dilations, pads
 
 
@@ -166,16 +197,85 @@ def _check_conv(imp, node, a):
 
 
 @lifter("Conv", attrs=("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"),
-        check=_all(_need_rank4, _check_auto_pad, _check_conv))
+        check=_all(_need_rank3or4, _check_auto_pad, _check_conv))
 def _conv(imp, node, a):
     w_shape = imp.shape(node.input[1])
     kernel = list(a.get("kernel_shape", w_shape[2:]))
     if kernel != list(w_shape[2:]):
         raise OpError(f"kernel_shape {kernel} does not match the weights {list(w_shape)}")
+    one_d = _is_1d(imp, node)
+    if one_d:
+        a, kernel, w_shape = _attrs_2d(a), [1] + kernel, tuple(w_shape[:2]) + (1,) + tuple(w_shape[2:])
     strides, dilations, pads = _window_attrs(imp, node, a, kernel)
-    operands = [imp.value(n) for n in node.input if n]
-    imp.emit("nn.conv2d", operands, {"strides": strides, "pads": pads, "dilations": dilations,
-                                     "group": a.get("group", 1)}, node)
+    attrs = {"strides": strides, "pads": pads, "dilations": dilations, "group": a.get("group", 1)}
+    if not one_d:
+        imp.emit("nn.conv2d", [imp.value(n) for n in node.input if n], attrs, node)
+        return
+    w = imp.const(node.input[1])
+    if w is not None:  # a constant stays a constant (fold-batchnorm needs it before const-fold runs)
+        w4 = imp.add_const(w.reshape(w_shape), name=node.input[1])
+    else:
+        w4 = imp.emit("nn.reshape", [imp.value(node.input[1])], {"shape": list(w_shape)}, node,
+                      name=f"{imp.node_name(node)}/weight_2d", outputs=[])
+    _emit_as_2d(imp, node, "nn.conv2d", [w4] + [imp.value(n) for n in node.input[2:] if n], attrs)
+
+
+# ConvTranspose (2-D) as a stride-1 convolution: zeros inserted between the input elements (s - 1 per gap,
+# by reshape -> pad -> reshape), the conv padded with e = d (k - 1) - p (plus output_padding at the end),
+# and the kernel flipped with its channel axes swapped per group:
+#     W'[g * Co + o, i, a, b] = W[g * Ci + i, o, k_h - 1 - a, k_w - 1 - b]      (Ci = Cin / g, Co = Cout / g)
+# Exact: only zeros are added. Pads beyond the kernel extent (a crop) are not supported.
+def _conv_transpose_geometry(imp, node, a):
+    kernel = list(imp.shape(node.input[1])[2:])
+    strides = list(a.get("strides", [1, 1]))
+    dilations = list(a.get("dilations", [1, 1]))
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    extra = list(a.get("output_padding", [0, 0]))
+    begin = [d * (k - 1) - p for d, k, p in zip(dilations, kernel, pads[:2])]
+    end = [d * (k - 1) - p + o - (s - 1) for d, k, p, o, s in zip(dilations, kernel, pads[2:], extra, strides)]
+    return kernel, strides, dilations, begin, end
+
+
+def _check_conv_transpose(imp, node, a):
+    if imp.rank(node.input[0]) != 4 or imp.shape(node.input[0]) is None:
+        return f"only 2-D ConvTranspose with a static 4-D NCHW input is supported (rank {imp.rank(node.input[0])})"
+    if imp.shape(node.input[1]) is None:
+        return "the weight shape is not static"
+    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", ""):
+        return f"auto_pad '{a['auto_pad']}' is not supported (give explicit pads)"
+    if "output_shape" in a:
+        return "output_shape is not supported (give pads and output_padding)"
+    if imp.const(node.input[1]) is None:
+        return "the weights must be a constant"
+    _, _, _, begin, end = _conv_transpose_geometry(imp, node, a)
+    if min(begin + end) < 0:
+        return "pads larger than the dilated kernel extent (a crop) are not supported"
+    return None
+
+
+@lifter("ConvTranspose", attrs=("auto_pad", "dilations", "group", "kernel_shape", "output_padding", "output_shape",
+                                "pads", "strides"),
+        check=_check_conv_transpose)
+def _conv_transpose(imp, node, a):
+    kernel, strides, dilations, begin, end = _conv_transpose_geometry(imp, node, a)
+    x = imp.value(node.input[0])
+    n, c, h, w = x.shape
+    name = imp.node_name(node)
+    sh, sw = strides
+    if (sh, sw) != (1, 1):  # zero insertion: [N,C,H,1,W,1] padded to [N,C,H,sh,W,sw], then merged
+        x = imp.emit("nn.reshape", [x], {"shape": [n, c, h, 1, w, 1]}, node, name=f"{name}/spread", outputs=[])
+        x = imp.emit("nn.pad", [x], {"pads": [0] * 9 + [sh - 1, 0, sw - 1]}, node, name=f"{name}/zeros",
+                     outputs=[])
+        x = imp.emit("nn.reshape", [x], {"shape": [n, c, h * sh, w * sw]}, node, name=f"{name}/merge", outputs=[])
+    wt = imp.const(node.input[1])
+    g = a.get("group", 1)
+    ci, co = wt.shape[0] // g, wt.shape[1]
+    flipped = wt[:, :, ::-1, ::-1].reshape(g, ci, co, *kernel).transpose(0, 2, 1, 3, 4).reshape(g * co, ci, *kernel)
+    w_value = imp.add_const(np.ascontiguousarray(flipped), name=f"{node.input[1]}/conv")
+    operands = [x, w_value] + ([imp.value(node.input[2])] if len(node.input) > 2 and node.input[2] else [])
+    # the border is the conv's own zero padding
+    imp.emit("nn.conv2d", operands, {"strides": [1, 1], "pads": begin + end, "dilations": dilations, "group": g},
+             node)
 
 
 @lifter("Gemm", attrs=("alpha", "beta", "transA", "transB"))
@@ -227,8 +327,12 @@ def _check_batchnorm(imp, node, a):
 
 @lifter("BatchNormalization", attrs=("epsilon", "momentum", "training_mode"), check=_check_batchnorm)
 def _batchnorm(imp, node, a):
-    imp.emit("nn.batchnorm", [imp.value(n) for n in node.input[:5]],
-             {"epsilon": a.get("epsilon", 1e-5), "axis": 1}, node)
+    attrs = {"epsilon": a.get("epsilon", 1e-5), "axis": 1}
+    params = [imp.value(n) for n in node.input[1:5]]
+    if imp.rank(node.input[0]) == 3 and imp.shape(node.input[0]) is not None:
+        _emit_as_2d(imp, node, "nn.batchnorm", params, attrs)  # N x C x L: as N x C x 1 x L, next to a 1-D conv
+        return
+    imp.emit("nn.batchnorm", [imp.value(node.input[0])] + params, attrs, node)
 
 
 def _check_softmax(imp, node, a):
@@ -265,13 +369,18 @@ def _check_maxpool(imp, node, a):
 
 
 @lifter("MaxPool", attrs=("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides"),
-        check=_all(_need_rank4, _check_auto_pad, _check_maxpool))
+        check=_all(_need_rank3or4, _check_auto_pad, _check_maxpool))
 def _maxpool(imp, node, a):
+    one_d = _is_1d(imp, node)
+    a = _attrs_2d(a) if one_d else a
     kernel = list(a["kernel_shape"])
     strides, dilations, pads = _window_attrs(imp, node, a, kernel)
-    imp.emit("nn.maxpool", [imp.value(node.input[0])],
-             {"kernel": kernel, "strides": strides, "pads": pads, "dilations": dilations,
-              "ceil_mode": bool(a.get("ceil_mode", 0))}, node)
+    attrs = {"kernel": kernel, "strides": strides, "pads": pads, "dilations": dilations,
+             "ceil_mode": bool(a.get("ceil_mode", 0))}
+    if one_d:
+        _emit_as_2d(imp, node, "nn.maxpool", [], attrs)
+    else:
+        imp.emit("nn.maxpool", [imp.value(node.input[0])], attrs, node)
 
 
 def _check_avgpool(imp, node, a):
@@ -282,19 +391,27 @@ def _check_avgpool(imp, node, a):
 
 @lifter("AveragePool", attrs=("auto_pad", "ceil_mode", "count_include_pad", "dilations", "kernel_shape", "pads",
                               "strides"),
-        check=_all(_need_rank4, _check_auto_pad, _check_avgpool))
+        check=_all(_need_rank3or4, _check_auto_pad, _check_avgpool))
 def _avgpool(imp, node, a):
+    one_d = _is_1d(imp, node)
+    a = _attrs_2d(a) if one_d else a
     kernel = list(a["kernel_shape"])
     strides, _, pads = _window_attrs(imp, node, a, kernel)
-    imp.emit("nn.avgpool", [imp.value(node.input[0])],
-             {"kernel": kernel, "strides": strides, "pads": pads, "ceil_mode": bool(a.get("ceil_mode", 0)),
-              "count_include_pad": bool(a.get("count_include_pad", 0))}, node)
+    attrs = {"kernel": kernel, "strides": strides, "pads": pads, "ceil_mode": bool(a.get("ceil_mode", 0)),
+             "count_include_pad": bool(a.get("count_include_pad", 0))}
+    if one_d:
+        _emit_as_2d(imp, node, "nn.avgpool", [], attrs)
+    else:
+        imp.emit("nn.avgpool", [imp.value(node.input[0])], attrs, node)
 
 
-@lifter("GlobalAveragePool", "GlobalMaxPool", check=_need_rank4)
+@lifter("GlobalAveragePool", "GlobalMaxPool", check=_need_rank3or4)
 def _global_pool(imp, node, a):
     opname = "nn.global_avgpool" if node.op_type == "GlobalAveragePool" else "nn.global_maxpool"
-    imp.emit(opname, [imp.value(node.input[0])], {}, node)
+    if _is_1d(imp, node):
+        _emit_as_2d(imp, node, opname, [], {})
+    else:
+        imp.emit(opname, [imp.value(node.input[0])], {}, node)
 
 
 @lifter("ReduceMean", attrs=("axes", "keepdims", "noop_with_empty_axes"), check=_need_consts(1))
@@ -385,8 +502,8 @@ def _concat(imp, node, a):
 
 
 def _check_pad(imp, node, a):
-    if a.get("mode", "constant") != "constant":
-        return f"Pad mode '{a['mode']}' is not supported (only constant)"
+    if a.get("mode", "constant") not in ("constant", "reflect", "edge"):
+        return f"Pad mode '{a['mode']}' is not supported (only constant, reflect and edge)"
     return _need_consts(1, 2, 3)(imp, node, a)
 
 
@@ -401,8 +518,96 @@ def _pad(imp, node, a):
     axes = list(range(rank)) if axes is None else [ax % rank for ax in axes.tolist()]
     for i, ax in enumerate(axes):
         pads[ax], pads[ax + rank] = given[i], given[i + len(axes)]
-    imp.emit("nn.pad", [x], {"pads": pads, "value": 0.0 if value is None or value.size == 0 else float(value)},
-             node)
+    imp.emit("nn.pad", [x], {"pads": pads, "value": 0.0 if value is None or value.size == 0 else float(value),
+                             "mode": a.get("mode", "constant")}, node)
+
+
+# ---------------------------------------------------------------- Resize (nearest)
+# ONNX Resize, mode "nearest": out[o] = in[nearest(x(o))] per resized axis, with the source coordinate x(o)
+# of coordinate_transformation_mode (s = the axis scale, n / m the input / output length). Computed in
+# float32 in onnxruntime's order of operations: a coordinate that lands on .5 must round the same way.
+_F = np.float32
+_RESIZE_COORDINATES = {
+    "half_pixel": lambda o, s, n, m: (_F(o) + _F(0.5)) / s - _F(0.5),
+    "pytorch_half_pixel": lambda o, s, n, m: (_F(o) + _F(0.5)) / s - _F(0.5) if m > 1 else _F(0),
+    "asymmetric": lambda o, s, n, m: _F(o) / s,
+    "tf_half_pixel_for_nn": lambda o, s, n, m: (_F(o) + _F(0.5)) / s,
+    "align_corners": lambda o, s, n, m: _F(o) * _F(n - 1) / _F(m - 1) if m > 1 else _F(0),
+}  # half_pixel_symmetric (opset 19) is not matched yet: onnxruntime rounds its .5 cases differently
+_RESIZE_NEAREST = {
+    "round_prefer_floor": lambda x: math.floor(x) if x == math.floor(x) + 0.5 else round(float(x)),
+    "round_prefer_ceil": lambda x: math.ceil(x) if x == math.floor(x) + 0.5 else round(float(x)),
+    "floor": lambda x: math.floor(x),
+    "ceil": lambda x: math.ceil(x),
+}
+
+
+def _resize_plan(imp, node, a):
+    """(per-axis output lengths, per-axis scales) of a Resize, or a reason it is unsupported."""
+    shape = imp.shape(node.input[0])
+    if shape is None:
+        return "the input shape is not static"
+    rank = len(shape)
+    axes = [ax % rank for ax in a.get("axes", range(rank))]
+    scales, sizes = imp.const(_inp(node, 2)), imp.const(_inp(node, 3))
+    if _inp(node, 3) and sizes is None or _inp(node, 2) and scales is None:
+        return "scales and sizes must be constants"
+    if sizes is not None and sizes.size:
+        if a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+            return "keep_aspect_ratio_policy other than stretch is not supported"
+        out = list(shape)
+        for ax, m in zip(axes, sizes.tolist()):
+            out[ax] = int(m)
+        return out, [np.float32(out[i]) / np.float32(shape[i]) for i in range(rank)]
+    if scales is None or not scales.size:
+        return "neither scales nor sizes is given"
+    full = [np.float32(1)] * rank
+    for ax, s in zip(axes, np.asarray(scales, np.float32).tolist()):
+        full[ax] = np.float32(s)
+    return [int(math.floor(np.float32(n) * s)) for n, s in zip(shape, full)], full
+
+
+def _check_resize(imp, node, a):
+    if a.get("mode", "nearest") != "nearest":
+        return f"mode '{a['mode']}' is not supported (only nearest)"
+    ctm = a.get("coordinate_transformation_mode", "half_pixel")
+    if ctm not in _RESIZE_COORDINATES:
+        return f"coordinate_transformation_mode '{ctm}' is not supported"
+    if a.get("nearest_mode", "round_prefer_floor") not in _RESIZE_NEAREST:
+        return f"nearest_mode '{a['nearest_mode']}' is not supported"
+    if a.get("antialias", 0):
+        return "antialias is not supported"
+    plan = _resize_plan(imp, node, a)
+    if isinstance(plan, str):
+        return plan
+    if any(m < 1 for m in plan[0]) or any(s <= 0 for s in plan[1]):
+        return f"the output shape {plan[0]} is empty"
+    return None
+
+
+@lifter("Resize", attrs=("antialias", "axes", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside",
+                         "extrapolation_value", "keep_aspect_ratio_policy", "mode", "nearest_mode"),
+        check=_check_resize)
+def _resize(imp, node, a):
+    """Nearest resize as one constant-index gather per resized axis (exact: it only selects elements)."""
+    shape = imp.shape(node.input[0])
+    out, scales = _resize_plan(imp, node, a)
+    where = _RESIZE_COORDINATES[a.get("coordinate_transformation_mode", "half_pixel")]
+    nearest = _RESIZE_NEAREST[a.get("nearest_mode", "round_prefer_floor")]
+    resized = [ax for ax in range(len(shape)) if out[ax] != shape[ax] or scales[ax] != 1.0]
+    y = imp.value(node.input[0])
+    name = imp.node_name(node)
+    for k, ax in enumerate(resized):
+        n, m = shape[ax], out[ax]
+        idx = [min(max(nearest(where(o, scales[ax], n, m)), 0), n - 1) for o in range(m)]
+        if idx == list(range(n)):
+            continue
+        index = imp.add_const(np.array(idx, np.int64), name=f"{name}/index{ax}")
+        last = k == len(resized) - 1
+        y = imp.emit("nn.gather", [y, index], {"axis": ax}, node, name=name if last else f"{name}/axis{ax}",
+                     outputs=None if last else [])
+    if imp.values.get(node.output[0]) is not y:  # nothing moved: the identity
+        imp.emit("nn.reshape", [y], {"shape": list(out)}, node)
 
 
 def _check_dropout(imp, node, a):

@@ -96,6 +96,16 @@ class Graph:
         self.output_names: List[str] = []
         self._nx = nx.MultiDiGraph()
         self._seq = itertools.count()
+        # Model node name -> its op type in the source model (ONNX), so messages speak the model's terms.
+        self.source_ops: Dict[str, str] = {}
+        # Facts passes found that users should hear about (the drivers print them as warnings).
+        self.notes: List[str] = []
+
+    def source_name(self, op: Op) -> str:
+        """How user-facing messages name ``op``: ``node "conv1" (Conv)`` (as the importer's) for a model node."""
+        if op.name and op.name in self.source_ops:
+            return f"node \"{op.name}\" ({self.source_ops[op.name]})"
+        return op.describe()
 
     # ------------------------------------------------------------ building
     def add_input(self, name: str, type: TensorType) -> Value:

@@ -352,10 +352,12 @@ kernel("nn.shape")(lambda op, x: np.array(x.shape, dtype=np.int64))
 
 @kernel("nn.pad")
 def _pad(op, x):
-    pads, r = op.attrs["pads"], x.ndim
+    pads, r, mode = op.attrs["pads"], x.ndim, op.attrs["mode"]
+    widths = [(max(pads[i], 0), max(pads[i + r], 0)) for i in range(r)]
+    if mode != "constant":  # ONNX reflect and edge are numpy's (reflect mirrors without the edge)
+        return np.pad(x, widths, mode=mode)
     # Negative pads crop: pad by the positive part, then slice the negative part away.
-    y = np.pad(x, [(max(pads[i], 0), max(pads[i + r], 0)) for i in range(r)],
-               constant_values=np.asarray(op.attrs["value"]).astype(x.dtype))
+    y = np.pad(x, widths, constant_values=np.asarray(op.attrs["value"]).astype(x.dtype))
     crop = tuple(slice(max(-pads[i], 0), y.shape[i] - max(-pads[i + r], 0)) for i in range(r))
     return y[crop]
 

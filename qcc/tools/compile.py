@@ -47,7 +47,7 @@ KERNEL_CHOICES = ("qcc", "cmsis-nn")
 # Ops a fully lowered graph may hold; anything else means the graph is still float.
 BOUNDARY_OPS = frozenset({"qcc.const", "q.quantize", "q.dequantize"})
 INTEGER_SHAPE_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose",
-                               "nn.concat", "nn.pad"})
+                               "nn.concat", "nn.pad", "nn.gather"})
 # Float ops allowed after an output's final q.dequantize: the --float-output epilogue (float C, not bit-exact).
 FLOAT_EPILOGUE_OPS = frozenset({"nn.softmax", "nn.sigmoid", "nn.tanh"})
 
@@ -330,6 +330,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
             notes.append(f"ignoring --round-scales: {model} is a float model (it applies to QDQ models)")
         float_graph = lower(graph, calib=calib, bits=bits or 8, scheme=scheme or "qmn", act_max=act_max or {},
                             model_path=model, jobs=jobs, float_output=float_output)
+    notes += graph.notes
     if float_epilogue(graph) and not float_output:
         ops = ", ".join(sorted({op.describe() for op in float_epilogue(graph)}))
         raise InputError(f"{model} ends in float ops after its final q.dequantize ({ops}): they run in C "

@@ -143,8 +143,27 @@ def _pad_rule(op):
     return [x.with_shape(shape)]
 
 
-register_op(OpDef("nn.pad", operands=["x"], attrs=attrs(attr("pads", "ints"), attr("value", "float", 0.0)),
-                  infer=_pad_rule, summary="constant padding; pads in ONNX order [b0, b1, ..., e0, e1, ...]"))
+PAD_MODES = ("constant", "reflect", "edge")
+
+
+def _verify_pad(op):
+    mode, pads, x = op.attrs["mode"], op.attrs["pads"], op.operands[0].type
+    if mode not in PAD_MODES:
+        raise OpError(f"mode must be one of {', '.join(PAD_MODES)}, got '{mode}'")
+    if mode != "constant" and any(p < 0 for p in pads):
+        raise OpError(f"{mode} padding cannot crop (negative pads {pads})")
+    for i, d in enumerate(x.shape):
+        most = max(pads[i], pads[i + x.rank])
+        # reflect mirrors about the edge element without repeating it, so it reaches d - 1 cells out
+        if (mode == "reflect" and most > d - 1) or (mode == "edge" and most > 0 and d == 0):
+            raise OpError(f"{mode} padding of {most} on axis {i} needs more than the {d} input elements")
+
+
+register_op(OpDef("nn.pad", operands=["x"], attrs=attrs(attr("pads", "ints"), attr("value", "float", 0.0),
+                                                       attr("mode", "str", "constant")),
+                  infer=_pad_rule, verify_fn=_verify_pad,
+                  summary="padding; pads in ONNX order [b0, b1, ..., e0, e1, ...]; mode constant (value), "
+                          "reflect (mirror without the edge) or edge (repeat the edge)"))
 
 register_op(OpDef("nn.shape", operands=["x"], infer=lambda op: [TensorType((op.operands[0].type.rank,), "i64")],
                   summary="the shape of x as an i64 vector"))
