@@ -27,10 +27,12 @@ as well as from the saved .onnx file.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from collections import defaultdict
+from typing import Dict, FrozenSet, List, Set, Tuple
 
 import numpy as np
 from hypothesis import strategies as st
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 MAX_CHANNELS = 12
@@ -108,17 +110,17 @@ def _conv_params(draw, c: int, h: int, w: int, depthwise: bool):
 
 
 @st.composite
-def _pool_params(draw, h: int, w: int, kind: str):
+def _pool_params(draw, h: int, w: int, kind: str, avoid: FrozenSet[str]):
     kh, kw = draw(st.integers(1, min(4, h + 1))), draw(st.integers(1, min(4, w + 1)))
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     pads = tuple(draw(st.integers(0, k - 1)) for k in (kh, kw, kh, kw))
-    ceil = draw(st.booleans())
+    ceil = CEIL_MODE_POOL not in avoid and draw(st.booleans())
     if not (pool_shape_ok(h, kh, sh, pads[0], pads[2], ceil) and pool_shape_ok(w, kw, sw, pads[1], pads[3], ceil)):
         kh = kw = sh = sw = 1
         pads, ceil = (0, 0, 0, 0), False
     params = dict(kernel=(kh, kw), strides=(sh, sw), pads=pads, ceil_mode=ceil)
     if kind == "avgpool":
-        params["count_include_pad"] = draw(st.booleans())
+        params["count_include_pad"] = (AVGPOOL_PAD_COUNTED not in avoid or not any(pads)) and draw(st.booleans())
     oh = window_out(h, kh, sh, 1, pads[0], pads[2], ceil)
     ow = window_out(w, kw, sw, 1, pads[1], pads[3], ceil)
     return params, (oh, ow)
@@ -126,38 +128,53 @@ def _pool_params(draw, h: int, w: int, kind: str):
 
 ACTIVATIONS = ("relu", "relu6", "leaky_relu")
 
+# Features a scheme may refuse (node_features finds them in an ONNX graph; model_specs can leave them out).
+CEIL_MODE_POOL = "ceil_mode pool"
+LEAKY_RELU = "leaky relu"
+GLOBAL_MAX_POOL = "global max pool"
+LONE_RELU = "relu not after conv/dense"
+LONE_BATCHNORM = "batchnorm not after conv"
+AVGPOOL_PAD_COUNTED = "avgpool count_include_pad over padding"
+FEATURES = (CEIL_MODE_POOL, LEAKY_RELU, GLOBAL_MAX_POOL, LONE_RELU, LONE_BATCHNORM, AVGPOOL_PAD_COUNTED)
+
 
 @st.composite
-def model_specs(draw, max_layers: int = 5):
-    """A random valid ModelSpec: 1..max_layers spatial layers, then maybe a dense tail."""
+def model_specs(draw, max_layers: int = 5, avoid: FrozenSet[str] = frozenset()):
+    """A random valid ModelSpec: 1..max_layers spatial layers, then maybe a dense tail; without the
+    ``avoid``ed FEATURES."""
+    unknown = set(avoid) - set(FEATURES)
+    if unknown:
+        raise ValueError(f"unknown features {sorted(unknown)}; known: {FEATURES}")
+    acts = tuple(a for a in ACTIVATIONS if not (a == "leaky_relu" and LEAKY_RELU in avoid))
     c = draw(st.integers(1, 8))
     h = draw(st.integers(1, MAX_SIDE))
     w = draw(st.integers(1, MAX_SIDE))
     shape = (1, c, h, w)
     layers: List[Layer] = []
-    spatial = ["conv", "depthwise", "bn", "act", "maxpool", "avgpool", "gpool", "residual", "concat"]
+    spatial = [k for k in ("conv", "depthwise", "bn", "act", "maxpool", "avgpool", "gpool", "residual", "concat")
+               if not (k == "bn" and LONE_BATCHNORM in avoid or k == "act" and LONE_RELU in avoid)]
     for _ in range(draw(st.integers(1, max_layers))):
         kind = draw(st.sampled_from(spatial))
         if kind in ("conv", "depthwise"):
             if kind == "depthwise" and c * 3 > 2 * MAX_CHANNELS:
                 kind = "conv"
             params, (c, h, w) = draw(_conv_params(c, h, w, kind == "depthwise"))
-            params["act"] = draw(st.sampled_from((None,) + ACTIVATIONS))
+            params["act"] = draw(st.sampled_from((None,) + acts))
             params["bn"] = draw(st.booleans())
             layers.append(_layer(kind, **params))
         elif kind == "bn":
             layers.append(_layer("bn"))
         elif kind == "act":
-            layers.append(_layer("act", act=draw(st.sampled_from(ACTIVATIONS))))
+            layers.append(_layer("act", act=draw(st.sampled_from(acts))))
         elif kind in ("maxpool", "avgpool"):
-            params, (h, w) = draw(_pool_params(h, w, kind))
+            params, (h, w) = draw(_pool_params(h, w, kind, avoid))
             layers.append(_layer(kind, **params))
         elif kind == "gpool":
-            layers.append(_layer("gpool", op=draw(st.sampled_from(("avg", "max")))))
+            layers.append(_layer("gpool", op=draw(st.sampled_from(("avg",) if GLOBAL_MAX_POOL in avoid else ("avg", "max")))))
             h = w = 1
         elif kind == "residual":
             kh = draw(st.sampled_from([k for k in (1, 3, 5) if k <= max(h, w) + 2]))
-            layers.append(_layer("residual", kernel=kh, relu=draw(st.booleans())))
+            layers.append(_layer("residual", kernel=kh, relu=LONE_RELU not in avoid and draw(st.booleans())))
         elif kind == "concat":
             c2 = draw(st.integers(1, max(1, MAX_CHANNELS - c)))
             c1 = draw(st.integers(1, max(1, MAX_CHANNELS - c2)))
@@ -283,7 +300,6 @@ def build_model(spec: ModelSpec):
     graph = helper.make_graph(b.nodes, "random", [helper.make_tensor_value_info("x", TensorProto.FLOAT, spec.shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    import onnx
     model = onnx.shape_inference.infer_shapes(model)
     onnx.checker.check_model(model)
     return model
@@ -297,3 +313,48 @@ def _spatial_after(layer: Layer, h: int, w: int) -> Tuple[int, int]:
     pads = p["pads"]
     ceil = p.get("ceil_mode", False)
     return window_out(h, kh, sh, dh, pads[0], pads[2], ceil), window_out(w, kw, sw, dw, pads[1], pads[3], ceil)
+
+
+# ---------------------------------------------------------------- features of a model
+def node_features(model: onnx.ModelProto) -> Dict[str, Set[str]]:
+    """The FEATURES of each ONNX node (by name). A conv or dense also carries the features of the
+    batchnorm/activation chain it absorbs: a refusal of the fused layer names the conv."""
+    nodes = list(model.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    consumers = defaultdict(list)
+    for n in nodes:
+        for i in n.input:
+            consumers[i].append(n)
+
+    def attr(n, name, default=0):
+        return next((helper.get_attribute_value(a) for a in n.attribute if a.name == name), default)
+
+    def after_conv(n) -> bool:
+        p = producer.get(n.input[0])
+        while p is not None and p.op_type == "BatchNormalization":
+            p = producer.get(p.input[0])
+        return p is not None and p.op_type in ("Conv", "Gemm") and len(consumers[p.output[0]]) == 1
+
+    feats: Dict[str, Set[str]] = {}
+    for n in nodes:
+        f = set()
+        if n.op_type in ("MaxPool", "AveragePool") and attr(n, "ceil_mode"):
+            f.add(CEIL_MODE_POOL)
+        if n.op_type == "AveragePool" and attr(n, "count_include_pad") and any(attr(n, "pads", [0])):
+            f.add(AVGPOOL_PAD_COUNTED)
+        if n.op_type == "GlobalMaxPool":
+            f.add(GLOBAL_MAX_POOL)
+        if n.op_type == "LeakyRelu":
+            f.add(LEAKY_RELU)
+        if n.op_type in ("Relu", "Clip") and not after_conv(n):
+            f.add(LONE_RELU)
+        if n.op_type == "BatchNormalization" and not after_conv(n):
+            f.add(LONE_BATCHNORM)
+        feats[n.name] = f
+    for n in nodes:
+        if n.op_type in ("Conv", "Gemm"):
+            nxt = consumers[n.output[0]]
+            while len(nxt) == 1 and nxt[0].op_type in ("BatchNormalization", "Relu", "Clip", "LeakyRelu"):
+                feats[n.name] |= feats[nxt[0].name]
+                nxt = consumers[nxt[0].output[0]]
+    return feats

@@ -42,41 +42,56 @@ import shutil
 import subprocess
 import sys
 import traceback
-from collections import Counter, defaultdict
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Dict, List, Set
+from typing import Dict, List
 
 import numpy as np
 import onnx
 import pytest
-from hypothesis import HealthCheck, Phase, given, seed as hypothesis_seed, settings
+from hypothesis import HealthCheck, Phase, given, seed as hypothesis_seed, settings, strategies as st
 
 from qcc.backends.cmsis import harness
-from random_models import Layer, ModelSpec, build_model, model_specs  # noqa: F401 (Layer: spec reprs eval)
+from random_models import (AVGPOOL_PAD_COUNTED, CEIL_MODE_POOL, FEATURES, GLOBAL_MAX_POOL, LEAKY_RELU,
+                           LONE_BATCHNORM, LONE_RELU, Layer, ModelSpec, build_model, model_specs, node_features)  # noqa: F401
 
 SCHEMES = {"q7": [], "q15": ["--bits", "16"], "int8": ["--scheme", "int8"]}
 TARGET = "cortex-m4"
 CALIB_SAMPLES = 8
 TEST_SAMPLES = 3      # the first calibration samples: in range, so the floor measures arithmetic, not clipping
 
-# Refusals (exit 2) that are known gaps, per scheme: feature -> why. A refusal
-# counts as known only when a node its message names has one of the scheme's
-# features (see node_features); delete an entry when the feature lands.
+# Known gaps, per scheme: feature -> why; the one table to edit (delete an entry
+# when its feature lands). A refusal (exit 2) is a known gap only when every
+# compute node its message names has one of the scheme's features
+# (random_models.node_features); any other refusal fails the test. Entries in
+# MESSAGE_GAPS are errors recognised by exit code and message instead.
+Q15_ACCUMULATOR = "q15 accumulator headroom"
 KNOWN_GAPS: Dict[str, Dict[str, str]] = {
-    "q7": {},
-    "q15": {},
+    "q7": {
+        CEIL_MODE_POOL: "qnn pools have no partial windows (a ceil_mode window past the end padding)",
+    },
+    "q15": {
+        CEIL_MODE_POOL: "qnn pools have no partial windows (a ceil_mode window past the end padding)",
+        Q15_ACCUMULATOR: "assign-qmn budgets 2^30 for the products and 2^29 for the bias but not the rounding "
+                         "term 2^(out_shift-1): e.g. a 1x1 conv + batchnorm on one channel fails "
+                         "check-quantized (exit 1, a message, no C). A bug found by this test, not yet fixed.",
+    },
     "int8": {
-        "ceil_mode pool": "int8 pools have no partial windows yet (another helper is adding them)",
-        "leaky relu": "no s8 leaky relu yet (another helper is adding it)",
-        "global max pool": "no s8 global max pool yet (another helper is adding it)",
-        "relu not after conv/dense": "a Relu/Clip that no conv or dense absorbs has no s8 op",
-        "batchnorm not after conv": "a BatchNormalization that folds into no conv has no s8 op",
-        "avgpool count_include_pad over padding": "s8 average pools divide by the unpadded count (TFLite)",
+        CEIL_MODE_POOL: "s8 pools have no partial windows yet (another helper is adding them)",
+        LEAKY_RELU: "no s8 leaky relu yet (another helper is adding it)",
+        GLOBAL_MAX_POOL: "no s8 global max pool yet (another helper is adding it)",
+        LONE_RELU: "a Relu/Clip that no conv or dense absorbs has no s8 op",
+        LONE_BATCHNORM: "a BatchNormalization that folds into no conv has no s8 op",
+        AVGPOOL_PAD_COUNTED: "s8 average pools divide by the unpadded count (TFLite's rule)",
     },
 }
+MESSAGE_GAPS = {Q15_ACCUMULATOR: (1, r"check-quantized.*int32 accumulator can overflow")}
+# Share of examples drawn with the scheme's known gaps left in (the rest leave them out, so that most
+# examples compile): they check that each refusal is clean and names its node.
+WITH_GAPS_SHARE = 4   # one in four
 
 # Floors (dB) of SQNR(onnxruntime float, simulator dequantized) over the test
 # samples, which a correct compiler clears with margin. Measured on 210
@@ -91,53 +106,11 @@ def example_count() -> int:
 
 
 # ---------------------------------------------------------------- refusals
-def node_features(model: onnx.ModelProto) -> Dict[str, Set[str]]:
-    """Features of each ONNX node that a scheme may refuse; a conv or dense also carries the
-    features of the activation chain it absorbs (a refusal then names the conv)."""
-    nodes = list(model.graph.node)
-    producer = {o: n for n in nodes for o in n.output}
-    consumers = defaultdict(list)
-    for n in nodes:
-        for i in n.input:
-            consumers[i].append(n)
-
-    def attr(n, name, default=0):
-        return next((onnx.helper.get_attribute_value(a) for a in n.attribute if a.name == name), default)
-
-    def after_conv(n) -> bool:
-        p = producer.get(n.input[0])
-        while p is not None and p.op_type == "BatchNormalization":
-            p = producer.get(p.input[0])
-        return p is not None and p.op_type in ("Conv", "Gemm") and len(consumers[p.output[0]]) == 1
-
-    feats: Dict[str, Set[str]] = {}
-    for n in nodes:
-        f = set()
-        if n.op_type in ("MaxPool", "AveragePool") and attr(n, "ceil_mode"):
-            f.add("ceil_mode pool")
-        if n.op_type == "AveragePool" and attr(n, "count_include_pad") and any(attr(n, "pads", [0])):
-            f.add("avgpool count_include_pad over padding")
-        if n.op_type == "GlobalMaxPool":
-            f.add("global max pool")
-        if n.op_type == "LeakyRelu":
-            f.add("leaky relu")
-        if n.op_type in ("Relu", "Clip") and not after_conv(n):
-            f.add("relu not after conv/dense")
-        if n.op_type == "BatchNormalization" and not after_conv(n):
-            f.add("batchnorm not after conv")
-        feats[n.name] = f
-    for n in nodes:
-        if n.op_type in ("Conv", "Gemm"):
-            nxt = consumers[n.output[0]]
-            while len(nxt) == 1 and nxt[0].op_type in ("BatchNormalization", "Relu", "Clip", "LeakyRelu"):
-                feats[n.name] |= feats[nxt[0].name]
-                nxt = consumers[nxt[0].output[0]]
-    return feats
-
-
 def refused_nodes(message: str) -> List[str]:
-    """The ONNX node names a refusal message names (``'nn.maxpool' op "maxpool3"``)."""
-    return re.findall(r"op \"([^\"]+)\"", message)
+    """The ONNX node names of the compute ops a refusal names (``'nn.maxpool' op "maxpool3"``); the
+    q.quantize/q.dequantize around a float island are not the refused feature."""
+    return [name for op, name in re.findall(r"'([\w.]+)' op \"([^\"]+)\"", message)
+            if op not in ("q.quantize", "q.dequantize")]
 
 
 # ---------------------------------------------------------------- one run
@@ -205,18 +178,19 @@ class Session:
             os.chdir(cwd)
         message = err.getvalue()
         assert "Traceback" not in message, message + where
+        gaps = KNOWN_GAPS[self.scheme]
+        matched = [f for f, (code, pattern) in MESSAGE_GAPS.items() if f in gaps and rc == code
+                   and re.search(pattern, message)]
+        if matched:
+            self._refused(matched, folder, where)
+            return
         if rc == 2:
             feats = node_features(model)
-            gaps = set(KNOWN_GAPS[self.scheme])
             named = refused_nodes(message)
-            unknown = [n for n in named if not feats.get(n, set()) & gaps]
+            unknown = [n for n in named if not feats.get(n, set()) & set(gaps)]
             assert named and not unknown, (f"qcc refused node(s) {unknown or '(none named)'} with no feature in "
                                            f"KNOWN_GAPS[{self.scheme!r}] (exit 2):\n{message}{where}")
-            known = sorted({f for n in named for f in feats[n]} & gaps)
-            assert not (folder / "c").exists(), f"a refusal left output files{where}"
-            for f in known:
-                self.refusals[f] += 1
-            shutil.rmtree(folder)
+            self._refused(sorted({f for n in named for f in feats[n]} & set(gaps)), folder, where)
             return
         assert rc == 0, f"qcc exited with {rc}:\n{message}{where}"
         graph = parse_file(folder / "lowered.qir")
@@ -230,6 +204,12 @@ class Session:
         assert db >= SQNR_FLOOR[self.scheme], (
             f"simulator vs onnxruntime: SQNR {db:.1f} dB < floor {SQNR_FLOOR[self.scheme]} dB{where}")
         self.compiled.append(Compiled(name, folder, graph, gen, samples, command, spec, want))
+
+    def _refused(self, features: List[str], folder: Path, where: str):
+        assert not (folder / "c").exists(), f"a refusal left output files{where}"
+        for f in features:
+            self.refusals[f] += 1
+        shutil.rmtree(folder)
 
     # ------------------------------------------------------------ the batched host build
     def build_and_compare(self):
@@ -324,8 +304,12 @@ def test_random_models_match_simulator_and_onnxruntime(scheme, tmp_path):
                        suppress_health_check=list(HealthCheck), print_blob=True,
                        phases=(Phase.explicit, Phase.generate, Phase.shrink))
 
+    gaps = frozenset(KNOWN_GAPS[scheme]) & frozenset(FEATURES)  # the ones the generator can leave out
+    # The gap-free branches first: hypothesis leans towards the first branch of one_of.
+    specs = st.one_of(*[model_specs(avoid=gaps)] * (WITH_GAPS_SHARE - 1), model_specs()) if gaps else model_specs()
+
     @options
-    @given(spec=model_specs())
+    @given(spec=specs)
     def compile_one(spec):
         session.compile(spec)
 
@@ -335,4 +319,4 @@ def test_random_models_match_simulator_and_onnxruntime(scheme, tmp_path):
     session.build_and_compare()
     print(session.summary())
     sys.stdout.flush()
-    assert len(session.compiled) >= count // 3, session.summary()  # most examples compiled, not refused
+    assert len(session.compiled) >= count // 2, session.summary()  # most examples compile: not a table of refusals

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -34,12 +35,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from qcc.backends.cmsis import TARGETS
 from qcc.tools.compile import main as qcc_main
 from test_random_models import KNOWN_GAPS
+from random_models import AVGPOOL_PAD_COUNTED
 
-TARGETS = ("cortex-m0plus", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55")
+CORES = ("cortex-m0plus", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55")
 SCHEMES = {"q7": [], "q15": ["--bits", "16"], "int8": ["--scheme", "int8"]}
-LAYERS_PER_MODEL = 14
+LAYERS_PER_MODEL = 20
+# VMLADAVA{X}.S8/S16 under either spelling (tests/test_backend_mve.py has the same pattern).
+VMLADAVA = re.compile(r"\bvmla(?:da)?vax?[te]?\.s(?:8|16)\b")
 
 needs_arm = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("make") is None,
                                reason="arm-none-eabi-gcc or make not installed")
@@ -113,6 +118,18 @@ class Zoo:
                       dilations=[dh, dw], group=group)
         self.output(self.relu(y))
 
+    def long_row_conv(self):
+        """A 1xN conv over a long row with an odd output-channel count >= 3: the 2x2 dot's tail."""
+        r = self.rng
+        c, kw = int(r.integers(1, 18)), int(r.integers(5, 16))
+        cout = int(r.choice([3, 5, 7, 9, 11, 13, 15, 17]))
+        h, w = int(r.integers(1, 4)), kw + int(r.integers(8, 40))
+        wgt = r.standard_normal((cout, c, 1, kw)) / np.sqrt(c * kw)
+        pads = [0, int(r.integers(0, kw)), 0, int(r.integers(0, kw))]
+        y = self.emit("Conv", [self.input(c, h, w), self.const(wgt), self.const(0.1 * r.standard_normal(cout))],
+                      f"conv {c}->{cout} on {h}x{w}, kernel 1x{kw}, pads {pads}", kernel_shape=[1, kw], pads=pads)
+        self.output(self.relu(y))
+
     def dense_layer(self):
         r = self.rng
         k, units = int(r.integers(1, 200)), int(r.integers(1, 18))
@@ -136,7 +153,7 @@ class Zoo:
                           kernel_shape=[kh, kw], strides=[sh, sw], pads=pads)
         else:
             # int8 refuses count_include_pad over padding (a known gap, tests/test_random_models.py)
-            gap = "avgpool count_include_pad over padding" in KNOWN_GAPS[self.scheme] and any(pads)
+            gap = AVGPOOL_PAD_COUNTED in KNOWN_GAPS[self.scheme] and any(pads)
             inc = 0 if gap else int(r.integers(0, 2))
             y = self.emit("AveragePool", [x], f"avgpool {c}ch {h}x{w}, kernel {kh}x{kw}, strides {sh}x{sw}, "
                           f"pads {pads}, count_include_pad {inc}", kernel_shape=[kh, kw], strides=[sh, sw],
@@ -176,21 +193,6 @@ def zoo_model(seed: int, scheme: str) -> Tuple[onnx.ModelProto, List[str]]:
     return z.model(), z.described
 
 
-def _long_row_conv(self):
-    """A 1xN conv over a long row with an odd output-channel count >= 3: the 2x2 dot's tail."""
-    r = self.rng
-    c, kw = int(r.integers(1, 18)), int(r.integers(5, 16))
-    cout = int(r.choice([3, 5, 7, 9, 11, 13, 15, 17]))
-    h, w = int(r.integers(1, 4)), kw + int(r.integers(8, 40))
-    wgt = r.standard_normal((cout, c, 1, kw)) / np.sqrt(c * kw)
-    pads = [0, int(r.integers(0, kw)), 0, int(r.integers(0, kw))]
-    y = self.emit("Conv", [self.input(c, h, w), self.const(wgt), self.const(0.1 * r.standard_normal(cout))],
-                  f"conv {c}->{cout} on {h}x{w}, kernel 1x{kw}, pads {pads}", kernel_shape=[1, kw], pads=pads)
-    self.output(self.relu(y))
-
-
-Zoo.long_row_conv = _long_row_conv
-
 
 # ---------------------------------------------------------------- the builds
 def compile_zoo(folder: Path, scheme: str, target: str, seed: int) -> Tuple[str, str, List[str]]:
@@ -223,7 +225,7 @@ def make_library(folder: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["make", "-s", "-C", str(folder / "c"), "all"], capture_output=True, text=True)
 
 
-CASES = [(scheme, target) for scheme in SCHEMES for target in TARGETS]
+CASES = [(scheme, target) for scheme in SCHEMES for target in CORES]
 
 
 @needs_arm
@@ -240,3 +242,11 @@ def test_layer_zoo_builds_with_werror_on_every_target(tmp_path):
             failures.append(f"{name}: make failed\n  reproduce: {command} && make -C c\n  layers:\n    "
                             + "\n    ".join(layers) + "\n" + (proc.stdout + proc.stderr)[-4000:])
     assert not failures, f"{len(failures)} of {len(jobs)} builds failed:\n" + "\n".join(failures)
+    # The core-specific dot products are what compiled: SMLAD on the DSP cores, VMLADAVA on the M55.
+    for (folder, name, _, _), (scheme, target) in zip(jobs, CASES):
+        dis = subprocess.run(["arm-none-eabi-objdump", "-d", "-m", "armv8.1-m.main" if target == "cortex-m55" else "arm",
+                              str(folder / "c" / "build" / f"{name}.o")], capture_output=True, text=True).stdout
+        if target == "cortex-m55":
+            assert VMLADAVA.search(dis), f"{name}: no VMLADAVA"
+        else:
+            assert ("smlad" in dis) == TARGETS[target].has_dsp, f"{name}: SMLAD present: {'smlad' in dis}"
