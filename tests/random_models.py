@@ -26,9 +26,15 @@ as well as from the saved .onnx file.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import shlex
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from collections import defaultdict
-from typing import Dict, FrozenSet, List, Set, Tuple
+from typing import Dict, FrozenSet, List, Sequence, Set, Tuple
 
 import numpy as np
 from hypothesis import strategies as st
@@ -317,8 +323,8 @@ def _spatial_after(layer: Layer, h: int, w: int) -> Tuple[int, int]:
 
 # ---------------------------------------------------------------- features of a model
 def node_features(model: onnx.ModelProto) -> Dict[str, Set[str]]:
-    """The FEATURES of each ONNX node (by name). A conv or dense also carries the features of the
-    batchnorm/activation chain it absorbs: a refusal of the fused layer names the conv."""
+    """The FEATURES of each ONNX node (by name). A conv, dense or add also carries the features of
+    the batchnorm/activation chain it absorbs: a refusal of the fused layer names that node."""
     nodes = list(model.graph.node)
     producer = {o: n for n in nodes for o in n.output}
     consumers = defaultdict(list)
@@ -352,9 +358,34 @@ def node_features(model: onnx.ModelProto) -> Dict[str, Set[str]]:
             f.add(LONE_BATCHNORM)
         feats[n.name] = f
     for n in nodes:
-        if n.op_type in ("Conv", "Gemm"):
+        if n.op_type in ("Conv", "Gemm", "Add"):
             nxt = consumers[n.output[0]]
             while len(nxt) == 1 and nxt[0].op_type in ("BatchNormalization", "Relu", "Clip", "LeakyRelu"):
                 feats[n.name] |= feats[nxt[0].name]
                 nxt = consumers[nxt[0].output[0]]
     return feats
+
+
+# ---------------------------------------------------------------- the qcc command
+def qcc_command(argv: Sequence[str]) -> str:
+    return "qcc " + " ".join(shlex.quote(a) for a in argv)
+
+
+def run_qcc(folder: Path, argv: Sequence[str], where: str = "") -> Tuple[int, str]:
+    """``qcc ARGV`` run in ``folder`` through the command's entry point (its error policy
+    included); returns (exit code, stderr). A traceback fails the calling test: it is a bug."""
+    import pytest
+    from qcc.tools.compile import main
+    err = io.StringIO()
+    cwd = os.getcwd()
+    try:
+        os.chdir(folder)
+        with contextlib.redirect_stderr(err):
+            rc = main(list(argv))
+    except BaseException:  # whatever escapes main is a crash
+        pytest.fail(f"qcc crashed:\n{traceback.format_exc()}{where}")
+    finally:
+        os.chdir(cwd)
+    message = err.getvalue()
+    assert "Traceback" not in message, message + where
+    return rc, message

@@ -9,23 +9,27 @@ affine int8, and ``make`` builds its library with the Makefile's flags.
 No run: tests/test_backend_*.py and tests/test_random_models.py check the
 numbers; this checks that every code path compiles warning-free.
 
-Layers (shapes drawn from a numpy generator seeded per scheme and target):
-depthwise conv (channel multipliers 1..8, channels 1..17, 1xN / Nx1 / square
-kernels, pads, strides, dilations), conv (odd output-channel counts, long 1xN
+Layers (20 per model, shapes drawn from a numpy generator seeded per scheme
+and target): depthwise conv (channel multipliers 1..8, channels 1..17, 1xN /
+Nx1 / square kernels, pads, strides, dilations; also 1..5 channels with
+multiplier 1..2 next to padding), conv (odd output-channel counts, long 1xN
 rows), dense, max/avg pool (padding, count_include_pad), add of two inputs.
 All layers of a model share one translation unit, so each (scheme, target)
-costs two arm-none-eabi-gcc runs; the 15 builds run two at a time.
+costs two arm-none-eabi-gcc runs; the 15 builds run two at a time. The object
+files must hold SMLAD on the DSP cores (none on the M0+) and VMLADAVA on the
+M55: the core-specific branches are what compiled. A failure prints the qcc
+command and the layer list that reproduce it.
+
+Regressions this caught (fixed): -Werror=aggressive-loop-optimizations in the
+scalar tail of qcc_dot1x2/2x2 (odd Cout >= 3, long rows, DSP cores); an
+unused ``zp2`` in the s8 depthwise path with < 4 channels next to padding; a
+Jinja crash (no ``zrow``) for s8 gemm convs with input_zp 0 next to padding.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 import re
-import shlex
 import shutil
 import subprocess
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import List, Tuple
@@ -36,9 +40,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qcc.backends.cmsis import TARGETS
-from qcc.tools.compile import main as qcc_main
 from test_random_models import KNOWN_GAPS
-from random_models import AVGPOOL_PAD_COUNTED
+from random_models import AVGPOOL_PAD_COUNTED, qcc_command, run_qcc
 
 CORES = ("cortex-m0plus", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55")
 SCHEMES = {"q7": [], "q15": ["--bits", "16"], "int8": ["--scheme", "int8"]}
@@ -206,18 +209,10 @@ def compile_zoo(folder: Path, scheme: str, target: str, seed: int) -> Tuple[str,
     np.savez(folder / "calib.npz", **calib)
     name = f"zoo_{scheme}_{target.replace('-', '_')}"
     argv = ["zoo.onnx", "-o", f"c/{name}.c", "--target", target, "--calib", "calib.npz", *SCHEMES[scheme]]
-    command = f"cd {folder} && qcc " + " ".join(shlex.quote(a) for a in argv)
-    err = io.StringIO()
-    cwd = os.getcwd()
-    try:
-        os.chdir(folder)
-        with contextlib.redirect_stderr(err):
-            rc = qcc_main(argv)
-    except BaseException:  # a traceback is a bug, whatever it is
-        pytest.fail(f"qcc crashed:\n{traceback.format_exc()}\nreproduce: {command}\nlayers:\n  " + "\n  ".join(layers))
-    finally:
-        os.chdir(cwd)
-    assert rc == 0, f"qcc exited with {rc}:\n{err.getvalue()}\nreproduce: {command}\nlayers:\n  " + "\n  ".join(layers)
+    command = f"cd {folder} && {qcc_command(argv)}"
+    where = f"\nreproduce: {command}\nlayers:\n  " + "\n  ".join(layers)
+    rc, message = run_qcc(folder, argv, where)
+    assert rc == 0, f"qcc exited with {rc}:\n{message}{where}"
     return name, command, layers
 
 
