@@ -236,7 +236,7 @@ def _conv2d(builder, op: Op, fn: str) -> dict:
         return ctx
     ctx.update(_weights(builder, op, fn, padded_rows(w, kp) if kp else w, zp),
                # One contiguous dot over a whole window row when not grouped and not dilated.
-               row_dot=g == 1 and dw == 1 and kw > 1)
+               row_dot=g == 1 and dw == 1 and kw > 1, zrow=None)  # None: padding taps are skipped (zp = 0)
     if path == "gemm" and not kp and (ctx["check_x"] or ctx["check_y"]) and zp != 0:
         # Taps in the padding read input_zp from here: (zp - zp) * w = 0 is their true term, and the
         # folded bias already holds -zp * w for them. One window row (or tap) of it.
