@@ -57,9 +57,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed as hypothesis_seed, settings, strategies as st
 
 from qcc.backends.cmsis import harness
-from random_models import (AVGPOOL_PAD_COUNTED, CEIL_MODE_POOL, FEATURES, GLOBAL_MAX_POOL, LEAKY_RELU,
-                           LONE_BATCHNORM, LONE_RELU, ModelSpec, build_model, model_specs, node_features,
-                           qcc_command, run_qcc)
+from random_models import (FEATURES, LONE_BATCHNORM, ModelSpec, build_model, model_specs, node_features, qcc_command,
+                           run_qcc)
 
 SCHEMES = {"q7": [], "q15": ["--bits", "16"], "int8": ["--scheme", "int8"]}
 TARGET = "cortex-m4"
@@ -73,11 +72,8 @@ TEST_SAMPLES = 3      # the first calibration samples: in range, so the floor me
 # MESSAGE_GAPS are errors recognised by exit code and message instead.
 Q15_ACCUMULATOR = "q15 accumulator headroom"
 KNOWN_GAPS: Dict[str, Dict[str, str]] = {
-    "q7": {
-        CEIL_MODE_POOL: "qnn pools have no partial windows (a ceil_mode window past the end padding)",
-    },
+    "q7": {},
     "q15": {
-        CEIL_MODE_POOL: "qnn pools have no partial windows (a ceil_mode window past the end padding)",
         Q15_ACCUMULATOR: "assign-qmn keeps the products under 2^30 but stores a large bias coarser "
                          "(bias_shift) instead of lowering the weight bits, so bias << bias_shift can still "
                          "be ~2^30 at accumulator precision: a 1x1 conv + batchnorm on one input channel "
@@ -85,12 +81,7 @@ KNOWN_GAPS: Dict[str, Dict[str, str]] = {
                          "message, no C written). A bug found by this test, not yet fixed.",
     },
     "int8": {
-        CEIL_MODE_POOL: "s8 pools have no partial windows yet (another helper is adding them)",
-        LEAKY_RELU: "no s8 leaky relu yet (another helper is adding it)",
-        GLOBAL_MAX_POOL: "no s8 global max pool yet (another helper is adding it)",
-        LONE_RELU: "a Relu/Clip that no conv or dense absorbs has no s8 op",
         LONE_BATCHNORM: "a BatchNormalization that folds into no conv has no s8 op",
-        AVGPOOL_PAD_COUNTED: "s8 average pools divide by the unpadded count (TFLite's rule)",
     },
 }
 MESSAGE_GAPS = {Q15_ACCUMULATOR: (1, r"check-quantized.*int32 accumulator can overflow")}
