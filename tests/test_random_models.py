@@ -108,10 +108,13 @@ def example_count() -> int:
 
 # ---------------------------------------------------------------- refusals
 def refused_nodes(message: str) -> List[str]:
-    """The ONNX node names of the compute ops a refusal names (``'nn.maxpool' op "maxpool3"``); the
+    """The ONNX node names of the compute ops a refusal names: ``node "bn5" (BatchNormalization)`` as
+    check-legal lists them, or ``'nn.maxpool' op "maxpool3"`` from a later pass; the
     q.quantize/q.dequantize around a float island are not the refused feature."""
-    return [name for op, name in re.findall(r"'([\w.]+)' op \"([^\"]+)\"", message)
-            if op not in ("q.quantize", "q.dequantize")]
+    onnx_terms = re.findall(r'node "([^"]+)" \((\w+)\)', message)
+    return [name for name, _ in onnx_terms] + [
+        name for op, name in re.findall(r"'([\w.]+)' op \"([^\"]+)\"", message)
+        if op not in ("q.quantize", "q.dequantize")]
 
 
 # ---------------------------------------------------------------- one run
