@@ -133,8 +133,8 @@ INT8_LEGAL: Dict[str, Check] = {
 # Why the remaining float ops never lower, in users' terms.
 NEVER: Dict[str, str] = {
     "nn.batchnorm": "it does not follow a conv/dense it could fold into",
-    "nn.scale_shift": "a per-channel scale/shift (a BatchNormalization or constant Mul/Add) that does not fold "
-                      "into a conv/dense has no int8 kernel",
+    "nn.scale_shift": "a per-channel scale/shift (a BatchNormalization or constant Mul/Add) lowers in int8 only "
+                      "over the channels of a 4-D tensor (as a depthwise 1x1 conv) or folded into a conv/dense",
     "nn.gemm": "the weights are not constant", "nn.matmul": "the right operand is not a 2-D constant",
     "nn.div": "only division by a constant scalar or per-channel vector lowers",
     "nn.reduce_mean": "only a mean over both spatial axes of a 4-D tensor lowers, as a global average pool",

@@ -11,7 +11,12 @@ Exact float identities, run before ``calibrate`` in ``int8-calibrated``:
   ``global_avgpool`` (the int8 average pool);
 * ``x / k`` with a constant ``k`` becomes ``x * (1 / k)`` (TFLite has no int8
   DIV; its converter multiplies by the reciprocal). Not exact: ``1 / k`` is
-  rounded to float32, a relative change below 2^-24, far under one int8 step.
+  rounded to float32, a relative change below 2^-24, far under one int8 step;
+* ``scale_shift(x, s, t)`` on the channel axis of a 4-D tensor (a BatchNormalization
+  that follows no conv, or a per-channel constant Mul/Add) becomes a depthwise 1x1
+  conv with ``w[c] = s[c]`` and bias ``t[c]``: the same float arithmetic, and an int8
+  layer TFLite has (DEPTHWISE_CONV_2D). Its per-channel symmetric weight scale
+  ``|s[c]| / 127`` stores each weight as +-127 exactly.
 
 The first two patterns are legalize-qmn's (passes/legalize_qmn.py); the Qm.n-only ones
 (constant arithmetic to ``scale_shift``) are not applied here: in int8 a
@@ -50,13 +55,39 @@ class DivideByConstantToMul(RewritePattern):
         return True
 
 
+class ScaleShiftToDepthwise(RewritePattern):
+    """scale_shift(x, s, t) over the channels of a 4-D tensor -> depthwise 1x1 conv2d(x, s, t)."""
+
+    op_names = ("nn.scale_shift",)
+
+    def match_and_rewrite(self, op: Op, rewriter: Rewriter) -> bool:
+        x, s, t = op.operands
+        if s.constant() is None or t.constant() is None:
+            return rewriter.notify_match_failure(op, "the scale or the shift is not a constant")
+        rank = x.type.rank
+        axis = op.attrs["axis"] % rank if rank else 0
+        if rank != 4 or axis not in (1, 3):
+            return rewriter.notify_match_failure(op, "not the channel axis of a 4-D tensor")
+        channels = x.shape[axis]
+        scale = np.broadcast_to(np.asarray(s.constant(), np.float32).reshape(-1), (channels,))
+        shift = np.broadcast_to(np.asarray(t.constant(), np.float32).reshape(-1), (channels,))
+        rewriter.anchor = op
+        w = rewriter.create_const(np.ascontiguousarray(scale).reshape(channels, 1, 1, 1), name=f"{op.name}.weight")
+        b = rewriter.create_const(np.ascontiguousarray(shift), name=f"{op.name}.bias")
+        conv = rewriter.create_op("nn.conv2d", [x, w, b], {"group": channels, "layout": "NCHW" if axis == 1 else "NHWC"},
+                                  [op.result.type], name=op.name)
+        rewriter.replace_op(op, conv)
+        return True
+
+
 def populate_legalize_affine_patterns() -> List[RewritePattern]:
-    return [SplitLeakyRelu(), SpatialMeanToGlobalAvgPool(), DivideByConstantToMul()]
+    return [SplitLeakyRelu(), SpatialMeanToGlobalAvgPool(), DivideByConstantToMul(), ScaleShiftToDepthwise()]
 
 
 @register_pass
 class LegalizeAffine(PatternPass):
-    """Split fused leaky_relu off conv/dense/add, make spatial means global pools, divisions multiplications.
+    """Split fused leaky_relu off conv/dense/add; spatial means to global pools; x / k to x * (1 / k);
+    channel scale_shifts to depthwise 1x1 convs.
 
     Before::
 

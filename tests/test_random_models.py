@@ -57,7 +57,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed as hypothesis_seed, settings, strategies as st
 
 from qcc.backends.cmsis import harness
-from random_models import (FEATURES, LONE_BATCHNORM, ModelSpec, build_model, model_specs, node_features, qcc_command,
+from random_models import (FEATURES, ModelSpec, build_model, model_specs, node_features, qcc_command,
                            run_qcc)
 
 SCHEMES = {"q7": [], "q15": ["--bits", "16"], "int8": ["--scheme", "int8"]}
@@ -80,9 +80,7 @@ KNOWN_GAPS: Dict[str, Dict[str, str]] = {
                          "(products 8.9e8 + bias 3.26e8 << 2 = 1.30e9) fails check-quantized (exit 1, a clear "
                          "message, no C written). A bug found by this test, not yet fixed.",
     },
-    "int8": {
-        LONE_BATCHNORM: "a BatchNormalization that folds into no conv has no s8 op",
-    },
+    "int8": {},
 }
 MESSAGE_GAPS = {Q15_ACCUMULATOR: (1, r"check-quantized.*int32 accumulator can overflow")}
 # Share of examples drawn with the scheme's known gaps left in (the rest leave them out, so that most
