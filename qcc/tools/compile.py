@@ -33,7 +33,7 @@ import numpy as np
 from qcc.errors import InputError
 from qcc.ir.graph import Graph
 from qcc.backend_registry import get_backend
-from qcc.tools.cli import _run, load_graph, parse_input_shapes
+from qcc.tools.cli import _check_output_paths, _run, _same_file, check_jobs, load_graph, parse_input_shapes
 
 TARGET_NAMES = ("cortex-m0", "cortex-m0plus", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55")
 SCHEMES = ("qmn", "int8")
@@ -120,8 +120,10 @@ def parse_act_max(specs: Sequence[str]) -> Dict[str, float]:
             v = float(value)
         except ValueError:
             v = float("nan")
-        if not sep or not name or not np.isfinite(v) or v <= 0:
-            raise InputError(f"--act-max takes NAME=V with V a positive number, got '{spec}'")
+        if spec.count("=") != 1 or not name or not np.isfinite(v) or v <= 0:
+            raise InputError(f"--act-max takes NAME=V (one '=') with V a positive finite number, got '{spec}'")
+        if name in out:
+            raise InputError(f"--act-max gives tensor '{name}' twice")
         out[name] = v
     return out
 
@@ -188,6 +190,9 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
         raise InputError(f"--bits must be 8 or 16, got {bits}")
     if report and Path(report).suffix not in (".md", ".json"):
         raise InputError(f"--report writes Markdown (.md) or JSON (.json), got '{report}'")
+    check_jobs(jobs)
+    _check_output_paths(model, [("-o", output), ("--emit-ir", emit_ir), ("--report", report)],
+                        sidecar_of="--emit-ir")
     graph = load_graph(model, input_shapes)
     float_graph = None
     notes: List[str] = []
@@ -216,16 +221,32 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     gen.warnings[:0] = notes
     files = {out.parent / rel: data for rel, data in gen.files.items()}
     if emit_ir:
-        files.update(_ir_files(graph, Path(emit_ir)))
+        extra_files = _ir_files(graph, Path(emit_ir))
+        _refuse_overlap("--emit-ir", extra_files, files)
+        files.update(extra_files)
     if report:
+        _refuse_overlap("--report", {Path(report): b""}, files)
         summary = make_report(gen, graph, model)
         if Path(report).suffix == ".json":
             files[Path(report)] = (json.dumps(summary, indent=2) + "\n").encode()
         else:
             files[Path(report)] = markdown_report(summary, float_graph, graph, calib).encode()
+    inputs = {_same_file(p): flag for flag, p in (("the model", model), ("--calib", calib)) if p}
+    for p in files:
+        if _same_file(p) in inputs:
+            raise InputError(f"writing {p} would overwrite {inputs[_same_file(p)]}; choose another -o folder")
     from qcc.fileio import write_files
     write_files(files)
     return gen
+
+
+def _refuse_overlap(flag: str, extra: Dict[Path, bytes], files: Dict[Path, bytes]):
+    """Refuse an extra output that lands on a generated file (NAME.h, Makefile, firmware/...)."""
+    generated = {_same_file(p): p for p in files}
+    for p in extra:
+        if _same_file(p) in generated:
+            raise InputError(f"{flag} {p} would overwrite the generated {generated[_same_file(p)]}; "
+                             f"give it a path of its own")
 
 
 def _ir_files(graph: Graph, path: Path) -> Dict[Path, bytes]:
