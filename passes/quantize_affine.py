@@ -279,7 +279,7 @@ def _build(options) -> List:
     passes.append(make_pass("quantize-affine", {"per_channel": str(o["per_channel"]),
                                                 "float_output": str(o["float_output"])}))
     passes.append(make_pass("lower-qdq", {"fc_rounding": o["fc_rounding"]}))
-    passes += ["canonicalize", "dce"]
+    passes += ["canonicalize", "dce", "check-quantized"]
     return passes
 
 

@@ -215,6 +215,10 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     if kernels == "cmsis-nn" and not any(op.opname.startswith("s8.") for op in graph.ops):
         raise InputError("--kernels cmsis-nn calls CMSIS-NN's affine int8 (s8) API, and this graph has no s8 "
                          "layer; compile with --scheme int8 (or a QDQ model), or leave --kernels at qcc")
+    # Whatever the path (pipeline, QDQ, or an already lowered .qir), no layer may overflow its int32
+    # accumulator in C: the pipelines end in this check, a lowered .qir gets it here.
+    from qcc.transforms.passmanager import PassManager
+    PassManager.parse("check-quantized").run(graph)
     extra = {"kernels": kernels} if kernels != "qcc" else {}  # only the cmsis backend knows cmsis-nn
     gen = get_backend(backend).generate(graph, name=name or out.stem, target=target, float_output=float_output,
                                         **extra)
