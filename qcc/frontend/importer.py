@@ -250,6 +250,11 @@ def _default_opset(model, source) -> int:
     if not versions:
         raise InputError(f"{source}: the model imports no ai.onnx opset")
     opset = versions[0]
+    known = onnx.defs.onnx_opset_version()
+    if opset > known:
+        raise UnsupportedModelError(
+            f"{source}: the model imports ai.onnx opset {opset}, beyond the newest this onnx package knows "
+            f"({known}); qcc reads opsets {MIN_OPSET} to {known}")
     if opset < MIN_OPSET:
         raise UnsupportedModelError(
             f"{source}: opset {opset} is older than {MIN_OPSET}; convert it first, e.g. "

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-from onnx import defs, helper, numpy_helper
+from onnx import TensorProto, defs, helper, numpy_helper
 
 from qcc.errors import OpError
 from qcc.frontend.importer import MAX_OPSET, ONNX_DTYPES, Importer, onnx_dtype_name
@@ -86,7 +86,28 @@ def _check_node(imp: Importer, node) -> Optional[str]:
         elem = imp.types.get(name, (None, 0))[1]
         if name and elem and elem not in ONNX_DTYPES:
             return f"tensor '{name}' has element type {onnx_dtype_name(elem)}, which qcc does not support"
-    return lift.check(imp, node, a) if lift.check else None
+    return _check_values(imp, node) or (lift.check(imp, node, a) if lift.check else None)
+
+
+def _check_values(imp: Importer, node) -> Optional[str]:
+    """Constants that would silently give wrong numbers, and integer graph inputs cast to float."""
+    for name in node.input:
+        c = imp.const(name)
+        if c is not None and c.dtype.kind == "f" and c.size and not np.isfinite(c).all():
+            return f"constant '{name}' holds NaN or infinite values"
+    if node.op_type == "Div" and len(node.input) > 1:
+        d = imp.const(node.input[1])
+        if d is not None and d.size and (np.asarray(d) == 0).any():
+            at = int(np.flatnonzero(np.asarray(d).reshape(-1) == 0)[0])
+            return f"divides by constant '{node.input[1]}', which is 0 at element {at}"
+    graph_inputs = {i.name for i in imp.model.graph.input} - set(imp.consts)
+    if node.op_type == "Cast" and node.input and node.input[0] in graph_inputs:
+        elem = imp.types.get(node.input[0], (None, 0))[1]
+        if elem not in (0, TensorProto.FLOAT):
+            return (f"casts graph input '{node.input[0]}' ({onnx_dtype_name(elem)}) to float: qcc's C API "
+                    f"takes float inputs (quantized by NAME_quantize_input); declare the input float and "
+                    f"remove the Cast (the pixel values stay the same numbers)")
+    return None
 
 
 def lift_node(imp: Importer, node):

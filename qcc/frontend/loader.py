@@ -31,11 +31,69 @@ def load_model(path: Union[str, Path], input_shapes: Optional[dict] = None) -> G
     raise InputError(f"{path}: unknown model format '{suffix or '(no suffix)'}'; qcc reads .onnx and .qir files")
 
 
+# Sliding-window attributes and their smallest legal value (ONNX Conv, ConvTranspose, pools).
+WINDOW_ATTRIBUTES = {"strides": 1, "dilations": 1, "kernel_shape": 1, "pads": 0, "group": 1}
+WINDOW_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool",
+              "MaxUnpool"}
+
+
+def _check_window_attributes(g, source):
+    """Name the node and attribute of a zero/negative stride, dilation, kernel or pad before anything
+    downstream (shape inference, the checker) fails on it with a message about some other tensor."""
+    for i, node in enumerate(g.node):
+        if node.op_type not in WINDOW_OPS:
+            continue
+        for a in node.attribute:
+            least = WINDOW_ATTRIBUTES.get(a.name)
+            if least is None or a.type not in (onnx.AttributeProto.INTS, onnx.AttributeProto.INT):
+                continue
+            values = list(a.ints) if a.type == onnx.AttributeProto.INTS else [a.i]
+            if any(v < least for v in values):
+                name = node.name or f"#{i}"
+                shown = values if a.type == onnx.AttributeProto.INTS else values[0]
+                raise InputError(f"{source}: ONNX node \"{name}\" ({node.op_type}): attribute '{a.name}' must "
+                                 f"be >= {least}, got {shown}")
+
+
+def _check_graph_interface(proto: onnx.ModelProto, source) -> onnx.ModelProto:
+    """Refuse a graph with nothing to compile, and name any output whose type or shape is unknown.
+
+    Graph outputs without a shape are common in exported models: ONNX shape
+    inference fills them in; only what it cannot find is an error.
+    """
+    g = proto.graph
+    init_names = {i.name for i in g.initializer}
+    _check_window_attributes(g, source)
+    if not g.node:
+        raise InputError(f"{source}: the graph has no nodes: there is nothing to compile")
+    if not g.output:
+        raise InputError(f"{source}: the graph has no outputs: there is nothing to compute")
+    if not [i for i in g.input if i.name not in init_names]:
+        raise InputError(f"{source}: the graph has no inputs (only initializers): its C function would have "
+                         f"nothing to read")
+    for o in g.output:
+        if not o.type.HasField("tensor_type") or not o.type.tensor_type.elem_type:
+            raise InputError(f"{source}: graph output '{o.name}' has no tensor type; give it one "
+                             f"(e.g. onnx.helper.make_tensor_value_info)")
+    if all(o.type.tensor_type.HasField("shape") for o in g.output):
+        return proto
+    try:
+        inferred = shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:
+        inferred = proto
+    for o in inferred.graph.output:
+        if not o.type.tensor_type.HasField("shape"):
+            raise InputError(f"{source}: graph output '{o.name}' has no shape and ONNX shape inference "
+                             f"cannot find one; give the output a shape")
+    return inferred
+
+
 def load_onnx(model: Union[str, Path, onnx.ModelProto], input_shapes: Optional[dict] = None) -> Graph:
     """Lift an ONNX model into a verified qcc Graph (see the module docstring)."""
     proto, source = _read(model)
     proto = onnx.ModelProto.FromString(proto.SerializeToString())  # never mutate the caller's model
     opset = _default_opset(proto, source)
+    proto = _check_graph_interface(proto, source)
     try:
         onnx.checker.check_model(proto)
     except Exception as e:  # ValidationError, or decoding errors on corrupt strings
