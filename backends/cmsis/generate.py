@@ -113,8 +113,9 @@ def _check_fits_ram(graph: Graph, tgt) -> None:
     for v in (v for v in values if not v.type.is_float):  # float API inputs/outputs are the caller's buffers
         size = int(np.prod(v.shape, dtype=object)) * v.type.np_dtype.itemsize
         if size > tgt.ram_bytes:
+            label = v.name or next((o.name for o in (v.producer.operands if v.producer else []) if o.name), "")
             where = f"graph input '{v.name}'" if v.producer is None else \
-                f"the result of {v.producer.describe()}"
+                f"tensor '{label}' (the result of {v.producer.describe()})"
             raise UnsupportedModelError(
                 f"{where} ({'x'.join(map(str, v.shape))} {v.type.dtype}) needs {size:,} bytes, more than the "
                 f"{tgt.ram_bytes:,} bytes of RAM of {tgt.name}'s board; use a smaller input shape")

@@ -273,7 +273,10 @@ def _pin_input_shapes(model, input_shapes: Optional[dict], source: str):
                          f"{', '.join(i.name for i in inputs)}")
     for vi in list(inputs) + list(model.graph.output):
         if not vi.type.HasField("tensor_type"):
-            kind = vi.type.WhichOneof("value") or "untyped"
+            kind = vi.type.WhichOneof("value")
+            if kind is None:
+                raise InputError(f"{source}: graph input/output '{vi.name}' has no type; give it a tensor type "
+                                 f"and shape")
             raise UnsupportedModelError(f"{source}: graph input/output '{vi.name}' is a {kind.replace('_type', '')}, "
                                         f"not a tensor; qcc supports tensors only")
     for vi in inputs:

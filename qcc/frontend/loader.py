@@ -55,15 +55,19 @@ def _check_window_attributes(g, source):
                                  f"be >= {least}, got {shown}")
 
 
-def _check_graph_interface(proto: onnx.ModelProto, source) -> onnx.ModelProto:
-    """Refuse a graph with nothing to compile, and name any output whose type or shape is unknown.
+def _run_checker(proto: onnx.ModelProto, source):
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:  # ValidationError, or decoding errors on corrupt strings
+        text = str(e).strip().splitlines()
+        raise InputError(f"{source}: the ONNX checker rejects the model: "
+                         f"{text[0] if text else type(e).__name__}") from None
 
-    Graph outputs without a shape are common in exported models: ONNX shape
-    inference fills them in; only what it cannot find is an error.
-    """
+
+def _check_graph_interface(proto: onnx.ModelProto, source) -> None:
+    """Refuse a graph with nothing to compile: no nodes, no outputs or no inputs."""
     g = proto.graph
     init_names = {i.name for i in g.initializer}
-    _check_window_attributes(g, source)
     if not g.node:
         raise InputError(f"{source}: the graph has no nodes: there is nothing to compile")
     if not g.output:
@@ -71,35 +75,34 @@ def _check_graph_interface(proto: onnx.ModelProto, source) -> onnx.ModelProto:
     if not [i for i in g.input if i.name not in init_names]:
         raise InputError(f"{source}: the graph has no inputs (only initializers): its C function would have "
                          f"nothing to read")
-    for o in g.output:
-        if not o.type.HasField("tensor_type") or not o.type.tensor_type.elem_type:
-            raise InputError(f"{source}: graph output '{o.name}' has no tensor type; give it one "
-                             f"(e.g. onnx.helper.make_tensor_value_info)")
-    if all(o.type.tensor_type.HasField("shape") for o in g.output):
-        return proto
-    try:
-        inferred = shape_inference.infer_shapes(proto, data_prop=True)
-    except Exception:
-        inferred = proto
-    for o in inferred.graph.output:
-        if not o.type.tensor_type.HasField("shape"):
-            raise InputError(f"{source}: graph output '{o.name}' has no shape and ONNX shape inference "
-                             f"cannot find one; give the output a shape")
-    return inferred
+
+
+def _checker_probe(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy for onnx.checker whose shapeless or untyped graph inputs/outputs pretend to be typed scalars.
+
+    The checker refuses those without naming them; qcc names them itself
+    (``--input-shape`` for inputs), and types outputs by shape inference and
+    its own import-time evaluation.
+    """
+    probe = onnx.ModelProto.FromString(proto.SerializeToString())
+    for vi in list(probe.graph.input) + list(probe.graph.output):
+        kind = vi.type.WhichOneof("value")
+        if kind is None or (kind == "tensor_type" and not vi.type.tensor_type.HasField("shape")):
+            vi.type.tensor_type.elem_type = vi.type.tensor_type.elem_type or onnx.TensorProto.FLOAT
+            vi.type.tensor_type.shape.SetInParent()
+    return probe
 
 
 def load_onnx(model: Union[str, Path, onnx.ModelProto], input_shapes: Optional[dict] = None) -> Graph:
     """Lift an ONNX model into a verified qcc Graph (see the module docstring)."""
     proto, source = _read(model)
     proto = onnx.ModelProto.FromString(proto.SerializeToString())  # never mutate the caller's model
+    if not proto.HasField("graph") and not proto.opset_import:  # an empty file parses as an empty message
+        raise InputError(f"{source}: not an ONNX model (no graph: the file is empty or in another format)")
     opset = _default_opset(proto, source)
-    proto = _check_graph_interface(proto, source)
-    try:
-        onnx.checker.check_model(proto)
-    except Exception as e:  # ValidationError, or decoding errors on corrupt strings
-        text = str(e).strip().splitlines()
-        raise InputError(f"{source}: the ONNX checker rejects the model: "
-                         f"{text[0] if text else type(e).__name__}") from None
+    _check_window_attributes(proto.graph, source)
+    _check_graph_interface(proto, source)
+    _run_checker(_checker_probe(proto), source)
     _pin_input_shapes(proto, input_shapes, source)
     try:
         proto = shape_inference.infer_shapes(proto, data_prop=True)

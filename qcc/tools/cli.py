@@ -320,7 +320,10 @@ def load_inputs(path: str, graph: Graph) -> Dict[str, np.ndarray]:
                              f"{len(graph.inputs)} inputs ({names}); give an .npz keyed by input name")
         return {graph.inputs[0].name: data}
     with data:
-        arrays = {k: data[k] for k in data.files}
+        try:
+            arrays = {k: data[k] for k in data.files}
+        except Exception as e:  # object (pickled) arrays, corrupt members: never unpickled
+            raise InputError(f"cannot read {path}: {e}") from None
     names = [v.name for v in graph.inputs]
     missing = [n for n in names if n not in arrays]
     if missing:
