@@ -181,4 +181,5 @@ class CheckQuantized(Pass):
         if reaches(op.results[0], "q.quantize", True) and any(reaches(v, "q.dequantize", False)
                                                                for v in op.operands):
             raise PassError(f"{op.describe()} is still a float op inside the quantized region "
-                            f"(between q.dequantize and q.quantize); lower-quantized could not lower it")
+                            f"(between q.dequantize and q.quantize): the quantizing pipeline has no integer lowering for it "
+                            f"under this scheme")
