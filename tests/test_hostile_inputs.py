@@ -151,6 +151,31 @@ def test_extreme_inputs_quantize_alike_in_c_and_simulator(tmp_path, capsys, sche
     assert q["mixed"][0] == zp and q["mixed"][2] == info.min and q["mixed"][4] == info.max
 
 
+@pytest.mark.skipif(harness.tools_missing("arm-none-eabi-gcc", "qemu-system-arm") is not None,
+                    reason="arm-none-eabi-gcc or qemu-system-arm not installed")
+@pytest.mark.parametrize("scheme", ["qmn", "int8"])
+def test_extreme_inputs_on_qemu_m4_match_the_simulator(tmp_path, capsys, scheme):
+    """The M4's FPU compares and converts NaN and Inf as the host does: the same codes in QEMU."""
+    onnx.save(conv_chain(1, channels=1, size=4), tmp_path / "m.onnx")
+    calib = calib_for(tmp_path / "calib.npz", (1, 1, 4, 4))
+    out = tmp_path / "out"
+    code, err = run_tool("qcc", [tmp_path / "m.onnx", "-o", out / "net.c", "--target", "cortex-m4", "--calib", calib,
+                                 "--scheme", scheme, "--emit-ir", tmp_path / "m.qir"], capsys)
+    assert code == 0, err
+    graph = parse_file(tmp_path / "m.qir")
+    from qcc.backends.cmsis import generate
+    gen = generate(graph, "net", "cortex-m4")
+    x = np.stack([a.astype(np.float32).reshape(1, 1, 4, 4) for a in EXTREMES.values()])
+    count = harness.write_samples(out / "in.bin", graph, {"x": x})
+    harness.run_qemu(out, out / "in.bin", out / "out.bin")
+    got = harness.read_outputs(out / "out.bin", gen, count)
+    want = harness.simulate(graph, gen, {"x": x})
+    for a, b in zip(got.quantized, want.quantized):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(got.floats, want.floats):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
 # ---------------------------------------------------------------- the corpus
 F, U8 = TensorProto.FLOAT, TensorProto.UINT8
 
