@@ -391,15 +391,18 @@ def _place(buffers: List[Buffer], links: Dict[int, Link], fit: str) -> Dict[int,
     head: Dict[int, Buffer] = {}
 
     def resolve(b: Buffer):
-        if id(b) in rel:
-            return
-        if id(b) in parent:
-            p = parent[id(b)]
-            resolve(p)
-            rel[id(b)] = rel[id(p)] + disp[id(b)]
-            head[id(b)] = head[id(p)]
-        else:
+        # Up the chain to a resolved buffer or the head, then back down: a loop, since an
+        # in-place chain is as long as the network is deep.
+        chain = []
+        while id(b) not in rel and id(b) in parent:
+            chain.append(b)
+            b = parent[id(b)]
+        if id(b) not in rel:
             rel[id(b)], head[id(b)] = 0, b
+        for c in reversed(chain):
+            p = parent[id(c)]
+            rel[id(c)] = rel[id(p)] + disp[id(c)]
+            head[id(c)] = head[id(p)]
     for b in buffers:
         resolve(b)
     blocks: Dict[int, List[Buffer]] = {}
