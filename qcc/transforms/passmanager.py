@@ -288,7 +288,7 @@ def parse_pipeline(text: str, _depth: int = 0) -> List[Pass]:
     if _depth > 16:
         raise PipelineError("pipelines nest more than 16 deep (a pipeline that includes itself?)")
     _load_registered()
-    where = f"pipeline '{text}'"
+    where = f"pipeline '{text if len(text) <= 120 else text[:100] + '...'}'"
     passes: List[Pass] = []
     if not text.strip():
         return passes
