@@ -215,6 +215,9 @@ def float_epilogue(v: Value) -> List[Op]:
     return chain[::-1]
 
 
+MAX_LINK_TRIALS = 128  # in-place links whose removal make_plan tries one at a time (see there)
+
+
 def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) -> Plan:
     """Schedule ``graph`` and place every API and intermediate tensor in the arena.
 
@@ -353,7 +356,9 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
 
     used_links = dict(links)
     arena, _, placement = evaluate(used_links)
-    for key in list(links):
+    # Each trial re-places every buffer: a network thousands of layers deep would take hours, so
+    # only the first MAX_LINK_TRIALS links are tried (real models have tens); the rest stay.
+    for key in list(links)[:MAX_LINK_TRIALS]:
         trial = {k: v for k, v in used_links.items() if k != key}
         result = evaluate(trial)
         if result[0] < arena:
