@@ -400,6 +400,12 @@ CASES = [
      ["conv_bad", "Conv", "pads"]),
     ("conv-dilations-0", "qcc", lambda t: _qcc(t, _conv_attr(t, dilations=[0, 1])), 1,
      ["conv_bad", "dilations"]),
+    ("softmax-axis-out-of-range", "qcc", lambda t: _qcc(t, _save(t, _model(
+        [helper.make_node("Softmax", ["x"], ["y"], name="probs", axis=5)], [("x", F, [1, 4])], [("y", F, [1, 4])]))),
+     1, ["probs", "Softmax", "axis 5"]),
+    ("zero-size-input", "qcc", lambda t: _qcc(t, _save(t, _model(
+        [helper.make_node("Relu", ["x"], ["y"], name="r")], [("x", F, [1, 0, 4])], [("y", F, [1, 0, 4])]))),
+     1, ["'x'", "zero dimension"]),
     ("untyped-output", "qcc", lambda t: _qcc(t, _untyped_output(t)), 1, ["'y'", "no type"]),
     ("division-by-zero-constant", "qcc", lambda t: _qcc(t, _div_by_zero(t)), 2, ["scale_div", "Div", "0"]),
     ("uint8-input-cast-to-float", "qcc", lambda t: _qcc(t, _uint8_cast(t)), 2, ["to_float", "Cast", "img"]),

@@ -194,6 +194,10 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     _check_output_paths(model, [("-o", output), ("--emit-ir", emit_ir), ("--report", report)],
                         sidecar_of="--emit-ir")
     graph = load_graph(model, input_shapes)
+    for v in graph.inputs:
+        if v.type.size == 0:  # the interpreter runs empty tensors; a C API with empty buffers is an error
+            raise InputError(f"{model}: input '{v.name}' has a zero dimension ({'x'.join(map(str, v.shape))}): "
+                             f"it holds no values")
     float_graph = None
     notes: List[str] = []
     if is_lowered(graph) or is_qdq(graph):
