@@ -389,6 +389,12 @@ CASES = [
                                                '  qcc.return %1 : tensor<1x100000x100000xf32>\n}\n'),
                                         "-o", t / "out" / "net.c", "--target", "cortex-m4"], 2,
      ["1x100000x100000", "RAM"]),
+    ("ir-huge-pad-before-calibration", "qcc", lambda t: [
+        _ir(t, 'qcc.graph @g(%x: tensor<1x4xf32>) -> (tensor<1x400000000004xf32> {name = "y"}) {\n'
+               '  %0 = nn.pad %x {pads = [0, 0, 0, 400000000000], value = 0.0} : tensor<1x400000000004xf32>\n'
+               '  qcc.return %0 : tensor<1x400000000004xf32>\n}\n'),
+        "-o", t / "out" / "net.c", "--target", "cortex-m4", "--calib",
+        _calib(t, "c.npz", x=np.zeros((2, 1, 4), np.float32))], 2, ["nn.pad", "400,000,000,004", "RAM"]),
     # models
     ("empty-graph", "qcc", lambda t: _qcc(t, _save(t, _model([], [], []))), 1, ["bad.onnx", "no nodes"]),
     ("no-outputs", "qcc", lambda t: _qcc(t, _save(t, _model([helper.make_node("Relu", ["x"], ["y"], name="r")],

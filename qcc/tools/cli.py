@@ -44,6 +44,11 @@ def _run(prog: str, parser: argparse.ArgumentParser, command: Callable[[argparse
         except OSError:
             pass
         return 0
+    except MemoryError as e:  # a tensor too large for this machine (numpy's _ArrayMemoryError says its size)
+        what = str(e).strip() or "a tensor too large for this machine"
+        print(f"{prog}: error: out of memory: {what}; is a tensor of the model (or an --input-shape) "
+              f"far larger than intended?", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -25,12 +25,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from qcc.errors import InputError
+from qcc.errors import InputError, UnsupportedModelError
 from qcc.ir.graph import Graph
 from qcc.backend_registry import get_backend
 from qcc.tools.cli import _check_output_paths, _run, _same_file, check_jobs, load_graph, parse_input_shapes
@@ -198,6 +199,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
         if v.type.size == 0:  # the interpreter runs empty tensors; a C API with empty buffers is an error
             raise InputError(f"{model}: input '{v.name}' has a zero dimension ({'x'.join(map(str, v.shape))}): "
                              f"it holds no values")
+    _check_sizes(graph, model, getattr(get_backend(backend), "TARGETS", {}).get(target))
     float_graph = None
     notes: List[str] = []
     if is_lowered(graph) or is_qdq(graph):
@@ -246,6 +248,22 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     from qcc.fileio import write_files
     write_files(files)
     return gen
+
+
+def _check_sizes(graph: Graph, model: str, target) -> None:
+    """Before calibration runs the graph: a tensor whose elements alone (one byte each, at least, once
+    quantized) outnumber the target's RAM cannot be compiled, and would only exhaust this machine."""
+    ram = getattr(target, "ram_bytes", 0)
+    if not ram:
+        return
+    values = list(graph.inputs) + [r for op in graph.ops if op.opname != "qcc.const" for r in op.results]
+    for v in values:
+        elements = math.prod(v.shape)  # exact: TensorType.size is int64 and a hostile shape overflows it
+        if elements > ram:
+            where = f"input '{v.name}'" if v.producer is None else f"the result of {v.producer.describe()}"
+            raise UnsupportedModelError(
+                f"{model}: {where} has {elements:,} elements ({'x'.join(map(str, v.shape))}), more bytes even "
+                f"at int8 than the {ram:,} bytes of RAM of {target.name}'s board; use a smaller input shape")
 
 
 def _refuse_overlap(flag: str, extra: Dict[Path, bytes], files: Dict[Path, bytes]):
