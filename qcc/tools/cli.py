@@ -346,9 +346,8 @@ def _sim(args: argparse.Namespace) -> int:
     _load_plugins(args.load_pass_plugin)
     _check_calib_options(args)
     _check_output_paths(args.model, [("-o", args.output)])
-    for what, path in (("--inputs", args.inputs), ("the model", args.model)):
-        if args.output and _same_file(path) == _same_file(args.output):
-            raise InputError(f"-o {args.output} would overwrite {what}; give it a path of its own")
+    if args.output and _same_file(args.inputs) == _same_file(args.output):
+        raise InputError(f"-o {args.output} would overwrite the --inputs file; give it a path of its own")
     pm = PassManager.parse(args.pipeline)
     graph = load_graph(args.model, parse_input_shapes(args.input_shape))
     _set_context(pm.passes, args)

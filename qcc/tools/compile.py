@@ -196,7 +196,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                         sidecar_of="--emit-ir")
     graph = load_graph(model, input_shapes)
     for v in graph.inputs:
-        if v.type.size == 0:  # the interpreter runs empty tensors; a C API with empty buffers is an error
+        if math.prod(v.shape) == 0:  # the interpreter runs empty tensors; a C API with empty buffers cannot
             raise InputError(f"{model}: input '{v.name}' has a zero dimension ({'x'.join(map(str, v.shape))}): "
                              f"it holds no values")
     _check_sizes(graph, model, getattr(get_backend(backend), "TARGETS", {}).get(target))
