@@ -2,10 +2,16 @@
 
     g = load_onnx("kws.onnx", input_shapes={"input_1": (1, 49, 10, 1)})
 
-Steps: parse and check the model (``onnx.checker``), pin input shapes (a
+Steps: refuse what cannot be compiled with a message naming it (an empty
+file or graph, no inputs or outputs, an opset newer than the installed onnx,
+a zero/negative stride, dilation, kernel or pad: node and attribute), check
+the model (``onnx.checker``, on a copy where shapeless graph inputs/outputs
+are typed so that qcc names them itself), pin input shapes (a
 dynamic batch dimension becomes 1; any other dynamic dimension must be given),
 run ONNX shape inference with data propagation, check *every* node and report
-all unsupported ones in one ``UnsupportedModelError``, then lift node by node.
+all unsupported ones in one ``UnsupportedModelError`` (also: constants holding
+NaN/Inf, a Div by a constant with zeros, an integer graph input cast to
+float), then lift node by node.
 
 Import-time resolution keeps the IR simple: ``auto_pad`` becomes explicit pads,
 Clip/Pad/Squeeze/Unsqueeze/ReduceMean constant inputs become attributes, a
