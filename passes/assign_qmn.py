@@ -34,6 +34,7 @@ import numpy as np
 
 from qcc.ir.graph import Graph, Op
 from qcc.transforms.passmanager import Pass, PassResult, register_pass
+from qcc.transforms.pipeline_text import check_option
 
 from ._qmn_util import (UNIT_OUTPUT, WEIGHTED, activation_groups, bits_of, channel_frac_bits,
                         context_value, dequantized_source, fixed_type, frac_bits_for, load_samples,
@@ -105,6 +106,9 @@ class AssignQmn(Pass):
     per_channel: bool = True
     data: str = ""
     samples: int = 16
+
+    def __post_init__(self):
+        check_option(self.samples >= 1, "pass 'assign-qmn'", "samples", ">= 1", self.samples)
 
     def run(self, graph: Graph) -> PassResult:
         groups = activation_groups(graph)

@@ -35,6 +35,7 @@ from qcc.quant.calibration import METHODS, collect_stats, compute_range, describ
 from qcc.errors import InputError
 from qcc.ir.graph import Graph, Value
 from qcc.transforms.passmanager import Pass, PassResult, register_pass
+from qcc.transforms.pipeline_text import check_option
 
 SHARES_INPUT_RANGE = frozenset({
     "nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose", "nn.identity",
@@ -131,8 +132,12 @@ class Calibrate(Pass):
     def __post_init__(self):
         if self.method not in METHODS:
             raise InputError(f"calibrate: unknown method '{self.method}'; choose one of {', '.join(METHODS)}")
-        if self.jobs < 0 or self.batch < 1:
-            raise InputError("calibrate: jobs must be >= 0 (0 = every CPU) and batch >= 1")
+        owner = "pass 'calibrate'"
+        check_option(0 < self.p <= 100, owner, "p", "a percentile in (0, 100]", self.p)
+        check_option(self.bits in (8, 16), owner, "bits", "8 or 16", self.bits)
+        check_option(self.jobs >= 0, owner, "jobs", ">= 0 (0 = one process per CPU)", self.jobs)
+        check_option(self.batch >= 1, owner, "batch", ">= 1", self.batch)
+        check_option(self.bins >= 2, owner, "bins", ">= 2", self.bins)
 
     def _method_options(self) -> Dict[str, object]:
         if self.method == "percentile":

@@ -1,4 +1,4 @@
-"""check-quantized: legality of a lowered Qm.n graph (the C code must never overflow).
+"""check-quantized: legality of a lowered graph, Qm.n or affine int8 (the C code must never overflow).
 
 For each integer layer:
 
@@ -10,6 +10,15 @@ For each integer layer:
       bound[c] = xmax * sum_k |w[c, k]| + |bias[c] << bias_shift[c]| + 2^(out_shift[c]-1)  <  2^31
 
 * add: ``xmax_a << a_shift + xmax_b << b_shift + rounding < 2^31``;
+* affine int8 conv/dense (``s8.*``), per output channel c, with the input's
+  worst offset value ``dmax = max(|-128 - zp_in|, |127 - zp_in|)``::
+
+      bound[c] = dmax * sum_k |w[c, k]| + |bias[c]|           <  2^31
+      bound[c] * 2^max(shift[c], 0)                           <  2^31   (the requantize's left shift)
+
+  and no bias at the int32 limits (a float bias too large for its scale
+  s_in * s_w[c] saturates there when quantized: the layer's output would
+  silently be wrong);
 * softmax rows of at most 65535 entries;
 * no float compute op (conv, dense, add, pool, ...) left between quantize and
   dequantize: everything in the integer region is ``qnn.*``, an integer shape
@@ -31,6 +40,17 @@ from qcc.ir.types import storage_range
 LIMIT = 1 << 31
 INTEGER_SHAPE_OPS = ("nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose", "nn.concat",
                      "nn.pad", "nn.gather")
+
+
+def s8_accumulator_bound(op: Op) -> np.ndarray:
+    """Worst-case |acc| per output channel of an s8.conv2d / s8.dense (see module doc)."""
+    zp = int(op.attrs["input_zp"])
+    dmax = max(abs(-128 - zp), abs(127 - zp))
+    w = np.abs(np.asarray(op.operands[1].constant(), np.int64)).reshape(op.operands[1].shape[0], -1)
+    bound = dmax * w.sum(axis=1)
+    if len(op.operands) > 2:
+        bound = bound + np.abs(np.asarray(op.operands[2].constant(), np.int64)).reshape(-1)
+    return bound
 
 
 def accumulator_bound(op: Op) -> np.ndarray:
@@ -69,6 +89,9 @@ class CheckQuantized(Pass):
                 self._shifts(op)
                 self._accumulator(op)
                 layers += 1
+            elif op.opname in ("s8.conv2d", "s8.dense"):
+                self._s8_accumulator(op)
+                layers += 1
             elif op.opname == "qnn.add":
                 self._add(op)
                 layers += 1
@@ -96,6 +119,33 @@ class CheckQuantized(Pass):
                 f"|acc| = {int(bound[c])} >= 2^31 = {LIMIT} (inputs at their {op.operands[0].type.dtype} "
                 f"extremes). Use fewer weight or input fractional bits for this layer (e.g. a larger "
                 f"--act-max for its input) or 8-bit activations")
+
+    def _s8_accumulator(self, op: Op):
+        if not op.operands[1].is_constant() or (len(op.operands) > 2 and not op.operands[2].is_constant()):
+            raise PassError(f"{op.describe()}: weights and bias must be constants")
+        if len(op.operands) > 2:
+            bias = np.asarray(op.operands[2].constant(), np.int64).reshape(-1)
+            at_limit = np.flatnonzero((bias >= LIMIT - 1) | (bias <= -LIMIT))
+            if at_limit.size:
+                c = int(at_limit[0])
+                raise PassError(
+                    f"{op.describe()}: the bias of output channel {c} does not fit int32 at its scale "
+                    f"(input scale x weight scale): quantized it saturates at {int(bias[c])}, so the layer's "
+                    f"output would be wrong. The bias is too large for the weights' and input's scales; "
+                    f"rescale this layer (e.g. fold the bias into a following layer) or use --scheme qmn")
+        bound = s8_accumulator_bound(op)
+        shift = np.broadcast_to(np.asarray(op.attrs["shift"], np.int64), bound.shape)
+        if op.attrs.get("rounding", "double") == "single":  # int64(acc) * mult: no int32 left shift
+            shift = np.zeros_like(shift)
+        scaled = bound << np.maximum(shift, 0)
+        c = int(np.argmax(scaled))
+        if scaled[c] >= LIMIT:
+            shifted = f" shifted left by {int(shift[c])}" if shift[c] > 0 else ""
+            raise PassError(
+                f"{op.describe()}: int32 accumulator can overflow in output channel {c}: worst-case "
+                f"|acc|{shifted} = {int(scaled[c])} >= 2^31 = {LIMIT} (inputs at their int8 extremes, "
+                f"input zero point {op.attrs['input_zp']}). The C code would wrap; this layer's weights or "
+                f"bias are too large for int8 at these scales")
 
     def _add(self, op: Op):
         a, b = op.operands[0].type, op.operands[1].type
@@ -131,4 +181,5 @@ class CheckQuantized(Pass):
         if reaches(op.results[0], "q.quantize", True) and any(reaches(v, "q.dequantize", False)
                                                                for v in op.operands):
             raise PassError(f"{op.describe()} is still a float op inside the quantized region "
-                            f"(between q.dequantize and q.quantize); lower-quantized could not lower it")
+                            f"(between q.dequantize and q.quantize): the quantizing pipeline has no integer lowering for it "
+                            f"under this scheme")

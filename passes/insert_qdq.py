@@ -18,6 +18,7 @@ import numpy as np
 
 from qcc.ir.graph import Graph, Op, Value
 from qcc.transforms.passmanager import Pass, PassResult, register_pass
+from qcc.transforms.pipeline_text import check_option
 from qcc.transforms.rewriter import Rewriter
 from qcc.ir.types import TensorType
 
@@ -72,6 +73,11 @@ class InsertQDQ(Pass):
     bits: int = 8
     weight_bits: int = 0  # 0: same as bits
     per_channel: bool = True
+
+    def __post_init__(self):
+        check_option(self.bits in (8, 16), "pass 'insert-qdq'", "bits", "8 or 16", self.bits)
+        check_option(self.weight_bits in (0, 8, 16), "pass 'insert-qdq'", "weight_bits",
+                     "0 (same as bits), 8 or 16", self.weight_bits)
 
     def run(self, graph: Graph) -> PassResult:
         dtype_for_bits(self.bits)

@@ -466,9 +466,9 @@ class LowerQDQ(PatternPass):
 # Already-quantized (QDQ) models. lower-qdq runs before to-nhwc: it needs each
 # float layer right behind its dequantize ops, and it converts layouts itself.
 register_pipeline(
-    "int8", lambda opts: ["normalize-qdq", "fold-batchnorm", "canonicalize", "fuse-activation",
+    "int8", lambda opts: ["check-qdq-model", "normalize-qdq", "fold-batchnorm", "canonicalize", "fuse-activation",
                           "legalize-pool{count_include_pad=false}",
                           f"lower-qdq{{fc_rounding={opts.get('fc_rounding', 'double')}}}",
-                          "canonicalize", "to-nhwc", "const-fold", "dce"],
+                          "canonicalize", "to-nhwc", "const-fold", "dce", "check-quantized"],
     "Compile a QDQ int8 model (e.g. a converted .tflite) to s8 ops bit-exact with TFLite Micro",
     {"fc_rounding": str})

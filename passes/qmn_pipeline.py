@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from qcc.transforms.passmanager import make_pass, register_pipeline, registered_passes
+from qcc.transforms.pipeline_text import check_option
 
 FLOAT_CLEANUP = ("canonicalize", "fold-batchnorm", "fuse-activation", "legalize-pool", "to-nhwc", "legalize-qmn",
                  "const-fold", "canonicalize", "dce")
@@ -28,6 +29,9 @@ DEFAULTS: Dict[str, Any] = {"bits": 8, "method": "percentile", "p": 99.99, "weig
 
 def _build(options: Dict[str, Any]) -> List:
     o = {**DEFAULTS, **options}
+    check_option(o["bits"] in (8, 16), "pipeline 'qmn'", "bits", "8 or 16", o["bits"])
+    check_option(o["weight_bits"] in (0, 8, 16), "pipeline 'qmn'", "weight_bits", "0 (same as bits), 8 or 16",
+                 o["weight_bits"])
     known = registered_passes()
     passes: List = [name for name in FLOAT_CLEANUP if name in known]
     # Every op must have a Qm.n kernel before calibration spends any time.

@@ -113,11 +113,16 @@ def _dq_input_quant(v: Value) -> Optional[UniformQuant]:
 def _only_reaches_outputs(graph: Graph, v: Value) -> bool:
     """True when ``v`` is a graph output or feeds only q.range / float epilogue ops that end at
     graph outputs, so nothing integer reads it (a float epilogue may chain: sigmoid -> tanh)."""
-    users = graph.users(v)
-    if not users:
-        return graph.is_output(v)
-    return all(u.opname in FLOAT_EPILOGUE_OPS | {"q.range"} and _only_reaches_outputs(graph, u.result)
-               for u in users)
+    work = [v]  # a worklist, not recursion: an epilogue chain may be long
+    while work:
+        v = work.pop()
+        users = graph.users(v)
+        if not users and not graph.is_output(v):
+            return False
+        if any(u.opname not in FLOAT_EPILOGUE_OPS | {"q.range"} for u in users):
+            return False
+        work.extend(u.result for u in users)
+    return True
 
 
 @register_pass
@@ -322,7 +327,7 @@ def _build(options) -> List:
     passes.append(make_pass("quantize-affine", {"per_channel": str(o["per_channel"]),
                                                 "float_output": str(o["float_output"])}))
     passes.append(make_pass("lower-qdq", {"fc_rounding": o["fc_rounding"]}))
-    passes += ["canonicalize", "dce"]
+    passes += ["canonicalize", "dce", "check-quantized"]
     return passes
 
 

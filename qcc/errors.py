@@ -31,7 +31,11 @@ class ParseError(QccError):
     def format(self) -> str:
         text = f"{self.filename}:{self.line}:{self.column}: error: {self.message}"
         if self.source_line:
-            text += "\n" + self.source_line.rstrip("\n") + "\n" + " " * max(self.column - 1, 0) + "^"
+            line, caret = self.source_line.rstrip("\n"), max(self.column - 1, 0)
+            if len(line) > 120:  # show a window around the column, not a megabyte of one line
+                start = max(caret - 60, 0)
+                line, caret = line[start:start + 120], caret - start
+            text += "\n" + line + "\n" + " " * caret + "^"
         return text
 
 

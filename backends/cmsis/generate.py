@@ -105,6 +105,22 @@ def _io_context(io, role: str, macro: str) -> dict:
     return ctx
 
 
+def _check_fits_ram(graph: Graph, tgt) -> None:
+    """Refuse, before any planning, an integer tensor that alone exceeds the target's RAM (the arena holds it)."""
+    if not tgt.ram_bytes:
+        return
+    values = list(graph.inputs) + [r for op in graph.ops if op.opname != "qcc.const" for r in op.results]
+    for v in (v for v in values if not v.type.is_float):  # float API inputs/outputs are the caller's buffers
+        size = int(np.prod(v.shape, dtype=object)) * v.type.np_dtype.itemsize
+        if size > tgt.ram_bytes:
+            label = v.name or next((o.name for o in (v.producer.operands if v.producer else []) if o.name), "")
+            where = f"graph input '{v.name}'" if v.producer is None else \
+                f"tensor '{label}' (the result of {v.producer.describe()})"
+            raise UnsupportedModelError(
+                f"{where} ({'x'.join(map(str, v.shape))} {v.type.dtype}) needs {size:,} bytes, more than the "
+                f"{tgt.ram_bytes:,} bytes of RAM of {tgt.name}'s board; use a smaller input shape")
+
+
 def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_output: bool = False,
              firmware_dir: Optional[Path] = None, version: str = "", kernels: str = "qcc") -> GeneratedModel:
     """The files of ``graph`` compiled for ``target``; the graph is not changed.
@@ -121,7 +137,12 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     name = c_identifier(name or graph.name, fallback="model")
     NAME = name.upper()
     graph.verify()
+    _check_fits_ram(graph, tgt)
     plan = make_plan(graph, float_output=float_output)
+    if tgt.ram_bytes and plan.arena_size > tgt.ram_bytes:
+        raise UnsupportedModelError(
+            f"the memory plan needs a {plan.arena_size:,}-byte arena, more than the {tgt.ram_bytes:,} bytes of "
+            f"RAM of {target}'s board; use a smaller input or a model with smaller activations")
     builder = LayerBuilder(name)
     nn = CmsisNNKernels(builder, tgt) if kernels == "cmsis-nn" else None
     if nn is not None and any(plan.is_inplace(s) for s in plan.steps if s.op is not None and nn.handles(s.op)):

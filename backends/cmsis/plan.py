@@ -216,6 +216,9 @@ def float_epilogue(v: Value) -> List[Op]:
     return chain[::-1]
 
 
+MAX_LINK_TRIALS = 128  # in-place links whose removal make_plan tries one at a time (see there)
+
+
 def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) -> Plan:
     """Schedule ``graph`` and place every API and intermediate tensor in the arena.
 
@@ -354,7 +357,9 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
 
     used_links = dict(links)
     arena, _, placement = evaluate(used_links)
-    for key in list(links):
+    # Each trial re-places every buffer: a network thousands of layers deep would take hours, so
+    # only the first MAX_LINK_TRIALS links are tried (real models have tens); the rest stay.
+    for key in list(links)[:MAX_LINK_TRIALS]:
         trial = {k: v for k, v in used_links.items() if k != key}
         result = evaluate(trial)
         if result[0] < arena:
@@ -392,15 +397,18 @@ def _place(buffers: List[Buffer], links: Dict[int, Link], fit: str) -> Dict[int,
     head: Dict[int, Buffer] = {}
 
     def resolve(b: Buffer):
-        if id(b) in rel:
-            return
-        if id(b) in parent:
-            p = parent[id(b)]
-            resolve(p)
-            rel[id(b)] = rel[id(p)] + disp[id(b)]
-            head[id(b)] = head[id(p)]
-        else:
+        # Up the chain to a resolved buffer or the head, then back down: a loop, since an
+        # in-place chain is as long as the network is deep.
+        chain = []
+        while id(b) not in rel and id(b) in parent:
+            chain.append(b)
+            b = parent[id(b)]
+        if id(b) not in rel:
             rel[id(b)], head[id(b)] = 0, b
+        for c in reversed(chain):
+            p = parent[id(c)]
+            rel[id(c)] = rel[id(p)] + disp[id(c)]
+            head[id(c)] = head[id(p)]
     for b in buffers:
         resolve(b)
     blocks: Dict[int, List[Buffer]] = {}

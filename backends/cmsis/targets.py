@@ -18,11 +18,12 @@ class Target:
     cpu_flags: Tuple[str, ...]
     qemu_machine: str
     linker_script: str
+    ram_bytes: int = 0  # the data region of the target's board (its linker script): the arena lives there
 
     @property
     def has_dsp(self) -> bool:  # the ACLE __ARM_FEATURE_DSP paths (SMLAD) compile in
         return self.name not in ("cortex-m0", "cortex-m0plus", "cortex-m3")
 
 
-TARGETS = {name: Target(name, tuple(t.cpu_flags), t.qemu_machine, t.linker_script)
+TARGETS = {name: Target(name, tuple(t.cpu_flags), t.qemu_machine, t.linker_script, t.ram[1])
            for name, t in _FIRMWARE_TARGETS.items()}

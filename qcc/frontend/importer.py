@@ -2,10 +2,16 @@
 
     g = load_onnx("kws.onnx", input_shapes={"input_1": (1, 49, 10, 1)})
 
-Steps: parse and check the model (``onnx.checker``), pin input shapes (a
+Steps: refuse what cannot be compiled with a message naming it (an empty
+file or graph, no inputs or outputs, an opset newer than the installed onnx,
+a zero/negative stride, dilation, kernel or pad: node and attribute), check
+the model (``onnx.checker``, on a copy where shapeless graph inputs/outputs
+are typed so that qcc names them itself), pin input shapes (a
 dynamic batch dimension becomes 1; any other dynamic dimension must be given),
 run ONNX shape inference with data propagation, check *every* node and report
-all unsupported ones in one ``UnsupportedModelError``, then lift node by node.
+all unsupported ones in one ``UnsupportedModelError`` (also: constants holding
+NaN/Inf, a Div by a constant with zeros, an integer graph input cast to
+float), then lift node by node.
 
 Import-time resolution keeps the IR simple: ``auto_pad`` becomes explicit pads,
 Clip/Pad/Squeeze/Unsqueeze/ReduceMean constant inputs become attributes, a
@@ -252,6 +258,11 @@ def _default_opset(model, source) -> int:
     if not versions:
         raise InputError(f"{source}: the model imports no ai.onnx opset")
     opset = versions[0]
+    known = onnx.defs.onnx_opset_version()
+    if opset > known:
+        raise UnsupportedModelError(
+            f"{source}: the model imports ai.onnx opset {opset}, beyond the newest this onnx package knows "
+            f"({known}); qcc reads opsets {MIN_OPSET} to {known}")
     if opset < MIN_OPSET:
         raise UnsupportedModelError(
             f"{source}: opset {opset} is older than {MIN_OPSET}; convert it first, e.g. "
@@ -270,7 +281,10 @@ def _pin_input_shapes(model, input_shapes: Optional[dict], source: str):
                          f"{', '.join(i.name for i in inputs)}")
     for vi in list(inputs) + list(model.graph.output):
         if not vi.type.HasField("tensor_type"):
-            kind = vi.type.WhichOneof("value") or "untyped"
+            kind = vi.type.WhichOneof("value")
+            if kind is None:
+                raise InputError(f"{source}: graph input/output '{vi.name}' has no type; give it a tensor type "
+                                 f"and shape")
             raise UnsupportedModelError(f"{source}: graph input/output '{vi.name}' is a {kind.replace('_type', '')}, "
                                         f"not a tensor; qcc supports tensors only")
     for vi in inputs:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-from onnx import defs, helper, numpy_helper
+from onnx import TensorProto, defs, helper, numpy_helper
 
 from qcc.errors import OpError
 from qcc.frontend.importer import MAX_OPSET, ONNX_DTYPES, Importer, onnx_dtype_name
@@ -86,11 +86,39 @@ def _check_node(imp: Importer, node) -> Optional[str]:
         elem = imp.types.get(name, (None, 0))[1]
         if name and elem and elem not in ONNX_DTYPES:
             return f"tensor '{name}' has element type {onnx_dtype_name(elem)}, which qcc does not support"
-    return lift.check(imp, node, a) if lift.check else None
+    return _check_values(imp, node) or (lift.check(imp, node, a) if lift.check else None)
+
+
+def _check_values(imp: Importer, node) -> Optional[str]:
+    """Constants that would silently give wrong numbers, and integer graph inputs cast to float."""
+    for name in node.input:
+        c = imp.const(name)
+        if c is not None and c.dtype.kind == "f" and c.size and not np.isfinite(c).all():
+            return f"constant '{name}' holds NaN or infinite values"
+    if node.op_type == "Div" and len(node.input) > 1:
+        d = imp.const(node.input[1])
+        if d is not None and d.size and (np.asarray(d) == 0).any():
+            at = int(np.flatnonzero(np.asarray(d).reshape(-1) == 0)[0])
+            return f"divides by constant '{node.input[1]}', which is 0 at element {at}"
+    graph_inputs = {i.name for i in imp.model.graph.input} - set(imp.consts)
+    if node.op_type == "Cast" and node.input and node.input[0] in graph_inputs:
+        elem = imp.types.get(node.input[0], (None, 0))[1]
+        if elem not in (0, TensorProto.FLOAT):
+            return (f"casts graph input '{node.input[0]}' ({onnx_dtype_name(elem)}) to float: qcc's C API "
+                    f"takes float inputs (quantized by NAME_quantize_input); declare the input float and "
+                    f"remove the Cast (the pixel values stay the same numbers)")
+    return None
 
 
 def lift_node(imp: Importer, node):
     LIFTERS[node.op_type].fn(imp, node, node_attrs(node))
+
+
+def _axis(axis: int, rank: int, what: str = "axis") -> int:
+    """An ONNX axis made non-negative; one outside [-rank, rank) is an error, never wrapped around."""
+    if not -rank <= int(axis) < max(rank, 1):
+        raise OpError(f"{what} {axis} is out of range for an input of rank {rank}")
+    return int(axis) % rank if rank else 0
 
 
 def _inp(node, i) -> str:
@@ -346,11 +374,11 @@ def _softmax(imp, node, a):
     x = imp.value(node.input[0])
     rank = len(x.shape)
     if imp.opset >= 13:
-        imp.emit("nn.softmax", [x], {"axis": a.get("axis", -1) % rank}, node)
+        imp.emit("nn.softmax", [x], {"axis": _axis(a.get("axis", -1), rank)}, node)
         return
     # Before opset 13 Softmax flattens dims [axis:] into one; that is a single-axis
     # softmax only when the trailing dims are all 1, else reshape around it.
-    axis = a.get("axis", 1) % rank
+    axis = _axis(a.get("axis", 1), rank)
     if int(np.prod(x.shape[axis + 1:], dtype=np.int64)) == 1:
         imp.emit("nn.softmax", [x], {"axis": axis}, node)
         return
@@ -425,7 +453,7 @@ def _reduce_mean(imp, node, a):
             imp.emit("nn.identity", [x], {}, node)
             return
         axes = list(range(len(x.shape)))
-    imp.emit("nn.reduce_mean", [x], {"axes": sorted(ax % len(x.shape) for ax in axes),
+    imp.emit("nn.reduce_mean", [x], {"axes": sorted(_axis(ax, len(x.shape), "axes") for ax in axes),
                                      "keepdims": bool(a.get("keepdims", 1))}, node)
 
 
@@ -477,7 +505,7 @@ def _squeeze(imp, node, a):
     axes = imp.const(_inp(node, 1)).tolist() if _inp(node, 1) else a.get("axes")
     if axes is None:
         axes = [i for i, d in enumerate(x.shape) if d == 1]
-    imp.emit("nn.squeeze", [x], {"axes": sorted(ax % len(x.shape) for ax in axes)}, node)
+    imp.emit("nn.squeeze", [x], {"axes": sorted(_axis(ax, len(x.shape), "axes") for ax in axes)}, node)
 
 
 @lifter("Unsqueeze", attrs=("axes",), check=_need_consts(1))
@@ -485,7 +513,7 @@ def _unsqueeze(imp, node, a):
     x = imp.value(node.input[0])
     axes = imp.const(_inp(node, 1)).tolist() if _inp(node, 1) else a["axes"]
     rank = len(x.shape) + len(axes)
-    imp.emit("nn.unsqueeze", [x], {"axes": sorted(ax % rank for ax in axes)}, node)
+    imp.emit("nn.unsqueeze", [x], {"axes": sorted(_axis(ax, rank, "axes") for ax in axes)}, node)
 
 
 @lifter("Transpose", attrs=("perm",))
@@ -498,7 +526,7 @@ def _transpose(imp, node, a):
 @lifter("Concat", attrs=("axis",))
 def _concat(imp, node, a):
     xs = [imp.value(n) for n in node.input if n]
-    imp.emit("nn.concat", xs, {"axis": a["axis"] % len(xs[0].shape)}, node)
+    imp.emit("nn.concat", xs, {"axis": _axis(a["axis"], len(xs[0].shape))}, node)
 
 
 def _check_pad(imp, node, a):
@@ -515,7 +543,7 @@ def _pad(imp, node, a):
     value = imp.const(_inp(node, 2))
     axes = imp.const(_inp(node, 3))
     pads = [0] * (2 * rank)
-    axes = list(range(rank)) if axes is None else [ax % rank for ax in axes.tolist()]
+    axes = list(range(rank)) if axes is None else [_axis(ax, rank, "axes") for ax in axes.tolist()]
     for i, ax in enumerate(axes):
         pads[ax], pads[ax + rank] = given[i], given[i + len(axes)]
     imp.emit("nn.pad", [x], {"pads": pads, "value": 0.0 if value is None or value.size == 0 else float(value),
@@ -675,7 +703,7 @@ def _shape(imp, node, a):
 @lifter("Gather", attrs=("axis",))
 def _gather(imp, node, a):
     x = imp.value(node.input[0])
-    imp.emit("nn.gather", [x, imp.value(node.input[1])], {"axis": a.get("axis", 0) % len(x.shape)}, node)
+    imp.emit("nn.gather", [x, imp.value(node.input[1])], {"axis": _axis(a.get("axis", 0), len(x.shape))}, node)
 
 
 def _check_cast(imp, node, a):

@@ -86,6 +86,16 @@ class Op:
         return f"<Op {self.opname} {self.name!r}>"
 
 
+def _copy_attr(value: Any) -> Any:
+    """A copy of one attribute value (arrays, lists, dicts and scalars; never graph objects)."""
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, (list, tuple, dict)):
+        import copy
+        return copy.deepcopy(value)
+    return value
+
+
 class Graph:
     """A dataflow graph of ops with named inputs and outputs."""
 
@@ -204,6 +214,42 @@ class Graph:
 
     def contains(self, op: Op) -> bool:
         return op.graph is self and self._nx.has_node(op)
+
+    def copy(self) -> "Graph":
+        """An independent copy: new ops and values, attribute arrays copied, same names and order.
+
+        Built op by op in topological order, so a graph thousands of layers deep
+        copies without recursion (``copy.deepcopy`` recurses through the linked
+        ops and values once per layer and overflows Python's stack).
+        """
+        new = Graph.__new__(Graph)
+        new.__dict__.update({k: v for k, v in self.__dict__.items()
+                             if k not in ("inputs", "outputs", "output_names", "_nx", "_seq")})
+        new.inputs, new.outputs, new.output_names = [], [], list(self.output_names)
+        new._nx = nx.MultiDiGraph()
+        mapping: Dict[int, Value] = {}
+        for v in self.inputs:
+            copied = Value(v.type, None, v.index, v.name)
+            new.inputs.append(copied)
+            new._nx.add_node(copied)
+            mapping[id(v)] = copied
+        for op in self.ops:
+            attrs = {k: _copy_attr(a) for k, a in op.attrs.items()}
+            twin = Op(op.opname, [mapping[id(v)] for v in op.operands], attrs, op.name, op.seq)
+            twin.results = [Value(r.type, twin, r.index, r.name) for r in op.results]
+            twin.graph = new
+            new._nx.add_node(twin)
+            for i, v in enumerate(twin.operands):
+                new._nx.add_edge(new._source(v), twin, key=i)
+            for r, t in zip(op.results, twin.results):
+                mapping[id(r)] = t
+        new.outputs = [mapping[id(v)] for v in self.outputs]
+        following = next(self._seq)  # both graphs go on numbering where this one stood
+        self._seq, new._seq = itertools.count(following), itertools.count(following)
+        return new
+
+    def __deepcopy__(self, memo) -> "Graph":
+        return self.copy()
 
     def networkx(self) -> nx.MultiDiGraph:
         """A read-only view of the dataflow graph for algorithms."""

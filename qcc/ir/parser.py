@@ -288,6 +288,29 @@ def _describe_unexpected(e: lark.exceptions.UnexpectedInput) -> str:
     return str(e)
 
 
+# Nesting of '[' in attribute values; the tree transformer recurses once per level,
+# so a deeper list would exhaust Python's stack instead of giving a message.
+MAX_NESTING = 64
+
+
+def _too_deep(text: str) -> Optional[Token]:
+    """The first '[' token nested deeper than MAX_NESTING, else None (lexing errors are left to the parser)."""
+    if text.count("[") <= MAX_NESTING:
+        return None
+    depth = 0
+    try:
+        for tok in _lark_parser().lex(text):
+            if tok.type == "LSQB":
+                depth += 1
+                if depth > MAX_NESTING:
+                    return tok
+            elif tok.type == "RSQB":
+                depth -= 1
+    except lark.exceptions.LarkError:
+        pass
+    return None
+
+
 def parse(text: str, filename: str = "<string>", resources: Optional[Dict[str, np.ndarray]] = None,
           sidecar: Optional[str] = None) -> Graph:
     """Parse text IR into a Graph; ``resources`` holds the data of ``@name`` constants."""
@@ -297,6 +320,9 @@ def parse(text: str, filename: str = "<string>", resources: Optional[Dict[str, n
         src = lines[line - 1] if line and 0 < line <= len(lines) else ""
         return ParseError(message, filename, line or 0, column or 0, src)
 
+    deep = _too_deep(text)
+    if deep is not None:
+        raise fail(f"attribute lists nest deeper than {MAX_NESTING} levels", deep.line, deep.column)
     try:
         tree = _lark_parser().parse(text)
     except lark.exceptions.UnexpectedInput as e:

@@ -377,8 +377,9 @@ def load_act_max(spec) -> Dict[str, float]:
             if isinstance(e, str) and e.endswith(".json"):
                 items.extend(load_act_max(e).items())
                 continue
-            if not isinstance(e, str) or "=" not in e:
-                raise InputError(f"act-max entry {e!r} must be written NAME=MAX (e.g. conv1=32)")
+            if not isinstance(e, str) or e.count("=") != 1:
+                raise InputError(f"--act-max entry {e!r} must be written NAME=MAX with one '=' (e.g. conv1=32); "
+                                 f"a tensor name holding '=' goes in a .json file")
             name, value = e.rsplit("=", 1)
             items.append((name.strip(), value.strip()))
         where = "--act-max"

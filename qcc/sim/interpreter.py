@@ -54,6 +54,9 @@ def _check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray]) -> Dict[Value,
             if a.ndim == len(v.shape) and a.shape[1:] == v.shape[1:]:
                 hint = f"; to run {a.shape[0]} samples, stack them on an extra leading axis: {[a.shape[0], *v.shape]}"
             raise InputError(f"input '{v.name}' has shape {list(a.shape)}, the graph expects {list(v.shape)}{hint}")
+        if a.dtype.kind not in "fiub" or (a.dtype.kind == "f" and a.dtype.itemsize > 8):
+            raise InputError(f"input '{v.name}' has dtype {a.dtype}; graph input '{v.name}' takes real numbers "
+                             f"({v.type.dtype}): give a float or integer array")
         env[v] = a.astype(v.type.np_dtype, copy=False)
     return env
 
@@ -117,6 +120,8 @@ def run_batched(graph: Graph, arrays: Union[Mapping[str, np.ndarray], Sequence[n
     counts = {arrays[k].shape[0] for k in batched}
     if len(counts) != 1:
         raise InputError(f"inputs hold different numbers of samples: {sorted(counts)}")
+    if not counts.copy().pop():
+        raise InputError("the inputs hold no samples (their leading sample axis is 0 long)")
     runs = [run_graph(graph, {k: a[i] for k, a in arrays.items()}) for i in range(counts.pop())]
     return {name: np.stack([r[name] for r in runs]) for name in graph.output_names}
 

@@ -23,6 +23,12 @@ Boundary ops (the C side uses ``roundf`` on the same float32 value):
                  uniform:   q = clamp(round_half_away(f32(x) / f32(scale)) + zp)   (f32 division)
     q.dequantize            x = f32(q - zp) * f32(scale)
 
+Extreme float inputs are defined, the same in C (``NAME_quantize_input``):
+the scaled value v is clamped to [-1e9, 1e9] before rounding, so +-Inf and
+huge values (1e18, 1e30, or a product that overflows float32) saturate to
+the storage range, and NaN quantizes to the zero point (v = 0: real 0.0),
+never to an arbitrary code.
+
 Softmax and the i16 interpolated table are described in ``qcc/ir/ops/qnn_softmax.py``.
 """
 from __future__ import annotations
@@ -113,22 +119,35 @@ def _bias_term(op, b, channels: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- boundary ops
+# |v| beyond this saturates before rounding (C: the same bound in NAME_quantize_input); any
+# storage type's range fits inside it, and int64 conversion of the clamped value is exact.
+QUANTIZE_CLAMP = 1.0e9
+
+
+def _round_clamped(v: np.ndarray) -> np.ndarray:
+    """round_half_away of a scaled input after NaN -> 0 and clamping to [-1e9, 1e9] (defined for every float)."""
+    v = np.asarray(v, dtype=np.float64)
+    v = np.where(np.isnan(v), 0.0, np.clip(v, -QUANTIZE_CLAMP, QUANTIZE_CLAMP))
+    return round_half_away(v)
+
+
 def quantize_array(x: np.ndarray, quant, dtype_np) -> np.ndarray:
     """The q.quantize arithmetic for one tensor (also used by passes for weights)."""
     info = np.iinfo(dtype_np)
     x = np.asarray(x, dtype=np.float32)
-    if isinstance(quant, FixedPoint):
-        q = round_half_away(x.astype(np.float64) * 2.0 ** quant.frac_bits)
-    elif isinstance(quant, UniformQuant):
-        q = round_half_away(x / np.float32(quant.scale)) + quant.zero_point
-    elif isinstance(quant, PerAxisQuant):
-        shape = [1] * x.ndim
-        shape[quant.axis] = -1
-        scales = np.asarray(quant.scales, np.float32).reshape(shape)
-        zps = np.asarray(quant.zero_points, np.int64).reshape(shape)
-        q = round_half_away(x / scales) + zps
-    else:
-        raise IRError(f"cannot quantize to {quant!r}")
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # Inf and NaN are defined below
+        if isinstance(quant, FixedPoint):
+            q = _round_clamped(x.astype(np.float64) * 2.0 ** quant.frac_bits)
+        elif isinstance(quant, UniformQuant):
+            q = _round_clamped(x / np.float32(quant.scale)) + quant.zero_point
+        elif isinstance(quant, PerAxisQuant):
+            shape = [1] * x.ndim
+            shape[quant.axis] = -1
+            scales = np.asarray(quant.scales, np.float32).reshape(shape)
+            zps = np.asarray(quant.zero_points, np.int64).reshape(shape)
+            q = _round_clamped(x / scales) + zps
+        else:
+            raise IRError(f"cannot quantize to {quant!r}")
     return saturate(q, int(info.min), int(info.max), dtype_np)
 
 

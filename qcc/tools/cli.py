@@ -44,6 +44,11 @@ def _run(prog: str, parser: argparse.ArgumentParser, command: Callable[[argparse
         except OSError:
             pass
         return 0
+    except MemoryError as e:  # a tensor too large for this machine (numpy's _ArrayMemoryError says its size)
+        what = str(e).strip() or "a tensor too large for this machine"
+        print(f"{prog}: error: out of memory: {what}; is a tensor of the model (or an --input-shape) "
+              f"far larger than intended?", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -96,6 +101,27 @@ def load_graph(path: str, input_shapes: Optional[Dict[str, Tuple[int, ...]]] = N
         from qcc.frontend.loader import load_model
         return load_model(p, input_shapes or None)
     raise InputError(f"cannot tell the format of {path}: expected a .qir or .onnx file")
+
+
+def _same_file(path) -> str:
+    """A path's identity for overlap checks: absolute, symlinks resolved where they exist."""
+    return str(Path(path).expanduser().resolve())
+
+
+def _check_output_paths(model: Optional[str], outputs: Sequence[Tuple[str, Optional[str]]],
+                        sidecar_of: Optional[str] = None):
+    """Refuse output paths that would overwrite the input model or one another (a .qir's sidecar .npz included)."""
+    from qcc.ir.printer import sidecar_path
+    taken = {_same_file(model): "the input model"} if model and model != "-" else {}
+    for flag, path in outputs:
+        if not path:
+            continue
+        paths = [path] + ([str(sidecar_path(path))] if flag == sidecar_of else [])
+        for p in paths:
+            if _same_file(p) in taken:
+                raise InputError(f"{flag} {path} would overwrite {taken[_same_file(p)]} ({p}); "
+                                 f"give it a path of its own")
+        taken.update({_same_file(p): f"the {flag} file" for p in paths})
 
 
 # ---------------------------------------------------------------- qcc-opt
@@ -177,6 +203,21 @@ def _add_quant_options(p: argparse.ArgumentParser):
                    help="calibration samples the report evaluates (default: all, up to 256; 0: all)")
 
 
+MAX_JOBS = 256  # calibration processes; more only exhausts the machine
+
+
+def check_jobs(jobs: int):
+    if not 0 <= jobs <= MAX_JOBS:
+        raise InputError(f"--jobs takes 0 (one process per CPU) to {MAX_JOBS}, got {jobs}")
+
+
+def _check_calib_options(args: argparse.Namespace):
+    """--jobs and --act-max checked where they are read, before any model is loaded."""
+    from qcc.quant.calibration import load_act_max
+    check_jobs(args.jobs)
+    load_act_max(args.act_max or None)
+
+
 def _set_context(passes, args: argparse.Namespace):
     context = {"calib": getattr(args, "calib", None), "act_max": list(getattr(args, "act_max", []) or []) or None,
                "jobs": getattr(args, "jobs", 1)}
@@ -226,6 +267,9 @@ def _opt(args: argparse.Namespace) -> int:
     if not args.input:
         raise InputError("no input file given (see --help)")
     elide_over = ELIDE_OVER if args.elide else None
+    _check_calib_options(args)
+    _check_output_paths(args.input, [("-o", args.output), ("--emit-onnx", args.emit_onnx),
+                                     ("--report", args.report)], sidecar_of="-o")
     if args.split_input_file or args.verify_diagnostics:
         return _opt_pieces(args, elide_over)
     pm = PassManager.parse(args.pipeline, print_ir_after_all=args.print_ir_after_all,
@@ -376,6 +420,10 @@ def _sim(args: argparse.Namespace) -> int:
     from qcc.sim.interpreter import run_batched
     from qcc.transforms.passmanager import PassManager
     _load_plugins(args.load_pass_plugin)
+    _check_calib_options(args)
+    _check_output_paths(args.model, [("-o", args.output)])
+    if args.output and _same_file(args.inputs) == _same_file(args.output):
+        raise InputError(f"-o {args.output} would overwrite the --inputs file; give it a path of its own")
     pm = PassManager.parse(args.pipeline)
     graph = load_graph(args.model, parse_input_shapes(args.input_shape))
     _set_context(pm.passes, args)

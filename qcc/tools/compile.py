@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -39,7 +40,7 @@ import numpy as np
 from qcc.errors import InputError, UnsupportedModelError
 from qcc.ir.graph import Graph
 from qcc.backend_registry import get_backend
-from qcc.tools.cli import _run, load_graph, parse_input_shapes
+from qcc.tools.cli import _check_output_paths, _run, _same_file, check_jobs, load_graph, parse_input_shapes
 
 TARGET_NAMES = ("cortex-m0", "cortex-m0plus", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55")
 SCHEMES = ("qmn", "int8")
@@ -136,8 +137,10 @@ def parse_act_max(specs: Sequence[str]) -> Dict[str, float]:
             v = float(value)
         except ValueError:
             v = float("nan")
-        if not sep or not name or not np.isfinite(v) or v <= 0:
-            raise InputError(f"--act-max takes NAME=V with V a positive number, got '{spec}'")
+        if spec.count("=") != 1 or not name or not np.isfinite(v) or v <= 0:
+            raise InputError(f"--act-max takes NAME=V (one '=') with V a positive finite number, got '{spec}'")
+        if name in out:
+            raise InputError(f"--act-max gives tensor '{name}' twice")
         out[name] = v
     return out
 
@@ -304,7 +307,15 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
         raise InputError(f"--report-samples takes a number of samples (0: all), got {report_samples}")
     if emit_onnx and Path(emit_onnx).suffix != ".onnx":
         raise InputError(f"--emit-onnx takes the path of an .onnx file to write, got '{emit_onnx}'")
+    check_jobs(jobs)
+    _check_output_paths(model, [("-o", output), ("--emit-ir", emit_ir), ("--report", report),
+                                ("--emit-onnx", emit_onnx)], sidecar_of="--emit-ir")
     graph = load_graph(model, input_shapes)
+    for v in graph.inputs:
+        if math.prod(v.shape) == 0:  # the interpreter runs empty tensors; a C API with empty buffers cannot
+            raise InputError(f"{model}: input '{v.name}' has a zero dimension ({'x'.join(map(str, v.shape))}): "
+                             f"it holds no values")
+    _check_sizes(graph, model, getattr(get_backend(backend), "TARGETS", {}).get(target))
     float_graph = None
     notes: List[str] = []
     if is_weight_only(graph):
@@ -338,17 +349,26 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     if kernels == "cmsis-nn" and not any(op.opname.startswith("s8.") for op in graph.ops):
         raise InputError("--kernels cmsis-nn calls CMSIS-NN's affine int8 (s8) API, and this graph has no s8 "
                          "layer; compile with --scheme int8 (or a QDQ model), or leave --kernels at qcc")
+    # Whatever the path (pipeline, QDQ, or an already lowered .qir), no layer may overflow its int32
+    # accumulator in C: the pipelines end in this check, a lowered .qir gets it here.
+    from qcc.transforms.passmanager import PassManager
+    PassManager.parse("check-quantized").run(graph)
     extra = {"kernels": kernels} if kernels != "qcc" else {}  # only the cmsis backend knows cmsis-nn
     gen = get_backend(backend).generate(graph, name=name or out.stem, target=target, float_output=float_output,
                                         **extra)
     gen.warnings[:0] = notes
     files = {out.parent / rel: data for rel, data in gen.files.items()}
     if emit_ir:
-        files.update(_ir_files(graph, Path(emit_ir)))
+        extra_files = _ir_files(graph, Path(emit_ir))
+        _refuse_overlap("--emit-ir", extra_files, files)
+        files.update(extra_files)
     if emit_onnx:
         from qcc.export.onnx_export import onnx_files
-        files.update(onnx_files(graph, emit_onnx))
+        extra_files = dict(onnx_files(graph, emit_onnx))
+        _refuse_overlap("--emit-onnx", extra_files, files)
+        files.update(extra_files)
     if report:
+        _refuse_overlap("--report", {Path(report): b""}, files)
         summary = make_report(gen, graph, model)
         if Path(report).suffix == ".json":
             files[Path(report)] = (json.dumps(summary, indent=2) + "\n").encode()
@@ -357,9 +377,38 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
             files[Path(report)] = html_report(summary, float_graph, graph, calib, report_samples).encode()
         else:
             files[Path(report)] = markdown_report(summary, float_graph, graph, calib, report_samples).encode()
+    inputs = {_same_file(p): flag for flag, p in (("the model", model), ("--calib", calib)) if p}
+    for p in files:
+        if _same_file(p) in inputs:
+            raise InputError(f"writing {p} would overwrite {inputs[_same_file(p)]}; choose another -o folder")
     from qcc.fileio import write_files
     write_files(files)
     return gen
+
+
+def _check_sizes(graph: Graph, model: str, target) -> None:
+    """Before calibration runs the graph: a tensor whose elements alone (one byte each, at least, once
+    quantized) outnumber the target's RAM cannot be compiled, and would only exhaust this machine."""
+    ram = getattr(target, "ram_bytes", 0)
+    if not ram:
+        return
+    values = list(graph.inputs) + [r for op in graph.ops if op.opname != "qcc.const" for r in op.results]
+    for v in values:
+        elements = math.prod(v.shape)  # exact: TensorType.size is int64 and a hostile shape overflows it
+        if elements > ram:
+            where = f"input '{v.name}'" if v.producer is None else f"the result of {v.producer.describe()}"
+            raise UnsupportedModelError(
+                f"{model}: {where} has {elements:,} elements ({'x'.join(map(str, v.shape))}), more bytes even "
+                f"at int8 than the {ram:,} bytes of RAM of {target.name}'s board; use a smaller input shape")
+
+
+def _refuse_overlap(flag: str, extra: Dict[Path, bytes], files: Dict[Path, bytes]):
+    """Refuse an extra output that lands on a generated file (NAME.h, Makefile, firmware/...)."""
+    generated = {_same_file(p): p for p in files}
+    for p in extra:
+        if _same_file(p) in generated:
+            raise InputError(f"{flag} {p} would overwrite the generated {generated[_same_file(p)]}; "
+                             f"give it a path of its own")
 
 
 def _ir_files(graph: Graph, path: Path) -> Dict[Path, bytes]:

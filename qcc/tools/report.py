@@ -230,12 +230,11 @@ def run_keeping_float(pm, graph: Graph):
     The copy is the float reference the report compares against: every float
     rewrite has run, no quantization has. None when the pipeline has no 'calibrate'.
     """
-    import copy
     snapshot: List[Graph] = []
 
     def keep(p, g):
         if p.name == "calibrate" and not snapshot:
-            snapshot.append(copy.deepcopy(g))
+            snapshot.append(g.copy())
 
     report = pm.run(graph, before_pass=keep)
     return report, (snapshot[0] if snapshot else None)

@@ -288,7 +288,7 @@ def parse_pipeline(text: str, _depth: int = 0) -> List[Pass]:
     if _depth > 16:
         raise PipelineError("pipelines nest more than 16 deep (a pipeline that includes itself?)")
     _load_registered()
-    where = f"pipeline '{text}'"
+    where = f"pipeline '{text if len(text) <= 120 else text[:100] + '...'}'"
     passes: List[Pass] = []
     if not text.strip():
         return passes
@@ -312,11 +312,16 @@ def _expand_pipeline(p: Pipeline, options: Dict[str, str], depth: int) -> List[P
             raise PipelineError(f"pipeline '{p.name}' has no option '{key}'; {_describe_options(p.options)}")
         values[key] = _convert(text, p.options[key], f"option '{key}' of pipeline '{p.name}'")
     out: List[Pass] = []
-    for spec in p.builder(values):
-        if isinstance(spec, Pass):
-            out.append(spec)
-        else:
-            out.extend(parse_pipeline(spec, depth + 1))
+    try:
+        for spec in p.builder(values):
+            if isinstance(spec, Pass):
+                out.append(spec)
+            else:
+                out.extend(parse_pipeline(spec, depth + 1))
+    except PipelineError as e:  # a pass built from the pipeline's options: say which pipeline set them
+        given = ",".join(f"{k}={v}" for k, v in options.items())
+        prefix = f"in pipeline '{p.name}" + (f"{{{given}}}" if given else "") + "': "
+        raise PipelineError(str(e) if str(e).startswith("in pipeline") else prefix + str(e)) from None
     return out
 
 

@@ -31,6 +31,12 @@ class PipelineError(InputError):
 _NO_DEFAULT = object()
 
 
+def check_option(ok: bool, owner: str, key: str, allowed: str, value) -> None:
+    """Refuse an option value out of range where it is read: ``option 'p' of pass 'calibrate' ...``."""
+    if not ok:
+        raise PipelineError(f"option '{key}' of {owner} must be {allowed}, got {_format_option(value)}")
+
+
 def _field_default(f: dataclasses.Field):
     if f.default is not dataclasses.MISSING:
         return f.default

@@ -68,6 +68,15 @@ def _norm_axis(axis, rank, what="axis"):
 
 def window_out(n, k, s, d, p0, p1, ceil_mode=False):
     """Output length of a sliding window (see the module docstring)."""
+    # Checked here, not only in the verifier: the shape rule runs first and would divide by a zero stride.
+    if s < 1:
+        raise OpError(f"attribute 'strides' must be >= 1, got {s}")
+    if d < 1:
+        raise OpError(f"attribute 'dilations' must be >= 1, got {d}")
+    if p0 < 0 or p1 < 0:
+        raise OpError(f"attribute 'pads' must not be negative, got {min(p0, p1)}")
+    if k < 1:
+        raise OpError(f"the window (kernel) must be at least 1 wide, got {k}")
     span = (k - 1) * d + 1
     num = n + p0 + p1 - span
     if num < 0:
@@ -98,9 +107,10 @@ def _check_2d(op, *names):
         if len(op.attrs[name]) != (4 if name == "pads" else 2):
             raise OpError(f"'{name}' needs {4 if name == 'pads' else 2} values, got {op.attrs[name]}")
     if any(p < 0 for p in op.attrs.get("pads", [])):
-        raise OpError(f"negative pads {op.attrs['pads']}")
-    if any(s < 1 for s in op.attrs.get("strides", [1])) or any(d < 1 for d in op.attrs.get("dilations", [1])):
-        raise OpError("strides and dilations must be positive")
+        raise OpError(f"attribute 'pads' must not be negative, got {op.attrs['pads']}")
+    for name in ("strides", "dilations"):
+        if any(v < 1 for v in op.attrs.get(name, [1])):
+            raise OpError(f"attribute '{name}' must be >= 1, got {op.attrs[name]}")
 
 
 # ---------------------------------------------------------------- elementwise
