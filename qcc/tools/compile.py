@@ -231,7 +231,11 @@ def lower_qdq(graph: Graph, *, scheme: str, model_path: str, round_scales: bool 
         pm.run(graph)
         qdq = next(p for p in pm.passes if p.name == "qdq-to-qmn")
         return [f"--round-scales: {r}" for r in getattr(qdq, "rounded", [])]
-    report = PassManager.parse("int8").run(graph)
+    # The int8 pipeline ends in check-quantized; run that last check after the float layers a
+    # quantizer left have been listed together (a user wants all of them, in ONNX terms, at once).
+    pm = PassManager.parse("int8")
+    pm.passes = [p for p in pm.passes if p.name != "check-quantized"]
+    report = pm.run(graph)
     if not is_lowered(graph):
         reasons: Dict[str, List[str]] = {}
         for record in report.records:
@@ -239,6 +243,7 @@ def lower_qdq(graph: Graph, *, scheme: str, model_path: str, round_scales: bool 
                 for f in record.result.stats.get("match_failures", []):
                     reasons.setdefault(f.op, []).append(f.reason)
         raise UnsupportedModelError(unlowered_message(graph, reasons, model_path, float_output))
+    PassManager.parse("check-quantized").run(graph)
     return []
 
 
