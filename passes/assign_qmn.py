@@ -33,6 +33,7 @@ from typing import Dict, List
 import numpy as np
 
 from qcc.ir.graph import Graph, Op
+from qcc.ir.types import FixedPoint
 from qcc.transforms.passmanager import Pass, PassResult, register_pass
 from qcc.transforms.pipeline_text import check_option
 
@@ -160,15 +161,30 @@ class AssignQmn(Pass):
         return {k: np.stack(v) for k, v in seen.items() if v}
 
     @staticmethod
-    def _fit_accumulator(w: np.ndarray, n_w: List[int], bits: int, x_dtype: str) -> List[int]:
-        """Lower n_c until xmax * sum|w_q| stays below 2^30 (half the int32 range: bias and rounding
-        get the other half), so check-quantized's worst case holds (matters for 16x16-bit layers)."""
+    def _fit_accumulator(w: np.ndarray, n_w: List[int], bits: int, x_dtype: str, bias=None, n_x: int = 0,
+                         n_y=None) -> List[int]:
+        """Lower n_c until the worst-case accumulator fits int32, so check-quantized's proof holds
+        (matters for 16x16-bit layers): xmax * sum|w_q| below 2^30 (half the int32 range), and with
+        the bias at accumulator precision (|b| * 2^(n_x + n_c), whatever bias_shift stores it with)
+        and the rounding term 2^(out_shift - 1) added, below 2^31. A large bias thus lowers the
+        weights' format instead of overflowing at run time."""
         xmax = 1 << (bits_of(x_dtype) - 1)
         lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
         flat = w.reshape(w.shape[0], -1)
         out = []
+
+        def too_big(c: int, n: int) -> bool:
+            weights = xmax * np.abs(np.clip(np.round(flat[c] * 2.0 ** n), lo, hi)).sum()
+            if weights >= 1 << 30:
+                return True
+            if bias is None:
+                return False
+            shift = n_x + n - n_y if n_y is not None else 30
+            rounding = 2.0 ** (shift - 1) if shift > 0 else 0.0
+            return weights + np.ceil(abs(bias[c]) * 2.0 ** (n_x + n)) + rounding >= float(1 << 31)
+
         for c, n in enumerate(n_w):
-            while n > -16 and xmax * np.abs(np.clip(np.round(flat[c] * 2.0 ** n), lo, hi)).sum() >= 1 << 30:
+            while n > -16 and too_big(c, n):
                 n -= 1
             out.append(n)
         return out
@@ -192,13 +208,21 @@ class AssignQmn(Pass):
                 best = min(range(n_w[0] - 1, n_w[0] + 3), key=lambda c: (fake_quant_error(flat, c, bits), c))
                 n_w = [best] * len(n_w)
         src = dequantized_source(op.operands[0])
+        qb = dequantized_source(op.operands[2]) if len(op.operands) > 2 else None
         if src is not None:
-            n_w = self._fit_accumulator(w, n_w, bits, src.result.type.dtype)
+            bias = None
+            if qb is not None and qb.operands[0].is_constant():
+                bias = np.asarray(qb.operands[0].constant(), np.float64).reshape(-1)
+                bias = np.broadcast_to(bias, (w.shape[0],))
+            outs = [u for u in op.graph.users(op.result) if u.opname == "q.quantize"]
+            n_y = outs[0].result.type.quant.frac_bits if len(outs) == 1 and \
+                isinstance(outs[0].result.type.quant, FixedPoint) else None
+            n_w = self._fit_accumulator(w, n_w, bits, src.result.type.dtype, bias,
+                                        channel_frac_bits(src.result.type)[0], n_y)
         new_t = per_channel_type(w.shape, qw.result.type.dtype, n_w)
         if new_t != qw.result.type:
             qw.result.type = new_t
             changed += 1
-        qb = dequantized_source(op.operands[2]) if len(op.operands) > 2 else None
         if qb is not None and src is not None and qb.operands[0].is_constant():
             n_x = channel_frac_bits(src.result.type)[0]
             b = np.abs(np.asarray(qb.operands[0].constant(), np.float64))

@@ -73,13 +73,7 @@ TEST_SAMPLES = 3      # the first calibration samples: in range, so the floor me
 Q15_ACCUMULATOR = "q15 accumulator headroom"
 KNOWN_GAPS: Dict[str, Dict[str, str]] = {
     "q7": {},
-    "q15": {
-        Q15_ACCUMULATOR: "assign-qmn keeps the products under 2^30 but stores a large bias coarser "
-                         "(bias_shift) instead of lowering the weight bits, so bias << bias_shift can still "
-                         "be ~2^30 at accumulator precision: a 1x1 conv + batchnorm on one input channel "
-                         "(products 8.9e8 + bias 3.26e8 << 2 = 1.30e9) fails check-quantized (exit 1, a clear "
-                         "message, no C written). A bug found by this test, not yet fixed.",
-    },
+    "q15": {},
     "int8": {},
 }
 MESSAGE_GAPS = {Q15_ACCUMULATOR: (1, r"check-quantized.*int32 accumulator can overflow")}
