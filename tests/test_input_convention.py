@@ -17,25 +17,27 @@ from qcc.tools.data import main as data_main
 DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits"
 
 
-def test_sim_takes_floats_for_a_qdq_model_and_matches_tflite_micro(tmp_path, capsys):
+@pytest.mark.parametrize("pipeline", [["-p", "int8"], []], ids=["-p int8", "default"])
+def test_sim_takes_floats_for_a_qdq_model_and_matches_tflite_micro(tmp_path, capsys, pipeline):
+    """With or without -p int8: a QDQ model is simulated as qcc compiles it (its int8 lowering)."""
     model = shared_model_path("kws_dscnn", "kws_dscnn_int8_qdq.onnx")
     gold_int8 = np.load(shared_model_path("kws_dscnn", "golden_int8.npz"))
     floats = np.load(shared_model_path("kws_dscnn", "golden_float.npz"))["input"]
     tflm = gold_int8["output_tflm"]
     np.savez(tmp_path / "f.npz", input_1=floats)
     # Real MFCC values in: quantized with the model's own scale 0.5847 and zero point 83, then int8 kernels.
-    assert sim_main([str(model), "-p", "int8", "--inputs", str(tmp_path / "f.npz"), "-o", str(tmp_path / "y.npz")]) == 0
+    assert sim_main([str(model), *pipeline, "--inputs", str(tmp_path / "f.npz"), "-o", str(tmp_path / "y.npz")]) == 0
     y = np.load(tmp_path / "y.npz")["Identity"].reshape(tflm.shape)
     assert y.dtype == np.float32
     np.testing.assert_array_equal(y, (tflm.astype(np.float32) + 128) / 256)  # output scale 1/256, zp -128
     # The same with the golden file's own key, and the stored integers both ways (--raw).
-    assert sim_main([str(model), "-p", "int8", "--inputs", str(shared_model_path("kws_dscnn", "golden_int8.npz")),
+    assert sim_main([str(model), *pipeline, "--inputs", str(shared_model_path("kws_dscnn", "golden_int8.npz")),
                      "--input-key", "input", "--raw", "-o", str(tmp_path / "q.npz")]) == 0
     q = np.load(tmp_path / "q.npz")["Identity"].reshape(tflm.shape)
     assert q.dtype == np.int8
     np.testing.assert_array_equal(q, tflm)
     # Floats given where stored integers are announced: a message, not a silent cast.
-    assert sim_main([str(model), "-p", "int8", "--inputs", str(tmp_path / "f.npz"), "--raw"]) == 1
+    assert sim_main([str(model), *pipeline, "--inputs", str(tmp_path / "f.npz"), "--raw"]) == 1
     assert "needs an integer (stored values, --raw) array" in capsys.readouterr().err
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from qcc.errors import OpError
+from qcc.ir.graph import Graph
 from qcc.frontend.lifters import _inp, lifter
 from qcc.ir.types import PerAxisQuant, TensorType, UniformQuant, dtype_of_numpy
 
@@ -109,3 +110,21 @@ def _quantize(imp, node, a):
     op = imp.graph.add_op("q.quantize", [x], {}, [TensorType(x.shape, storage, quant)],
                           name=imp.node_name(node), result_names=[node.output[0]])
     imp.values[node.output[0]] = op.result
+
+
+# ---------------------------------------------------------------- what kind of QDQ model a graph is
+def is_qdq(graph: Graph) -> bool:
+    """True for a pre-quantized model: DequantizeLinear feeding float ops (a lowered or
+    half-lowered Qm.n graph only dequantizes its outputs), activations included (a model
+    that dequantizes only constant weights is weight-only, see ``is_weight_only``)."""
+    if any(op.opname.startswith("qnn.") for op in graph.ops):
+        return False
+    return any(op.opname == "q.dequantize" and graph.uses(op.result) for op in graph.ops) \
+        and not is_weight_only(graph)
+
+
+def is_weight_only(graph: Graph) -> bool:
+    """True for a "hybrid" model: constant weights through DequantizeLinear, float activations."""
+    dqs = [op for op in graph.ops if op.opname == "q.dequantize"]
+    return bool(dqs) and all(op.operands[0].is_constant() for op in dqs) \
+        and not any(op.opname == "q.quantize" for op in graph.ops)

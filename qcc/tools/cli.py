@@ -65,8 +65,8 @@ def _add_plugin_option(p: argparse.ArgumentParser):
                    help="import a Python file that registers passes (repeatable)")
 
 
-def _add_pipeline_option(p: argparse.ArgumentParser, help: str):
-    p.add_argument("-p", "--pipeline", "--passes", dest="pipeline", default="", metavar="PIPELINE",
+def _add_pipeline_option(p: argparse.ArgumentParser, help: str, default: Optional[str] = ""):
+    p.add_argument("-p", "--pipeline", "--passes", dest="pipeline", default=default, metavar="PIPELINE",
                    help=help)
 
 
@@ -365,7 +365,8 @@ def _sim_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("model", help="a .qir or .onnx file")
     p.add_argument("--inputs", required=True, metavar="IN.npz|IN.npy", help="input arrays")
     p.add_argument("-o", "--output", metavar="OUT.npz", help="save the outputs here (default: print them)")
-    _add_pipeline_option(p, "passes to run on the model before simulating it")
+    _add_pipeline_option(p, "passes to run on the model before simulating it (default: none; for a QDQ "
+                              "model its int8 lowering, -p int8)", default=None)
     _add_plugin_option(p)
     _add_calib_options(p)
     _add_input_shape_option(p)
@@ -424,8 +425,17 @@ def _sim(args: argparse.Namespace) -> int:
     _check_output_paths(args.model, [("-o", args.output)])
     if args.output and _same_file(args.inputs) == _same_file(args.output):
         raise InputError(f"-o {args.output} would overwrite the --inputs file; give it a path of its own")
-    pm = PassManager.parse(args.pipeline)
     graph = load_graph(args.model, parse_input_shapes(args.input_shape))
+    pipeline = args.pipeline
+    if pipeline is None:
+        from qcc.frontend.qdq_lifters import is_qdq
+        # A QDQ model runs as qcc compiles it: its int8 lowering (TFLite Micro's arithmetic).
+        # -p '' runs the fake-quant float graph as written instead.
+        pipeline = "int8" if is_qdq(graph) else ""
+        if pipeline:
+            print(f"qcc-sim: note: {args.model} is a QDQ model: simulating its int8 lowering (-p int8), "
+                  f"as qcc compiles it; -p '' runs the fake-quant float graph", file=sys.stderr)
+    pm = PassManager.parse(pipeline)
     _set_context(pm.passes, args)
     pm.run(graph)
     arrays, data = load_inputs(args.inputs, graph, raw=args.raw, keys=parse_input_keys(args.input_key, graph))

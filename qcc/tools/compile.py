@@ -40,6 +40,7 @@ import numpy as np
 from qcc.errors import InputError, UnsupportedModelError
 from qcc.ir.graph import Graph
 from qcc.backend_registry import get_backend
+from qcc.frontend.qdq_lifters import is_qdq, is_weight_only  # noqa: F401  (part of this module's API)
 from qcc.tools.cli import _check_output_paths, _run, _same_file, check_jobs, load_graph, parse_input_shapes
 
 TARGET_NAMES = ("cortex-m0", "cortex-m0plus", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55")
@@ -174,23 +175,6 @@ def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max
         p.context = context
     graph.context = context
     return run_keeping_float(pm, graph)[1]
-
-
-def is_qdq(graph: Graph) -> bool:
-    """True for a pre-quantized model: DequantizeLinear feeding float ops (a lowered or
-    half-lowered Qm.n graph only dequantizes its outputs), activations included (a model
-    that dequantizes only constant weights is weight-only, see ``is_weight_only``)."""
-    if any(op.opname.startswith("qnn.") for op in graph.ops):
-        return False
-    return any(op.opname == "q.dequantize" and graph.uses(op.result) for op in graph.ops) \
-        and not is_weight_only(graph)
-
-
-def is_weight_only(graph: Graph) -> bool:
-    """True for a "hybrid" model: constant weights through DequantizeLinear, float activations."""
-    dqs = [op for op in graph.ops if op.opname == "q.dequantize"]
-    return bool(dqs) and all(op.operands[0].is_constant() for op in dqs) \
-        and not any(op.opname == "q.quantize" for op in graph.ops)
 
 
 def dequantize_weights(graph: Graph) -> int:
