@@ -134,10 +134,12 @@ def _standardise(model: onnx.ModelProto, head: str, shape: Sequence[int], relu_h
 
 
 def sample_inputs(shape: Sequence[int], count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` inputs of ``shape``: a smooth random field (N(0, 1) on a grid 8 times coarser in each
-    spatial dimension, repeated up; one value per channel) plus 0.5 * N(0, 1) pixel noise. White noise
-    alone averages out in a global pool, leaving features that hardly depend on the input; a smooth
-    field, like the low-frequency content of real images and spectrograms, survives it."""
+    """``count`` inputs of ``shape``: a per-sample, per-channel offset N(0, 1) (a colour cast, a loudness)
+    plus a smooth random field (N(0, 1) on a grid 8 times coarser in each spatial dimension, repeated
+    up) plus 0.5 * N(0, 1) pixel noise. White noise alone averages out in a global pool, leaving
+    features that hardly depend on the input (the standardised classifier then needs huge weights
+    with a cancelling bias: ill-conditioned, unlike a trained one); the offset and the smooth field,
+    like the low-frequency content of real images and spectrograms, survive it."""
     shape = tuple(shape)
     spatial = shape[1:] if len(shape) > 1 else shape
     coarse = [-(-d // 8) for d in spatial]
@@ -145,7 +147,8 @@ def sample_inputs(shape: Sequence[int], count: int, rng: np.random.Generator) ->
     for axis, d in enumerate(spatial):
         ax = field.ndim - len(spatial) + axis
         field = np.repeat(field, 8, axis=ax).take(range(d), axis=ax)
-    return (field + 0.5 * rng.standard_normal((count, *shape))).astype(np.float32)
+    offset = rng.standard_normal((count, *(shape[:1] if len(shape) > 1 else ()), *([1] * len(spatial))))
+    return (offset + field + 0.5 * rng.standard_normal((count, *shape))).astype(np.float32)
 
 
 # ---------------------------------------------------------------- ML-KWS (Arm, "Hello Edge")
@@ -200,11 +203,12 @@ def _inverted_residual(n: _Net, x: str, cin: int, cout: int, stride: int, expand
 
 
 def mobilenet_v2(seed: int = 4) -> onnx.ModelProto:
-    """MobileNetV2 width 0.35 at 96x96 (the Visual Wake Words size), blocks reduced to one of each kind:
-    conv 3x3 s2 16 + BN + ReLU6 (Clip 0..6); t=1 block (no expansion) 16->8; t=6 stride-2 block 8->8... the
-    (t, c, n, s) table (1, 8, 1, 1), (6, 8, 2, 2), (6, 16, 2, 2), (6, 24, 1, 2): stride-2 blocks and stride-1
-    blocks with a residual Add; 1x1 conv to 1280 (not scaled below 1.0 width, as in the paper) + BN + ReLU6,
-    GlobalAveragePool, Flatten, Gemm 10."""
+    """MobileNetV2 width 0.35 at 96x96 (the Visual Wake Words size) with fewer blocks, every kind kept:
+    conv 3x3 s2 16 + BN + ReLU6 (Clip 0..6); inverted residual blocks (t, c, n, s) = (1, 8, 1, 1) (no
+    expansion), (6, 8, 2, 2), (6, 16, 2, 2), (6, 24, 1, 2) (width 0.35's channels of the first stages):
+    expansion 1x1 + BN + ReLU6, depthwise 3x3 + BN + ReLU6, linear bottleneck 1x1 + BN, residual Add
+    where stride 1 and same channels; 1x1 conv to 1280 (kept at 1280 below width 1.0, as in the paper)
+    + BN + ReLU6, GlobalAveragePool, Flatten, Gemm 10."""
     n = _Net(seed)
     x = n.relu6(n.bn(n.conv("x", 3, 16, (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), bias=False), 16))
     c = 16
