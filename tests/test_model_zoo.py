@@ -28,9 +28,11 @@ come from the replicas' classifier, not the convolutions: ``qcc --report`` on
 DS-CNN int8 shows every layer before the classifier at >= 26.7 dB end to end
 and the classifier alone at 15.7 dB: it reads pooled features whose
 input-dependent part spans a few quantization steps of their range (random
-weights, global pooling), amplified by the standardisation. Floors: ``TOP1_FLOOR`` per scheme (issue 11: q15 and int8 agree
-with float on all but one or two of the inputs), SQNR 3 dB under each measured
-value (a wrong shift or scale costs far more).
+weights, global pooling), amplified by the standardisation.
+
+Floors: ``TOP1_FLOOR`` per scheme (issue 11: q15 and int8 agree with float on
+all but one or two of the inputs), SQNR 3 dB under each measured value (a
+wrong shift or scale costs far more). Runtime ~90 s on 2 shared cores.
 """
 from __future__ import annotations
 
