@@ -29,23 +29,16 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from random_models import _Builder
+
 LOGIT_GAIN = 3.0
 
 
-class _Net:
-    def __init__(self, seed: int):
-        self.rng = np.random.default_rng(seed)
-        self.nodes, self.inits = [], []
-        self.count = 0
-
-    def name(self, kind: str) -> str:
-        self.count += 1
-        return f"{kind}{self.count}"
+class _Net(_Builder):
+    """The random-model builder's bookkeeping; constants here are named by kind and a counter."""
 
     def const(self, kind: str, array) -> str:
-        name = self.name(kind)
-        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
-        return name
+        return super().const(self.name(kind), array)
 
     def node(self, op: str, inputs: Sequence[str], kind: str, **attrs) -> str:
         name = self.name(kind)
