@@ -304,50 +304,6 @@ needs_cmsis_nn_data = pytest.mark.skipif(
     reason="CMSIS_NN_DIR is not set to a CMSIS-NN source tree with Tests/ (github.com/ARM-software/CMSIS-NN)")
 
 
-def _vector_case(name: str):
-    """#defines and int8 arrays of a CMSIS-NN TestData folder (generated from TFLite's kernels)."""
-    folder = Path(CMSIS_NN_DIR) / "Tests" / "UnitTest" / "TestCases" / "TestData" / name
-    text = "\n".join(p.read_text() for p in sorted(folder.glob("*.h")))
-    prefix = name.upper() + "_"
-    defines = {k[len(prefix):]: int(v) for k, v in re.findall(r"#define\s+(\w+)\s+(-?\d+)\s*$", text, re.M)
-               if k.startswith(prefix)}
-    arrays = {k: np.array([int(t) for t in re.findall(r"-?\d+", body)], np.int64)
-              for k, body in re.findall(r"const int8_t (\w+)\[\w*\]\s*=\s*\{([^}]*)\}", text)}
-    return defines, arrays
-
-
-@needs_cmsis_nn_data
-@needs_gcc
-@pytest.mark.parametrize("case", ["add", "mul"])
-def test_cmsis_nn_vectors(case, tmp_path):
-    """CMSIS-NN's arm_elementwise_{add,mul}_s8 vectors: the simulator and the host C give TFLite's outputs."""
-    from qcc.ir.graph import Graph
-    d, arr = _vector_case(case)
-    a, b, want = arr[f"{case}_input1"], arr[f"{case}_input2"], arr[f"{case}_output_ref"]
-    g = Graph(f"cmsis_{case}")
-    xa, xb = (g.add_input(n, TensorType((1, len(a)))) for n in ("a", "b"))
-    qa, qb = (g.add_op("q.quantize", [x], result_types=[TensorType((1, len(a)), "i8", UniformQuant(1.0, -d[
-        f"INPUT{i}_OFFSET"]))]).result for i, x in ((1, xa), (2, xb)))
-    attrs = dict(input_zp=[-d["INPUT1_OFFSET"], -d["INPUT2_OFFSET"]], output_zp=d["OUTPUT_OFFSET"],
-                 multiplier=[d["OUTPUT_MULT"]], shift=[d["OUTPUT_SHIFT"]], act_min=d["OUT_ACTIVATION_MIN"],
-                 act_max=d["OUT_ACTIVATION_MAX"])
-    if case == "add":
-        attrs.update(left_shift=d["LEFT_SHIFT"], input_multiplier=[d["INPUT1_MULT"], d["INPUT2_MULT"]],
-                     input_shift=[d["INPUT1_SHIFT"], d["INPUT2_SHIFT"]])
-    y = g.add_op(f"s8.{case}", [qa, qb], attrs, name=case).result
-    y.type = y.type.with_quant("i8", UniformQuant(1.0, d["OUTPUT_OFFSET"]))
-    g.set_outputs([g.add_op("q.dequantize", [y], result_types=[TensorType(y.shape)]).result], ["y"])
-    g.verify()
-    # q.quantize of (q - zp) * 1.0 gives q back: the stored vectors go in unchanged.
-    samples = {"a": ((a + d["INPUT1_OFFSET"]).astype(np.float32))[None, None],
-               "b": ((b + d["INPUT2_OFFSET"]).astype(np.float32))[None, None]}
-    from qcc.sim.interpreter import run_graph
-    sim = run_graph(g, {k: v[0] for k, v in samples.items()})["y"].reshape(-1) + d["OUTPUT_OFFSET"]
-    np.testing.assert_array_equal(sim.astype(np.int64), want)
-    got = _run_and_compare(tmp_path, g, samples, "cortex-m4", "host")
-    np.testing.assert_array_equal(np.asarray(got.quantized[0]).reshape(-1), want)
-
-
 def test_lowered_graph_exports_to_qdq_onnx(onnx_files):
     """s8.mul exports as Mul, s8.lut as an exact Gather on its table; onnxruntime runs the export within
     the documented float-rounding distance of the simulator."""
