@@ -72,3 +72,43 @@ def test_flags_that_do_not_apply_are_refused_or_reported(tmp_path, capsys):
     assert main([str(lowered), "-o", str(out), "--target", "cortex-m4", "--calib", str(DIGITS / "calib.npz")]) == 0
     assert "ignoring --calib" in capsys.readouterr().err
     assert out.read_bytes() == (folder / "digits.c").read_bytes()
+
+
+@pytest.mark.parametrize("scheme", ["qmn", "int8"])
+def test_method_and_per_tensor_reach_the_pipeline(tmp_path, scheme):
+    """qcc --method / --per-tensor: the calibration method and one weight format per tensor."""
+    from qcc.ir.parser import parse_file
+    from qcc.ir.types import PerAxisQuant, UniformQuant
+    from qcc.tools.compile import main as qcc_main
+    digits = Path(__file__).resolve().parents[1] / "examples" / "digits"
+    runs = {}
+    for tag, extra in (("default", []), ("tuned", ["--method", "minmax", "--per-tensor"])):
+        out = tmp_path / tag
+        assert qcc_main([str(digits / "digits.onnx"), "-o", str(out / "net.c"), "--target", "cortex-m4",
+                         "--calib", str(digits / "calib.npz"), "--scheme", scheme,
+                         "--emit-ir", str(out / "net.qir"), *extra]) == 0
+        runs[tag] = parse_file(out / "net.qir")
+    def weight_scales(g):
+        """The distinct scales of each constant weight tensor (one per output channel, or one)."""
+        out = []
+        for op in g.ops:
+            t = op.result.type
+            if op.opname == "qcc.const" and t.dtype == "i8" and t.rank >= 2:
+                q = t.quant
+                out.append(set(q.scales) if isinstance(q, PerAxisQuant) else
+                           {q.scale if isinstance(q, UniformQuant) else q.frac_bits})
+        return out
+
+    tuned, default = weight_scales(runs["tuned"]), weight_scales(runs["default"])
+    assert tuned and all(len(s) == 1 for s in tuned)        # one scale (format) per weight tensor
+    assert any(len(s) > 1 for s in default)                 # per output channel by default
+
+
+def test_unknown_method_is_a_usage_error(tmp_path, capsys):
+    from qcc.tools.compile import main as qcc_main
+    digits = Path(__file__).resolve().parents[1] / "examples" / "digits"
+    with pytest.raises(SystemExit) as e:
+        qcc_main([str(digits / "digits.onnx"), "-o", str(tmp_path / "net.c"), "--target", "cortex-m4",
+                  "--calib", str(digits / "calib.npz"), "--method", "median"])
+    assert e.value.code == 2 and "--method" in capsys.readouterr().err
+    assert not (tmp_path / "net.c").exists()

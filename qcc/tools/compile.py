@@ -41,6 +41,7 @@ from qcc.errors import InputError, UnsupportedModelError
 from qcc.ir.graph import Graph
 from qcc.backend_registry import get_backend
 from qcc.frontend.qdq_lifters import is_qdq, is_weight_only  # noqa: F401  (part of this module's API)
+from qcc.quant.calibration import METHODS as CALIBRATION_METHODS
 from qcc.tools.cli import _check_output_paths, _run, _same_file, check_jobs, load_graph, parse_input_shapes
 
 TARGET_NAMES = ("cortex-m0", "cortex-m0plus", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55")
@@ -91,6 +92,11 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
                    help="calibrate in N processes (0: one per CPU); results equal a single process's")
     p.add_argument("--act-max", metavar="NAME=V", action="append", default=[],
                    help="force the range of tensor NAME to [-V, V] (repeatable)")
+    p.add_argument("--method", choices=CALIBRATION_METHODS, default=None,
+                   help="calibration range method (default: the scheme's, percentile 99.99 for qmn and minmax "
+                        "for int8, as TFLite's converter)")
+    p.add_argument("--per-tensor", action="store_true",
+                   help="one weight scale/format per tensor instead of one per output channel")
     p.add_argument("--float-output", action="store_true",
                    help="NAME_run returns float outputs (dequantized in C) instead of quantized ones; with "
                         "a float model a trailing softmax/sigmoid/tanh then runs in float C after the "
@@ -151,7 +157,8 @@ FLOAT_PIPELINES = {"qmn": "qmn", "int8": "int8-calibrated"}
 
 
 def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max: Dict[str, float],
-          model_path: str, jobs: int = 1, float_output: bool = False) -> Optional[Graph]:
+          model_path: str, jobs: int = 1, float_output: bool = False, method: Optional[str] = None,
+          per_tensor: bool = False) -> Optional[Graph]:
     """Run the quantization pipeline on a float graph in place.
 
     ``float_output`` keeps a trailing softmax/sigmoid/tanh in float after the
@@ -168,7 +175,10 @@ def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max
         raise InputError(f"no such calibration file or folder: {calib}")
     if scheme == "int8" and bits != 8:
         raise InputError(f"--scheme int8 is 8-bit only, got --bits {bits}")
-    options = f"bits={bits}" + (",float_output=true" if float_output else "")
+    if method is not None and method not in CALIBRATION_METHODS:
+        raise InputError(f"--method must be one of {', '.join(CALIBRATION_METHODS)}, got '{method}'")
+    options = f"bits={bits}" + (",float_output=true" if float_output else "") + \
+        (f",method={method}" if method else "") + (",per_channel=false" if per_tensor else "")
     pm = PassManager.parse(f"{FLOAT_PIPELINES[scheme]}{{{options}}}")
     context = {"calib": calib or "", "act_max": dict(act_max), "jobs": jobs}
     for p in pm.passes:
@@ -283,7 +293,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                   float_output: bool = False, backend: str = "cmsis", kernels: str = "qcc",
                   input_shapes: Optional[Dict[str, tuple]] = None, jobs: int = 1,
                   report_samples: Optional[int] = None, emit_onnx: Optional[str] = None,
-                  round_scales: bool = False):
+                  round_scales: bool = False, method: Optional[str] = None, per_tensor: bool = False):
     """Compile ``model`` and write every output file; returns the backend's GeneratedModel."""
     out = Path(output)
     if out.suffix != ".c":
@@ -318,7 +328,8 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
         what = "already lowered" if is_lowered(graph) else "a QDQ model: it carries its own scales"
         if bits not in (None, 8) and not is_lowered(graph):
             raise InputError(f"--bits {bits} does not apply: {model} is {what}")
-        for flag, given in (("--calib", calib), ("--act-max", act_max), ("--bits", bits),
+        for flag, given in (("--calib", calib), ("--act-max", act_max), ("--bits", bits), ("--method", method),
+                            ("--per-tensor", per_tensor),
                             ("--round-scales", round_scales and (scheme != "qmn" or is_lowered(graph)))):
             if given:
                 notes.append(f"ignoring {flag}: {model} is {what}")
@@ -329,6 +340,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
         if round_scales:
             notes.append(f"ignoring --round-scales: {model} is a float model (it applies to QDQ models)")
         float_graph = lower(graph, calib=calib, bits=bits or 8, scheme=scheme or "qmn", act_max=act_max or {},
+                            method=method, per_tensor=per_tensor,
                             model_path=model, jobs=jobs, float_output=float_output)
     notes += graph.notes
     if float_epilogue(graph) and not float_output:
@@ -516,7 +528,7 @@ def _command(args: argparse.Namespace) -> int:
                         backend=args.backend, kernels=args.kernels,
                         input_shapes=parse_input_shapes(args.input_shape), jobs=args.jobs,
                         report_samples=args.report_samples, emit_onnx=args.emit_onnx,
-                        round_scales=args.round_scales)
+                        round_scales=args.round_scales, method=args.method, per_tensor=args.per_tensor)
     folder = Path(args.output).parent
     for w in gen.warnings:
         print(f"qcc: warning: {w}", file=sys.stderr)
