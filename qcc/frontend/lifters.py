@@ -164,6 +164,14 @@ def _emit_as_2d(imp, node, opname: str, operands: list, attrs: dict):
     imp.emit("nn.reshape", [y4], {"shape": [yn, yc, yl]}, node, name=f"{name}/to_1d")
 
 
+def _emit_spatial(imp, node, opname: str, one_d: bool, params: list, attrs: dict):
+    """The node's op on its first input and ``params``: directly, or for a 1-D input as the 2-D op."""
+    if one_d:
+        _emit_as_2d(imp, node, opname, params, attrs)
+    else:
+        imp.emit(opname, [imp.value(node.input[0])] + list(params), attrs, node)
+
+
 def _need_consts(*indices):
     def check(imp, node, a):
         for i in indices:
@@ -357,10 +365,9 @@ def _check_batchnorm(imp, node, a):
 def _batchnorm(imp, node, a):
     attrs = {"epsilon": a.get("epsilon", 1e-5), "axis": 1}
     params = [imp.value(n) for n in node.input[1:5]]
-    if imp.rank(node.input[0]) == 3 and imp.shape(node.input[0]) is not None:
-        _emit_as_2d(imp, node, "nn.batchnorm", params, attrs)  # N x C x L: as N x C x 1 x L, next to a 1-D conv
-        return
-    imp.emit("nn.batchnorm", [imp.value(node.input[0])] + params, attrs, node)
+    # N x C x L: as N x C x 1 x L, next to a 1-D conv
+    one_d = imp.rank(node.input[0]) == 3 and imp.shape(node.input[0]) is not None
+    _emit_spatial(imp, node, "nn.batchnorm", one_d, params, attrs)
 
 
 def _check_softmax(imp, node, a):
@@ -405,10 +412,7 @@ def _maxpool(imp, node, a):
     strides, dilations, pads = _window_attrs(imp, node, a, kernel)
     attrs = {"kernel": kernel, "strides": strides, "pads": pads, "dilations": dilations,
              "ceil_mode": bool(a.get("ceil_mode", 0))}
-    if one_d:
-        _emit_as_2d(imp, node, "nn.maxpool", [], attrs)
-    else:
-        imp.emit("nn.maxpool", [imp.value(node.input[0])], attrs, node)
+    _emit_spatial(imp, node, "nn.maxpool", one_d, [], attrs)
 
 
 def _check_avgpool(imp, node, a):
@@ -427,19 +431,13 @@ def _avgpool(imp, node, a):
     strides, _, pads = _window_attrs(imp, node, a, kernel)
     attrs = {"kernel": kernel, "strides": strides, "pads": pads, "ceil_mode": bool(a.get("ceil_mode", 0)),
              "count_include_pad": bool(a.get("count_include_pad", 0))}
-    if one_d:
-        _emit_as_2d(imp, node, "nn.avgpool", [], attrs)
-    else:
-        imp.emit("nn.avgpool", [imp.value(node.input[0])], attrs, node)
+    _emit_spatial(imp, node, "nn.avgpool", one_d, [], attrs)
 
 
 @lifter("GlobalAveragePool", "GlobalMaxPool", check=_need_rank3or4)
 def _global_pool(imp, node, a):
     opname = "nn.global_avgpool" if node.op_type == "GlobalAveragePool" else "nn.global_maxpool"
-    if _is_1d(imp, node):
-        _emit_as_2d(imp, node, opname, [], {})
-    else:
-        imp.emit(opname, [imp.value(node.input[0])], {}, node)
+    _emit_spatial(imp, node, opname, _is_1d(imp, node), [], {})
 
 
 @lifter("ReduceMean", attrs=("axes", "keepdims", "noop_with_empty_axes"), check=_need_consts(1))
