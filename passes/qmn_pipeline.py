@@ -2,13 +2,15 @@
 
     qcc-opt model.onnx -p qmn --calib data.npz -o q.qir
     qcc-opt model.onnx -p "qmn{bits=16,method=mse,weight_bits=8,per_channel=true,search=true}" --calib data.npz
+    qcc-opt model.onnx -p "qmn{mixed=true,target_sqnr=30,max_flash=40000}" --calib data.npz
 
 expands to::
 
     canonicalize, fold-batchnorm, fuse-activation, legalize-pool, to-nhwc, legalize-qmn, const-fold,
     canonicalize, dce (those registered), check-legal{scheme=qmn, float_output},
     calibrate{method, p, bits, data}, insert-qdq{bits, weight_bits, per_channel},
-    propagate-scales, assign-qmn{search, per_channel, data, samples},
+    propagate-scales, [mixed-bits{target_sqnr, max_flash, max_ram, ...} with mixed=true],
+    assign-qmn{search, per_channel, data, samples},
     lower-quantized{float_output}, check-quantized, dce
 
 Calibration data: the ``data`` option, else the driver's context key ``calib``.
@@ -24,7 +26,7 @@ FLOAT_CLEANUP = ("canonicalize", "fold-batchnorm", "fuse-activation", "legalize-
                  "const-fold", "canonicalize", "dce")
 DEFAULTS: Dict[str, Any] = {"bits": 8, "method": "percentile", "p": 99.99, "weight_bits": 0,
                             "per_channel": True, "search": True, "float_output": False, "data": "",
-                            "samples": 16}
+                            "samples": 16, "mixed": False, "target_sqnr": 0.0, "max_flash": 0, "max_ram": 0}
 
 
 def _build(options: Dict[str, Any]) -> List:
@@ -32,6 +34,8 @@ def _build(options: Dict[str, Any]) -> List:
     check_option(o["bits"] in (8, 16), "pipeline 'qmn'", "bits", "8 or 16", o["bits"])
     check_option(o["weight_bits"] in (0, 8, 16), "pipeline 'qmn'", "weight_bits", "0 (same as bits), 8 or 16",
                  o["weight_bits"])
+    check_option(not o["mixed"] or (o["bits"] == 8 and o["weight_bits"] == 0), "pipeline 'qmn'", "mixed",
+                 "used with the default bits=8 and weight_bits=0 (the search starts all-8-bit)", o["mixed"])
     known = registered_passes()
     passes: List = [name for name in FLOAT_CLEANUP if name in known]
     # Every op must have a Qm.n kernel before calibration spends any time.
@@ -45,6 +49,13 @@ def _build(options: Dict[str, Any]) -> List:
     passes.append(make_pass("insert-qdq", {"bits": str(o["bits"]), "weight_bits": str(o["weight_bits"]),
                                            "per_channel": str(o["per_channel"])}))
     passes.append("propagate-scales")
+    if o["mixed"]:
+        mixed = {"target_sqnr": str(o["target_sqnr"]), "max_flash": str(o["max_flash"]),
+                 "max_ram": str(o["max_ram"]), "per_channel": str(o["per_channel"]), "search": str(o["search"]),
+                 "samples": str(o["samples"])}
+        if o["data"]:
+            mixed["data"] = o["data"]
+        passes.append(make_pass("mixed-bits", mixed))
     assign = {"search": str(o["search"]), "per_channel": str(o["per_channel"]), "samples": str(o["samples"])}
     if o["data"]:
         assign["data"] = o["data"]
@@ -57,4 +68,5 @@ def _build(options: Dict[str, Any]) -> List:
 register_pipeline(
     "qmn", _build, "Quantize to Qm.n fixed point (q7/q15) and lower to integer qnn ops.",
     {"bits": int, "method": str, "p": float, "weight_bits": int, "per_channel": bool, "search": bool,
-     "float_output": bool, "data": str, "samples": int})
+     "float_output": bool, "data": str, "samples": int, "mixed": bool, "target_sqnr": float, "max_flash": int,
+     "max_ram": int})

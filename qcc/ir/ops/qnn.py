@@ -101,7 +101,8 @@ def _dense_rule(op):
     x, w = op.operands[0].type, op.operands[1].type
     if w.rank != 2 or x.shape[-1] != w.shape[1]:
         raise OpError(f"input {list(x.shape)} does not match weights [N, K] {list(w.shape)}")
-    return [TensorType(x.shape[:-1] + (w.shape[0],), x.dtype)]
+    # The output storage type is the layer's own (mixed precision: i8 in, i16 out or the reverse).
+    return [TensorType(x.shape[:-1] + (w.shape[0],), op.results[0].type.dtype if op.results else x.dtype)]
 
 
 def _verify_dense(op):

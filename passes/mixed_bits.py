@@ -1,0 +1,338 @@
+"""mixed-bits: choose 8 or 16 bits per layer (Qm.n), promoting where it buys the most SQNR per byte.
+
+Runs on the fake-quant graph between ``propagate-scales`` and ``assign-qmn``
+(``qmn{mixed=true}``; ``qcc --bits mixed``). The unit of promotion is a
+*layer*: a conv/dense/scale_shift with its weights and the activation group
+of its output, so promoting it makes its weights and the tensor it writes
+i16 (q15). An op that needs one storage type in and out (average pool, add,
+sub, mul, softmax, sigmoid, tanh, table activations) ties its inputs' and its
+output's groups into one unit; an activation group no layer writes (the
+graph input, say) is a unit of its own. The combinations this produces are
+conv/dense with input, weights and output each i8 or i16 (all have kernels);
+a format change between units is a ``qnn.requantize`` (a rounded shift and a
+saturation), which ``lower-quantized`` inserts.
+
+Score of a choice (a set of promoted units): the fake-quant graph with those
+bits, formats settled by ``assign-qmn`` exactly as the pipeline will, run by
+the float interpreter on the calibration samples::
+
+    SQNR = 10 log10(sum y_float^2 / sum (y_float - y_fakequant)^2)    over every output
+
+Search (deterministic; lazy greedy): start all-8; each unit's priority is the
+output noise power ``sum (y_float - y_fakequant)^2`` its promotion removes, per
+byte (bytes = its extra weight bytes + its extra activation bytes, one per
+element each). Noise powers of independent roundings add, so a unit's gain
+barely depends on the others (a gain in dB would: the noisiest layer masks the
+rest). Take the unit of best priority after re-scoring it against the
+current choice (ties: graph order), until the SQNR
+reaches ``target_sqnr`` (default: the all-16-bit SQNR minus 1 dB) or no unit
+fits the budgets:
+
+    flash = weight bytes + bias bytes (4 per output channel) + CODE_BYTES_PER_LAYER per layer
+    ram   = the largest sum of integer activation tensors alive at once (a no-in-place
+            estimate of the planned arena; the driver checks the real plan afterwards)
+
+The pass leaves the chosen storage types with insert-qdq's provisional formats,
+so the ``assign-qmn`` after it produces exactly the graph that was scored.
+The choice and what each promotion bought go to ``context["mixed_bits"]``
+(the compile report prints it).
+
+Before (``insert-qdq{bits=8}``)::
+
+    %3 = q.quantize %2 : tensor<16x8x!qa0>           // weights of dense "fc1", i8
+    %6 = q.quantize %5 : tensor<1x16x!q.fixed<i8, 4>>  // fc1's output
+
+After ``-p mixed-bits`` (fc1 promoted)::
+
+    %3 = q.quantize %2 : tensor<16x8x!qa1>           // i16 weights
+    %6 = q.quantize %5 : tensor<1x16x!q.fixed<i16, 12>>
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, FrozenSet, List, Optional
+
+import numpy as np
+
+from qcc.errors import InputError
+from qcc.ir.graph import Graph, Op
+from qcc.transforms.passmanager import Pass, PassResult, register_pass
+from qcc.transforms.pipeline_text import check_option
+
+from ._qmn_util import (FORMAT_PRESERVING, WEIGHTED, activation_groups, channel_frac_bits, context_value,
+                        dequantized_source, fixed_type, frac_bits_for, load_samples, per_channel_type,
+                        qdq_after, range_of)
+from .assign_qmn import AssignQmn
+from .insert_qdq import bias_type, weight_frac_bits
+
+# Flash taken by one layer's specialized C (measured: DS-CNN and the KWS DNN/CNN on cortex-m4, -O2,
+# .text of NAME.c over its layers, rounded up); a budget estimate, not a promise.
+CODE_BYTES_PER_LAYER = 600
+
+
+def noise_power(ref: List[np.ndarray], got: List[np.ndarray]) -> float:
+    return sum(float(np.sum(np.square(r.astype(np.float64) - g.astype(np.float64)))) for r, g in zip(ref, got))
+
+
+def to_db(signal: float, noise: float) -> float:
+    """SQNR in dB (inf when exact); capped at +-999 so reports stay finite numbers."""
+    if noise <= 0.0:
+        return 999.0
+    return max(-999.0, min(999.0, 10.0 * math.log10(signal / noise))) if signal > 0 else -999.0
+
+
+def _tensor_name(q: Op) -> str:
+    """What a user knows an activation quantize point by: its op name, else the graph input it reads."""
+    v = q.operands[0]
+    while not q.name and v.producer is not None and v.producer.opname == "q.range":
+        v = v.producer.operands[0]
+    return q.name or (v.name if v.producer is None else v.producer.name) or "?"
+
+
+class _Units:
+    """Union-find over activation groups (indices 0..G-1) and layers' weight quantize ops (G..)."""
+
+    def __init__(self, graph: Graph):
+        self.groups = activation_groups(graph)
+        self.group_of = {id(q): i for i, g in enumerate(self.groups) for q in g}
+        self.weights: List[Op] = []      # weight q.quantize per weighted layer
+        self.layers: List[Op] = []       # the layer reading it
+        parent = list(range(len(self.groups)))
+
+        def find(i):
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        def union(a, b):
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+
+        for op in graph.ops:
+            if op.opname.startswith("q.") or op.opname == "qcc.const":
+                continue
+            qdq = qdq_after(graph, op.result)
+            out = self.group_of.get(id(qdq[1])) if qdq is not None else None
+            if op.opname in WEIGHTED:
+                qw = dequantized_source(op.operands[1])
+                if qw is None or not qw.operands[0].is_constant():
+                    continue
+                parent.append(len(parent))
+                self.weights.append(qw)
+                self.layers.append(op)
+                if out is not None:
+                    union(len(parent) - 1, out)
+            elif op.opname not in FORMAT_PRESERVING and op.opname != "nn.concat":
+                # Kernels that keep the storage type: inputs and output in one unit.
+                tied = [self.group_of.get(id(dequantized_source(v))) for v in op.operands if not v.is_constant()]
+                tied = [g for g in tied + [out] if g is not None]
+                for g in tied[1:]:
+                    union(tied[0], g)
+        roots = sorted({find(i) for i in range(len(parent))})
+        index = {r: k for k, r in enumerate(roots)}
+        self.unit = [index[find(i)] for i in range(len(parent))]
+        self.count = len(roots)
+        G = len(self.groups)
+        self.names = []
+        for k in range(self.count):
+            layers = [self.layers[i - G].name for i in range(G, len(parent)) if self.unit[i] == k]
+            acts = [_tensor_name(self.groups[i][0]) for i in range(G) if self.unit[i] == k]
+            self.names.append(", ".join(layers) if layers else "tensor " + (acts[0] if acts else "?"))
+        # Extra bytes of promoting each unit: one per weight element and per activation element.
+        self.weight_elems = [0] * self.count
+        self.act_elems = [0] * self.count
+        for i, qw in enumerate(self.weights):
+            self.weight_elems[self.unit[G + i]] += int(qw.result.type.size)
+        for i, g in enumerate(self.groups):
+            self.act_elems[self.unit[i]] += sum(int(q.result.type.size) for q in g)
+
+    def group_unit(self, i: int) -> int:
+        return self.unit[i]
+
+    def weight_unit(self, i: int) -> int:
+        return self.unit[len(self.groups) + i]
+
+
+@register_pass
+@dataclass
+class MixedBits(Pass):
+    """Choose i8 or i16 per layer by greedy SQNR gain per byte, within flash/RAM budgets.
+
+    Before (all 8-bit, from ``insert-qdq{bits=8}``)::
+
+        %6 = q.quantize %5 : tensor<1x16x!q.fixed<i8, 4>>
+
+    After ``-p mixed-bits{target_sqnr=40}`` a promoted layer's weights and output are i16::
+
+        %6 = q.quantize %5 : tensor<1x16x!q.fixed<i16, 12>>
+    """
+
+    name = "mixed-bits"
+    target_sqnr: float = 0.0   # dB; 0: the all-16-bit SQNR minus 1 dB
+    max_flash: int = 0         # bytes; 0: no budget
+    max_ram: int = 0           # bytes; 0: no budget
+    per_channel: bool = True
+    search: bool = True        # assign-qmn's format search
+    data: str = ""
+    samples: int = 16          # assign-qmn's samples
+    eval_samples: int = 64     # calibration samples each candidate is scored on
+
+    def __post_init__(self):
+        owner = "pass 'mixed-bits'"
+        check_option(math.isfinite(self.target_sqnr) and self.target_sqnr >= 0, owner, "target_sqnr",
+                     "a finite number of dB >= 0 (0: within 1 dB of all-16-bit)", self.target_sqnr)
+        check_option(self.max_flash >= 0, owner, "max_flash", ">= 0 bytes (0: no budget)", self.max_flash)
+        check_option(self.max_ram >= 0, owner, "max_ram", ">= 0 bytes (0: no budget)", self.max_ram)
+        check_option(self.samples >= 1, owner, "samples", ">= 1", self.samples)
+        check_option(self.eval_samples >= 1, owner, "eval_samples", ">= 1", self.eval_samples)
+
+    # ------------------------------------------------------------ run
+    def run(self, graph: Graph) -> PassResult:
+        path = self.data or context_value(self, graph, "calib")
+        if not path:
+            raise InputError("mixed-bits needs calibration data to score the bit choices (the 'data' option "
+                             "or --calib)")
+        self.graph, self.units = graph, _Units(graph)
+        self.samples_in = load_samples(graph, path, self.eval_samples)
+        self.reference = self._float_outputs()
+        self.signal = sum(float(np.sum(np.square(r.astype(np.float64)))) for r in self.reference)
+        self.scores: Dict[FrozenSet[int], float] = {}  # noise power per choice
+        u = self.units
+        all8, all16 = frozenset(), frozenset(range(u.count))
+        s8, s16 = self._db(all8), self._db(all16)
+        target = self.target_sqnr if self.target_sqnr > 0 else s16 - 1.0
+        flash8, ram8 = self.flash(all8), self.ram(all8)
+        for budget, key, need, what in ((self.max_flash, "--max-flash", flash8, "flash"),
+                                        (self.max_ram, "--max-ram", ram8, "RAM")):
+            if budget and need > budget:
+                raise InputError(f"{key} {budget} bytes cannot be met: the all-8-bit build already needs about "
+                                 f"{need} bytes of {what} (the smallest qcc can reach with Qm.n)")
+        chosen, cur = all8, s8
+        steps = []
+        priority = {k: self._gain(all8, k) for k in range(u.count)}
+        fresh = set(range(u.count))
+        while cur < target:
+            cands = [k for k in range(u.count) if k not in chosen and self._fits(chosen | {k})]
+            if not cands:
+                break
+            while True:
+                best = min(cands, key=lambda k: (-priority[k], k))
+                if best in fresh:
+                    break
+                priority[best] = self._gain(chosen, best)
+                fresh.add(best)
+            chosen = chosen | {best}
+            before, cur = cur, self._db(chosen)
+            steps.append({"layer": u.names[best], "sqnr_db": round(cur, 2), "gain_db": round(cur - before, 2),
+                          "bytes": u.weight_elems[best] + u.act_elems[best]})
+            fresh = set()
+        if self.target_sqnr > 0 and cur < target:
+            raise InputError(f"--target-sqnr {self.target_sqnr:g} dB cannot be met"
+                             + (" within the budget" if self.max_flash or self.max_ram else "")
+                             + f": the best reachable is {cur:.2f} dB ({len(chosen)} of {u.count} layers at 16 "
+                             f"bits; all-16-bit gives {s16:.2f} dB)")
+        self._apply(chosen)
+        summary = {"target_sqnr_db": round(target, 2), "sqnr_db": round(cur, 2),
+                   "all8_sqnr_db": round(s8, 2), "all16_sqnr_db": round(s16, 2),
+                   "flash_bytes": self.flash(chosen), "all16_flash_bytes": self.flash(all16),
+                   "ram_bytes": self.ram(chosen), "all16_ram_bytes": self.ram(all16),
+                   "max_flash": self.max_flash, "max_ram": self.max_ram, "evaluations": len(self.scores),
+                   "samples": len(self.samples_in), "steps": steps,
+                   "layers": [{"layer": u.names[k], "bits": 16 if k in chosen else 8} for k in range(u.count)]}
+        ctx = getattr(self, "context", None)
+        if isinstance(ctx, dict):
+            ctx["mixed_bits"] = summary
+        return PassResult(True, {"units": u.count, "promoted": len(chosen), "evaluations": len(self.scores),
+                                 "sqnr_db": round(cur, 2)})
+
+    # ------------------------------------------------------------ scoring
+    def _gain(self, chosen: FrozenSet[int], k: int) -> float:
+        """Output noise power removed by promoting unit ``k`` on top of ``chosen``, per extra byte."""
+        u = self.units
+        return (self._score(chosen) - self._score(chosen | {k})) / max(1, u.weight_elems[k] + u.act_elems[k])
+
+    def _db(self, chosen: FrozenSet[int]) -> float:
+        return to_db(self.signal, self._score(chosen))
+
+    def _score(self, chosen: FrozenSet[int]) -> float:
+        if chosen not in self.scores:
+            from qcc.sim.interpreter import run_graph
+            import qcc.sim.qmn  # noqa: F401  (kernels of the q.* ops)
+            self._apply(chosen)
+            assign = AssignQmn(search=self.search, per_channel=self.per_channel, data=self.data,
+                               samples=self.samples)
+            assign.context = getattr(self, "context", None)
+            assign.run(self.graph)
+            names = self.graph.output_names
+            got = [run_graph(self.graph, s)[n] for s in self.samples_in for n in names]
+            self.scores[chosen] = noise_power(self.reference, got)
+        return self.scores[chosen]
+
+    def _float_outputs(self) -> List[np.ndarray]:
+        """The float model's outputs on the samples: a copy of the graph with every fake-quant pair bypassed."""
+        from qcc.sim.interpreter import run_graph
+        import qcc.sim.qmn  # noqa: F401
+        g = self.graph.copy()
+        for op in list(g.ops):
+            if op.opname == "q.dequantize" and op.operands[0].producer.opname == "q.quantize":
+                g.replace_all_uses(op.result, op.operands[0].producer.operands[0])
+        return [run_graph(g, s)[n] for s in self.samples_in for n in g.output_names]
+
+    def _apply(self, chosen: FrozenSet[int]) -> None:
+        """Storage types of ``chosen`` with insert-qdq's provisional formats (assign-qmn refines them)."""
+        u = self.units
+        for i, group in enumerate(u.groups):
+            bits = 16 if u.group_unit(i) in chosen else 8
+            for q in group:
+                r = range_of(q)
+                n = frac_bits_for(max(abs(r[0]), abs(r[1])) if r else 0.0, bits)
+                q.result.type = fixed_type(q.result.shape, bits, n)
+        for i, (qw, layer) in enumerate(zip(u.weights, u.layers)):
+            bits = 16 if u.weight_unit(i) in chosen else 8
+            w = np.asarray(qw.operands[0].constant(), np.float64)
+            n_w = weight_frac_bits(w, bits, self.per_channel)
+            qw.result.type = per_channel_type(w.shape, f"i{bits}", n_w)
+            qb = dequantized_source(layer.operands[2]) if len(layer.operands) > 2 else None
+            if qb is not None and qb.operands[0].is_constant():
+                src = dequantized_source(layer.operands[0])
+                n_x = channel_frac_bits(src.result.type)[0] if src is not None else bits - 1
+                qb.result.type = bias_type(qb.result.shape, n_x, n_w)
+
+    # ------------------------------------------------------------ budgets
+    def flash(self, chosen: FrozenSet[int]) -> int:
+        u = self.units
+        total = 0
+        for i, qw in enumerate(u.weights):
+            total += int(qw.result.type.size) * (2 if u.weight_unit(i) in chosen else 1)
+            total += 4 * int(qw.result.shape[0]) + CODE_BYTES_PER_LAYER
+        return total
+
+    def ram(self, chosen: FrozenSet[int]) -> int:
+        """Peak of the integer activation bytes alive at once, in graph order (no in-place reuse)."""
+        u = self.units
+        ops = self.graph.ops
+        pos = {id(op): i for i, op in enumerate(ops)}
+        live = np.zeros(len(ops) + 1, np.int64)
+        for i, group in enumerate(u.groups):
+            size = 2 if u.group_unit(i) in chosen else 1
+            for q in group:
+                last = pos[id(q)]
+                stack = [q.result]
+                while stack:  # the quantized tensor lives until its last reader (through dequantize/moves)
+                    v = stack.pop()
+                    for user in self.graph.users(v):
+                        last = max(last, pos[id(user)])
+                        if user.opname in ("q.dequantize", "nn.reshape", "nn.flatten", "nn.squeeze",
+                                           "nn.unsqueeze", "nn.identity", "nn.dropout"):
+                            stack.append(user.result)
+                    if self.graph.is_output(v):
+                        last = len(ops)
+                live[pos[id(q)]:last + 1] += size * int(q.result.type.size)
+        return int(live.max(initial=0))
+
+    def _fits(self, chosen: FrozenSet[int]) -> bool:
+        return (not self.max_flash or self.flash(chosen) <= self.max_flash) and \
+               (not self.max_ram or self.ram(chosen) <= self.max_ram)
