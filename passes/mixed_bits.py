@@ -26,7 +26,7 @@ barely depends on the others (a gain in dB would: the noisiest layer masks the
 rest). Take the unit of best priority after re-scoring it against the
 current choice (ties: graph order), until the SQNR
 reaches ``target_sqnr`` (default: the all-16-bit SQNR minus 1 dB) or no unit
-fits the budgets:
+fits the budgets (under a budget, also when the best promotion gains nothing):
 
     flash = weight bytes + bias bytes (4 per output channel) + CODE_BYTES_PER_LAYER per layer
     ram   = the largest sum of integer activation tensors alive at once (a no-in-place
@@ -224,6 +224,8 @@ class MixedBits(Pass):
                     break
                 priority[best] = self._gain(chosen, best)
                 fresh.add(best)
+            if priority[best] <= 0 and (self.max_flash or self.max_ram):
+                break  # under a budget, bytes that buy no SQNR are better left unspent
             chosen = chosen | {best}
             before, cur = cur, self._db(chosen)
             steps.append({"layer": u.names[best], "sqnr_db": round(cur, 2), "gain_db": round(cur - before, 2),

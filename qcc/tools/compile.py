@@ -73,8 +73,20 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
                    help="quantization scheme: qmn (Qm.n fixed point, the default for float models) or int8 "
                         "(affine TFLite/CMSIS-NN int8, the default for QDQ models); a QDQ model with "
                         "power-of-two scales and zero points 0 also compiles with qmn (no --calib)")
-    p.add_argument("--bits", type=int, choices=(8, 16),
-                   help="activation/weight bits of a float model: 8 (q7, the default) or 16 (q15)")
+    p.add_argument("--bits", choices=("8", "16", "mixed"),
+                   help="activation/weight bits of a float model: 8 (q7, the default), 16 (q15), or mixed "
+                        "(--scheme qmn: 8 or 16 per layer, chosen by output SQNR gained per byte; see "
+                        "--target-sqnr, --max-flash, --max-ram)")
+    p.add_argument("--target-sqnr", type=float, metavar="DB",
+                   help="with --bits mixed: promote layers to 16 bits until the output SQNR (fake-quant "
+                        "simulation vs float on the calibration data) reaches DB (default: within 1 dB of "
+                        "the all-16-bit SQNR)")
+    p.add_argument("--max-flash", type=int, metavar="BYTES",
+                   help="with --bits mixed: flash budget; flash = weight and bias bytes + an estimate of "
+                        "600 bytes of code per layer")
+    p.add_argument("--max-ram", type=int, metavar="BYTES",
+                   help="with --bits mixed: RAM budget for the arena (estimated during the search from "
+                        "tensor lifetimes; the planned arena is checked against it afterwards)")
     p.add_argument("--name", help="C name prefix and file stem (default: the stem of -o)")
     p.add_argument("--report", metavar="FILE.html|FILE.md|FILE.json",
                    help="write a compile report: .html (self-contained, with plots: per-layer SQNR, activation "
@@ -156,9 +168,9 @@ def parse_act_max(specs: Sequence[str]) -> Dict[str, float]:
 FLOAT_PIPELINES = {"qmn": "qmn", "int8": "int8-calibrated"}
 
 
-def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max: Dict[str, float],
+def lower(graph: Graph, *, calib: Optional[str], bits, scheme: str, act_max: Dict[str, float],
           model_path: str, jobs: int = 1, float_output: bool = False, method: Optional[str] = None,
-          per_tensor: bool = False) -> Optional[Graph]:
+          per_tensor: bool = False, mixed: Optional[Dict[str, float]] = None) -> Optional[Graph]:
     """Run the quantization pipeline on a float graph in place.
 
     ``float_output`` keeps a trailing softmax/sigmoid/tanh in float after the
@@ -173,10 +185,15 @@ def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max
                          f"pass --calib DATA (.npz keyed by input name, .npy, or a folder of them)")
     if calib and not Path(calib).exists():
         raise InputError(f"no such calibration file or folder: {calib}")
-    if scheme == "int8" and bits != 8:
+    if scheme == "int8" and bits not in (8, "mixed"):
         raise InputError(f"--scheme int8 is 8-bit only, got --bits {bits}")
     if method is not None and method not in CALIBRATION_METHODS:
         raise InputError(f"--method must be one of {', '.join(CALIBRATION_METHODS)}, got '{method}'")
+    if bits == "mixed":
+        if not calib:
+            raise InputError("--bits mixed scores its choices on calibration data; pass --calib DATA")
+        # The search starts all-8-bit; its options ride on the qmn pipeline (mixed-bits pass).
+        bits = "8,mixed=true" + "".join(f",{k}={v}" for k, v in (mixed or {}).items() if v is not None)
     options = f"bits={bits}" + (",float_output=true" if float_output else "") + \
         (f",method={method}" if method else "") + (",per_channel=false" if per_tensor else "")
     pm = PassManager.parse(f"{FLOAT_PIPELINES[scheme]}{{{options}}}")
@@ -293,13 +310,21 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                   float_output: bool = False, backend: str = "cmsis", kernels: str = "qcc",
                   input_shapes: Optional[Dict[str, tuple]] = None, jobs: int = 1,
                   report_samples: Optional[int] = None, emit_onnx: Optional[str] = None,
-                  round_scales: bool = False, method: Optional[str] = None, per_tensor: bool = False):
-    """Compile ``model`` and write every output file; returns the backend's GeneratedModel."""
+                  round_scales: bool = False, method: Optional[str] = None, per_tensor: bool = False,
+                  target_sqnr: Optional[float] = None, max_flash: Optional[int] = None,
+                  max_ram: Optional[int] = None):
+    """Compile ``model`` and write every output file; returns the backend's GeneratedModel.
+
+    ``bits`` is 8, 16 or "mixed" (``target_sqnr``, ``max_flash``, ``max_ram`` steer the mixed search)."""
     out = Path(output)
     if out.suffix != ".c":
         raise InputError(f"-o takes the path of the C file to write (OUT/NAME.c), got '{output}'")
-    if bits is not None and bits not in (8, 16):
-        raise InputError(f"--bits must be 8 or 16, got {bits}")
+    if bits is not None and bits not in (8, 16, "mixed"):
+        raise InputError(f"--bits must be 8, 16 or mixed, got {bits}")
+    mixed = _mixed_options(bits, target_sqnr, max_flash, max_ram)
+    if mixed is not None and scheme == "int8":
+        raise InputError("--bits mixed chooses 8 or 16 bits per layer with --scheme qmn only; affine "
+                         "int8/int16 mixed precision is not built yet")
     if report and Path(report).suffix not in (".md", ".json", ".html"):
         raise InputError(f"--report writes HTML (.html), Markdown (.md) or JSON (.json), got '{report}'")
     if report_samples is not None and report_samples < 0:
@@ -326,6 +351,8 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                              f"so it needs calibration inputs; pass --calib DATA")
     if is_lowered(graph) or is_qdq(graph):
         what = "already lowered" if is_lowered(graph) else "a QDQ model: it carries its own scales"
+        if bits == "mixed":
+            raise InputError(f"--bits mixed does not apply: {model} is {what}")
         if bits not in (None, 8) and not is_lowered(graph):
             raise InputError(f"--bits {bits} does not apply: {model} is {what}")
         for flag, given in (("--calib", calib), ("--act-max", act_max), ("--bits", bits), ("--method", method),
@@ -340,7 +367,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
         if round_scales:
             notes.append(f"ignoring --round-scales: {model} is a float model (it applies to QDQ models)")
         float_graph = lower(graph, calib=calib, bits=bits or 8, scheme=scheme or "qmn", act_max=act_max or {},
-                            method=method, per_tensor=per_tensor,
+                            method=method, per_tensor=per_tensor, mixed=mixed,
                             model_path=model, jobs=jobs, float_output=float_output)
     notes += graph.notes
     if float_epilogue(graph) and not float_output:
@@ -358,6 +385,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     gen = get_backend(backend).generate(graph, name=name or out.stem, target=target, float_output=float_output,
                                         **extra)
     gen.warnings[:0] = notes
+    gen.mixed_bits = _check_mixed(graph, float_graph, calib, mixed, gen, report_samples)
     files = {out.parent / rel: data for rel, data in gen.files.items()}
     if emit_ir:
         extra_files = _ir_files(graph, Path(emit_ir))
@@ -371,6 +399,8 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     if report:
         _refuse_overlap("--report", {Path(report): b""}, files)
         summary = make_report(gen, graph, model)
+        if gen.mixed_bits:
+            summary["mixed_bits"] = gen.mixed_bits
         if Path(report).suffix == ".json":
             files[Path(report)] = (json.dumps(summary, indent=2) + "\n").encode()
         elif Path(report).suffix == ".html":
@@ -385,6 +415,40 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     from qcc.fileio import write_files
     write_files(files)
     return gen
+
+
+def _mixed_options(bits, target_sqnr, max_flash, max_ram) -> Optional[Dict[str, float]]:
+    """The mixed-bits search options, checked; None unless --bits mixed."""
+    given = [(flag, v) for flag, v in (("--target-sqnr", target_sqnr), ("--max-flash", max_flash),
+                                       ("--max-ram", max_ram)) if v is not None]
+    if bits != "mixed":
+        if given:
+            raise InputError(f"{given[0][0]} steers the per-layer bit choice: it needs --bits mixed")
+        return None
+    if target_sqnr is not None and not (math.isfinite(target_sqnr) and target_sqnr > 0):
+        raise InputError(f"--target-sqnr takes a positive number of dB, got {target_sqnr}")
+    for flag, v in (("--max-flash", max_flash), ("--max-ram", max_ram)):
+        if v is not None and v <= 0:
+            raise InputError(f"{flag} takes a positive number of bytes, got {v}")
+    return {"target_sqnr": target_sqnr, "max_flash": max_flash, "max_ram": max_ram}
+
+
+def _check_mixed(graph: Graph, float_graph: Optional[Graph], calib: Optional[str], mixed, gen,
+                 samples: Optional[int]) -> Optional[dict]:
+    """The mixed-bits choice (from the pipeline's context), its output SQNR re-measured with the integer
+    simulator, and the planned arena checked against --max-ram (the search only estimated it)."""
+    summary = (getattr(graph, "context", None) or {}).get("mixed_bits") if mixed else None
+    if not summary:
+        return None
+    summary = dict(summary, arena_bytes=gen.plan.arena_size, weight_bytes=gen.weight_bytes)
+    if float_graph is not None and calib:
+        from qcc.tools.report import output_sqnr
+        summary["verified_sqnr_db"] = round(output_sqnr(float_graph, graph, calib, samples), 2)
+    if mixed.get("max_ram") and gen.plan.arena_size > mixed["max_ram"]:
+        raise InputError(f"--max-ram {mixed['max_ram']} bytes is not met: the planned arena of the chosen "
+                         f"bits is {gen.plan.arena_size} bytes (the search estimated {summary['ram_bytes']}); "
+                         f"lower --max-ram by the difference, or raise it")
+    return summary
 
 
 def _check_sizes(graph: Graph, model: str, target) -> None:
@@ -463,6 +527,9 @@ def markdown_report(summary: dict, float_graph: Optional[Graph], graph: Graph, c
              f"| weights (flash) | {summary['weight_bytes']:,} B |",
              f"| arena (peak RAM, input and output included) | {summary['arena_bytes']:,} B |",
              f"| lower bound (largest live set, no in-place) | {summary['arena_lower_bound_bytes']:,} B |", ""]
+    if summary.get("mixed_bits"):
+        from qcc.tools.report import mixed_bits_report
+        lines += mixed_bits_report(summary["mixed_bits"]) + [""]
     memory = summary.get("memory") or {}
     per_layer = memory.get("layers") or []
     if per_layer:
@@ -522,8 +589,9 @@ def _cycles(gen) -> dict:
 
 def _command(args: argparse.Namespace) -> int:
     import sys
+    bits = None if args.bits is None else ("mixed" if args.bits == "mixed" else int(args.bits))
     gen = compile_model(args.model, args.output, args.target, calib=args.calib, scheme=args.scheme,
-                        bits=args.bits, name=args.name, report=args.report, emit_ir=args.emit_ir,
+                        bits=bits, target_sqnr=args.target_sqnr, max_flash=args.max_flash, max_ram=args.max_ram, name=args.name, report=args.report, emit_ir=args.emit_ir,
                         act_max=parse_act_max(args.act_max), float_output=args.float_output,
                         backend=args.backend, kernels=args.kernels,
                         input_shapes=parse_input_shapes(args.input_shape), jobs=args.jobs,
@@ -532,6 +600,13 @@ def _command(args: argparse.Namespace) -> int:
     folder = Path(args.output).parent
     for w in gen.warnings:
         print(f"qcc: warning: {w}", file=sys.stderr)
+    m = gen.mixed_bits
+    if m:
+        wide = sum(1 for layer in m["layers"] if layer["bits"] == 16)
+        print(f"qcc: mixed precision: {wide} of {len(m['layers'])} layers at 16 bits; output SQNR "
+              f"{m['sqnr_db']} dB (all-8 {m['all8_sqnr_db']}, all-16 {m['all16_sqnr_db']}, target "
+              f"{m['target_sqnr_db']}; integer simulator {m.get('verified_sqnr_db', 'not measured')}); flash "
+              f"estimate {m['flash_bytes']} bytes (all-16 {m['all16_flash_bytes']})", file=sys.stderr)
     print(f"qcc: wrote {folder / (gen.name + '.c')}, {gen.name}.h, {gen.name}_weights.c, Makefile "
           f"(arena {gen.plan.arena_size} bytes, weights {gen.weight_bytes} bytes)", file=sys.stderr)
     return 0

@@ -266,3 +266,44 @@ def quantization_report(float_graph: Graph, quant_graph: Graph, calib: str, samp
     inputs, provided = report_samples(float_graph, calib, samples)
     return format_report(layer_report(float_graph, quant_graph, inputs), title,
                          samples_note(len(inputs), provided, samples))
+
+
+def output_sqnr(float_graph: Graph, quant_graph: Graph, calib: str, limit: Optional[int] = None) -> float:
+    """SQNR in dB of the integer graph's outputs (dequantized) against the float graph's, over the first
+    ``limit`` calibration samples (``report_samples``); capped at +-999 dB."""
+    from qcc.sim.interpreter import run_graph
+    import qcc.sim.qmn  # noqa: F401  (integer kernels)
+    import qcc.sim.s8  # noqa: F401
+    inputs, _ = report_samples(float_graph, calib, limit)
+    signal = noise = 0.0
+    for sample in inputs:
+        ref, got = run_graph(float_graph, sample), run_graph(quant_graph, sample)
+        for name in float_graph.output_names:
+            r = ref[name].astype(np.float64)
+            signal += float(np.sum(r * r))
+            noise += float(np.sum((r - got[name].astype(np.float64)) ** 2))
+    if noise == 0.0:
+        return 999.0
+    return max(-999.0, min(999.0, 10 * math.log10(signal / noise))) if signal > 0 else -999.0
+
+
+def mixed_bits_report(m: dict) -> List[str]:
+    """Markdown lines for ``qcc --bits mixed``: the bits per layer and what each promotion bought."""
+    steps = {s["layer"]: s for s in m["steps"]}
+    wide = sum(1 for layer in m["layers"] if layer["bits"] == 16)
+    lines = ["## Mixed precision (--bits mixed)", "",
+             f"{wide} of {len(m['layers'])} layers at 16 bits. Output SQNR {m['sqnr_db']} dB in the fake-quant "
+             f"search ({m.get('verified_sqnr_db', 'not measured')} dB by the integer simulator); all-8-bit "
+             f"{m['all8_sqnr_db']} dB, all-16-bit {m['all16_sqnr_db']} dB, target {m['target_sqnr_db']} dB. "
+             f"Flash estimate {m['flash_bytes']:,} B (all-16 {m['all16_flash_bytes']:,} B), RAM estimate "
+             f"{m['ram_bytes']:,} B (all-16 {m['all16_ram_bytes']:,} B; planned arena "
+             f"{m.get('arena_bytes', 0):,} B); {m['evaluations']} choices scored on {m['samples']} samples.", "",
+             "| layer (unit of promotion) | bits | promoted as | SQNR after | gain | extra bytes |",
+             "|---|---:|---:|---:|---:|---:|"]
+    order = {s["layer"]: i + 1 for i, s in enumerate(m["steps"])}
+    for layer in m["layers"]:
+        s = steps.get(layer["layer"])
+        lines.append(f"| {layer['layer']} | {layer['bits']} | "
+                     + (f"#{order[layer['layer']]} | {s['sqnr_db']} dB | {s['gain_db']:+} dB | {s['bytes']:,} |"
+                        if s else "- | - | - | - |"))
+    return lines
