@@ -239,8 +239,9 @@ class MixedBits(Pass):
         self._apply(chosen)
         summary = {"target_sqnr_db": round(target, 2), "sqnr_db": round(cur, 2),
                    "all8_sqnr_db": round(s8, 2), "all16_sqnr_db": round(s16, 2),
-                   "flash_bytes": self.flash(chosen), "all16_flash_bytes": self.flash(all16),
-                   "ram_bytes": self.ram(chosen), "all16_ram_bytes": self.ram(all16),
+                   "flash_bytes": self.flash(chosen), "all8_flash_bytes": flash8,
+                   "all16_flash_bytes": self.flash(all16),
+                   "ram_bytes": self.ram(chosen), "all8_ram_bytes": ram8, "all16_ram_bytes": self.ram(all16),
                    "max_flash": self.max_flash, "max_ram": self.max_ram, "evaluations": len(self.scores),
                    "samples": len(self.samples_in), "steps": steps,
                    "layers": [{"layer": u.names[k], "bits": 16 if k in chosen else 8} for k in range(u.count)]}

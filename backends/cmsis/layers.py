@@ -190,14 +190,15 @@ class LayerBuilder:
     def _depthwise_weights(self, op: Op):
         """[C,KH,KW,1] as [KH*KW][C] so a tap's channels are contiguous like the input's.
 
-        int8 x int8: widened to int16 and each group of 4 channels stored as
+        int8 input (int8 or int16 weights): int16 weights, each group of 4 channels stored as
         (c, c+2, c+1, c+3), the lanes SXTB16 makes of an input word (bytes 0,2 and,
-        rotated, 1,3), so one word pairs with each half of the widened input.
+        rotated, 1,3), so one word pairs with each half of the widened input (the
+        template's ``dw_perm``).
         """
         w = op.operands[1].constant()
         c = w.shape[0]
         taps = np.asarray(w, np.int64).reshape(c, -1).T.copy()          # [KH*KW, C]
-        if (op.operands[0].type.dtype, op.operands[1].type.dtype) != ("i8", "i8"):
+        if op.operands[0].type.dtype != "i8":
             return taps, op.operands[1].type.dtype, f"depthwise weights [KH*KW={taps.shape[0]}][C={c}]"
         blocks = c // 4 * 4
         perm = np.arange(c)

@@ -1,0 +1,278 @@
+"""Mixed 8/16-bit Qm.n (``qcc --bits mixed``, the mixed-bits pass).
+
+Kernels: conv2d (every path: 3x3 gemm, few-channel im2col, 1x1, depthwise, grouped) and dense
+with input, weights and output each i8 or i16 (all eight combinations the search can produce),
+and i8 <-> i16 requantize: emitted C == simulator bit for bit on the host (sanitizers) and in one
+QEMU Cortex-M4 run. The search: a budget gives a real mix whose C equals the simulator, budgets
+are respected, results are deterministic (same C twice), and bad options are refused cleanly.
+"""
+from __future__ import annotations
+
+import itertools
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from qcc.backends.cmsis import generate, harness
+from qcc.fileio import write_files
+from qcc.ir.graph import Graph
+from qcc.ir.types import FixedPoint, TensorType
+from qcc.tools.compile import compile_model, main as qcc_main
+
+from onnx_builders import build
+from test_backend_cmsis import assert_same_outputs, compile_and_compare
+
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
+needs_qemu = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
+                                reason="arm-none-eabi-gcc or qemu-system-arm not installed")
+
+FRAC = {8: 4, 16: 12}            # activations: Q3.4 and Q3.12
+WFRAC = {8: 6, 16: 9}            # weights
+# (x, w, y) widths along each chain: every one of the eight combinations once.
+CHAIN = [(8, 8, 8), (8, 8, 16), (16, 8, 16), (16, 8, 8), (8, 16, 8), (8, 16, 16), (16, 16, 16), (16, 16, 8)]
+
+
+def _t(shape, bits, frac):
+    return TensorType(tuple(shape), f"i{bits}", FixedPoint(frac))
+
+
+def combo_graph(seed: int) -> Graph:
+    """Chains of conv2d (five kernel paths) and dense layers through all eight (x, w, y) width combinations."""
+    rng = np.random.default_rng(seed)
+    g = Graph("mixed")
+    outs, names = [], []
+
+    def quantized_input(name, shape):
+        x = g.add_input(name, TensorType(shape))
+        return g.add_op("q.quantize", [x], result_types=[_t(shape, 8, FRAC[8])]).result
+
+    def weights(shape, bits, fan_in):
+        hi = (1 << (bits - 1)) - 1
+        w = np.clip(np.round(rng.normal(0, 2.0 ** WFRAC[bits] / np.sqrt(fan_in), shape)), -hi, hi)
+        return g.add_const(w.astype(np.int8 if bits == 8 else np.int16))
+
+    def requant(v, xb, yb, name):
+        lo, hi = -(1 << (yb - 1)), (1 << (yb - 1)) - 1
+        return g.add_op("qnn.requantize", [v], {"out_shift": [FRAC[xb] - FRAC[yb]], "act_min": lo, "act_max": hi},
+                        result_types=[_t(v.shape, yb, FRAC[yb])], name=name).result
+
+    def layer(opname, v, w_shape, fan_in, xb, wb, yb, attrs, out_shape, name):
+        lo, hi = -(1 << (yb - 1)), (1 << (yb - 1)) - 1
+        w = weights(w_shape, wb, fan_in)
+        b = g.add_const(rng.integers(-200, 200, w_shape[0]).astype(np.int32))
+        shifts = [FRAC[xb] + WFRAC[wb] - FRAC[yb] + int(s) for s in rng.integers(-1, 2, w_shape[0])]
+        a = {"bias_shift": [2], "out_shift": shifts, "act_min": 0 if "relu" in name else lo, "act_max": hi, **attrs}
+        return g.add_op(opname, [v, w, b], a, result_types=[_t(out_shape, yb, FRAC[yb])], name=name).result
+
+    paths = [("gemm", 8, 3, 1, 1), ("im2col", 2, 3, 1, 1), ("pointwise", 8, 1, 1, 0), ("depthwise", 8, 3, 8, 1),
+             ("grouped", 8, 3, 2, 1)]
+    for path, c, k, group, pad in paths:
+        v = quantized_input(path, (1, 6, 5, c))
+        for i, (xb, wb, yb) in enumerate(CHAIN):
+            if v.type.dtype != f"i{xb}":
+                v = requant(v, 24 - xb, xb, f"{path}_rq{i}")
+            attrs = {"strides": [1, 1], "pads": [pad] * 4, "dilations": [1, 1], "group": group}
+            v = layer("qnn.conv2d", v, (c, k, k, c // group), k * k * c // group, xb, wb, yb, attrs,
+                      (1, 6, 5, c), f"{path}{i}_x{xb}w{wb}y{yb}" + ("_relu" if i % 3 == 0 else ""))
+        outs.append(v)
+        names.append(path)
+    v = g.add_op("nn.flatten", [quantized_input("fc", (1, 2, 3, 4))], {"axis": 1}, name="flatten").result
+    for i, (xb, wb, yb) in enumerate(CHAIN):
+        if v.type.dtype != f"i{xb}":
+            v = requant(v, 24 - xb, xb, f"fc_rq{i}")
+        v = layer("qnn.dense", v, (24, 24), 24, xb, wb, yb, {}, (1, 24), f"fc{i}_x{xb}w{wb}y{yb}")
+    v = requant(requant(v, 8, 16, "widen"), 16, 8, "narrow")  # the boundaries between units, both ways
+    outs.append(v)
+    names.append("fc")
+    deq = [g.add_op("q.dequantize", [v], result_types=[TensorType(v.shape)]).result for v in outs]
+    g.set_outputs(deq, names)
+    g.verify()
+    return g
+
+
+def combo_inputs(graph: Graph, count: int, seed: int):
+    rng = np.random.default_rng(seed)
+    return {v.name: rng.normal(0, 2.5, (count,) + v.shape).astype(np.float32) for v in graph.inputs}
+
+
+def test_combo_graph_has_every_width_combination():
+    g = combo_graph(0)
+    for opname in ("qnn.conv2d", "qnn.dense"):
+        seen = {(op.operands[0].type.dtype, op.operands[1].type.dtype, op.result.type.dtype)
+                for op in g.ops if op.opname == opname}
+        assert seen == set(itertools.product(("i8", "i16"), repeat=3))
+    rq = {(op.operands[0].type.dtype, op.result.type.dtype) for op in g.ops if op.opname == "qnn.requantize"}
+    assert rq == {("i8", "i16"), ("i16", "i8")}
+
+
+@needs_gcc
+def test_every_width_combination_matches_simulator_on_host(tmp_path):
+    g = combo_graph(0)
+    gen, got = compile_and_compare(g, tmp_path, combo_inputs(g, 8, 0))
+    for q in got.quantized:  # real arithmetic, not saturated constants
+        assert len(np.unique(q)) > 20
+
+
+@needs_qemu
+def test_every_width_combination_on_qemu_m4(tmp_path):
+    g = combo_graph(1)
+    samples = combo_inputs(g, 3, 1)
+    gen = generate(g, "net", "cortex-m4")
+    write_files({tmp_path / k: v for k, v in gen.files.items()})
+    count = harness.write_samples(tmp_path / "in.bin", g, samples)
+    harness.run_qemu(tmp_path, tmp_path / "in.bin", tmp_path / "out.bin")
+    assert_same_outputs(harness.read_outputs(tmp_path / "out.bin", gen, count), harness.simulate(g, gen, samples))
+
+
+# ---------------------------------------------------------------- the search, end to end
+def small_kws(seed: int = 0) -> onnx.ModelProto:
+    """conv 3x3 + ReLU, depthwise 3x3 + ReLU, pointwise + ReLU, global average pool, FC, softmax."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape):
+        fan_in = int(np.prod(shape[1:]))
+        return (rng.standard_t(4, shape) * np.sqrt(1.0 / fan_in) * np.exp(rng.normal(0, 0.3, (shape[0],) + (1,) * (len(shape) - 1)))).astype(np.float32)
+
+    inits = {"w1": w(8, 1, 3, 3), "b1": rng.normal(0, 0.1, 8).astype(np.float32),
+             "w2": w(8, 1, 3, 3), "b2": rng.normal(0, 0.1, 8).astype(np.float32),
+             "w3": w(16, 8, 1, 1), "b3": rng.normal(0, 0.1, 16).astype(np.float32),
+             "w4": w(5, 16), "b4": rng.normal(0, 0.1, 5).astype(np.float32),
+             "shape": np.array([1, 16], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1], strides=[2, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="dw", pads=[1, 1, 1, 1], group=8),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], name="pw"),
+             helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+             helper.make_node("GlobalAveragePool", ["r3"], ["gp"], name="pool"),
+             helper.make_node("Reshape", ["gp", "shape"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "w4", "b4"], ["logits"], name="fc", transB=1),
+             helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=-1)]
+    return build(nodes, {"x": [1, 1, 12, 6]}, ["probs"], inits)
+
+
+@pytest.fixture(scope="module")
+def kws(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("kws")
+    onnx.save(small_kws(), folder / "kws.onnx")
+    x = np.random.default_rng(5).normal(0, 1.5, (24, 1, 1, 12, 6)).astype(np.float32)
+    np.save(folder / "calib.npy", x)
+    return folder / "kws.onnx", folder / "calib.npy"
+
+
+def _compile(kws, out: Path, **options):
+    model, calib = kws
+    return compile_model(str(model), str(out / "net.c"), "cortex-m4", calib=str(calib), bits="mixed",
+                         emit_ir=str(out / "net.qir"), **options)
+
+
+@pytest.fixture(scope="module")
+def budget(kws, tmp_path_factory):
+    """A flash budget between the all-8 and all-16 estimates, and the unconstrained (default target) build."""
+    out = tmp_path_factory.mktemp("full")
+    m = _compile(kws, out).mixed_bits
+    return (m["all16_flash_bytes"] + m["all8_flash_bytes"]) // 2, m
+
+
+def test_default_target_reaches_within_one_db_of_all16(budget):
+    m = budget[1]
+    assert m["sqnr_db"] >= m["all16_sqnr_db"] - 1.0
+    assert m["target_sqnr_db"] == pytest.approx(m["all16_sqnr_db"] - 1.0, abs=0.01)
+    assert m["verified_sqnr_db"] == pytest.approx(m["sqnr_db"], abs=0.5)  # integer simulator agrees
+
+
+@needs_gcc
+def test_budget_gives_a_mix_whose_c_matches_simulator(kws, budget, tmp_path):
+    limit = budget[0]
+    gen = _compile(kws, tmp_path, max_flash=limit)
+    m = gen.mixed_bits
+    assert m["flash_bytes"] <= limit < m["all16_flash_bytes"]
+    assert {layer["bits"] for layer in m["layers"]} == {8, 16}
+    assert m["all8_sqnr_db"] < m["sqnr_db"]
+    from qcc.ir.parser import parse_file
+    graph = parse_file(str(tmp_path / "net.qir"))
+    widths = {op.result.type.dtype for op in graph.ops if op.opname in ("qnn.conv2d", "qnn.dense")}
+    assert widths == {"i8", "i16"}
+    samples = {"x": np.random.default_rng(9).normal(0, 1.5, (6, 1, 1, 12, 6)).astype(np.float32)}
+    count = harness.write_samples(tmp_path / "in.bin", graph, samples)
+    harness.run_host(harness.build_host(tmp_path, "net"), tmp_path / "in.bin", tmp_path / "out.bin")
+    assert_same_outputs(harness.read_outputs(tmp_path / "out.bin", gen, count), harness.simulate(graph, gen, samples))
+
+
+def test_larger_budget_never_scores_lower(kws, budget, tmp_path):
+    small = _compile(kws, tmp_path / "a", max_flash=budget[0]).mixed_bits
+    large = _compile(kws, tmp_path / "b", max_flash=budget[1]["all16_flash_bytes"]).mixed_bits
+    assert large["flash_bytes"] <= budget[1]["all16_flash_bytes"]
+    assert large["sqnr_db"] >= small["sqnr_db"]
+
+
+def test_same_inputs_give_identical_c(kws, budget, tmp_path):
+    for out in ("a", "b"):
+        _compile(kws, tmp_path / out, max_flash=budget[0])
+    for f in ("net.c", "net_weights.c", "net.h", "net.qir"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+
+
+def test_report_shows_bits_per_layer(kws, budget, tmp_path):
+    model, calib = kws
+    code = qcc_main([str(model), "-o", str(tmp_path / "net.c"), "--target", "cortex-m4", "--calib", str(calib),
+                     "--bits", "mixed", "--max-flash", str(budget[0]), "--report", str(tmp_path / "r.md")])
+    assert code == 0
+    text = (tmp_path / "r.md").read_text()
+    assert "## Mixed precision (--bits mixed)" in text
+    for name in ("conv1", "dw", "pw", "fc"):
+        assert any(line.startswith(f"| {name} | ") and line.split("|")[2].strip() in ("8", "16")
+                   for line in text.splitlines())
+
+
+@pytest.mark.parametrize("args, message, code", [
+    (["--max-flash", "100"], "--max-flash 100 bytes cannot be met: the all-8-bit build already needs about", 1),
+    (["--max-ram", "10"], "--max-ram 10 bytes cannot be met", 1),
+    (["--target-sqnr", "400"], "--target-sqnr 400 dB cannot be met: the best reachable is", 1),
+    (["--target-sqnr", "-3"], "--target-sqnr takes a positive number of dB, got -3", 1),
+    (["--max-flash", "0"], "--max-flash takes a positive number of bytes, got 0", 1),
+    (["--scheme", "int8"], "--bits mixed chooses 8 or 16 bits per layer with --scheme qmn only", 1),
+    (["--target-sqnr", "nan"], "--target-sqnr takes a positive number of dB, got nan", 1),
+])
+def test_bad_mixed_options_are_refused(kws, tmp_path, capsys, args, message, code):
+    model, calib = kws
+    out = tmp_path / "out"
+    rc = qcc_main([str(model), "-o", str(out / "net.c"), "--target", "cortex-m4", "--calib", str(calib),
+                   "--bits", "mixed", *args])
+    err = capsys.readouterr().err
+    assert rc == code and message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bits", "8", "--target-sqnr", "30"], "--target-sqnr steers the per-layer bit choice: it needs --bits mixed"),
+    (["--max-ram", "4000"], "--max-ram steers the per-layer bit choice: it needs --bits mixed"),
+])
+def test_mixed_options_need_bits_mixed(kws, tmp_path, capsys, args, message):
+    model, calib = kws
+    rc = qcc_main([str(model), "-o", str(tmp_path / "out" / "net.c"), "--target", "cortex-m4", "--calib", str(calib),
+                   *args])
+    err = capsys.readouterr().err
+    assert rc == 1 and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bits_value_checked_by_argparse(kws, tmp_path, capsys):
+    model, calib = kws
+    with pytest.raises(SystemExit) as e:
+        qcc_main([str(model), "-o", str(tmp_path / "net.c"), "--target", "cortex-m4", "--calib", str(calib),
+                  "--bits", "12"])
+    assert e.value.code == 2 and "invalid choice: '12'" in capsys.readouterr().err
+
+
+def test_pipeline_option_checks():
+    from qcc.transforms.passmanager import PassManager
+    from qcc.transforms.pipeline_text import PipelineError
+    with pytest.raises(PipelineError, match="option 'mixed' of pipeline 'qmn'"):
+        PassManager.parse("qmn{mixed=true,bits=16}")
+    with pytest.raises(PipelineError, match="option 'max_flash' of pass 'mixed-bits'"):
+        PassManager.parse("mixed-bits{max_flash=-1}")
