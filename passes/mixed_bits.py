@@ -1,16 +1,18 @@
 """mixed-bits: choose 8 or 16 bits per layer (Qm.n), promoting where it buys the most SQNR per byte.
 
 Runs on the fake-quant graph between ``propagate-scales`` and ``assign-qmn``
-(``qmn{mixed=true}``; ``qcc --bits mixed``). The unit of promotion is a
-*layer*: a conv/dense/scale_shift with its weights and the activation group
-of its output, so promoting it makes its weights and the tensor it writes
-i16 (q15). An op that needs one storage type in and out (average pool, add,
-sub, mul, softmax, sigmoid, tanh, table activations) ties its inputs' and its
-output's groups into one unit; an activation group no layer writes (the
-graph input, say) is a unit of its own. The combinations this produces are
-conv/dense with input, weights and output each i8 or i16 (all have kernels);
-a format change between units is a ``qnn.requantize`` (a rounded shift and a
-saturation), which ``lower-quantized`` inserts.
+(``qmn{mixed=true}``; ``qcc --bits mixed``). Units of promotion to i16 (q15),
+with ``unit=tensor`` (the default): each conv/dense/scale_shift weight tensor,
+and each activation group (``activation_groups``); with ``unit=layer``: a
+layer's weights together with the group of its output. An op that needs one
+storage type in and out (average pool, add, sub, mul, softmax, sigmoid, tanh,
+table activations) ties its inputs' and its output's groups into one unit.
+Tensor units let weights and activations part ways where it pays: measured on
+KWS models, 16-bit activations with 8-bit weights buy most of the SQNR for no
+flash. The combinations this produces are conv/dense with input, weights and
+output each i8 or i16 (all have kernels); a format change between units is a
+``qnn.requantize`` (a rounded shift and a saturation), which
+``lower-quantized`` inserts.
 
 Score of a choice (a set of promoted units): the fake-quant graph with those
 bits, formats settled by ``assign-qmn`` exactly as the pipeline will, run by
@@ -29,8 +31,9 @@ reaches ``target_sqnr`` (default: the all-16-bit SQNR minus 1 dB) or no unit
 fits the budgets (under a budget, also when the best promotion gains nothing):
 
     flash = weight bytes + bias bytes (4 per output channel) + CODE_BYTES_PER_LAYER per layer
-    ram   = the largest sum of integer activation tensors alive at once (a no-in-place
-            estimate of the planned arena; the driver checks the real plan afterwards)
+    ram   = the largest sum of integer activation tensors alive at once, a layer's input
+            until it runs and its output from then on (an estimate of the planned arena,
+            which in-place layers approach; the driver checks the real plan afterwards)
 
 The pass leaves the chosen storage types with insert-qdq's provisional formats,
 so the ``assign-qmn`` after it produces exactly the graph that was scored.
@@ -42,7 +45,7 @@ Before (``insert-qdq{bits=8}``)::
     %3 = q.quantize %2 : tensor<16x8x!qa0>           // weights of dense "fc1", i8
     %6 = q.quantize %5 : tensor<1x16x!q.fixed<i8, 4>>  // fc1's output
 
-After ``-p mixed-bits`` (fc1 promoted)::
+After ``-p mixed-bits{unit=layer}`` (fc1 promoted)::
 
     %3 = q.quantize %2 : tensor<16x8x!qa1>           // i16 weights
     %6 = q.quantize %5 : tensor<1x16x!q.fixed<i16, 12>>
@@ -93,7 +96,7 @@ def _tensor_name(q: Op) -> str:
 class _Units:
     """Union-find over activation groups (indices 0..G-1) and layers' weight quantize ops (G..)."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, split: bool = False):
         self.groups = activation_groups(graph)
         self.group_of = {id(q): i for i, g in enumerate(self.groups) for q in g}
         self.weights: List[Op] = []      # weight q.quantize per weighted layer
@@ -123,7 +126,7 @@ class _Units:
                 parent.append(len(parent))
                 self.weights.append(qw)
                 self.layers.append(op)
-                if out is not None:
+                if out is not None and not split:
                     union(len(parent) - 1, out)
             elif op.opname not in FORMAT_PRESERVING and op.opname != "nn.concat":
                 # Kernels that keep the storage type: inputs and output in one unit.
@@ -138,7 +141,8 @@ class _Units:
         G = len(self.groups)
         self.names = []
         for k in range(self.count):
-            layers = [self.layers[i - G].name for i in range(G, len(parent)) if self.unit[i] == k]
+            layers = [self.layers[i - G].name + (" (weights)" if split else "")
+                      for i in range(G, len(parent)) if self.unit[i] == k]
             acts = [_tensor_name(self.groups[i][0]) for i in range(G) if self.unit[i] == k]
             self.names.append(", ".join(layers) if layers else "tensor " + (acts[0] if acts else "?"))
         # Extra bytes of promoting each unit: one per weight element and per activation element.
@@ -179,6 +183,7 @@ class MixedBits(Pass):
     data: str = ""
     samples: int = 16          # assign-qmn's samples
     eval_samples: int = 64     # calibration samples each candidate is scored on
+    unit: str = "tensor"       # tensor: weights and activations apart; layer: a layer's weights + output
 
     def __post_init__(self):
         owner = "pass 'mixed-bits'"
@@ -188,6 +193,7 @@ class MixedBits(Pass):
         check_option(self.max_ram >= 0, owner, "max_ram", ">= 0 bytes (0: no budget)", self.max_ram)
         check_option(self.samples >= 1, owner, "samples", ">= 1", self.samples)
         check_option(self.eval_samples >= 1, owner, "eval_samples", ">= 1", self.eval_samples)
+        check_option(self.unit in ("layer", "tensor"), owner, "unit", "layer or tensor", self.unit)
 
     # ------------------------------------------------------------ run
     def run(self, graph: Graph) -> PassResult:
@@ -195,7 +201,7 @@ class MixedBits(Pass):
         if not path:
             raise InputError("mixed-bits needs calibration data to score the bit choices (the 'data' option "
                              "or --calib)")
-        self.graph, self.units = graph, _Units(graph)
+        self.graph, self.units = graph, _Units(graph, self.unit == "tensor")
         self.samples_in = load_samples(graph, path, self.eval_samples)
         self.reference = self._float_outputs()
         self.signal = sum(float(np.sum(np.square(r.astype(np.float64)))) for r in self.reference)

@@ -9,7 +9,7 @@ expands to::
     canonicalize, fold-batchnorm, fuse-activation, legalize-pool, to-nhwc, legalize-qmn, const-fold,
     canonicalize, dce (those registered), check-legal{scheme=qmn, float_output},
     calibrate{method, p, bits, data}, insert-qdq{bits, weight_bits, per_channel},
-    propagate-scales, [mixed-bits{target_sqnr, max_flash, max_ram, ...} with mixed=true],
+    propagate-scales, [mixed-bits{target_sqnr, max_flash, max_ram, unit=mixed_unit, ...} with mixed=true],
     assign-qmn{search, per_channel, data, samples},
     lower-quantized{float_output}, check-quantized, dce
 
@@ -26,7 +26,8 @@ FLOAT_CLEANUP = ("canonicalize", "fold-batchnorm", "fuse-activation", "legalize-
                  "const-fold", "canonicalize", "dce")
 DEFAULTS: Dict[str, Any] = {"bits": 8, "method": "percentile", "p": 99.99, "weight_bits": 0,
                             "per_channel": True, "search": True, "float_output": False, "data": "",
-                            "samples": 16, "mixed": False, "target_sqnr": 0.0, "max_flash": 0, "max_ram": 0}
+                            "samples": 16, "mixed": False, "target_sqnr": 0.0, "max_flash": 0, "max_ram": 0,
+                            "mixed_unit": "tensor"}
 
 
 def _build(options: Dict[str, Any]) -> List:
@@ -52,7 +53,7 @@ def _build(options: Dict[str, Any]) -> List:
     if o["mixed"]:
         mixed = {"target_sqnr": str(o["target_sqnr"]), "max_flash": str(o["max_flash"]),
                  "max_ram": str(o["max_ram"]), "per_channel": str(o["per_channel"]), "search": str(o["search"]),
-                 "samples": str(o["samples"])}
+                 "samples": str(o["samples"]), "unit": o["mixed_unit"]}
         if o["data"]:
             mixed["data"] = o["data"]
         passes.append(make_pass("mixed-bits", mixed))
@@ -69,4 +70,4 @@ register_pipeline(
     "qmn", _build, "Quantize to Qm.n fixed point (q7/q15) and lower to integer qnn ops.",
     {"bits": int, "method": str, "p": float, "weight_bits": int, "per_channel": bool, "search": bool,
      "float_output": bool, "data": str, "samples": int, "mixed": bool, "target_sqnr": float, "max_flash": int,
-     "max_ram": int})
+     "max_ram": int, "mixed_unit": str})

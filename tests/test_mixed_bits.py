@@ -159,7 +159,7 @@ def small_kws(seed: int = 0) -> onnx.ModelProto:
 def kws(tmp_path_factory):
     folder = tmp_path_factory.mktemp("kws")
     onnx.save(small_kws(), folder / "kws.onnx")
-    x = np.random.default_rng(5).normal(0, 1.5, (24, 1, 1, 12, 6)).astype(np.float32)
+    x = np.random.default_rng(5).normal(0, 1.5, (12, 1, 1, 12, 6)).astype(np.float32)
     np.save(folder / "calib.npy", x)
     return folder / "kws.onnx", folder / "calib.npy"
 
@@ -172,10 +172,21 @@ def _compile(kws, out: Path, **options):
 
 @pytest.fixture(scope="module")
 def budget(kws, tmp_path_factory):
-    """A flash budget between the all-8 and all-16 estimates, and the unconstrained (default target) build."""
-    out = tmp_path_factory.mktemp("full")
-    m = _compile(kws, out).mixed_bits
+    """A flash budget between the all-8 and all-16 estimates, and the unconstrained (default target) choice."""
+    m = _compile(kws, tmp_path_factory.mktemp("full")).mixed_bits
     return (m["all16_flash_bytes"] + m["all8_flash_bytes"]) // 2, m
+
+
+@pytest.fixture(scope="module")
+def mixed_build(kws, budget, tmp_path_factory):
+    """The budget build through the qcc command, with a report and the lowered IR."""
+    out = tmp_path_factory.mktemp("mixed")
+    model, calib = kws
+    code = qcc_main([str(model), "-o", str(out / "net.c"), "--target", "cortex-m4", "--calib", str(calib),
+                     "--bits", "mixed", "--max-flash", str(budget[0]), "--report", str(out / "r.md"),
+                     "--emit-ir", str(out / "net.qir")])
+    assert code == 0
+    return out
 
 
 def test_default_target_reaches_within_one_db_of_all16(budget):
@@ -187,50 +198,39 @@ def test_default_target_reaches_within_one_db_of_all16(budget):
 
 
 @needs_gcc
-def test_budget_gives_a_mix_whose_c_matches_simulator(kws, budget, tmp_path):
-    limit = budget[0]
-    gen = _compile(kws, tmp_path, max_flash=limit)
-    m = gen.mixed_bits
-    assert m["flash_bytes"] <= limit < m["all16_flash_bytes"]
-    assert {layer["bits"] for layer in m["layers"]} == {8, 16}
-    assert m["all8_sqnr_db"] < m["sqnr_db"]
-    assert m["verified_sqnr_db"] == pytest.approx(m["sqnr_db"], abs=1.0), m  # the integer simulator agrees
+def test_budget_gives_a_mix_whose_c_matches_simulator(kws, budget, mixed_build):
     from qcc.ir.parser import parse_file
-    graph = parse_file(str(tmp_path / "net.qir"))
-    widths = {op.result.type.dtype for op in graph.ops if op.opname in ("qnn.conv2d", "qnn.dense")}
-    assert widths == {"i8", "i16"}
+    graph = parse_file(str(mixed_build / "net.qir"))
+    combos = {tuple(v.type.dtype for v in (op.operands[0], op.operands[1], op.result))
+              for op in graph.ops if op.opname in ("qnn.conv2d", "qnn.dense")}
+    assert len(combos) >= 2 and {"i8", "i16"} <= {d for c in combos for d in c}, combos
     gen = generate(graph, "net", "cortex-m4")  # the same C, from the graph read back (the simulator runs it)
-    assert gen.files["net.c"] == (tmp_path / "net.c").read_bytes()
+    assert gen.files["net.c"] == (mixed_build / "net.c").read_bytes()
     samples = {"x": np.random.default_rng(9).normal(0, 1.5, (6, 1, 1, 12, 6)).astype(np.float32)}
-    count = harness.write_samples(tmp_path / "in.bin", graph, samples)
-    harness.run_host(harness.build_host(tmp_path, "net"), tmp_path / "in.bin", tmp_path / "out.bin")
-    assert_same_outputs(harness.read_outputs(tmp_path / "out.bin", gen, count), harness.simulate(graph, gen, samples))
+    count = harness.write_samples(mixed_build / "in.bin", graph, samples)
+    harness.run_host(harness.build_host(mixed_build, "net"), mixed_build / "in.bin", mixed_build / "out.bin")
+    assert_same_outputs(harness.read_outputs(mixed_build / "out.bin", gen, count), harness.simulate(graph, gen, samples))
 
 
-def test_larger_budget_never_scores_lower(kws, budget, tmp_path):
-    small = _compile(kws, tmp_path / "a", max_flash=budget[0]).mixed_bits
-    large = _compile(kws, tmp_path / "b", max_flash=budget[1]["all16_flash_bytes"]).mixed_bits
-    assert large["flash_bytes"] <= budget[1]["all16_flash_bytes"]
-    assert large["sqnr_db"] >= small["sqnr_db"]
-
-
-def test_same_inputs_give_identical_c(kws, budget, tmp_path):
-    for out in ("a", "b"):
-        _compile(kws, tmp_path / out, max_flash=budget[0])
-    for f in ("net.c", "net_weights.c", "net.h", "net.qir"):
-        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
-
-
-def test_report_shows_bits_per_layer(kws, budget, tmp_path):
-    model, calib = kws
-    code = qcc_main([str(model), "-o", str(tmp_path / "net.c"), "--target", "cortex-m4", "--calib", str(calib),
-                     "--bits", "mixed", "--max-flash", str(budget[0]), "--report", str(tmp_path / "r.md")])
-    assert code == 0
-    text = (tmp_path / "r.md").read_text()
+def test_budget_is_respected_and_reported(budget, mixed_build):
+    limit, full = budget
+    text = (mixed_build / "r.md").read_text()
     assert "## Mixed precision (--bits mixed)" in text
-    for name in ("conv1", "dw", "pw", "fc"):
-        assert any(line.startswith(f"| {name} | ") and line.split("|")[2].strip() in ("8", "16")
-                   for line in text.splitlines())
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in text.splitlines()
+            if line.startswith("| ") and line.count("|") == 7 and "---" not in line}
+    for name in ("conv1 (weights)", "dw (weights)", "pw (weights)", "fc (weights)", "tensor x"):
+        assert rows[name] in ("8", "16"), name
+    assert set(rows.values()) >= {"8", "16"}
+    flash = int(text.split("Flash estimate ")[1].split(" B")[0].replace(",", ""))
+    assert flash <= limit < full["all16_flash_bytes"]
+    sqnr = float(text.split("Output SQNR ")[1].split(" dB")[0])
+    assert full["all8_sqnr_db"] < sqnr <= full["sqnr_db"] + 0.01
+
+
+def test_same_inputs_give_identical_c(kws, budget, mixed_build, tmp_path):
+    _compile(kws, tmp_path, max_flash=budget[0])
+    for f in ("net.c", "net_weights.c", "net.h", "net.qir"):
+        assert (tmp_path / f).read_bytes() == (mixed_build / f).read_bytes()
 
 
 @pytest.mark.parametrize("args, message, code", [
