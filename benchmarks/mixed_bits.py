@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="keep the builds here (default: a temporary folder)")
     args = ap.parse_args(argv)
     root = Path(args.out or tempfile.mkdtemp(prefix="qcc_mixed_"))
-    print("| model | build | 16-bit layers | top-1 agree | SQNR dB | flash B (% of all-16) | arena B |")
+    print("| model | build | 16-bit units | top-1 agree | SQNR dB | flash B (% of all-16) | arena B |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name in args.models.split(","):
         folder = root / name

@@ -603,7 +603,7 @@ def _command(args: argparse.Namespace) -> int:
     m = gen.mixed_bits
     if m:
         wide = sum(1 for layer in m["layers"] if layer["bits"] == 16)
-        print(f"qcc: mixed precision: {wide} of {len(m['layers'])} layers at 16 bits; output SQNR "
+        print(f"qcc: mixed precision: {wide} of {len(m['layers'])} tensors/layers at 16 bits; output SQNR "
               f"{m['sqnr_db']} dB (all-8 {m['all8_sqnr_db']}, all-16 {m['all16_sqnr_db']}, target "
               f"{m['target_sqnr_db']}; integer simulator {m.get('verified_sqnr_db', 'not measured')}); flash "
               f"estimate {m['flash_bytes']} bytes (all-16 {m['all16_flash_bytes']})", file=sys.stderr)

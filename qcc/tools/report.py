@@ -287,23 +287,28 @@ def output_sqnr(float_graph: Graph, quant_graph: Graph, calib: str, limit: Optio
     return max(-999.0, min(999.0, 10 * math.log10(signal / noise))) if signal > 0 else -999.0
 
 
+def _cell(text: str) -> str:
+    """A model-given name as one Markdown table cell."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
 def mixed_bits_report(m: dict) -> List[str]:
     """Markdown lines for ``qcc --bits mixed``: the bits per layer and what each promotion bought."""
     steps = {s["layer"]: s for s in m["steps"]}
     wide = sum(1 for layer in m["layers"] if layer["bits"] == 16)
     lines = ["## Mixed precision (--bits mixed)", "",
-             f"{wide} of {len(m['layers'])} layers at 16 bits. Output SQNR {m['sqnr_db']} dB in the fake-quant "
+             f"{wide} of {len(m['layers'])} units at 16 bits. Output SQNR {m['sqnr_db']} dB in the fake-quant "
              f"search ({m.get('verified_sqnr_db', 'not measured')} dB by the integer simulator); all-8-bit "
              f"{m['all8_sqnr_db']} dB, all-16-bit {m['all16_sqnr_db']} dB, target {m['target_sqnr_db']} dB. "
              f"Flash estimate {m['flash_bytes']:,} B (all-16 {m['all16_flash_bytes']:,} B), RAM estimate "
              f"{m['ram_bytes']:,} B (all-16 {m['all16_ram_bytes']:,} B; planned arena "
              f"{m.get('arena_bytes', 0):,} B); {m['evaluations']} choices scored on {m['samples']} samples.", "",
-             "| layer (unit of promotion) | bits | promoted as | SQNR after | gain | extra bytes |",
+             "| tensor or layer (unit of promotion) | bits | promoted as | SQNR after | gain | extra bytes |",
              "|---|---:|---:|---:|---:|---:|"]
     order = {s["layer"]: i + 1 for i, s in enumerate(m["steps"])}
     for layer in m["layers"]:
         s = steps.get(layer["layer"])
-        lines.append(f"| {layer['layer']} | {layer['bits']} | "
+        lines.append(f"| {_cell(layer['layer'])} | {layer['bits']} | "
                      + (f"#{order[layer['layer']]} | {s['sqnr_db']} dB | {s['gain_db']:+} dB | {s['bytes']:,} |"
                         if s else "- | - | - | - |"))
     return lines
