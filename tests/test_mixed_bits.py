@@ -280,3 +280,27 @@ def test_pipeline_option_checks():
         PassManager.parse("qmn{mixed=true,bits=16}")
     with pytest.raises(PipelineError, match="option 'max_flash' of pass 'mixed-bits'"):
         PassManager.parse("mixed-bits{max_flash=-1}")
+
+
+def test_ram_budget_holds_for_the_planned_arena(kws, budget, tmp_path):
+    full = budget[1]
+    limit = (full["all8_ram_bytes"] + full["all16_ram_bytes"]) // 2
+    m = _compile(kws, tmp_path, max_ram=limit).mixed_bits
+    assert m["ram_bytes"] <= limit and m["arena_bytes"] <= limit
+    assert any(layer["bits"] == 16 for layer in m["layers"])
+
+
+def test_qdq_model_refuses_bits_mixed(tmp_path, capsys):
+    from conftest import shared_model_path
+    model = shared_model_path("kws_dscnn", "kws_dscnn_int8_qdq.onnx")
+    rc = qcc_main([str(model), "-o", str(tmp_path / "out" / "net.c"), "--target", "cortex-m4", "--bits", "mixed"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--bits mixed does not apply" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_search_without_data_is_refused():
+    from qcc.errors import InputError
+    from qcc.passes.mixed_bits import MixedBits
+    with pytest.raises(InputError, match="mixed-bits needs calibration data"):
+        MixedBits().run(combo_graph(0))
