@@ -30,7 +30,8 @@ current choice (ties: graph order), until the SQNR
 reaches ``target_sqnr`` (default: the all-16-bit SQNR minus 1 dB) or no unit
 fits the budgets (under a budget, also when the best promotion gains nothing):
 
-    flash = weight bytes + bias bytes (4 per output channel) + CODE_BYTES_PER_LAYER per layer
+    flash = weight bytes + bias bytes (4 per output channel) + code (CODE_BYTES per layer
+            kind + CODE_BYTES_FIXED)
     ram   = the largest sum of integer activation tensors alive at once, a layer's input
             until it runs and its output from then on (an estimate of the planned arena,
             which in-place layers approach; the driver checks the real plan afterwards)
@@ -69,9 +70,11 @@ from ._qmn_util import (FORMAT_PRESERVING, WEIGHTED, activation_groups, channel_
 from .assign_qmn import AssignQmn
 from .insert_qdq import bias_type, weight_frac_bits
 
-# Flash taken by one layer's specialized C (measured: DS-CNN and the KWS DNN/CNN on cortex-m4, -O2,
-# .text of NAME.c over its layers, rounded up); a budget estimate, not a promise.
-CODE_BYTES_PER_LAYER = 600
+# Flash of the specialized C, for budgets (estimates, not promises): measured with arm-none-eabi-gcc -O3
+# for cortex-m4, a conv layer's function takes 1.2-2.3 KB (DS-CNN: 19.4 KB of code for 10 convs and
+# a dense), a dense one ~0.4 KB, and the API functions (run, quantize input, dequantize output) ~1.5 KB.
+CODE_BYTES = {"nn.conv2d": 1800, "nn.scale_shift": 1800, "nn.dense": 400}
+CODE_BYTES_FIXED = 1500
 
 
 def noise_power(ref: List[np.ndarray], got: List[np.ndarray]) -> float:
@@ -240,7 +243,7 @@ class MixedBits(Pass):
         if self.target_sqnr > 0 and cur < target:
             raise InputError(f"--target-sqnr {self.target_sqnr:g} dB cannot be met"
                              + (" within the budget" if self.max_flash or self.max_ram else "")
-                             + f": the best reachable is {cur:.2f} dB ({len(chosen)} of {u.count} layers at 16 "
+                             + f": the best reachable is {cur:.2f} dB ({len(chosen)} of {u.count} units at 16 "
                              f"bits; all-16-bit gives {s16:.2f} dB)")
         self._apply(chosen)
         summary = {"target_sqnr_db": round(target, 2), "sqnr_db": round(cur, 2),
@@ -313,10 +316,10 @@ class MixedBits(Pass):
     # ------------------------------------------------------------ budgets
     def flash(self, chosen: FrozenSet[int]) -> int:
         u = self.units
-        total = 0
-        for i, qw in enumerate(u.weights):
+        total = CODE_BYTES_FIXED
+        for i, (qw, layer) in enumerate(zip(u.weights, u.layers)):
             total += int(qw.result.type.size) * (2 if u.weight_unit(i) in chosen else 1)
-            total += 4 * int(qw.result.shape[0]) + CODE_BYTES_PER_LAYER
+            total += 4 * int(qw.result.shape[0]) + CODE_BYTES[layer.opname]
         return total
 
     def ram(self, chosen: FrozenSet[int]) -> int:
