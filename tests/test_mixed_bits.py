@@ -228,9 +228,10 @@ def test_budget_is_respected_and_reported(budget, mixed_build):
 
 
 def test_same_inputs_give_identical_c(kws, budget, mixed_build, tmp_path):
-    _compile(kws, tmp_path, max_flash=budget[0])
+    _compile(kws, tmp_path, max_flash=budget[0], report=str(tmp_path / "r.html"))
     for f in ("net.c", "net_weights.c", "net.h", "net.qir"):
         assert (tmp_path / f).read_bytes() == (mixed_build / f).read_bytes()
+    assert "--bits mixed: " in (tmp_path / "r.html").read_text()  # the HTML report states the choice too
 
 
 @pytest.mark.parametrize("args, message, code", [

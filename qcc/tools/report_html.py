@@ -290,6 +290,12 @@ def html_report(summary: dict, float_graph: Optional[Graph], graph: Graph, calib
 
     # ---- advice
     advice: List[str] = []
+    mixed = summary.get("mixed_bits")
+    if mixed:  # qcc --bits mixed: what the search chose (the Markdown report has the table per tensor)
+        wide = [m["layer"] for m in mixed["layers"] if m["bits"] == 16]
+        advice.append(f"--bits mixed: {len(wide)} of {len(mixed['layers'])} tensors/layers at 16 bits "
+                      f"({e(', '.join(wide)) or 'none'}); output SQNR {mixed['sqnr_db']} dB (all-8-bit "
+                      f"{mixed['all8_sqnr_db']}, all-16-bit {mixed['all16_sqnr_db']}, target {mixed['target_sqnr_db']})")
     # Qm.n formats come from an error search that may prefer clipping rare outliers to losing resolution.
     search_note = " (the Qm.n format search may still prefer clipping; check the SQNR after)" \
         if scheme.startswith("Qm.n") else ""
