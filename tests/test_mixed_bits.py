@@ -305,3 +305,23 @@ def test_search_without_data_is_refused():
     from qcc.passes.mixed_bits import MixedBits
     with pytest.raises(InputError, match="mixed-bits needs calibration data"):
         MixedBits().run(combo_graph(0))
+
+
+def test_layer_units_promote_weights_with_their_output(kws):
+    """unit=layer: a layer's weights and the tensor it writes always share a width."""
+    from qcc.frontend.loader import load_model
+    from qcc.transforms.passmanager import PassManager
+    model, calib = kws
+    graph = load_model(str(model))
+    context = {"calib": str(calib)}
+    pm = PassManager.parse("qmn{mixed=true,mixed_unit=layer,max_ram=900}")
+    for p in pm.passes:
+        p.context = context
+    pm.run(graph)
+    layers = [op for op in graph.ops if op.opname in ("qnn.conv2d", "qnn.dense")]
+    assert len(layers) == 4
+    for op in layers:
+        assert op.operands[1].type.dtype == op.result.type.dtype, op.describe()
+    m = context["mixed_bits"]
+    assert {layer["bits"] for layer in m["layers"]} == {8, 16} and m["ram_bytes"] <= 900
+    assert not any("(weights)" in layer["layer"] for layer in m["layers"])
