@@ -447,7 +447,9 @@ def _check_mixed(graph: Graph, float_graph: Optional[Graph], calib: Optional[str
     if mixed.get("max_ram") and gen.plan.arena_size > mixed["max_ram"]:
         raise InputError(f"--max-ram {mixed['max_ram']} bytes is not met: the planned arena of the chosen "
                          f"bits is {gen.plan.arena_size} bytes (the search estimated {summary['ram_bytes']}); "
-                         f"lower --max-ram by the difference, or raise it")
+                         f"allow {gen.plan.arena_size} bytes, or give "
+                         f"{max(1, mixed['max_ram'] - (gen.plan.arena_size - summary['ram_bytes']))} so the "
+                         f"search leaves room for the difference")
     return summary
 
 
