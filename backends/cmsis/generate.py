@@ -32,7 +32,7 @@ from qcc.ir.types import FixedPoint, UniformQuant
 
 from .layers import LayerBuilder, ctype, float_epilogue_context, format_values, storage_min_max
 from .naming import c_comment, c_identifier
-from .plan import Plan, _nbytes, make_plan
+from .plan import RECURRENT_OPS, Plan, _nbytes, make_plan
 from .targets import TARGETS
 from .cmsis_nn import KERNELS, CmsisNNKernels
 
@@ -174,7 +174,9 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
         ctx["reverse"] = plan.is_reversed(step)  # output loops last to first (conv2d.j2)
         macro = getattr(env.get_template(f"ops/{ctx['kind']}.j2").module, ctx["kind"])
         layers.append(str(macro(ctx)).strip("\n"))
-        args = [ptr(v, True) for v in step.inputs] + [ptr(step.output, False)]
+        args = [ptr(v, True) for v in step.inputs] + [ptr(v, False) for v in [step.output] + step.extra]
+        if step.scratch is not None:
+            args.append(arena_ptr(plan.where(step.scratch)[1], "int8_t", False))
         call = f"{ctx['fn']}({', '.join(args)})"
         # A CMSIS-NN layer returns arm_cmsis_nn_status: NAME_invoke stops with 1 + the failing step.
         calls.append(f"if ({call} != ARM_CMSIS_NN_SUCCESS)\n        return {i + 1};" if ctx.get("status")
@@ -208,6 +210,8 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     helpers = str(env.get_template("helpers.j2").module.helpers(sorted(builder.dots)))
     if any(s.kind.startswith("s8.") for s in plan.steps):  # affine int8 helpers (layers_s8.py)
         helpers += str(env.get_template("ops/s8_common.j2").module.s8_common())
+    if any(s.kind in RECURRENT_OPS for s in plan.steps):  # LSTM / GRU helpers (layers_recurrent.py)
+        helpers += str(env.get_template("ops/recurrent_common.j2").module.recurrent_common())
     if nn is not None:
         helpers += str(env.get_template("ops/cmsisnn_common.j2").module.cmsisnn_common(
             name, NAME, nn.scratch_offset, nn.scratch))

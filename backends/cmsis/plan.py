@@ -37,6 +37,7 @@ from typing import Dict, List, Optional, Tuple
 
 from qcc.errors import QccError, UnsupportedModelError
 from qcc.ir.graph import Graph, Op, Value
+from qcc.ir.types import TensorType
 
 from .inplace import INPLACE_OPS, max_displacement, min_displacement_reversed
 
@@ -48,6 +49,20 @@ COMPUTE_OPS = frozenset({
 S8_OPS = frozenset({"s8.conv2d", "s8.dense", "s8.add", "s8.sub", "s8.mul", "s8.lut", "s8.requantize", "s8.maxpool",
                     "s8.avgpool", "s8.softmax"})
 COMPUTE_OPS = COMPUTE_OPS | S8_OPS
+# Recurrent cells (layers_recurrent.py): several results (y, then the final states), operands
+# (x, w, r, b, h0[, c0]); the final state results 1.. match the initial-state operands 4.. (streaming).
+RECURRENT_OPS = frozenset({"qnn.lstm", "qnn.gru"})
+COMPUTE_OPS = COMPUTE_OPS | RECURRENT_OPS
+STATE_OPERAND = 4  # the first initial-state operand of a recurrent op
+
+
+def scratch_bytes(op: Op) -> int:
+    """Arena bytes a kernel needs during its step only (the GRU without linear_before_reset keeps
+    z (int16) and r * h (the state's type) of one time step); 0 for every other kernel."""
+    if op.opname == "qnn.gru" and not op.attrs["linear_before_reset"]:
+        hidden = op.attrs["hidden_size"]
+        return hidden * 2 + hidden * op.results[0].type.np_dtype.itemsize
+    return 0
 # Ops whose operands after the first are constant parameters (weights, bias; a gather's indices).
 WEIGHTED_OPS = ("qnn.conv2d", "qnn.dense", "s8.conv2d", "s8.dense", "nn.gather")
 # Float ops a graph output may apply after its q.dequantize (the float epilogue; float C, tolerance only).
@@ -106,6 +121,8 @@ class Step:
     inputs: List[Value]
     output: Optional[Value]          # None for copy/dequantize (they write output ``out_index``)
     out_index: int = -1
+    extra: List[Value] = field(default_factory=list)  # further results (a recurrent op's final states)
+    scratch: Optional[Value] = None  # a step-local arena buffer (not in the graph), see scratch_bytes
 
 
 @dataclass
@@ -246,7 +263,10 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
         if op.opname in WEIGHTED_OPS and not all(v.is_constant() for v in op.operands[1:]):
             bad.append(f"{op.describe()} (weights/bias are not constants)")
             continue
-        steps.append(Step(op.opname, op, list(data), op.result))
+        step = Step(op.opname, op, list(data), op.results[0], extra=list(op.results[1:]))
+        if scratch_bytes(op):
+            step.scratch = Value(TensorType((scratch_bytes(op),), "i8"))
+        steps.append(step)
     if bad:
         raise UnsupportedModelError("the cmsis backend cannot compile these ops of graph "
                                     f"@{graph.name}: " + "; ".join(bad))
@@ -263,7 +283,7 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
             by_root[id(r)] = Buffer(r, _nbytes(r), 0, 0)
             buffers.append(by_root[id(r)])
     out_buffers: List[Buffer] = []
-    produced = {id(s.output) for s in steps}
+    produced = {id(v) for s in steps for v in [s.output] + s.extra}
     claimed = set()
     copies = set()  # output copies share their source's root: they must not become where() the source is
     for io in outputs:
@@ -282,9 +302,10 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
             if b is not None:
                 b.end = max(b.end, i)
         if s.output is not None:
-            b = Buffer(s.output, _nbytes(s.output), i, i)
-            by_root[id(s.output)] = b
-            buffers.append(b)
+            for v in [s.output] + s.extra + ([s.scratch] if s.scratch is not None else []):
+                b = Buffer(v, _nbytes(v), i, i)
+                by_root[id(v)] = b
+                buffers.append(b)
         else:
             b = out_buffers[s.out_index]
             b.start = b.end = i
