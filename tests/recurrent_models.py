@@ -70,6 +70,35 @@ def classifier_model(kind: str = "LSTM", steps: int = 49, features: int = 10, hi
     return build(nodes, {"input": [1, steps, features]}, ["logits"], inits, opset=14)
 
 
+def crnn_model(cells=(("GRU", 0),), hidden: int = 32, classes: int = 12, seed: int = 0):
+    """ML-KWS CRNN: input [1, 1, 49, 10] -> Conv 10x4 stride 2x1 (16 ch) + ReLU -> [20 steps, 16 x 7]
+    -> the recurrent ``cells`` ((kind, linear_before_reset) each, one feeding the next) -> last h -> Gemm."""
+    rng = np.random.default_rng(seed)
+    conv_w = (rng.standard_normal((16, 1, 10, 4)) / np.sqrt(40) / 30).astype(np.float32)
+    conv_b = (rng.standard_normal(16) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["c"], kernel_shape=[10, 4], strides=[2, 1],
+                              name="conv"),
+             helper.make_node("Relu", ["c"], ["cr"], name="relu"),
+             helper.make_node("Transpose", ["cr"], ["ct"], perm=[2, 0, 1, 3], name="to_time_major"),
+             helper.make_node("Reshape", ["ct", "seq_shape"], ["seq0"], name="to_sequence")]
+    inits = {"conv_w": conv_w, "conv_b": conv_b, "seq_shape": np.array([20, 1, 16 * 7], np.int64),
+             "axes0": np.array([0], np.int64), "axes1": np.array([1], np.int64)}
+    size = 16 * 7
+    for k, (kind, lbr) in enumerate(cells):
+        w, r, b = cell_weights(kind, size, hidden, seed + k)
+        attrs = {"hidden_size": hidden, **({"linear_before_reset": lbr} if kind == "GRU" else {})}
+        nodes += [helper.make_node(kind, [f"seq{k}", f"W{k}", f"R{k}", f"B{k}"], [f"Y{k}", f"Y{k}_h"],
+                                   name=f"rnn{k}", **attrs),
+                  helper.make_node("Squeeze", [f"Y{k}", "axes1"], [f"seq{k + 1}"], name=f"squeeze{k}")]
+        inits.update({f"W{k}": w, f"R{k}": r, f"B{k}": b})
+        size = hidden
+    fc_w = (rng.uniform(-1, 1, (classes, hidden)) * 3 / np.sqrt(hidden)).astype(np.float32)
+    nodes += [helper.make_node("Squeeze", [f"Y{len(cells) - 1}_h", "axes0"], ["h"], name="squeeze"),
+              helper.make_node("Gemm", ["h", "fc_w", "fc_b"], ["logits"], transB=1, name="fc")]
+    inits.update({"fc_w": fc_w, "fc_b": np.zeros(classes, np.float32)})
+    return build(nodes, {"input": [1, 1, 49, 10]}, ["logits"], inits, opset=14)
+
+
 if __name__ == "__main__":  # for golden tests: python recurrent_models.py lstm|lstm-states|gru|gru-lbr
     import sys
 
