@@ -198,11 +198,20 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     for t, off in zip(outputs, plan.output_offsets):
         t["arena_ptr"] = arena_ptr(off, t["ctype"], False)
     epilogues, epilogue_warnings = _epilogues(env, name, plan, outputs, float_output)
+    # Streamed recurrent state (plan.states): NAME_reset() restores each initial value (zero at start-up).
+    resets = []
+    for k, v in enumerate(plan.states):
+        dst, init = arena_ptr(plan.where(v)[1], ctype(v), False), v.producer.attrs["value"]
+        if np.any(init):
+            sym = builder.add_const(f"{name}_state{k}", v.type.dtype, init, f"initial state {v.producer.name}")
+            resets.append(f"memcpy({dst}, {sym}, {_nbytes(v)});")
+        else:
+            resets.append(f"memset({dst}, 0, {_nbytes(v)});")
     params = [f"const {t['ctype']} *in{t['index']}" for t in inputs]
     params += [f"{'float' if float_output else t['ctype']} *out{t['index']}" for t in outputs]
     consts = [{"symbol": c.symbol, "ctype": c.ctype, "count": len(c.values), "comment": c.comment,
                "text": format_values(c.values)} for c in builder.consts]
-    common = {"name": name, "NAME": NAME, "version": version, "target": target,
+    common = {"name": name, "NAME": NAME, "resets": resets, "version": version, "target": target,
               "model_comment": c_comment(f"@{graph.name}"), "inputs": inputs, "outputs": outputs,
               "run_params": ", ".join(params), "arena_size": plan.arena_size, "float_output": float_output,
               "consts": consts, "epilogues": epilogues}

@@ -138,6 +138,7 @@ class Plan:
     output_offsets: List[int] = field(default_factory=list)  # arena offset of API output j
     inplace: Dict[int, "Link"] = field(default_factory=dict)  # id(output buffer) -> its in-place link
     live_bytes: List[int] = field(default_factory=list)      # bytes live during each step (no in-place)
+    states: List[Value] = field(default_factory=list)        # qcc.state values: persistent (stream-state)
 
     def is_inplace(self, step: "Step") -> bool:
         """True when ``step`` writes its output over one of its dying operands."""
@@ -246,8 +247,11 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
     inputs, outputs, boundary = find_io(graph)
     bad = []
     steps: List[Step] = []
+    states: List[Value] = []
     for op in graph.ops:
-        if op in boundary or op.opname == "qcc.const":
+        if op.opname == "qcc.state":
+            states.append(op.result)
+        if op in boundary or op.opname in ("qcc.const", "qcc.state"):
             continue
         if op.opname in ALIAS_OPS:
             if len(op.operands) > 1 and not op.operands[1].is_constant():
@@ -296,6 +300,18 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
             out_buffers.append(Buffer(io.value, _nbytes(io.value), -1, -1))
             copies.add(id(out_buffers[-1]))
     last = len(steps)
+    # Streamed recurrent state (passes/stream_state.py): live through every step, so nothing else ever
+    # shares its bytes and it survives from one NAME_invoke() to the next; a recurrent op's final state
+    # result is written into the state it read (the same buffer).
+    state_of: Dict[int, Buffer] = {}
+    for v in states:
+        by_root[id(v)] = Buffer(v, _nbytes(v), 0, last)
+        buffers.append(by_root[id(v)])
+    for s in steps:
+        if s.kind in RECURRENT_OPS:
+            for k, v in enumerate(s.op.operands[STATE_OPERAND:]):
+                if id(v) in by_root and v.producer is not None and v.producer.opname == "qcc.state":
+                    state_of[id(s.op.results[1 + k])] = by_root[id(v)]
     for i, s in enumerate(steps):
         for v in s.inputs:
             b = by_root.get(id(alias_root(v)))
@@ -303,6 +319,9 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
                 b.end = max(b.end, i)
         if s.output is not None:
             for v in [s.output] + s.extra + ([s.scratch] if s.scratch is not None else []):
+                if id(v) in state_of:
+                    by_root[id(v)] = state_of[id(v)]
+                    continue
                 b = Buffer(v, _nbytes(v), i, i)
                 by_root[id(v)] = b
                 buffers.append(b)
@@ -392,6 +411,8 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
         b.offset = placement[id(b)]
         if id(b) not in copies:
             location[id(b.root)] = ("arena", b.offset)
+    for key, b in state_of.items():
+        location[key] = ("arena", b.offset)
     nsteps = max(last, 1)
     live = [sum(b.size for b in buffers if b.start <= i <= b.end) for i in range(nsteps)]
     plan = Plan(inputs, outputs, steps, buffers, location, arena, max(live, default=0))
@@ -399,6 +420,7 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
     plan.output_offsets = [b.offset for b in out_buffers]
     plan.inplace = dict(used_links)
     plan.live_bytes = live[:len(steps)]
+    plan.states = states
     check_plan(plan)
     return plan
 
