@@ -99,19 +99,22 @@ def crnn_model(cells=(("GRU", 0),), hidden: int = 32, classes: int = 12, seed: i
     return build(nodes, {"input": [1, 1, 49, 10]}, ["logits"], inits, opset=14)
 
 
-if __name__ == "__main__":  # for golden tests: python recurrent_models.py lstm|lstm-states|gru|gru-lbr
-    import sys
+GOLDEN_INPUTS = {  # tests/golden/inputs/<name>.onnx, imported by tests/golden/import-recurrent.qir
+    "lstm": lambda: recurrent_node_model("LSTM", steps=3, inputs=2, hidden=2),
+    "lstm-states": lambda: recurrent_node_model("LSTM", steps=3, inputs=2, hidden=2, initial="input", layout=1,
+                                                outputs=("Y", "Y_h")),
+    "gru": lambda: recurrent_node_model("GRU", steps=3, inputs=2, hidden=2, with_bias=False),
+    "gru-lbr": lambda: recurrent_node_model("GRU", steps=3, inputs=2, hidden=2, initial="const",
+                                            extra_attrs={"linear_before_reset": 1}),
+}
 
-    from qcc.frontend import load_onnx
-    from qcc.ir.printer import print_graph
 
-    models = {
-        "lstm": lambda: recurrent_node_model("LSTM", steps=3, inputs=2, hidden=2),
-        "lstm-states": lambda: recurrent_node_model("LSTM", steps=3, inputs=2, hidden=2, initial="input",
-                                                    layout=1, outputs=("Y", "Y_h")),
-        "gru": lambda: recurrent_node_model("GRU", steps=3, inputs=2, hidden=2, with_bias=False),
-        "gru-lbr": lambda: recurrent_node_model("GRU", steps=3, inputs=2, hidden=2, initial="const",
-                                                extra_attrs={"linear_before_reset": 1}),
-    }
-    # The imported IR as text (what `qcc-opt model.onnx` prints), without a file in the tree.
-    sys.stdout.write(print_graph(load_onnx(models[sys.argv[1]]())))
+if __name__ == "__main__":  # python tests/recurrent_models.py: (re)writes the golden inputs
+    from pathlib import Path
+
+    import onnx
+
+    folder = Path(__file__).resolve().parent / "golden" / "inputs"
+    folder.mkdir(exist_ok=True)
+    for name, make in GOLDEN_INPUTS.items():
+        onnx.save(make(), folder / f"{name}.onnx")
