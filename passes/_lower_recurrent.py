@@ -95,8 +95,13 @@ class RecurrentLowerings:
         hidden = op.attrs["hidden_size"]
         w, r, b = (np.asarray(op.operands[i].constant(), np.float64) for i in (1, 2, 3))
         n_x, n_h = frac_bits(x.type), bits - 1
-        n_w = matrix_frac_bits(w, bits, 1 << (bits - 1))
-        n_r = matrix_frac_bits(r, bits, 1 << (bits - 1))
+        # The accumulators reach Q.12 by one shift in [-31, 31]: tiny weights give up their extra bits.
+        n_w = min(matrix_frac_bits(w, bits, 1 << (bits - 1)), GATE_FRAC + 31 - n_x)
+        n_r = min(matrix_frac_bits(r, bits, 1 << (bits - 1)), GATE_FRAC + 31 - n_h)
+        if n_x + n_w - GATE_FRAC < -31:
+            raise UnsupportedModelError(
+                f"lower-quantized: {op.describe()}: its input range (Q.{n_x}) and weights (Q.{n_w}) are too "
+                f"coarse to reach the gates' Q3.12 by a shift of at most 31 bits; rescale the input")
         ht = fixed_type((1, hidden), x.type.dtype, n_h)
         wb, rb = b[:gates * hidden], b[gates * hidden:]
         if gates == 4:

@@ -70,6 +70,30 @@ def classifier_model(kind: str = "LSTM", steps: int = 49, features: int = 10, hi
     return build(nodes, {"input": [1, steps, features]}, ["logits"], inits, opset=14)
 
 
+def torch_style_model(kind: str = "LSTM", steps: int = 49, features: int = 10, hidden: int = 16,
+                      classes: int = 12, seed: int = 0):
+    """What torch.onnx.export makes of ``out, _ = rnn(x); fc(out[:, -1, :])`` with batch_first=True:
+    Transpose -> LSTM/GRU (zero initial states as Constant nodes) -> Squeeze(direction) -> Transpose
+    -> Gather(time, -1) -> Gemm."""
+    w, r, b = cell_weights(kind, features, hidden, seed)
+    rng = np.random.default_rng(seed + 5)
+    fc_w = (rng.uniform(-1, 1, (classes, hidden)) * 3 / np.sqrt(hidden)).astype(np.float32)
+    zeros = helper.make_tensor("z", 1, [1, 1, hidden], [0.0] * hidden)
+    states = ["h0", "c0"] if kind == "LSTM" else ["h0"]
+    outs = ["Y", "Y_h", "Y_c"] if kind == "LSTM" else ["Y", "Y_h"]
+    attrs = {"hidden_size": hidden, **({"linear_before_reset": 1} if kind == "GRU" else {})}
+    nodes = [helper.make_node("Constant", [], [s], value=zeros, name=f"/{s}") for s in states]
+    nodes += [helper.make_node("Transpose", ["input"], ["xt"], perm=[1, 0, 2], name="/rnn/Transpose"),
+              helper.make_node(kind, ["xt", "W", "R", "B", ""] + states, outs, name=f"/rnn/{kind}", **attrs),
+              helper.make_node("Squeeze", ["Y", "one"], ["ys"], name="/rnn/Squeeze"),
+              helper.make_node("Transpose", ["ys"], ["yb"], perm=[1, 0, 2], name="/rnn/Transpose_1"),
+              helper.make_node("Gather", ["yb", "last"], ["h"], axis=1, name="/Gather"),
+              helper.make_node("Gemm", ["h", "fc_w", "fc_b"], ["logits"], transB=1, name="/fc/Gemm")]
+    inits = {"W": w, "R": r, "B": b, "one": np.array([1], np.int64), "last": np.array(-1, np.int64),
+             "fc_w": fc_w, "fc_b": np.zeros(classes, np.float32)}
+    return build(nodes, {"input": [1, steps, features]}, ["logits"], inits, opset=14)
+
+
 def crnn_model(cells=(("GRU", 0),), hidden: int = 32, classes: int = 12, seed: int = 0):
     """ML-KWS CRNN: input [1, 1, 49, 10] -> Conv 10x4 stride 2x1 (16 ch) + ReLU -> [20 steps, 16 x 7]
     -> the recurrent ``cells`` ((kind, linear_before_reset) each, one feeding the next) -> last h -> Gemm."""
