@@ -304,7 +304,13 @@ class LowerQuantized(ElementwiseLowerings, RecurrentLowerings, Pass):
         return self._create("nn.pad", [x], attrs, x.type.with_shape(op.result.shape), op)
 
     def _nn_concat(self, op: Op) -> Value:
-        xs = [self._x(op, i) for i in range(len(op.operands))]
+        # A constant part (a recurrence's zero initial state at step 0) takes the format of the first
+        # quantized part.
+        first = next(self.twin[id(v)] for v in op.operands if id(v) in self.twin)
+        xs = [self._x(op, i) if not (v.is_constant() and id(v) not in self.twin) else
+              self.rw.create_const(quantize_array(v.constant(), first.type.quant, first.type.np_dtype),
+                                   v.producer.name, like=first, before=op)
+              for i, v in enumerate(op.operands)]
         t = xs[0].type
         for i, x in enumerate(xs):
             if x.type.dtype != t.dtype or x.type.quant != t.quant:

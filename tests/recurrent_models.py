@@ -94,6 +94,86 @@ def torch_style_model(kind: str = "LSTM", steps: int = 49, features: int = 10, h
     return build(nodes, {"input": [1, steps, features]}, ["logits"], inits, opset=14)
 
 
+def tf_lstm_cell_nodes(x: str, h: str, c: str, prefix: str, out_h: str, out_c: str, proj: bool = False):
+    """A TF1 LSTMCell as tf2onnx writes it: [x, h] @ K + b, Split(i, j, f, o), c = c * sigmoid(f + 1)
+    + sigmoid(i) * tanh(j), h = sigmoid(o) * tanh(c) (then h @ P with num_proj). Weights K, b, fb, P."""
+    p = prefix
+    nodes = [helper.make_node("Concat", [x, h], [p + "xh"], axis=1, name=p + "concat"),
+             helper.make_node("MatMul", [p + "xh", "K"], [p + "mm"], name=p + "matmul"),
+             helper.make_node("Add", [p + "mm", "b"], [p + "z"], name=p + "bias_add"),
+             helper.make_node("Split", [p + "z"], [p + "i", p + "j", p + "f", p + "o"], axis=1, name=p + "split"),
+             helper.make_node("Add", [p + "f", "fb"], [p + "f1"], name=p + "forget_bias"),
+             helper.make_node("Sigmoid", [p + "f1"], [p + "sf"], name=p + "sig_f"),
+             helper.make_node("Sigmoid", [p + "i"], [p + "si"], name=p + "sig_i"),
+             helper.make_node("Tanh", [p + "j"], [p + "tj"], name=p + "tanh_j"),
+             helper.make_node("Sigmoid", [p + "o"], [p + "so"], name=p + "sig_o"),
+             helper.make_node("Mul", [c, p + "sf"], [p + "cf"], name=p + "mul_cf"),
+             helper.make_node("Mul", [p + "si", p + "tj"], [p + "ij"], name=p + "mul_ij"),
+             helper.make_node("Add", [p + "cf", p + "ij"], [out_c], name=p + "add_c"),
+             helper.make_node("Tanh", [out_c], [p + "tc"], name=p + "tanh_c")]
+    if proj:
+        nodes += [helper.make_node("Mul", [p + "so", p + "tc"], [p + "hp"], name=p + "mul_h"),
+                  helper.make_node("MatMul", [p + "hp", "P"], [out_h], name=p + "projection")]
+    else:
+        nodes.append(helper.make_node("Mul", [p + "so", p + "tc"], [out_h], name=p + "mul_h"))
+    return nodes
+
+
+def tf_lstm_weights(inputs: int, hidden: int, proj: int = 0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    out = hidden if not proj else proj
+    k = 1 / np.sqrt(hidden)
+    inits = {"K": rng.uniform(-k, k, (inputs + out, 4 * hidden)).astype(np.float32),
+             "b": rng.uniform(-k, k, 4 * hidden).astype(np.float32), "fb": np.float32(1.0)}
+    if proj:
+        inits["P"] = rng.uniform(-k, k, (hidden, proj)).astype(np.float32)
+    return inits
+
+
+def _lstm_head(nodes, inits, h_last: str, hidden: int, classes: int, seed: int):
+    rng = np.random.default_rng(seed + 9)
+    inits["fc_w"] = (rng.uniform(-1, 1, (classes, hidden)) * 3 / np.sqrt(hidden)).astype(np.float32)
+    inits["fc_b"] = np.zeros(classes, np.float32)
+    nodes.append(helper.make_node("Gemm", [h_last, "fc_w", "fc_b"], ["logits"], transB=1, name="fc"))
+
+
+def scan_lstm_model(steps: int = 49, inputs: int = 10, hidden: int = 16, proj: int = 0, classes: int = 12,
+                    seed: int = 0):
+    """tf2onnx's form of dynamic_rnn over an LSTMCell (optionally num_proj): a Scan over time whose body
+    is the cell (tf_lstm_cell_nodes), then an FC on the final h. Input [T, 1, I] (time-major)."""
+    out = proj or hidden
+    body = helper.make_graph(
+        tf_lstm_cell_nodes("x_t", "h_in", "c_in", "cell/", "h_out", "c_out", bool(proj))
+        + [helper.make_node("Identity", ["h_out"], ["y_t"], name="cell/y")],
+        "lstm_body",
+        [helper.make_tensor_value_info("h_in", 1, [1, out]), helper.make_tensor_value_info("c_in", 1, [1, hidden]),
+         helper.make_tensor_value_info("x_t", 1, [1, inputs])],
+        [helper.make_tensor_value_info("h_out", 1, [1, out]), helper.make_tensor_value_info("c_out", 1, [1, hidden]),
+         helper.make_tensor_value_info("y_t", 1, [1, out])])
+    inits = tf_lstm_weights(inputs, hidden, proj, seed)
+    inits.update({"h0": np.zeros((1, out), np.float32), "c0": np.zeros((1, hidden), np.float32)})
+    nodes = [helper.make_node("Scan", ["h0", "c0", "input"], ["h_last", "c_last", "Y"], body=body,
+                              num_scan_inputs=1, name="rnn/scan")]
+    _lstm_head(nodes, inits, "h_last", out, classes, seed)
+    return build(nodes, {"input": [steps, 1, inputs]}, ["logits"], inits, opset=14)
+
+
+def unrolled_lstm_model(steps: int = 8, inputs: int = 10, hidden: int = 16, classes: int = 12, seed: int = 0):
+    """The same cell unrolled per time step (tf2onnx on a static_rnn): Split of the [1, T, I] input into
+    steps, Squeeze, then one copy of the cell per step."""
+    inits = tf_lstm_weights(inputs, hidden, 0, seed)
+    inits.update({"h0": np.zeros((1, hidden), np.float32), "c0": np.zeros((1, hidden), np.float32),
+                  "axes1": np.array([1], np.int64)})
+    nodes = [helper.make_node("Split", ["input"], [f"xs{t}" for t in range(steps)], axis=1, name="unstack")]
+    h, c = "h0", "c0"
+    for t in range(steps):
+        nodes.append(helper.make_node("Squeeze", [f"xs{t}", "axes1"], [f"x{t}"], name=f"step{t}/squeeze"))
+        nodes += tf_lstm_cell_nodes(f"x{t}", h, c, f"step{t}/", f"state_h{t}", f"state_c{t}")
+        h, c = f"state_h{t}", f"state_c{t}"
+    _lstm_head(nodes, inits, h, hidden, classes, seed)
+    return build(nodes, {"input": [1, steps, inputs]}, ["logits"], inits, opset=14)
+
+
 def crnn_model(cells=(("GRU", 0),), hidden: int = 32, classes: int = 12, seed: int = 0):
     """ML-KWS CRNN: input [1, 1, 49, 10] -> Conv 10x4 stride 2x1 (16 ch) + ReLU -> [20 steps, 16 x 7]
     -> the recurrent ``cells`` ((kind, linear_before_reset) each, one feeding the next) -> last h -> Gemm."""

@@ -15,7 +15,8 @@ from qcc.sim.interpreter import run_graph
 from qcc.sim.recurrent import gru_float, lstm_float
 
 from onnx_builders import build, check_against_ort, rand, run_ort
-from recurrent_models import GOLDEN_INPUTS, cell_weights, classifier_model, recurrent_node_model
+from recurrent_models import (GOLDEN_INPUTS, cell_weights, classifier_model, recurrent_node_model, scan_lstm_model,
+                              unrolled_lstm_model)
 
 
 def _feeds(model, seed=3):
@@ -150,3 +151,32 @@ def test_golden_inputs_are_the_builders_models(name):
     from pathlib import Path
     path = Path(__file__).resolve().parent / "golden" / "inputs" / f"{name}.onnx"
     assert onnx.load(path).SerializeToString() == GOLDEN_INPUTS[name]().SerializeToString()
+
+
+# ---------------------------------------------------------------- tf2onnx forms: Scan, unrolled cells
+@pytest.mark.parametrize("proj", [0, 6])
+def test_scan_lstm_cell_is_unrolled_and_matches_onnxruntime(proj):
+    """dynamic_rnn over an LSTMCell (num_proj 0 or 6) as a Scan: unrolled at import, per step ops."""
+    model = scan_lstm_model(steps=12, inputs=5, hidden=8, proj=proj)
+    graph = check_against_ort(model, {"input": rand(12, 1, 5, seed=4) * 0.5}, rtol=1e-4, atol=1e-5)
+    assert len(graph.find("nn.sigmoid")) == 12 * 3 and len(graph.find("nn.gather")) == 12 * 5
+    assert not graph.find("nn.lstm")
+
+
+def test_unrolled_lstm_cell_matches_onnxruntime():
+    graph = check_against_ort(unrolled_lstm_model(steps=6, inputs=5, hidden=8),
+                              {"input": rand(1, 6, 5, seed=5) * 0.5}, rtol=1e-4, atol=1e-5)
+    assert len(graph.find("nn.tanh")) == 12
+
+
+def test_scan_refusals_name_the_node():
+    model = scan_lstm_model(steps=4, inputs=3, hidden=4)
+    scan = model.graph.node[0]
+    scan.attribute.append(helper.make_attribute("scan_input_directions", [1]))
+    with pytest.raises(UnsupportedModelError, match=r'"rnn/scan" \(Scan\): reverse scan directions'):
+        load_onnx(model)
+    model = scan_lstm_model(steps=4, inputs=3, hidden=4)
+    body = model.graph.node[0].attribute[0].g
+    body.node[5].op_type = "Erf"  # an op qcc does not lift, inside the body
+    with pytest.raises(UnsupportedModelError, match=r'"rnn/scan" \(Scan\): body node "cell/sig_f" \(Erf\)'):
+        load_onnx(model)
