@@ -13,7 +13,9 @@ With ``frames > 0`` the graph input that reaches a recurrent op's ``x`` through
 layout-only ops (reshape, squeeze, unsqueeze, flatten, transposes that move
 only size-1 axes, a q.quantize) shrinks its time axis to ``frames``; the op's
 ``y`` then has ``frames`` rows, so it must be unused (a classifier reads the
-final state). Calling the streamed graph ``T / frames`` times gives exactly the
+final state) or read only as its last step (PyTorch's ``out[:, -1, :]``: the
+selection is then read from the final state h, through the same elementwise
+requantizations). Calling the streamed graph ``T / frames`` times gives exactly the
 whole-sequence graph's final states and outputs. Anything else (a conv front
 end over time, a used ``y``) is refused with the node named.
 
@@ -34,6 +36,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import List, Optional
+
+import numpy as np
 
 from qcc.errors import UnsupportedModelError
 from qcc.ir.graph import Graph, Op, Value
@@ -76,6 +80,11 @@ def _input_chain(graph: Graph, x: Value) -> Optional[List[Op]]:
     return chain[::-1] if v in graph.inputs else None
 
 
+ELEMENTWISE = ("qnn.requantize", "qnn.lut", "qnn.lut_interp", "q.range", "q.quantize", "q.dequantize",
+               "nn.identity")
+SELECT = ("nn.gather", "nn.slice")
+
+
 @register_pass
 @dataclass
 class StreamState(Pass):
@@ -110,16 +119,57 @@ class StreamState(Pass):
         DeadCodeElimination().run(graph)  # the constants the states replaced
         return PassResult(True, {"states": states})
 
+    @staticmethod
+    def _last_step_as_state(graph: Graph, rw: Rewriter, op: Op) -> bool:
+        """``y`` read only as its last step (PyTorch's ``out[:, -1, :]``: layout ops, elementwise
+        requantizations, then a constant gather/slice): that equals the final state h, so the same
+        elementwise ops move onto h and the selection's uses read them; True when rewritten."""
+        y, h = op.results[0], op.results[1]
+        chain, v = [], y
+        while True:
+            users = graph.users(v)
+            if len(users) != 1 or graph.is_output(v):
+                return False
+            user = users[0]
+            if user.opname not in ELEMENTWISE + LAYOUT_OPS + SELECT or user.operands[0] is not v \
+                    or not all(w.is_constant() for w in user.operands[1:]):
+                return False
+            chain.append(user)
+            v = user.result
+            if user.opname in SELECT:
+                break
+        # Which elements of y reach the end: follow element indices through the layout and selection ops.
+        from qcc.sim.interpreter import KERNELS
+        steps, hidden = y.shape
+        index = np.arange(steps * hidden, dtype=np.int64).reshape(y.shape)
+        for link in chain:
+            if link.opname not in ELEMENTWISE:
+                index = KERNELS[link.opname](link, index, *(w.constant() for w in link.operands[1:]))
+        if not np.array_equal(np.ravel(index), np.arange((steps - 1) * hidden, steps * hidden)):
+            return False
+        v = h
+        for link in chain:
+            if link.opname in ELEMENTWISE:
+                v = rw.create_op(link.opname, [v], dict(link.attrs), [link.result.type.with_shape(v.shape)],
+                                 name=link.name, before=chain[-1]).result
+        last = chain[-1].result
+        out = rw.create_op("nn.reshape", [v], {"shape": list(last.shape)}, [v.type.with_shape(last.shape)],
+                           name=f"{op.name}/last_step", before=chain[-1]).result
+        graph.replace_all_uses(last, out)
+        for link in reversed(chain):
+            graph.erase_op(link)
+        return True
+
     def _frames(self, graph: Graph, rw: Rewriter, op: Op):
         x, y = op.operands[0], op.results[0]
         steps = x.shape[0]
         where = f"--stream-state: {graph.source_name(op)}"
         if steps % self.frames:
             raise UnsupportedModelError(f"{where}: {steps} time steps are not a multiple of {self.frames} frames")
-        if graph.has_uses(y):
+        if graph.has_uses(y) and not self._last_step_as_state(graph, rw, op):
             raise UnsupportedModelError(
-                f"{where}: its per-step output (ONNX Y) is used; streaming keeps the recurrent state, so the "
-                f"model must read the final state (Y_h / Y_c) instead")
+                f"{where}: its per-step output (ONNX Y) is used for more than its last step; streaming keeps "
+                f"the recurrent state, so the model must read the final state (Y_h / Y_c, or Y's last step)")
         chain = _input_chain(graph, x)
         if chain is None:
             raise UnsupportedModelError(

@@ -21,7 +21,7 @@ from qcc.tools.compile import main as qcc_main
 from qcc.transforms.passmanager import PassManager
 
 from conftest import shared_model_path
-from recurrent_models import classifier_model, crnn_model
+from recurrent_models import classifier_model, crnn_model, torch_style_model
 from test_backend_cmsis import compile_and_compare, needs_gcc
 from test_qmn import quantize
 
@@ -84,6 +84,25 @@ def test_c_stream_equals_whole_sequence(tmp_path, clips, kind, lbr, bits):
     # The state buffers are exactly the recurrent state: H values per state, in the arena.
     state_bytes = sum(v.type.size * v.type.np_dtype.itemsize for v in gen.plan.states)
     assert state_bytes == 12 * bits // 8 + (12 * 2 if kind == "LSTM" else 0)  # h, and the int16 cell state
+
+
+@needs_gcc
+@pytest.mark.parametrize("kind, bits", [("LSTM", 16), ("GRU", 8)])
+def test_torch_last_step_output_streams(tmp_path, clips, kind, bits):
+    """PyTorch's out[:, -1, :] (a Gather of Y's last step) reads the final state when streamed."""
+    _, _, q = _lowered(torch_style_model(kind, hidden=12), tmp_path, bits, clips)
+    s = _streamed(q)
+    assert not s.find("nn.gather")
+    for clip in clips[:2]:
+        outs = run_stream(s, [{"input": clip[:, t:t + 1]} for t in range(49)])
+        np.testing.assert_array_equal(outs[-1]["logits"], run_graph(q, {"input": clip})["logits"])
+    _, whole = compile_and_compare(q, tmp_path / "whole", {"input": clips[:1]})
+    gen = generate(s, "net", "cortex-m4")
+    write_files({tmp_path / "s" / k: v for k, v in gen.files.items()})
+    count = harness.write_samples(tmp_path / "in.bin", s, {"input": clips[0].reshape(49, 1, 1, 10)})
+    harness.run_host(harness.build_host(tmp_path / "s", gen.name), tmp_path / "in.bin", tmp_path / "out.bin")
+    got = harness.read_outputs(tmp_path / "out.bin", gen, count)
+    np.testing.assert_array_equal(got.quantized[0][-1], whole.quantized[0][0])
 
 
 MAIN = r"""
