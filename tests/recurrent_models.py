@@ -174,6 +174,39 @@ def unrolled_lstm_model(steps: int = 8, inputs: int = 10, hidden: int = 16, clas
     return build(nodes, {"input": [1, steps, inputs]}, ["logits"], inits, opset=14)
 
 
+def scan_gru_model(steps: int = 20, inputs: int = 10, hidden: int = 16, classes: int = 12, seed: int = 0):
+    """tf2onnx's form of dynamic_rnn over a TF1 GRUCell: a Scan whose body computes
+    r, u = split(sigmoid([x, h] @ Wg + bg)); c = tanh([x, r * h] @ Wc + bc); h = u * h + (1 - u) * c."""
+    nodes = [helper.make_node("Concat", ["x_t", "h_in"], ["xh"], axis=1, name="cell/concat"),
+             helper.make_node("MatMul", ["xh", "Wg"], ["g0"], name="cell/gates/matmul"),
+             helper.make_node("Add", ["g0", "bg"], ["g1"], name="cell/gates/bias_add"),
+             helper.make_node("Sigmoid", ["g1"], ["g"], name="cell/gates/sigmoid"),
+             helper.make_node("Split", ["g"], ["r", "u"], axis=1, name="cell/gates/split"),
+             helper.make_node("Mul", ["r", "h_in"], ["rh"], name="cell/r_h"),
+             helper.make_node("Concat", ["x_t", "rh"], ["xrh"], axis=1, name="cell/concat_1"),
+             helper.make_node("MatMul", ["xrh", "Wc"], ["c0_"], name="cell/candidate/matmul"),
+             helper.make_node("Add", ["c0_", "bc"], ["c1"], name="cell/candidate/bias_add"),
+             helper.make_node("Tanh", ["c1"], ["c"], name="cell/candidate/tanh"),
+             helper.make_node("Mul", ["u", "h_in"], ["uh"], name="cell/u_h"),
+             helper.make_node("Sub", ["one", "u"], ["nu"], name="cell/one_minus_u"),
+             helper.make_node("Mul", ["nu", "c"], ["nc"], name="cell/nu_c"),
+             helper.make_node("Add", ["uh", "nc"], ["h_out"], name="cell/h"),
+             helper.make_node("Identity", ["h_out"], ["y_t"], name="cell/y")]
+    body = helper.make_graph(
+        nodes, "gru_body",
+        [helper.make_tensor_value_info("h_in", 1, [1, hidden]), helper.make_tensor_value_info("x_t", 1, [1, inputs])],
+        [helper.make_tensor_value_info("h_out", 1, [1, hidden]), helper.make_tensor_value_info("y_t", 1, [1, hidden])])
+    rng = np.random.default_rng(seed)
+    k = 1 / np.sqrt(hidden)
+    inits = {"Wg": rng.uniform(-k, k, (inputs + hidden, 2 * hidden)).astype(np.float32),
+             "bg": np.ones(2 * hidden, np.float32), "Wc": rng.uniform(-k, k, (inputs + hidden, hidden)).astype(np.float32),
+             "bc": np.zeros(hidden, np.float32), "one": np.float32(1.0), "h0": np.zeros((1, hidden), np.float32)}
+    graph_nodes = [helper.make_node("Scan", ["h0", "input"], ["h_last", "Y"], body=body, num_scan_inputs=1,
+                                    name="rnn/scan")]
+    _lstm_head(graph_nodes, inits, "h_last", hidden, classes, seed)
+    return build(graph_nodes, {"input": [steps, 1, inputs]}, ["logits"], inits, opset=14)
+
+
 def crnn_model(cells=(("GRU", 0),), hidden: int = 32, classes: int = 12, seed: int = 0):
     """ML-KWS CRNN: input [1, 1, 49, 10] -> Conv 10x4 stride 2x1 (16 ch) + ReLU -> [20 steps, 16 x 7]
     -> the recurrent ``cells`` ((kind, linear_before_reset) each, one feeding the next) -> last h -> Gemm."""

@@ -22,7 +22,8 @@ from qcc.fileio import write_files
 from qcc.sim.interpreter import run_graph
 
 from conftest import shared_model_path
-from recurrent_models import classifier_model, crnn_model, scan_lstm_model, torch_style_model, unrolled_lstm_model
+from recurrent_models import (classifier_model, crnn_model, scan_gru_model, scan_lstm_model, torch_style_model,
+                              unrolled_lstm_model)
 from test_backend_cmsis import compile_and_compare, needs_arm, needs_gcc
 from test_qmn import quantize
 
@@ -141,13 +142,16 @@ def test_recurrent_kernels_build_with_werror_on_every_core(tmp_path, mfcc, bits)
 
 
 @needs_gcc
-@pytest.mark.parametrize("form, bits, min_db", [("scan", 16, 45.0), ("scan-proj", 8, 15.0), ("unrolled", 8, 15.0)])
+@pytest.mark.parametrize("form, bits, min_db", [("scan", 16, 45.0), ("scan-proj", 8, 15.0), ("unrolled", 8, 15.0),
+                                                ("scan-gru", 16, 45.0)])
 def test_tf_cell_forms_compile_and_c_matches_simulator(tmp_path, mfcc, form, bits, min_db):
     """tf2onnx's Scan (with and without num_proj) and unrolled LSTMCell forms compile as per-step Qm.n ops
     (not folded into one qnn.lstm: dense, gathers for the gate split, tables, mul, add per step).
     Measured on 20 / 8 steps of the clips scaled by 1/30: scan q7 20.1 dB / q15 60.6 dB, with
-    projection q7 26.2 / q15 69.5, unrolled q7 21.5 / q15 61.7."""
-    if form == "unrolled":
+    projection q7 26.2 / q15 69.5, unrolled q7 21.5 / q15 61.7; a GRUCell Scan (12 steps) q7 16.6 / q15 63.5."""
+    if form == "scan-gru":
+        model, xs = scan_gru_model(steps=12), mfcc[:, :12].reshape(22, 12, 1, 10) / 30
+    elif form == "unrolled":
         model, xs = unrolled_lstm_model(steps=8), mfcc[:, :8].reshape(22, 1, 8, 10) / 30
     else:
         model = scan_lstm_model(steps=10, proj=8 if form == "scan-proj" else 0)
