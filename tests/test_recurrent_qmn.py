@@ -147,18 +147,20 @@ def test_recurrent_kernels_build_with_werror_on_every_core(tmp_path, mfcc, bits)
 def test_tf_cell_forms_compile_and_c_matches_simulator(tmp_path, mfcc, form, bits, min_db):
     """tf2onnx's Scan (with and without num_proj) and unrolled LSTMCell forms compile as per-step Qm.n ops
     (not folded into one qnn.lstm: dense, gathers for the gate split, tables, mul, add per step).
-    Measured on 20 / 8 steps of the clips scaled by 1/30: scan q7 20.1 dB / q15 60.6 dB, with
-    projection q7 26.2 / q15 69.5, unrolled q7 21.5 / q15 61.7; a GRUCell Scan (12 steps) q7 16.6 / q15 63.5."""
+    Small (6 / 4 steps, 8 units, 8 clips scaled by 1/30) to stay cheap; on 20 / 8 steps, 16 units and 22
+    clips we measured: scan q7 20.1 dB / q15 60.6 dB, with projection q7 26.2 / q15 69.5, unrolled
+    q7 21.5 / q15 61.7; a GRUCell Scan (12 steps) q7 16.6 / q15 63.5."""
     if form == "scan-gru":
-        model, xs = scan_gru_model(steps=12), mfcc[:, :12].reshape(22, 12, 1, 10) / 30
+        model, xs = scan_gru_model(steps=6, hidden=8), mfcc[:8, :6].reshape(8, 6, 1, 10) / 30
     elif form == "unrolled":
-        model, xs = unrolled_lstm_model(steps=8), mfcc[:, :8].reshape(22, 1, 8, 10) / 30
+        model, xs = unrolled_lstm_model(steps=4, hidden=8), mfcc[:8, :4].reshape(8, 1, 4, 10) / 30
     else:
-        model = scan_lstm_model(steps=10, proj=8 if form == "scan-proj" else 0)
-        xs = mfcc[:, :10].reshape(22, 10, 1, 10) / 30
+        model = scan_lstm_model(steps=6, hidden=8, proj=4 if form == "scan-proj" else 0)
+        xs = mfcc[:8, :6].reshape(8, 6, 1, 10) / 30
     fl, _, q = _lowered(model, tmp_path, bits, xs.astype(np.float32))
     assert not [op for op in q.ops if op.opname.startswith("nn.") and op.opname not in
                 ("nn.reshape", "nn.gather", "nn.concat", "nn.squeeze", "nn.unsqueeze", "nn.transpose")]
     ref, got = _logits(fl, xs), _logits(q, xs)
     assert sqnr_db(ref, got) > min_db, sqnr_db(ref, got)
-    compile_and_compare(q, tmp_path / "c", {"input": xs[:3].astype(np.float32)})
+    if form in ("scan", "unrolled"):  # one q15 and one q7 build: the C of these ops is tested elsewhere too
+        compile_and_compare(q, tmp_path / "c", {"input": xs[:3].astype(np.float32)})
