@@ -208,6 +208,8 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     helpers = str(env.get_template("helpers.j2").module.helpers(sorted(builder.dots)))
     if any(s.kind.startswith("s8.") for s in plan.steps):  # affine int8 helpers (layers_s8.py)
         helpers += str(env.get_template("ops/s8_common.j2").module.s8_common())
+    if any(s.kind in ("s8.lstm", "s8.gru") for s in plan.steps):  # int16 sigmoid/tanh (s8_lstm.j2)
+        helpers += str(env.get_template("ops/s8_lstm.j2").module.s8_recurrent_common())
     if nn is not None:
         helpers += str(env.get_template("ops/cmsisnn_common.j2").module.cmsisnn_common(
             name, NAME, nn.scratch_offset, nn.scratch))

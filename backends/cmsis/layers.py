@@ -113,8 +113,8 @@ class LayerBuilder:
         fn = f"l{index}_{c_identifier(op.name or kind, fallback=kind, max_len=32)}"
         shapes = " x ".join("[" + ",".join(map(str, v.shape)) + "]" for v in op.operands)
         return {"kind": kind, "fn": fn, "index": index,
-                "comment": c_comment(f"{op.opname} \"{op.name}\": {shapes} -> [{','.join(map(str, op.result.shape))}]", 160),
-                "yt": ctype(op.result)}
+                "comment": c_comment(f"{op.opname} \"{op.name}\": {shapes} -> [{','.join(map(str, op.results[0].shape))}]", 160),
+                "yt": ctype(op.results[0])}
 
     def _per_channel(self, fn: str, what: str, values: List[int], channels: int, index_var: str, comment: str) -> str:
         """A literal when every channel shares the value, else a table indexed by ``index_var``."""

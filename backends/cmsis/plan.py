@@ -46,10 +46,12 @@ COMPUTE_OPS = frozenset({
     "qnn.lut_interp", "qnn.softmax", "nn.transpose", "nn.concat", "nn.pad", "nn.gather", "qnn.sub", "qnn.mul"})
 # Affine int8 kernels (layers_s8.py); conv/dense take constant weights and bias like qnn.
 S8_OPS = frozenset({"s8.conv2d", "s8.dense", "s8.add", "s8.sub", "s8.mul", "s8.lut", "s8.requantize", "s8.maxpool",
-                    "s8.avgpool", "s8.softmax"})
+                    "s8.avgpool", "s8.softmax", "s8.lstm", "s8.gru"})
 COMPUTE_OPS = COMPUTE_OPS | S8_OPS
 # Ops whose operands after the first are constant parameters (weights, bias; a gather's indices).
-WEIGHTED_OPS = ("qnn.conv2d", "qnn.dense", "s8.conv2d", "s8.dense", "nn.gather")
+WEIGHTED_OPS = ("qnn.conv2d", "qnn.dense", "s8.conv2d", "s8.dense", "nn.gather", "s8.lstm", "s8.gru")
+# Recurrent ops: the step writes the sequence y (result 0); the final states (h, c) stay inside the kernel.
+RECURRENT_OPS = frozenset({"s8.lstm", "s8.gru"})
 # Float ops a graph output may apply after its q.dequantize (the float epilogue; float C, tolerance only).
 FLOAT_EPILOGUE_OPS = frozenset({"nn.softmax", "nn.sigmoid", "nn.tanh"})
 ALIGN = 8
@@ -245,6 +247,12 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
             continue
         if op.opname in WEIGHTED_OPS and not all(v.is_constant() for v in op.operands[1:]):
             bad.append(f"{op.describe()} (weights/bias are not constants)")
+            continue
+        if op.opname in RECURRENT_OPS:
+            if any(graph.uses(r) or r in graph.outputs for r in op.results[1:]):
+                bad.append(f"{op.describe()} (its final hidden/cell state is read: take the last row of y)")
+                continue
+            steps.append(Step(op.opname, op, list(data), op.results[0]))
             continue
         steps.append(Step(op.opname, op, list(data), op.result))
     if bad:
