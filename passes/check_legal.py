@@ -138,6 +138,7 @@ NEVER: Dict[str, str] = {
     "nn.gemm": "the weights are not constant", "nn.matmul": "the right operand is not a 2-D constant",
     "nn.div": "only division by a constant scalar or per-channel vector lowers",
     "nn.reduce_mean": "only a mean over both spatial axes of a 4-D tensor lowers, as a global average pool",
+    "nn.lstm": "no integer LSTM kernel in this scheme yet", "nn.gru": "no integer GRU kernel in this scheme yet",
 }
 
 LEGAL = {"qmn": QMN_LEGAL, "int8": INT8_LEGAL}
