@@ -128,7 +128,15 @@ INT8_LEGAL: Dict[str, Check] = {
     # 256-entry tables from TFLite Micro's reference kernels (qcc/sim/s8_lut.py).
     "nn.leaky_relu": None, "nn.sigmoid": None, "nn.tanh": None, "nn.hard_swish": None, "nn.hard_sigmoid": None,
     "nn.gather": _constant_indices, **{name: None for name in SHAPE_OPS},
+    # TFLite's integer LSTM (and a GRU from its pieces): quantize-recurrent, not lower-qdq.
+    "nn.lstm": lambda op: _recurrent_constants(op), "nn.gru": lambda op: _recurrent_constants(op),
 }
+
+
+def _recurrent_constants(op: Op) -> Optional[str]:
+    if not all(v.is_constant() for v in op.operands[1:]):
+        return "its weights, bias or initial states are computed at run time, not constants"
+    return None
 
 # Why the remaining float ops never lower, in users' terms.
 NEVER: Dict[str, str] = {
