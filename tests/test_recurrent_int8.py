@@ -30,7 +30,7 @@ from qcc.sim.interpreter import run_graph
 
 from conftest import shared_model_path
 from onnx_builders import build
-from recurrent_models import cell_weights, classifier_model
+from recurrent_models import cell_weights, classifier_model, recurrent_node_model
 from test_backend_s8 import _run_and_compare, needs_gcc, needs_qemu
 
 STEPS, FEATURES = 49, 10
@@ -122,3 +122,146 @@ def test_builds_warning_free_on_every_core(tmp_path):
             assert re.search(insn, dis), f"{target}: no {insn} in the recurrent kernels"
         else:
             assert "smlad" not in dis
+
+
+# ---------------------------------------------------------------- the ops, the pass and the back end on small graphs
+def _small_graph(c_is_output: bool = False):
+    """x -> s8.lstm (T=4, I=3, H=5) and s8.gru (lbr 0 and 1) -> their y sequences, random parameters."""
+    from qcc.ir.graph import Graph
+    from qcc.ir.types import TensorType, UniformQuant
+    rng = np.random.default_rng(3)
+    g = Graph("cells")
+    xf = g.add_input("x", TensorType((4, 3)))
+    x = g.add_op("q.quantize", [xf], result_types=[TensorType((4, 3), "i8", UniformQuant(0.05, 3))]).result
+    outs = []
+    common = dict(hidden_size=5, input_zp=3, output_zp=-2, output_multiplier=1517534016, output_shift=-23)
+    specs = [("s8.lstm", 4, dict(cell_scale_power=-12, forget_multiplier=1 << 30, forget_shift=-14,
+                                  input_to_cell_multiplier=1 << 30, input_to_cell_shift=-17)),
+             ("s8.gru", 3, dict(linear_before_reset=0)), ("s8.gru", 3, dict(linear_before_reset=1))]
+    for kind, gates, extra in specs:
+        operands = [x, g.add_const(rng.integers(-127, 128, (gates * 5, 3)).astype(np.int8)),
+                    g.add_const(rng.integers(-127, 128, (gates * 5, 5)).astype(np.int8)),
+                    g.add_const(rng.integers(-3000, 3000, gates * 5 * (1 if kind == "s8.lstm" else 2)).astype(np.int32)),
+                    g.add_const(rng.integers(-20, 20, (1, 5)).astype(np.int8))]
+        if kind == "s8.lstm":
+            operands.append(g.add_const(rng.integers(-900, 900, (1, 5)).astype(np.int16)))
+        op = g.add_op(kind, operands, dict(common, input_multiplier=[1300000000] * gates, input_shift=[-1] * gates,
+                                           recurrent_multiplier=[1200000000] * gates, recurrent_shift=[-2] * gates,
+                                           **extra), name=f"{kind[3:]}{len(outs)}")
+        op.results[0].type = op.results[0].type.with_quant("i8", UniformQuant(0.01, -2))
+        outs.append(g.add_op("q.dequantize", [op.results[0]], result_types=[TensorType((4, 5))]).result)
+        if c_is_output and kind == "s8.lstm":
+            op.results[2].type = op.results[2].type.with_quant("i16", UniformQuant(2.0 ** -12, 0))
+            outs.append(g.add_op("q.dequantize", [op.results[2]], result_types=[TensorType((1, 5))]).result)
+    g.set_outputs(outs, [f"y{j}" for j in range(len(outs))])
+    g.verify()
+    return g
+
+
+def test_text_form_round_trips_and_runs():
+    from qcc.ir.parser import parse
+    from qcc.ir.printer import print_graph_with_resources
+    g = _small_graph()
+    text, resources = print_graph_with_resources(g)
+    assert "s8.lstm" in text and text.count("s8.gru") == 2
+    again = parse(text, resources=resources)
+    assert print_graph_with_resources(again)[0] == text
+    x = np.linspace(-6, 6, 12, dtype=np.float32).reshape(4, 3)
+    a, b = run_graph(g, {"x": x}), run_graph(again, {"x": x})
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+        assert len(np.unique(a[k])) > 4
+
+
+@pytest.mark.parametrize("op_index, change, message", [
+    (0, lambda op: op.attrs.update(cell_clip=0), "cell_clip"),
+    (0, lambda op: op.attrs.update(input_multiplier=[1, 2, 3]), "one per gate"),
+    (1, lambda op: op.attrs.update(linear_before_reset=2), "linear_before_reset"),
+    (1, lambda op: op.attrs.update(output_zp=200), "output_zp"),
+])
+def test_verifier_names_the_problem(op_index, change, message):
+    from qcc.errors import IRError
+    g = _small_graph()
+    op = [o for o in g.ops if o.opname in ("s8.lstm", "s8.gru")][op_index]
+    change(op)
+    with pytest.raises(IRError, match=message):
+        g.verify()
+
+
+def test_c_is_deterministic_and_a_used_cell_state_is_refused():
+    from qcc.errors import UnsupportedModelError
+    gen = get_backend("cmsis")
+    a, b = gen.generate(_small_graph(), "net", "cortex-m4").files, gen.generate(_small_graph(), "net", "cortex-m4").files
+    assert a == b
+    with pytest.raises(UnsupportedModelError, match=r"s8.lstm.*final hidden/cell state"):
+        gen.generate(_small_graph(c_is_output=True), "net", "cortex-m4")
+
+
+@needs_gcc
+def test_small_cells_c_equals_simulator_on_host(tmp_path):
+    """Random parameters far from a calibrated model's (saturated gates, clipped cells) in both paths."""
+    g = _small_graph()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-8, 8, (6, 4, 3)).astype(np.float32)
+    got = _run_and_compare(tmp_path, g, {"x": x}, "cortex-m4", "host")
+    assert all(len(np.unique(q)) > 10 for q in got.quantized)
+
+
+LSTM_AFTER_QUANTIZE_AFFINE = """
+qcc.graph @m(%x: tensor<2x1xf32>) -> (tensor<2x1xf32> {name = "y"}) {
+  %0 = q.quantize %x : tensor<2x1x!q.uniform<i8:f32, 0.0078125:0>>
+  %1 = q.dequantize %0 : tensor<2x1xf32>
+  %2 = qcc.const dense<[0.5, -0.25, 0.125, 1.0]> : tensor<4x1xf32> loc("cell.w")
+  %3 = qcc.const dense<[0.3, -0.3, 0.6, 0.1]> : tensor<4x1xf32> loc("cell.r")
+  %4 = qcc.const dense<[0.1, 0.0, -0.1, 0.2, 0.0, 0.05, 0.0, 0.1]> : tensor<8xf32> loc("cell.b")
+  %5 = qcc.const dense<[0.0]> : tensor<1x1xf32> loc("cell.h0")
+  %6 = qcc.const dense<[0.0]> : tensor<1x1xf32> loc("cell.c0")
+  %7, %8, %9 = nn.lstm %1, %2, %3, %4, %5, %6 {hidden_size = 1} : tensor<2x1xf32>, tensor<1x1xf32>, tensor<1x1xf32> loc("cell")
+  %10 = q.quantize %7 : tensor<2x1x!q.uniform<i8:f32, 0.0078125:0>>
+  %11 = q.dequantize %10 : tensor<2x1xf32>
+  qcc.return %11 : tensor<2x1xf32>
+}
+"""
+
+
+def test_lstm_without_calibration_data_names_the_node():
+    from qcc.errors import QccError
+    from qcc.ir.parser import parse
+    from qcc.transforms.passmanager import PassManager
+    g = parse(LSTM_AFTER_QUANTIZE_AFFINE)
+    with pytest.raises(QccError, match=r'"cell".*cell-state scale needs calibration data'):
+        PassManager.parse("quantize-recurrent").run(g)
+
+
+def test_lstm_cell_scale_comes_from_the_calibration_trace(tmp_path):
+    from qcc.ir.parser import parse
+    from qcc.sim.recurrent import lstm_float
+    from qcc.transforms.passmanager import PassManager
+    x = np.linspace(-1, 1, 2 * 8, dtype=np.float32).reshape(8, 2, 1)
+    np.save(tmp_path / "calib.npy", x)
+    g = parse(LSTM_AFTER_QUANTIZE_AFFINE)
+    PassManager.parse(f"quantize-recurrent{{data={tmp_path / 'calib.npy'}}}").run(g)
+    op = next(o for o in g.ops if o.opname == "s8.lstm")
+    w, r, b = np.array([[0.5], [-0.25], [0.125], [1.0]]), np.array([[0.3], [-0.3], [0.6], [0.1]]), \
+        np.array([0.1, 0.0, -0.1, 0.2, 0.0, 0.05, 0.0, 0.1])
+    cmax = 0.0
+    for sample in x:
+        xq = np.round(sample / 0.0078125) * 0.0078125   # what the graph feeds the LSTM
+        trace: dict = {}
+        lstm_float(xq, w, r, b, np.zeros((1, 1)), np.zeros((1, 1)), trace=trace)
+        cmax = max(cmax, float(np.abs(trace["c"]).max()))
+    p = op.attrs["cell_scale_power"]
+    assert 2.0 ** (p + 14) < cmax <= 2.0 ** (p + 15)    # the smallest power of two covering the cell range
+    assert (op.attrs["input_to_cell_multiplier"], op.attrs["input_to_cell_shift"]) == (1 << 30, -29 - p)
+
+
+def test_qcc_compiles_a_float_lstm_with_calibration(tmp_path, capsys):
+    from qcc.tools.compile import main as qcc_main
+    data = _mfcc()
+    onnx.save(classifier_model("LSTM", hidden=16), tmp_path / "kws_lstm.onnx")
+    np.save(tmp_path / "calib.npy", data)
+    code = qcc_main([str(tmp_path / "kws_lstm.onnx"), "-o", str(tmp_path / "out" / "net.c"), "--target", "cortex-m4",
+                     "--scheme", "int8", "--calib", str(tmp_path / "calib.npy")])
+    assert code == 0, capsys.readouterr().err
+    c = (tmp_path / "out" / "net.c").read_text()
+    assert "s8.lstm" in c and "qcc_s16_activation" in c
