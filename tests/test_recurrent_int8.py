@@ -265,3 +265,19 @@ def test_qcc_compiles_a_float_lstm_with_calibration(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     c = (tmp_path / "out" / "net.c").read_text()
     assert "s8.lstm" in c and "qcc_s16_activation" in c
+
+
+@pytest.mark.parametrize("kind, change, message", [
+    ("s8.lstm", dict(output_shift=2), "'output_shift' 2 > 0"),
+    ("s8.lstm", dict(forget_shift=1), "'forget_shift' 1 > 0"),
+    ("s8.gru", dict(input_shift=[20, 20, 20]), "input-to-gate int32 accumulator of gate row"),
+    ("s8.gru", dict(recurrent_shift=[0, 21, 0]), "recurrent-to-gate int32 accumulator of gate row"),
+])
+def test_check_quantized_proves_the_recurrent_accumulators(kind, change, message):
+    from qcc.errors import QccError
+    from qcc.transforms.passmanager import PassManager
+    g = _small_graph()
+    assert PassManager.parse("check-quantized").run(g).records[0].result.stats["layers"] == 3
+    next(o for o in g.ops if o.opname == kind).attrs.update(change)
+    with pytest.raises(QccError, match=re.escape(message)):
+        PassManager.parse("check-quantized").run(g)
