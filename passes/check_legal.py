@@ -129,13 +129,15 @@ INT8_LEGAL: Dict[str, Check] = {
     "nn.leaky_relu": None, "nn.sigmoid": None, "nn.tanh": None, "nn.hard_swish": None, "nn.hard_sigmoid": None,
     "nn.gather": _constant_indices, **{name: None for name in SHAPE_OPS},
     # TFLite's integer LSTM (and a GRU from its pieces): quantize-recurrent, not lower-qdq.
-    "nn.lstm": lambda op: _recurrent_constants(op), "nn.gru": lambda op: _recurrent_constants(op),
+    "nn.lstm": lambda op: _recurrent_int8(op), "nn.gru": lambda op: _recurrent_int8(op),
 }
 
 
-def _recurrent_constants(op: Op) -> Optional[str]:
+def _recurrent_int8(op: Op) -> Optional[str]:
     if not all(v.is_constant() for v in op.operands[1:]):
         return "its weights, bias or initial states are computed at run time, not constants"
+    if op.opname == "nn.lstm" and (op.graph.users(op.results[2]) or op.graph.is_output(op.results[2])):
+        return "its final cell state (Y_c) is read; the int8 LSTM keeps its int16 cell state inside the kernel"
     return None
 
 # Why the remaining float ops never lower, in users' terms.

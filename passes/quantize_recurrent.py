@@ -75,6 +75,20 @@ def _sole_quantize(graph: Graph, v: Value) -> Optional[Op]:
     return None
 
 
+def _read(graph: Graph, v: Value) -> bool:
+    """Does anything read ``v``, looking through the Q/DQ pairs quantize-affine put on every result?"""
+    if graph.is_output(v):
+        return True
+    return any(u.opname not in ("q.quantize", "q.dequantize") or _read(graph, u.result) for u in graph.users(v))
+
+
+def _erase_unread(graph: Graph, v: Value):
+    for u in graph.users(v):
+        for r in u.results:
+            _erase_unread(graph, r)
+        graph.erase_op(u)
+
+
 def _mult(m: float):
     return quantize_multiplier(float(m))
 
@@ -134,6 +148,9 @@ class QuantizeRecurrent(Pass):
         for r in op.results[1:]:
             if graph.users(r) and _sole_quantize(graph, r) is None:
                 return "a final state is used in float"
+        if op.opname == "nn.lstm" and _read(graph, op.results[2]):
+            return ("its final cell state (ONNX Y_c) is read: the int8 LSTM keeps its int16 cell state inside "
+                    "the kernel; use Y or Y_h")
         return ""
 
     # ------------------------------------------------------------ calibration of the cell state
@@ -201,27 +218,17 @@ class QuantizeRecurrent(Pass):
         graph.move_after_seq(new, op)
         graph.replace_all_uses(q_y.result, new.results[0])
         graph.erase_op(q_y)
-        self._final_state(graph, op, new, 1, lstm)
-        if lstm:
-            self._final_state(graph, op, new, 2, lstm)
-        for res in op.results:
-            for u in graph.users(res):   # a Q whose result nothing reads (dce would drop it)
-                if not graph.users(u.result) and not graph.is_output(u.result):
-                    graph.erase_op(u)
+        self._final_h(graph, op, new)
+        for res in op.results:   # the Q/DQ pairs of final states nothing reads
+            _erase_unread(graph, res)
         graph.erase_op(op)
 
     @staticmethod
-    def _final_state(graph: Graph, op: Op, new: Op, index: int, lstm: bool):
-        q = _sole_quantize(graph, op.results[index])
-        if q is None or (not graph.users(q.result) and not graph.is_output(q.result)):
+    def _final_h(graph: Graph, op: Op, new: Op):
+        q = _sole_quantize(graph, op.results[1])
+        if q is None or not _read(graph, q.result):
             return
         want = q.result.type.quant
-        if index == 2:
-            # the int16 cell state leaves the integer domain: DQ then the calibrated Q
-            dq = graph.add_op("q.dequantize", [new.results[2]], {}, [TensorType((1, op.attrs["hidden_size"]))],
-                              name=op.name)
-            graph.set_operand(q, 0, dq.result)
-            return
         y = new.results[0]
         t = y.shape[0]
         if t == 0:

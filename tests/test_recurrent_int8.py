@@ -50,15 +50,15 @@ def _cell(kind: str, hidden: int, seed: int, lbr: int = 0):
 
 
 def three_cells():
-    """One input, three recurrent layers side by side (LSTM H=13, GRU lbr=0 H=7, GRU lbr=1 H=16)."""
+    """One input, three recurrent layers side by side (LSTM H=13 with its final h, GRU lbr=0 H=7, GRU lbr=1 H=16)."""
     nodes = [helper.make_node("Transpose", ["input"], ["xt"], perm=[1, 0, 2], name="to_time_major")]
     inits, outs = {}, []
     for j, (kind, hidden, lbr) in enumerate([("LSTM", 13, 0), ("GRU", 7, 0), ("GRU", 16, 1)]):
         w, r, b, attrs = _cell(kind, hidden, seed=10 + j, lbr=lbr)
         inits.update({f"W{j}": w, f"R{j}": r, f"B{j}": b})
-        nodes.append(helper.make_node(kind, ["xt", f"W{j}", f"R{j}", f"B{j}"], [f"Y{j}"], name=f"{kind.lower()}{j}",
-                                      **attrs))
-        outs.append(f"Y{j}")
+        ys = [f"Y{j}", f"Yh{j}"] if kind == "LSTM" else [f"Y{j}"]   # the LSTM's final h: y's last row
+        nodes.append(helper.make_node(kind, ["xt", f"W{j}", f"R{j}", f"B{j}"], ys, name=f"{kind.lower()}{j}", **attrs))
+        outs += ys
     return build(nodes, {"input": [1, STEPS, FEATURES]}, outs, inits, opset=14)
 
 
@@ -90,9 +90,11 @@ def test_classifier_agrees_with_float(tmp_path, kind, lbr):
 def test_c_equals_simulator_on_host(tmp_path):
     data = _mfcc()
     _, g = _lower(tmp_path, three_cells(), "cells", data)
-    assert sorted(op.opname for op in g.ops if op.opname.startswith("s8.")) == ["s8.gru", "s8.gru", "s8.lstm"]
+    kinds = sorted(op.opname for op in g.ops if op.opname.startswith("s8.") or op.opname == "nn.gather")
+    assert kinds == ["nn.gather", "s8.gru", "s8.gru", "s8.lstm", "s8.requantize"]   # h = requantized y[T-1]
     got = _run_and_compare(tmp_path, g, {"input": data[:, None]}, "cortex-m4", "host")
-    assert all(len(np.unique(q)) > 20 for q in got.quantized)   # real sequences, not saturated constants
+    assert [q.shape[1:] for q in got.quantized] == [(STEPS, 1, 1, 13), (1, 1, 13), (STEPS, 1, 1, 7), (STEPS, 1, 1, 16)]
+    assert all(len(np.unique(q)) > 20 for q in got.quantized)   # real values, not saturated constants
 
 
 @needs_qemu
@@ -281,3 +283,20 @@ def test_check_quantized_proves_the_recurrent_accumulators(kind, change, message
     next(o for o in g.ops if o.opname == kind).attrs.update(change)
     with pytest.raises(QccError, match=re.escape(message)):
         PassManager.parse("check-quantized").run(g)
+
+
+@pytest.mark.parametrize("kind, initial, outputs, message", [
+    ("LSTM", "absent", ("Y", "Y_h", "Y_c"), 'node "lstm1" (LSTM): its final cell state (Y_c) is read'),
+    ("GRU", "input", ("Y",), 'node "gru1" (GRU): its weights, bias or initial states are computed at run time'),
+])
+def test_refusals_name_the_node_before_calibration(tmp_path, capsys, kind, initial, outputs, message):
+    from qcc.tools.compile import main as qcc_main
+    onnx.save(recurrent_node_model(kind, steps=4, inputs=3, hidden=2, initial=initial, outputs=outputs),
+              tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", not_an_input=np.zeros((2, 3), np.float32))  # would fail calibration
+    code = qcc_main([str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out" / "net.c"), "--target", "cortex-m4",
+                     "--scheme", "int8", "--calib", str(tmp_path / "calib.npz")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
