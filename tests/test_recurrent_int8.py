@@ -199,16 +199,6 @@ def test_c_is_deterministic_and_a_used_cell_state_is_refused():
         gen.generate(_small_graph(c_is_output=True), "net", "cortex-m4")
 
 
-@needs_gcc
-def test_small_cells_c_equals_simulator_on_host(tmp_path):
-    """Random parameters far from a calibrated model's (saturated gates, clipped cells) in both paths."""
-    g = _small_graph()
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-8, 8, (6, 4, 3)).astype(np.float32)
-    got = _run_and_compare(tmp_path, g, {"x": x}, "cortex-m4", "host")
-    assert all(len(np.unique(q)) > 10 for q in got.quantized)
-
-
 LSTM_AFTER_QUANTIZE_AFFINE = """
 qcc.graph @m(%x: tensor<2x1xf32>) -> (tensor<2x1xf32> {name = "y"}) {
   %0 = q.quantize %x : tensor<2x1x!q.uniform<i8:f32, 0.0078125:0>>
@@ -300,3 +290,59 @@ def test_refusals_name_the_node_before_calibration(tmp_path, capsys, kind, initi
     assert code == 2, err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def _random_cells(seed: int):
+    """Cells with drawn sizes and parameters, corner paths included: cell scales whose tanh rescale shifts
+    left (p > -12) or right, small cell clips, shifts of both signs, zero points at the int8 ends, H and I of 1."""
+    from qcc.ir.graph import Graph
+    from qcc.ir.types import TensorType, UniformQuant
+    rng = np.random.default_rng(seed)
+    g = Graph(f"random_cells{seed}")
+    t = int(rng.integers(1, 7))
+    i = int(rng.choice([1, 2, 5, 8, 13]))
+    xf = g.add_input("x", TensorType((t, i)))
+    zx = int(rng.choice([-128, -3, 0, 77, 127]))
+    x = g.add_op("q.quantize", [xf], result_types=[TensorType((t, i), "i8", UniformQuant(0.05, zx))]).result
+    outs = []
+    for j, (kind, gates, lbr) in enumerate([("s8.lstm", 4, 0), ("s8.lstm", 4, 0), ("s8.gru", 3, 0), ("s8.gru", 3, 1)]):
+        h = int(rng.choice([1, 2, 3, 6, 9]))
+        zh = int(rng.choice([-128, -5, 0, 42, 127]))
+        mult = lambda: int(rng.integers(1 << 30, 1 << 31))  # noqa: E731
+        attrs = dict(hidden_size=h, input_zp=zx, output_zp=zh, output_multiplier=mult(),
+                     output_shift=int(rng.integers(-24, -18)),
+                     input_multiplier=[mult() for _ in range(gates)],
+                     input_shift=[int(s) for s in rng.integers(-6, 2, gates)],
+                     recurrent_multiplier=[mult() for _ in range(gates)],
+                     recurrent_shift=[int(s) for s in rng.integers(-6, 1, gates)])
+        operands = [x, g.add_const(rng.integers(-127, 128, (gates * h, i)).astype(np.int8)),
+                    g.add_const(rng.integers(-127, 128, (gates * h, h)).astype(np.int8)),
+                    g.add_const(rng.integers(-20000, 20000, gates * h * (1 if gates == 4 else 2)).astype(np.int32)),
+                    g.add_const(rng.integers(-128, 128, (1, h)).astype(np.int8))]
+        if kind == "s8.lstm":
+            p = int(rng.choice([-15, -13, -11, -10]))
+            attrs.update(cell_scale_power=p, cell_clip=int(rng.choice([300, 32767])),
+                         forget_multiplier=1 << 30, forget_shift=-14,
+                         input_to_cell_multiplier=1 << 30, input_to_cell_shift=min(0, -29 - p))
+            operands.append(g.add_const(rng.integers(-32768, 32768, (1, h)).astype(np.int16)))
+        else:
+            attrs["linear_before_reset"] = lbr
+        op = g.add_op(kind, operands, attrs, name=f"cell{j}")
+        op.results[0].type = op.results[0].type.with_quant("i8", UniformQuant(0.01, zh))
+        outs.append(g.add_op("q.dequantize", [op.results[0]], result_types=[TensorType((t, h))]).result)
+    g.set_outputs(outs, [f"y{j}" for j in range(len(outs))])
+    g.verify()
+    return g
+
+
+@needs_gcc
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_cells_c_equals_simulator_on_host(tmp_path, seed):
+    from qcc.transforms.passmanager import PassManager
+    g = _random_cells(seed)
+    PassManager.parse("check-quantized").run(g)   # every accumulator provably inside int32
+    rng = np.random.default_rng(seed + 100)
+    x = rng.uniform(-7, 7, (8,) + g.inputs[0].shape).astype(np.float32)
+    x[0] = 1e9   # saturated input codes
+    got = _run_and_compare(tmp_path, g, {"x": x}, "cortex-m4", "host")
+    assert sum(len(np.unique(q)) for q in got.quantized) > 12
