@@ -8,7 +8,7 @@
 * Bit-exactness: one model holding an LSTM and a GRU of each ``linear_before_reset`` (odd hidden
   and input sizes: the blocked matrix-vector products' tails), compiled by ``qcc``; the C equals
   the simulator on the host (gcc + ASan/UBSan) and in QEMU (Cortex-M4, DSP path), and the library
-  builds with -Werror on M0+, M4, M7 and M55 (SMLAD on the M4, VMLADAVA on the M55).
+  builds with -Werror on M0+, M4, M7, M33 and M55 (SMLAD on the DSP cores, VMLADAVA on the M55).
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def test_builds_warning_free_on_every_core(tmp_path):
     data = _mfcc()
     _, g = _lower(tmp_path, three_cells(), "cells", data)
     for target, insn in [("cortex-m0plus", None), ("cortex-m4", r"\bsmlad\b"), ("cortex-m7", r"\bsmlad\b"),
-                         ("cortex-m55", VMLADAVA)]:
+                         ("cortex-m33", r"\bsmlad\b"), ("cortex-m55", VMLADAVA)]:
         folder = tmp_path / target
         gen = get_backend("cmsis").generate(g, "net", target)
         write_files({folder / k: v for k, v in gen.files.items()})
