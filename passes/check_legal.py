@@ -89,6 +89,12 @@ def _last_axis(op: Op) -> Optional[str]:
     return None
 
 
+def _const_weights_of_cell(op: Op) -> Optional[str]:
+    if not all(v.is_constant() for v in op.operands[1:4]):
+        return "the cell's weights/bias are computed at run time, not constants"
+    return None
+
+
 def _scale_shift_axis(op: Op) -> Optional[str]:
     rank = op.operands[0].type.rank
     axis = op.attrs["axis"] % rank
@@ -105,6 +111,8 @@ QMN_LEGAL: Dict[str, Check] = {
     "nn.softmax": _last_axis, "nn.sigmoid": None, "nn.tanh": None, "nn.leaky_relu": None,
     "nn.hard_sigmoid": None, "nn.hard_swish": None, "nn.scale_shift": _scale_shift_axis,
     "nn.gather": _constant_indices, **{name: None for name in SHAPE_OPS},
+    # One integer op per cell (passes/_lower_recurrent.py); W, R and B must be constants.
+    "nn.lstm": _const_weights_of_cell, "nn.gru": _const_weights_of_cell,
 }
 
 
@@ -148,7 +156,8 @@ NEVER: Dict[str, str] = {
     "nn.gemm": "the weights are not constant", "nn.matmul": "the right operand is not a 2-D constant",
     "nn.div": "only division by a constant scalar or per-channel vector lowers",
     "nn.reduce_mean": "only a mean over both spatial axes of a 4-D tensor lowers, as a global average pool",
-    "nn.lstm": "no integer LSTM kernel in this scheme yet", "nn.gru": "no integer GRU kernel in this scheme yet",
+    "nn.lstm": "no int8 LSTM kernel yet (--scheme qmn compiles it)",
+    "nn.gru": "no int8 GRU kernel yet (--scheme qmn compiles it)",
 }
 
 LEGAL = {"qmn": QMN_LEGAL, "int8": INT8_LEGAL}

@@ -6,8 +6,8 @@ calibrated range. The scales follow TFLite's integer LSTM (8x8_16, no layer
 norm, ``quantize_lstm`` in its converter):
 
     x: the int8 parameters quantize-affine chose (s_x, zp_x)
-    h (= every row of y): y's int8 parameters (s_h, zp_h); a used h result
-        reads y's last row (it is y[T-1] by definition), rescaled to its own Q if needed
+    h (= every row of y): y's int8 parameters (s_h, zp_h); a used final h is
+        rescaled (s8.requantize) to its own calibrated parameters when they differ
     weights: symmetric int8 per gate matrix, s_w[k] = max|W_k| / 127 (likewise R_k)
     gate inputs: Q3.12 (2^-12), so input_mult[k] = s_x s_w[k] / 2^-12,
         recurrent_mult[k] = s_h s_r[k] / 2^-12; gate outputs Q0.15
@@ -229,16 +229,7 @@ class QuantizeRecurrent(Pass):
         if q is None or not _read(graph, q.result):
             return
         want = q.result.type.quant
-        y = new.results[0]
-        t = y.shape[0]
-        if t == 0:
-            h = new.results[1]
-        else:
-            # h = y[T-1]: read from y so the back end, which writes y, needs no second output
-            idx = graph.add_const(np.array([t - 1], np.int64), name=f"{op.name}.last")
-            last = graph.add_op("nn.gather", [y, idx], {"axis": 0}, [TensorType((1, y.shape[1]), "i8", y.type.quant)],
-                                name=op.name)
-            h = last.result
+        h = new.results[1]
         have = h.type.quant
         if (have.scale, have.zero_point) != (want.scale, want.zero_point):
             m, s = quantize_multiplier(have.scale / want.scale)

@@ -15,7 +15,7 @@ from qcc.sim.interpreter import run_graph
 from qcc.sim.recurrent import gru_float, lstm_float
 
 from onnx_builders import build, check_against_ort, rand, run_ort
-from recurrent_models import cell_weights, classifier_model, recurrent_node_model
+from recurrent_models import GOLDEN_INPUTS, cell_weights, classifier_model, recurrent_node_model
 
 
 def _feeds(model, seed=3):
@@ -141,3 +141,12 @@ def test_constant_full_sequence_lens_and_zero_peepholes_are_accepted():
     node = helper.make_node("LSTM", ["X", "W", "R", "B", "lens", "", "", "P"], ["Y"], hidden_size=2, name="lstm1")
     model = build([node], {"X": [3, 1, 2]}, ["Y"], inits, opset=14)
     check_against_ort(model, {"X": rand(3, 1, 2)})
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_INPUTS))
+def test_golden_inputs_are_the_builders_models(name):
+    """tests/golden/inputs/*.onnx (imported by golden/import-recurrent.qir) are what the builder makes."""
+    import onnx
+    from pathlib import Path
+    path = Path(__file__).resolve().parent / "golden" / "inputs" / f"{name}.onnx"
+    assert onnx.load(path).SerializeToString() == GOLDEN_INPUTS[name]().SerializeToString()

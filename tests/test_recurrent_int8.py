@@ -56,7 +56,7 @@ def three_cells():
     for j, (kind, hidden, lbr) in enumerate([("LSTM", 13, 0), ("GRU", 7, 0), ("GRU", 16, 1)]):
         w, r, b, attrs = _cell(kind, hidden, seed=10 + j, lbr=lbr)
         inits.update({f"W{j}": w, f"R{j}": r, f"B{j}": b})
-        ys = [f"Y{j}", f"Yh{j}"] if kind == "LSTM" else [f"Y{j}"]   # the LSTM's final h: y's last row
+        ys = [f"Y{j}", f"Yh{j}"] if kind == "LSTM" else [f"Y{j}"]   # the LSTM's final h too
         nodes.append(helper.make_node(kind, ["xt", f"W{j}", f"R{j}", f"B{j}"], ys, name=f"{kind.lower()}{j}", **attrs))
         outs += ys
     return build(nodes, {"input": [1, STEPS, FEATURES]}, outs, inits, opset=14)
@@ -90,8 +90,8 @@ def test_classifier_agrees_with_float(tmp_path, kind, lbr):
 def test_c_equals_simulator_on_host(tmp_path):
     data = _mfcc()
     _, g = _lower(tmp_path, three_cells(), "cells", data)
-    kinds = sorted(op.opname for op in g.ops if op.opname.startswith("s8.") or op.opname == "nn.gather")
-    assert kinds == ["nn.gather", "s8.gru", "s8.gru", "s8.lstm", "s8.requantize"]   # h = requantized y[T-1]
+    kinds = sorted(op.opname for op in g.ops if op.opname.startswith("s8."))
+    assert kinds == ["s8.gru", "s8.gru", "s8.lstm", "s8.requantize"]   # the final h, rescaled to its own range
     got = _run_and_compare(tmp_path, g, {"input": data[:, None]}, "cortex-m4", "host")
     assert [q.shape[1:] for q in got.quantized] == [(STEPS, 1, 1, 13), (1, 1, 13), (STEPS, 1, 1, 7), (STEPS, 1, 1, 16)]
     assert all(len(np.unique(q)) > 20 for q in got.quantized)   # real values, not saturated constants
@@ -190,13 +190,10 @@ def test_verifier_names_the_problem(op_index, change, message):
         g.verify()
 
 
-def test_c_is_deterministic_and_a_used_cell_state_is_refused():
-    from qcc.errors import UnsupportedModelError
+def test_c_is_deterministic():
     gen = get_backend("cmsis")
     a, b = gen.generate(_small_graph(), "net", "cortex-m4").files, gen.generate(_small_graph(), "net", "cortex-m4").files
     assert a == b
-    with pytest.raises(UnsupportedModelError, match=r"s8.lstm.*final hidden/cell state"):
-        gen.generate(_small_graph(c_is_output=True), "net", "cortex-m4")
 
 
 LSTM_AFTER_QUANTIZE_AFFINE = """
@@ -329,8 +326,13 @@ def _random_cells(seed: int):
             attrs["linear_before_reset"] = lbr
         op = g.add_op(kind, operands, attrs, name=f"cell{j}")
         op.results[0].type = op.results[0].type.with_quant("i8", UniformQuant(0.01, zh))
+        op.results[1].type = op.results[1].type.with_quant("i8", UniformQuant(0.01, zh))
         outs.append(g.add_op("q.dequantize", [op.results[0]], result_types=[TensorType((t, h))]).result)
-    g.set_outputs(outs, [f"y{j}" for j in range(len(outs))])
+        outs.append(g.add_op("q.dequantize", [op.results[1]], result_types=[TensorType((1, h))]).result)
+        if kind == "s8.lstm":   # the final cell state, int16 at 2^p
+            op.results[2].type = op.results[2].type.with_quant("i16", UniformQuant(2.0 ** attrs["cell_scale_power"], 0))
+            outs.append(g.add_op("q.dequantize", [op.results[2]], result_types=[TensorType((1, h))]).result)
+    g.set_outputs(outs, [f"out{j}" for j in range(len(outs))])
     g.verify()
     return g
 

@@ -365,7 +365,10 @@ def _sigmoid_table(builder) -> str:
 
 
 def _recurrent(builder, op: Op, fn: str) -> dict:
-    """s8.lstm / s8.gru: weights, the per-row biases with the zero points folded in, the multipliers."""
+    """s8.lstm / s8.gru: the per-row biases with the zero points folded in, the multipliers.
+
+    The kernel takes every operand but the bias as a pointer (plan.py), then y, h (and c): a streamed
+    initial state is an arena buffer that the final state overwrites (the same bytes)."""
     a = op.attrs
     gates = 4 if op.opname == "s8.lstm" else 3
     t, i = op.operands[0].shape
@@ -379,18 +382,16 @@ def _recurrent(builder, op: Op, fn: str) -> dict:
     lbr = a.get("linear_before_reset", 1)
     ctx = {"t": t, "i": i, "h": h, "zp": zh, "lbr": lbr, "table": _sigmoid_table(builder),
            "requant": REQUANT_FN["double"],
-           "w": builder.add_const(f"{builder.prefix}_{fn}_w", "i8", w, f"{op.name} input weights {list(w.shape)}"),
-           "r": builder.add_const(f"{builder.prefix}_{fn}_r", "i8", r, f"{op.name} recurrent weights {list(r.shape)}"),
+           "w": "w", "r": "r",   # the kernel's pointer parameters: the weight operands as they are
            "bx": builder.add_const(f"{builder.prefix}_{fn}_bx", "i32", [_wrap32(v) for v in bx],
                                    f"{op.name} bias - input_zp * sum(w) per gate row"),
            "br": builder.add_const(f"{builder.prefix}_{fn}_br", "i32", [_wrap32(v) for v in br],
                                    f"{op.name} recurrent bias - output_zp * sum(r) per gate row"),
-           "h0": builder.const_value(op.operands[4], "initial hidden state"),
            "mx": a["input_multiplier"], "sx": a["input_shift"], "mr": a["recurrent_multiplier"],
            "sr": a["recurrent_shift"], "om": a["output_multiplier"], "os": a["output_shift"]}
     builder.dots.add(("s8", "s8"))
     if op.opname == "s8.lstm":
-        ctx.update(c0=builder.const_value(op.operands[5], "initial cell state"), fm=a["forget_multiplier"],
+        ctx.update(fm=a["forget_multiplier"],
                    fs=a["forget_shift"], im=a["input_to_cell_multiplier"], is_=a["input_to_cell_shift"],
                    clip=a["cell_clip"], cell_ls=a["cell_scale_power"] + 12)
     elif not lbr:

@@ -78,8 +78,9 @@ def _check_recurrent(imp, node, a) -> Optional[str]:
             return "sequence_lens is not supported unless it is a constant equal to the sequence length"
     for i in (5, 6):
         name = _inp(node, i)
-        if name and imp.shape(name) not in (None, (1, 1, hidden)):
-            return f"initial state '{name}' has shape {list(imp.shape(name))}; expected [1, 1, {hidden}]"
+        if name and imp.shape(name) != (1, 1, hidden):
+            got = list(imp.shape(name)) if imp.shape(name) is not None else "unknown"
+            return f"initial state '{name}' has shape {got}; expected a static [1, 1, {hidden}]"
     peep = _inp(node, 7) if op == "LSTM" else ""
     if peep and (imp.const(peep) is None or np.any(imp.const(peep))):
         return "peephole connections (input P) are not supported"

@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from qcc.sim.interpreter import kernel
+from qcc.sim.interpreter import _check_inputs, kernel, run_op
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -92,3 +92,27 @@ def _lstm(op, x, w, r, b, h0, c0):
 @kernel("nn.gru")
 def _gru(op, x, w, r, b, h0):
     return list(gru_float(x, w, r, b, h0, op.attrs["linear_before_reset"]))
+
+
+@kernel("qcc.state")
+def _state(op):
+    return op.attrs["value"]
+
+
+def run_stream(graph, calls):
+    """Outputs (by name) of each call of a streamed graph (``stream-state``): every ``qcc.state`` starts
+    at its value and then holds the final state the recurrent op reading it produced in the previous call,
+    as the C back end keeps it in the arena between ``NAME_invoke()`` calls."""
+    state = {id(op): op.attrs["value"] for op in graph.find("qcc.state")}
+    results = []
+    for inputs in calls:
+        env = _check_inputs(graph, inputs)
+        for op in graph.ops:
+            arrays = [state[id(op)]] if op.opname == "qcc.state" else run_op(op, [env[v] for v in op.operands])
+            env.update(zip(op.results, arrays))
+        for op in graph.ops:
+            for k, v in enumerate(op.operands[4:]):
+                if v.producer is not None and v.producer.opname == "qcc.state" and len(op.results) > 1 + k:
+                    state[id(v.producer)] = env[op.results[1 + k]]
+        results.append({name: env[v] for name, v in zip(graph.output_names, graph.outputs)})
+    return results
