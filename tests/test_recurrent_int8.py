@@ -348,3 +348,45 @@ def test_random_cells_c_equals_simulator_on_host(tmp_path, seed):
     x[0] = 1e9   # saturated input codes
     got = _run_and_compare(tmp_path, g, {"x": x}, "cortex-m4", "host")
     assert sum(len(np.unique(q)) for q in got.quantized) > 12
+
+
+# ---------------------------------------------------------------- --stream-state with the int8 cells
+def _streamed(graph, frames=1):
+    import copy
+    from qcc.transforms.passmanager import PassManager
+    s = copy.deepcopy(graph)
+    PassManager.parse(f"stream-state{{frames={frames}}}").run(s)
+    return s
+
+
+@pytest.mark.parametrize("kind, lbr", [("LSTM", 0), ("GRU", 0), ("GRU", 1)])
+def test_simulator_stream_equals_whole_sequence(tmp_path, kind, lbr):
+    from qcc.sim.recurrent import run_stream
+    data = _mfcc()
+    _, q = _lower(tmp_path, classifier_model(kind, hidden=12, linear_before_reset=lbr), kind, data)
+    s = _streamed(q)
+    assert len(s.find("qcc.state")) == (2 if kind == "LSTM" else 1)
+    for clip in data[:2]:
+        whole = run_graph(q, {"input": clip[None]})["logits"]
+        outs = run_stream(s, [{"input": clip[None, t:t + 1]} for t in range(STEPS)])
+        np.testing.assert_array_equal(outs[-1]["logits"], whole)
+        assert not np.array_equal(outs[0]["logits"], whole)   # the state really carries the sequence
+
+
+@needs_gcc
+def test_c_stream_equals_whole_sequence(tmp_path):
+    """49 calls of one frame (the int8 LSTM's h and int16 cell kept in the arena) == one call of 49 frames."""
+    from qcc.backends.cmsis import harness
+    data = _mfcc()
+    _, q = _lower(tmp_path, classifier_model("LSTM", hidden=12), "lstm", data)
+    whole = _run_and_compare(tmp_path / "whole", q, {"input": data[:1, None]}, "cortex-m4", "host")
+    s = _streamed(q)
+    gen = get_backend("cmsis").generate(s, "net", "cortex-m4")
+    assert sum(v.type.size * v.type.np_dtype.itemsize for v in gen.plan.states) == 12 + 12 * 2   # h int8, c int16
+    folder = tmp_path / "stream"
+    write_files({folder / k: v for k, v in gen.files.items()})
+    frames = {"input": data[0].reshape(STEPS, 1, 1, FEATURES)}
+    count = harness.write_samples(folder / "in.bin", s, frames)
+    harness.run_host(harness.build_host(folder, gen.name), folder / "in.bin", folder / "out.bin")
+    got = harness.read_outputs(folder / "out.bin", gen, count)
+    np.testing.assert_array_equal(got.quantized[0][-1], whole.quantized[0][0])
