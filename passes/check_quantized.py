@@ -158,8 +158,8 @@ class CheckQuantized(Pass):
         a = op.attrs
         h = a["hidden_size"]
         gates = 4 if op.opname == "s8.lstm" else 3
-        if not all(v.is_constant() for v in op.operands[1:]):
-            raise PassError(f"{op.describe()}: weights, bias and initial states must be constants")
+        if not all(v.is_constant() for v in op.operands[1:4]):   # initial states may be streamed (qcc.state)
+            raise PassError(f"{op.describe()}: weights and bias must be constants")
         b = np.abs(np.asarray(op.operands[3].constant(), np.int64))
         paths = [("input", op.operands[1], a["input_zp"], b[:gates * h]),
                  ("recurrent", op.operands[2], a["output_zp"], b[gates * h:] if gates == 3 else 0)]

@@ -374,15 +374,20 @@ def test_simulator_stream_equals_whole_sequence(tmp_path, kind, lbr):
 
 
 @needs_gcc
-def test_c_stream_equals_whole_sequence(tmp_path):
-    """49 calls of one frame (the int8 LSTM's h and int16 cell kept in the arena) == one call of 49 frames."""
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_c_stream_equals_whole_sequence(tmp_path, kind):
+    """49 calls of one frame (h int8, an LSTM's cell int16, kept in the arena) == one call of 49 frames.
+    The harness never calls net_reset(): an initial state that is not zero bytes (the GRU's h0 is its
+    zero point) is set by the first invoke."""
     from qcc.backends.cmsis import harness
     data = _mfcc()
-    _, q = _lower(tmp_path, classifier_model("LSTM", hidden=12), "lstm", data)
+    _, q = _lower(tmp_path, classifier_model(kind, hidden=12, linear_before_reset=1), kind, data)
     whole = _run_and_compare(tmp_path / "whole", q, {"input": data[:1, None]}, "cortex-m4", "host")
     s = _streamed(q)
     gen = get_backend("cmsis").generate(s, "net", "cortex-m4")
-    assert sum(v.type.size * v.type.np_dtype.itemsize for v in gen.plan.states) == 12 + 12 * 2   # h int8, c int16
+    assert sum(v.type.size * v.type.np_dtype.itemsize for v in gen.plan.states) == 12 + (24 if kind == "LSTM" else 0)
+    if kind == "GRU":
+        assert any(np.any(v.producer.attrs["value"]) for v in gen.plan.states)
     folder = tmp_path / "stream"
     write_files({folder / k: v for k, v in gen.files.items()})
     frames = {"input": data[0].reshape(STEPS, 1, 1, FEATURES)}
@@ -390,3 +395,6 @@ def test_c_stream_equals_whole_sequence(tmp_path):
     harness.run_host(harness.build_host(folder, gen.name), folder / "in.bin", folder / "out.bin")
     got = harness.read_outputs(folder / "out.bin", gen, count)
     np.testing.assert_array_equal(got.quantized[0][-1], whole.quantized[0][0])
+    from qcc.sim.recurrent import run_stream   # every call, the first from the initial state, as simulated
+    want = run_stream(s, [{"input": f} for f in frames["input"]])
+    np.testing.assert_array_equal(got.floats[0], np.stack([w["logits"] for w in want]))

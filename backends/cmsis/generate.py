@@ -211,7 +211,10 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     params += [f"{'float' if float_output else t['ctype']} *out{t['index']}" for t in outputs]
     consts = [{"symbol": c.symbol, "ctype": c.ctype, "count": len(c.values), "comment": c.comment,
                "text": format_values(c.values)} for c in builder.consts]
-    common = {"name": name, "NAME": NAME, "resets": resets, "version": version, "target": target,
+    # Zero bytes at start-up are the initial state unless some initial value is not zero.
+    reset_at_start = any(np.any(v.producer.attrs["value"]) for v in plan.states)
+    common = {"name": name, "NAME": NAME, "resets": resets, "reset_at_start": reset_at_start, "version": version,
+              "target": target,
               "model_comment": c_comment(f"@{graph.name}"), "inputs": inputs, "outputs": outputs,
               "run_params": ", ".join(params), "arena_size": plan.arena_size, "float_output": float_output,
               "consts": consts, "epilogues": epilogues}
