@@ -19,7 +19,8 @@ norm, ``quantize_lstm`` in its converter):
         on the recurrent path; output mult 2^-30 / s_h (qcc/ir/ops/qnn_s8_recurrent.py)
 
 The cell range needs calibration data (``data``, else the context's ``calib``):
-the pass runs the graph on every sample and the float LSTM with its trace.
+the pass runs the graph on the first ``samples`` samples and the float LSTM with
+its trace (as ``calibrate-recurrent`` does for Qm.n, which widens a q.range instead).
 
 Before (``-p quantize-recurrent{data=calib.npz}``)::
 
@@ -48,6 +49,7 @@ from qcc.sim.interpreter import run_graph_all
 from qcc.sim.recurrent import lstm_float
 from qcc.sim.s8 import quantize_multiplier
 from qcc.transforms.passmanager import Pass, PassResult, register_pass
+from qcc.transforms.pipeline_text import check_option
 
 from .quantize_affine import round_half_away, symmetric_weights
 
@@ -106,10 +108,11 @@ def _bias(b: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 
 def _cell_power(cmax: float) -> int:
-    """TFLite's power-of-two cell scale: 2^p with 2^(p + 15) >= max |c|."""
+    """TFLite's power-of-two cell scale: 2^p with 2^(p + 15) >= max |c|. p stays in [-30, 2]: at most
+    2^2 keeps the tanh rescale inside int32, at least 2^-30 keeps i * g's multiplier 2^(-30 - p) <= 1."""
     if not cmax > 0 or not math.isfinite(cmax):
         return -15
-    return int(min(2, max(-43, math.ceil(math.log2(cmax)) - 15)))
+    return int(min(2, max(-30, math.ceil(math.log2(cmax)) - 15)))
 
 
 @register_pass
@@ -120,6 +123,11 @@ class QuantizeRecurrent(Pass):
     name = "quantize-recurrent"
     data: str = ""
     batch: int = 32
+    samples: int = 256   # calibration samples whose cell states set the LSTM cell scale
+
+    def __post_init__(self):
+        check_option(self.batch >= 1, "pass 'quantize-recurrent'", "batch", ">= 1", self.batch)
+        check_option(self.samples >= 1, "pass 'quantize-recurrent'", "samples", ">= 1", self.samples)
 
     def run(self, graph: Graph) -> PassResult:
         ops = [op for op in graph.ops if op.opname in RECURRENT]
@@ -161,9 +169,10 @@ class QuantizeRecurrent(Pass):
             raise InputError(f"{graph.source_name(lstms[0])}: the int8 LSTM's cell-state scale needs calibration "
                              f"data: pass --calib (or quantize-recurrent{{data=PATH}})")
         cmax = {id(op): 0.0 for op in lstms}
+        seen = 0
         for batch in iter_calibration_batches(data, graph, self.batch):
             n = len(next(iter(batch.values())))
-            for j in range(n):
+            for j in range(min(n, self.samples - seen)):
                 env = run_graph_all(graph, {k: a[j] for k, a in batch.items()})
                 for op in lstms:
                     trace: dict = {}
@@ -171,6 +180,9 @@ class QuantizeRecurrent(Pass):
                     c = np.abs(np.asarray(trace.get("c", np.zeros(1)), np.float64))
                     c0 = np.abs(np.asarray(env[op.operands[5]], np.float64))
                     cmax[id(op)] = max(cmax[id(op)], float(c.max(initial=0.0)), float(c0.max(initial=0.0)))
+            seen += min(n, self.samples - seen)
+            if seen >= self.samples:
+                break
         return cmax
 
     # ------------------------------------------------------------ the rewrite
