@@ -3,7 +3,7 @@
 Models (tests/recurrent_models.py, random weights at PyTorch's scale): 49 MFCC frames of 10
 features -> LSTM or GRU (linear_before_reset = 1, as PyTorch exports) with H units -> FC 12,
 calibrated on the 22 real clips of the shared KWS data. Each is compiled with the ``qcc``
-command twice per scheme (q7, q15): whole sequence per call, and ``--stream-state`` (one
+command twice per scheme (q7, q15, int8): whole sequence per call, and ``--stream-state`` (one
 frame per call). Both builds go through run.py's bare-ELF path and one ``NAME_run`` call is
 emulated with unicorn (instruction counts, repeatable to the instruction); the outputs are
 checked against the simulator bit for bit (the streamed call on the first frame from the
@@ -36,18 +36,21 @@ def _load(name: str, path: Path):
 bench = _load("qcc_bench_run", HERE / "run.py")
 
 
-def measure(kind: str, hidden: int, bits: int, workdir: Path, clips: np.ndarray) -> dict:
+SCHEMES = {"q7": ["--bits", "8"], "q15": ["--bits", "16"], "int8": ["--scheme", "int8"]}
+
+
+def measure(kind: str, hidden: int, scheme: str, workdir: Path, clips: np.ndarray) -> dict:
     from recurrent_models import classifier_model
-    name = f"{kind.lower()}{hidden}_q{bits - 1}"
+    name = f"{kind.lower()}{hidden}_{scheme}"
     folder = workdir / name
     folder.mkdir(parents=True, exist_ok=True)
     onnx.save(classifier_model(kind, hidden=hidden, linear_before_reset=1), folder / "model.onnx")
     np.save(folder / "calib.npy", clips)
-    row = {"model": f"{kind} H={hidden}", "scheme": f"q{bits - 1}", "steps": 49}
+    row = {"model": f"{kind} H={hidden}", "scheme": scheme, "steps": 49}
     for mode, extra in (("whole", []), ("stream", ["--stream-state"])):
         out = folder / mode
         cmd = [*bench._qcc_command(), str(folder / "model.onnx"), "-o", str(out / f"{name}.c"), "--target",
-               "cortex-m4", "--calib", str(folder / "calib.npy"), "--bits", str(bits), "--emit-ir",
+               "cortex-m4", "--calib", str(folder / "calib.npy"), *SCHEMES[scheme], "--emit-ir",
                str(out / f"{name}.qir"), *extra]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         graph = bench.load_lowered(out, name)
@@ -84,9 +87,11 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=str(HERE / "build" / "recurrent"))
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("-o", "--output", help="also write the table here")
+    p.add_argument("--schemes", default="q7,q15,int8", help="comma-separated: q7, q15, int8")
     args = p.parse_args(argv)
     clips = np.load(bench.MODELS / "kws_dscnn" / "mfcc_real_float.npy").reshape(22, 1, 49, 10).astype(np.float32)
-    rows = [measure(kind, args.hidden, bits, Path(args.workdir), clips) for kind in ("LSTM", "GRU") for bits in (8, 16)]
+    rows = [measure(kind, args.hidden, scheme, Path(args.workdir), clips) for kind in ("LSTM", "GRU")
+            for scheme in args.schemes.split(",")]
     table = render(rows)
     print(table)
     if args.output:

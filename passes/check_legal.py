@@ -126,6 +126,14 @@ def _int8_pool(op: Op) -> Optional[str]:
     return _window(op)
 
 
+def _recurrent_int8(op: Op) -> Optional[str]:
+    if not all(v.is_constant() for v in op.operands[1:]):
+        return "its weights, bias or initial states are computed at run time, not constants"
+    if op.opname == "nn.lstm" and (op.graph.users(op.results[2]) or op.graph.is_output(op.results[2])):
+        return "its final cell state (Y_c) is read; the int8 LSTM keeps its int16 cell state inside the kernel"
+    return None
+
+
 INT8_LEGAL: Dict[str, Check] = {
     "nn.conv2d": _layer, "nn.dense": _layer, "nn.maxpool": _int8_pool, "nn.avgpool": _int8_pool,
     "nn.global_avgpool": None, "nn.global_maxpool": None, "nn.softmax": _last_axis,
@@ -136,7 +144,10 @@ INT8_LEGAL: Dict[str, Check] = {
     # 256-entry tables from TFLite Micro's reference kernels (qcc/sim/s8_lut.py).
     "nn.leaky_relu": None, "nn.sigmoid": None, "nn.tanh": None, "nn.hard_swish": None, "nn.hard_sigmoid": None,
     "nn.gather": _constant_indices, **{name: None for name in SHAPE_OPS},
+    # TFLite's integer LSTM (and a GRU from its pieces): quantize-recurrent, not lower-qdq.
+    "nn.lstm": _recurrent_int8, "nn.gru": _recurrent_int8,
 }
+
 
 # Why the remaining float ops never lower, in users' terms.
 NEVER: Dict[str, str] = {
@@ -146,8 +157,6 @@ NEVER: Dict[str, str] = {
     "nn.gemm": "the weights are not constant", "nn.matmul": "the right operand is not a 2-D constant",
     "nn.div": "only division by a constant scalar or per-channel vector lowers",
     "nn.reduce_mean": "only a mean over both spatial axes of a 4-D tensor lowers, as a global average pool",
-    "nn.lstm": "no int8 LSTM kernel yet (--scheme qmn compiles it)",
-    "nn.gru": "no int8 GRU kernel yet (--scheme qmn compiles it)",
 }
 
 LEGAL = {"qmn": QMN_LEGAL, "int8": INT8_LEGAL}

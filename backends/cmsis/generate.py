@@ -211,7 +211,10 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     params += [f"{'float' if float_output else t['ctype']} *out{t['index']}" for t in outputs]
     consts = [{"symbol": c.symbol, "ctype": c.ctype, "count": len(c.values), "comment": c.comment,
                "text": format_values(c.values)} for c in builder.consts]
-    common = {"name": name, "NAME": NAME, "resets": resets, "version": version, "target": target,
+    # Zero bytes at start-up are the initial state unless some initial value is not zero.
+    reset_at_start = any(np.any(v.producer.attrs["value"]) for v in plan.states)
+    common = {"name": name, "NAME": NAME, "resets": resets, "reset_at_start": reset_at_start, "version": version,
+              "target": target,
               "model_comment": c_comment(f"@{graph.name}"), "inputs": inputs, "outputs": outputs,
               "run_params": ", ".join(params), "arena_size": plan.arena_size, "float_output": float_output,
               "consts": consts, "epilogues": epilogues}
@@ -219,8 +222,10 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     helpers = str(env.get_template("helpers.j2").module.helpers(sorted(builder.dots)))
     if any(s.kind.startswith("s8.") for s in plan.steps):  # affine int8 helpers (layers_s8.py)
         helpers += str(env.get_template("ops/s8_common.j2").module.s8_common())
-    if any(s.kind in RECURRENT_OPS for s in plan.steps):  # LSTM / GRU helpers (layers_recurrent.py)
+    if any(s.kind in RECURRENT_OPS and s.kind.startswith("qnn.") for s in plan.steps):  # Qm.n LSTM / GRU helpers
         helpers += str(env.get_template("ops/recurrent_common.j2").module.recurrent_common())
+    if any(s.kind in ("s8.lstm", "s8.gru") for s in plan.steps):  # int16 sigmoid/tanh (s8_lstm.j2)
+        helpers += str(env.get_template("ops/s8_lstm.j2").module.s8_recurrent_common())
     if nn is not None:
         helpers += str(env.get_template("ops/cmsisnn_common.j2").module.cmsisnn_common(
             name, NAME, nn.scratch_offset, nn.scratch))

@@ -49,9 +49,11 @@ COMPUTE_OPS = frozenset({
 S8_OPS = frozenset({"s8.conv2d", "s8.dense", "s8.add", "s8.sub", "s8.mul", "s8.lut", "s8.requantize", "s8.maxpool",
                     "s8.avgpool", "s8.softmax"})
 COMPUTE_OPS = COMPUTE_OPS | S8_OPS
-# Recurrent cells (layers_recurrent.py): several results (y, then the final states), operands
+# Recurrent cells (layers_recurrent.py, layers_s8.py): several results (y, then the final states), operands
 # (x, w, r, b, h0[, c0]); the final state results 1.. match the initial-state operands 4.. (streaming).
-RECURRENT_OPS = frozenset({"qnn.lstm", "qnn.gru"})
+# The s8 cells take no bias pointer: their kernels read biases with the zero points folded in (layers_s8.py).
+RECURRENT_OPS = frozenset({"qnn.lstm", "qnn.gru", "s8.lstm", "s8.gru"})
+S8_RECURRENT_BIAS = 3
 COMPUTE_OPS = COMPUTE_OPS | RECURRENT_OPS
 STATE_OPERAND = 4  # the first initial-state operand of a recurrent op
 
@@ -261,6 +263,8 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
             bad.append(op.describe())
             continue
         data = op.operands[:1] if op.opname in WEIGHTED_OPS else op.operands
+        if op.opname in ("s8.lstm", "s8.gru"):
+            data = [v for i, v in enumerate(op.operands) if i != S8_RECURRENT_BIAS]
         if any(v.type.is_float for v in list(data) + list(op.results)):
             bad.append(f"{op.describe()} (float tensors)")
             continue
