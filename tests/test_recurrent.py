@@ -180,3 +180,5 @@ def test_scan_refusals_name_the_node():
     body.node[5].op_type = "Erf"  # an op qcc does not lift, inside the body
     with pytest.raises(UnsupportedModelError, match=r'"rnn/scan" \(Scan\): body node "cell/sig_f" \(Erf\)'):
         load_onnx(model)
+    with pytest.raises(UnsupportedModelError, match=r'"rnn/scan" \(Scan\): unrolling it would make more than'):
+        load_onnx(scan_lstm_model(steps=30000, inputs=3, hidden=4))  # a hostile trip count: refused at once

@@ -45,7 +45,7 @@ def _check_split(imp, node, a) -> Optional[str]:
         return "the input shape is not static"
     length = shape[_axis(a.get("axis", 0), len(shape))]
     sizes = _split_sizes(imp, node, a, length)
-    if len(sizes) != len(node.output) or sum(sizes) != length or min(sizes) < 0:
+    if len(sizes) != len(node.output) or sum(sizes) != length or min(sizes) < 1:
         return f"split sizes {sizes} do not cover the {length} elements of the axis in {len(node.output)} parts"
     return None
 
@@ -63,6 +63,7 @@ def _split(imp, node, a):
 
 
 # ---------------------------------------------------------------- Scan
+MAX_UNROLLED_NODES = 200_000  # steps x body nodes: past this the import (and the C) would only grow useless
 def _check_scan(imp, node, a) -> Optional[str]:
     body = a.get("body")
     m = a.get("num_scan_inputs")
@@ -71,6 +72,10 @@ def _check_scan(imp, node, a) -> Optional[str]:
     if any(a.get("scan_input_directions", [])) or any(a.get("scan_output_directions", [])):
         return "reverse scan directions are not supported"
     n = len(node.input) - m
+    if m < 1 or n < 0 or len(body.input) != len(node.input) or len(node.output) > len(body.output) \
+            or len(body.output) < n:
+        return (f"its body takes {len(body.input)} inputs and gives {len(body.output)} outputs for "
+                f"{len(node.input)} inputs ({m} scanned) and {len(node.output)} outputs")
     steps = set()
     for j, name in enumerate(node.input[n:]):
         shape = imp.shape(name)
@@ -79,10 +84,14 @@ def _check_scan(imp, node, a) -> Optional[str]:
         steps.add(shape[_axis(a.get("scan_input_axes", [0] * m)[j], len(shape))])
     if len(steps) != 1 or 0 in steps:
         return f"the scan inputs give trip counts {sorted(steps)}; need one non-zero count"
+    if steps.pop() * max(len(body.node), 1) > MAX_UNROLLED_NODES:
+        return f"unrolling it would make more than {MAX_UNROLLED_NODES:,} nodes"
     for inner in body.node:
         if inner.op_type in ("Scan", "Loop", "If"):
             return f"its body holds a nested {inner.op_type}"
         if inner.op_type == "Constant":
+            if _constant_value(inner) is None:
+                return f"body node \"{inner.name or inner.op_type}\" (Constant) is not a numeric tensor"
             continue
         why = _check_node(imp, inner) if inner.op_type in LIFTERS else f"qcc has no lowering for ONNX op {inner.op_type}"
         if why and "shape is not static" not in why:  # body values have no ONNX types; lifting checks shapes
