@@ -89,6 +89,12 @@ def _last_axis(op: Op) -> Optional[str]:
     return None
 
 
+def _const_weights_of_cell(op: Op) -> Optional[str]:
+    if not all(v.is_constant() for v in op.operands[1:4]):
+        return "the cell's weights/bias are computed at run time, not constants"
+    return None
+
+
 def _scale_shift_axis(op: Op) -> Optional[str]:
     rank = op.operands[0].type.rank
     axis = op.attrs["axis"] % rank
@@ -105,6 +111,8 @@ QMN_LEGAL: Dict[str, Check] = {
     "nn.softmax": _last_axis, "nn.sigmoid": None, "nn.tanh": None, "nn.leaky_relu": None,
     "nn.hard_sigmoid": None, "nn.hard_swish": None, "nn.scale_shift": _scale_shift_axis,
     "nn.gather": _constant_indices, **{name: None for name in SHAPE_OPS},
+    # One integer op per cell (passes/_lower_recurrent.py); W, R and B must be constants.
+    "nn.lstm": _const_weights_of_cell, "nn.gru": _const_weights_of_cell,
 }
 
 
@@ -118,6 +126,14 @@ def _int8_pool(op: Op) -> Optional[str]:
     return _window(op)
 
 
+def _recurrent_int8(op: Op) -> Optional[str]:
+    if not all(v.is_constant() for v in op.operands[1:]):
+        return "its weights, bias or initial states are computed at run time, not constants"
+    if op.opname == "nn.lstm" and (op.graph.users(op.results[2]) or op.graph.is_output(op.results[2])):
+        return "its final cell state (Y_c) is read; the int8 LSTM keeps its int16 cell state inside the kernel"
+    return None
+
+
 INT8_LEGAL: Dict[str, Check] = {
     "nn.conv2d": _layer, "nn.dense": _layer, "nn.maxpool": _int8_pool, "nn.avgpool": _int8_pool,
     "nn.global_avgpool": None, "nn.global_maxpool": None, "nn.softmax": _last_axis,
@@ -128,7 +144,10 @@ INT8_LEGAL: Dict[str, Check] = {
     # 256-entry tables from TFLite Micro's reference kernels (qcc/sim/s8_lut.py).
     "nn.leaky_relu": None, "nn.sigmoid": None, "nn.tanh": None, "nn.hard_swish": None, "nn.hard_sigmoid": None,
     "nn.gather": _constant_indices, **{name: None for name in SHAPE_OPS},
+    # TFLite's integer LSTM (and a GRU from its pieces): quantize-recurrent, not lower-qdq.
+    "nn.lstm": _recurrent_int8, "nn.gru": _recurrent_int8,
 }
+
 
 # Why the remaining float ops never lower, in users' terms.
 NEVER: Dict[str, str] = {

@@ -19,6 +19,9 @@ For each integer layer:
   and no bias at the int32 limits (a float bias too large for its scale
   s_in * s_w[c] saturates there when quantized: the layer's output would
   silently be wrong);
+* s8.lstm / s8.gru: the same bound for each gate row's input and recurrent products
+  (the hidden state's zero point in place of the input's), and no left shift after
+  the Q0.15 gate products (each up to 2^30);
 * softmax rows of at most 65535 entries;
 * no float compute op (conv, dense, add, pool, ...) left between quantize and
   dequantize: everything in the integer region is ``qnn.*``, an integer shape
@@ -92,6 +95,9 @@ class CheckQuantized(Pass):
             elif op.opname in ("s8.conv2d", "s8.dense"):
                 self._s8_accumulator(op)
                 layers += 1
+            elif op.opname in ("s8.lstm", "s8.gru"):
+                self._s8_recurrent(op)
+                layers += 1
             elif op.opname == "qnn.add":
                 self._add(op)
                 layers += 1
@@ -146,6 +152,32 @@ class CheckQuantized(Pass):
                 f"|acc|{shifted} = {int(scaled[c])} >= 2^31 = {LIMIT} (inputs at their int8 extremes, "
                 f"input zero point {op.attrs['input_zp']}). The C code would wrap; this layer's weights or "
                 f"bias are too large for int8 at these scales")
+
+    def _s8_recurrent(self, op: Op):
+        """s8.lstm / s8.gru: both gate products per row, and the Q0.15 products' requantizations."""
+        a = op.attrs
+        h = a["hidden_size"]
+        gates = 4 if op.opname == "s8.lstm" else 3
+        if not all(v.is_constant() for v in op.operands[1:4]):   # initial states may be streamed (qcc.state)
+            raise PassError(f"{op.describe()}: weights and bias must be constants")
+        b = np.abs(np.asarray(op.operands[3].constant(), np.int64))
+        paths = [("input", op.operands[1], a["input_zp"], b[:gates * h]),
+                 ("recurrent", op.operands[2], a["output_zp"], b[gates * h:] if gates == 3 else 0)]
+        for what, w, zp, bias in paths:
+            dmax = max(abs(-128 - zp), abs(127 - zp))
+            bound = dmax * np.abs(np.asarray(w.constant(), np.int64)).sum(axis=1) + bias
+            shift = np.repeat(np.maximum(np.asarray(a[what + "_shift"], np.int64), 0), h)
+            scaled = bound << shift
+            j = int(np.argmax(scaled))
+            if scaled[j] >= LIMIT:
+                raise PassError(f"{op.describe()}: the {what}-to-gate int32 accumulator of gate row {j} can "
+                                f"overflow: worst case {int(scaled[j])} >= 2^31 (the C code would wrap)")
+        # Q0.15 x Q0.15 (or Q0.15 x the int16 cell) products reach 2^30: no left shift may follow them.
+        keys = ["output"] + (["forget", "input_to_cell"] if gates == 4 else [])
+        for key in keys:
+            if a[key + "_shift"] > 0:
+                raise PassError(f"{op.describe()}: '{key}_shift' {a[key + '_shift']} > 0 would shift a 2^30 "
+                                f"product out of int32 (the hidden-state scale is too small for the gates)")
 
     def _add(self, op: Op):
         a, b = op.operands[0].type, op.operands[1].type

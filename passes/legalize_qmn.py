@@ -102,8 +102,9 @@ class ConstantArithmeticToScaleShift(RewritePattern):
             return rewriter.notify_match_failure(op, "k / x is not affine in x")
         if op.opname == "nn.div" and np.any(k == 0):
             return rewriter.notify_match_failure(op, "division by a zero constant")
-        scale, shift = {"nn.mul": (k, zero), "nn.add": (one, k), "nn.div": (1.0 / k, zero),
-                        "nn.sub": (-one, k) if const_first else (one, -k)}[op.opname]
+        with np.errstate(divide="ignore"):  # 1 / k only matters for nn.div, where k has no zero (above)
+            scale, shift = {"nn.mul": (k, zero), "nn.add": (one, k), "nn.div": (1.0 / k, zero),
+                            "nn.sub": (-one, k) if const_first else (one, -k)}[op.opname]
         y = _scale_shift(rewriter, x, axis, scale, shift, op.name)
         rewriter.replace_op(op, _activation_after(rewriter, op, y))
         return True

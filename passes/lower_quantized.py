@@ -13,6 +13,7 @@ all have twins becomes its integer op, reading the twins:
     reshape, flatten, squeeze, transpose, concat, pad   the same op on integers (pad value * 2^n)
     softmax      qnn.softmax (exp table), output Q0.7 / Q0.15
     sigmoid/tanh qnn.lut (i8) or qnn.lut_interp (i16), output Q0.7 / Q0.15
+    lstm, gru    qnn.lstm / qnn.gru: see _lower_recurrent.py
     scale_shift (depthwise 1x1 qnn.conv2d), mul, sub, leaky_relu, hard_sigmoid, hard_swish:
                  see _lower_elementwise.py
 
@@ -41,6 +42,7 @@ from qcc.sim.qmn import quantize_array, round_half_away
 from qcc.ir.types import TensorType, storage_range
 
 from ._lower_elementwise import ElementwiseLowerings
+from ._lower_recurrent import RecurrentLowerings
 from ._qmn_util import bits_of, channel_frac_bits, fixed_type, frac_bits, qdq_after
 
 SHAPE_OPS = ("nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose")
@@ -58,7 +60,7 @@ def _sigmoid(x):
 
 @register_pass
 @dataclass
-class LowerQuantized(ElementwiseLowerings, Pass):
+class LowerQuantized(ElementwiseLowerings, RecurrentLowerings, Pass):
     """Replace fake-quant float ops by integer qnn ops with shift requantization.
 
     Before::
@@ -119,7 +121,8 @@ class LowerQuantized(ElementwiseLowerings, Pass):
         new = handler(op)
         if new is None:
             return 0
-        self.twin[id(op.result)] = new
+        for r, v in zip(op.results, new if isinstance(new, list) else [new]):  # recurrent ops: several
+            self.twin[id(r)] = v
         return 1
 
     def _x(self, op: Op, i: int = 0) -> Value:
@@ -301,7 +304,13 @@ class LowerQuantized(ElementwiseLowerings, Pass):
         return self._create("nn.pad", [x], attrs, x.type.with_shape(op.result.shape), op)
 
     def _nn_concat(self, op: Op) -> Value:
-        xs = [self._x(op, i) for i in range(len(op.operands))]
+        # A constant part (a recurrence's zero initial state at step 0) takes the format of the first
+        # quantized part.
+        first = next(self.twin[id(v)] for v in op.operands if id(v) in self.twin)
+        xs = [self._x(op, i) if not (v.is_constant() and id(v) not in self.twin) else
+              self.rw.create_const(quantize_array(v.constant(), first.type.quant, first.type.np_dtype),
+                                   v.producer.name, like=first, before=op)
+              for i, v in enumerate(op.operands)]
         t = xs[0].type
         for i, x in enumerate(xs):
             if x.type.dtype != t.dtype or x.type.quant != t.quant:

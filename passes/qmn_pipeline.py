@@ -8,7 +8,7 @@ expands to::
 
     canonicalize, fold-batchnorm, fuse-activation, legalize-pool, to-nhwc, legalize-qmn, const-fold,
     canonicalize, dce (those registered), check-legal{scheme=qmn, float_output},
-    calibrate{method, p, bits, data}, insert-qdq{bits, weight_bits, per_channel},
+    calibrate{method, p, bits, data}, calibrate-recurrent{data}, insert-qdq{bits, weight_bits, per_channel},
     propagate-scales, [mixed-bits{target_sqnr, max_flash, max_ram, unit=mixed_unit, ...} with mixed=true],
     assign-qmn{search, per_channel, data, samples},
     lower-quantized{float_output}, check-quantized, dce
@@ -47,6 +47,7 @@ def _build(options: Dict[str, Any]) -> List:
     if o["data"]:
         calibrate["data"] = o["data"]
     passes.append(make_pass("calibrate", calibrate))
+    passes.append(make_pass("calibrate-recurrent", {"data": o["data"]} if o["data"] else {}))
     passes.append(make_pass("insert-qdq", {"bits": str(o["bits"]), "weight_bits": str(o["weight_bits"]),
                                            "per_channel": str(o["per_channel"])}))
     passes.append("propagate-scales")

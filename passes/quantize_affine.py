@@ -326,6 +326,8 @@ def _build(options) -> List:
     passes.append(make_pass("calibrate", calibrate))
     passes.append(make_pass("quantize-affine", {"per_channel": str(o["per_channel"]),
                                                 "float_output": str(o["float_output"])}))
+    # nn.lstm / nn.gru -> s8.lstm / s8.gru (the LSTM's cell scale from the calibration data's trace)
+    passes.append(make_pass("quantize-recurrent", {"data": o["data"]} if o["data"] else {}))
     passes.append(make_pass("lower-qdq", {"fc_rounding": o["fc_rounding"]}))
     passes += ["canonicalize", "dce", "check-quantized"]
     return passes

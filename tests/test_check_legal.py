@@ -26,7 +26,7 @@ SHAPE_COMPUTATION = {"nn.cast", "nn.slice", "nn.shape"}
 # Passed through by lower-quantized without a handler (canonicalize removes them in int8).
 PASS_THROUGH = {"nn.identity", "nn.dropout"}
 # Lowered by quantize-affine (integer shape ops, the integer concat) or as lower-qdq's clamp.
-INT8_OUTSIDE_LOWER_QDQ = set(SHAPE_OPS) | {"nn.relu", "nn.clip", "nn.gather"}
+INT8_OUTSIDE_LOWER_QDQ = set(SHAPE_OPS) | {"nn.relu", "nn.clip", "nn.gather"} | {"nn.lstm", "nn.gru"}  # quantize-recurrent
 
 
 def _handlers(cls) -> set:

@@ -32,7 +32,7 @@ from qcc.ir.types import FixedPoint, UniformQuant
 
 from .layers import LayerBuilder, ctype, float_epilogue_context, format_values, storage_min_max
 from .naming import c_comment, c_identifier
-from .plan import Plan, _nbytes, make_plan
+from .plan import RECURRENT_OPS, Plan, _nbytes, make_plan
 from .targets import TARGETS
 from .cmsis_nn import KERNELS, CmsisNNKernels
 
@@ -174,7 +174,9 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
         ctx["reverse"] = plan.is_reversed(step)  # output loops last to first (conv2d.j2)
         macro = getattr(env.get_template(f"ops/{ctx['kind']}.j2").module, ctx["kind"])
         layers.append(str(macro(ctx)).strip("\n"))
-        args = [ptr(v, True) for v in step.inputs] + [ptr(step.output, False)]
+        args = [ptr(v, True) for v in step.inputs] + [ptr(v, False) for v in [step.output] + step.extra]
+        if step.scratch is not None:
+            args.append(arena_ptr(plan.where(step.scratch)[1], "int8_t", False))
         call = f"{ctx['fn']}({', '.join(args)})"
         # A CMSIS-NN layer returns arm_cmsis_nn_status: NAME_invoke stops with 1 + the failing step.
         calls.append(f"if ({call} != ARM_CMSIS_NN_SUCCESS)\n        return {i + 1};" if ctx.get("status")
@@ -196,11 +198,23 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     for t, off in zip(outputs, plan.output_offsets):
         t["arena_ptr"] = arena_ptr(off, t["ctype"], False)
     epilogues, epilogue_warnings = _epilogues(env, name, plan, outputs, float_output)
+    # Streamed recurrent state (plan.states): NAME_reset() restores each initial value (zero at start-up).
+    resets = []
+    for k, v in enumerate(plan.states):
+        dst, init = arena_ptr(plan.where(v)[1], ctype(v), False), v.producer.attrs["value"]
+        if np.any(init):
+            sym = builder.add_const(f"{name}_state{k}", v.type.dtype, init, f"initial state {v.producer.name}")
+            resets.append(f"memcpy({dst}, {sym}, {_nbytes(v)});")
+        else:
+            resets.append(f"memset({dst}, 0, {_nbytes(v)});")
     params = [f"const {t['ctype']} *in{t['index']}" for t in inputs]
     params += [f"{'float' if float_output else t['ctype']} *out{t['index']}" for t in outputs]
     consts = [{"symbol": c.symbol, "ctype": c.ctype, "count": len(c.values), "comment": c.comment,
                "text": format_values(c.values)} for c in builder.consts]
-    common = {"name": name, "NAME": NAME, "version": version, "target": target,
+    # Zero bytes at start-up are the initial state unless some initial value is not zero.
+    reset_at_start = any(np.any(v.producer.attrs["value"]) for v in plan.states)
+    common = {"name": name, "NAME": NAME, "resets": resets, "reset_at_start": reset_at_start, "version": version,
+              "target": target,
               "model_comment": c_comment(f"@{graph.name}"), "inputs": inputs, "outputs": outputs,
               "run_params": ", ".join(params), "arena_size": plan.arena_size, "float_output": float_output,
               "consts": consts, "epilogues": epilogues}
@@ -208,6 +222,10 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     helpers = str(env.get_template("helpers.j2").module.helpers(sorted(builder.dots)))
     if any(s.kind.startswith("s8.") for s in plan.steps):  # affine int8 helpers (layers_s8.py)
         helpers += str(env.get_template("ops/s8_common.j2").module.s8_common())
+    if any(s.kind in RECURRENT_OPS and s.kind.startswith("qnn.") for s in plan.steps):  # Qm.n LSTM / GRU helpers
+        helpers += str(env.get_template("ops/recurrent_common.j2").module.recurrent_common())
+    if any(s.kind in ("s8.lstm", "s8.gru") for s in plan.steps):  # int16 sigmoid/tanh (s8_lstm.j2)
+        helpers += str(env.get_template("ops/s8_lstm.j2").module.s8_recurrent_common())
     if nn is not None:
         helpers += str(env.get_template("ops/cmsisnn_common.j2").module.cmsisnn_common(
             name, NAME, nn.scratch_offset, nn.scratch))

@@ -23,6 +23,7 @@ from qcc.sim.qmn import rshift_round
 
 from .naming import c_comment, c_identifier
 from .layers_s8 import S8_CONTEXTS, S8_HANDLED_ATTRS, build_s8, im2col_length, padded_rows, window_segments
+from .layers_recurrent import RECURRENT_HANDLED_ATTRS, build_recurrent
 
 C_TYPES = {"i8": "int8_t", "i16": "int16_t", "i32": "int32_t", "u8": "uint8_t", "u16": "uint16_t"}
 SHORT = {"i8": "s8", "i16": "s16", "i32": "s32"}
@@ -49,6 +50,7 @@ HANDLED_ATTRS = {
     "nn.gather": {"axis"},
 }
 HANDLED_ATTRS.update(S8_HANDLED_ATTRS)  # affine int8 kernels: layers_s8.py
+HANDLED_ATTRS.update(RECURRENT_HANDLED_ATTRS)  # Qm.n LSTM / GRU: layers_recurrent.py
 
 
 def ctype(v: Value) -> str:
@@ -104,7 +106,12 @@ class LayerBuilder:
                                         f"{', '.join(unknown)}")
         ctx = self.base_context(index, op)
         kind, fn = ctx["kind"], ctx["fn"]
-        ctx.update(build_s8(self, op, fn) if op.opname in S8_CONTEXTS else getattr(self, "_" + kind)(op, fn))
+        if op.opname in S8_CONTEXTS:
+            ctx.update(build_s8(self, op, fn))
+        elif op.opname in RECURRENT_HANDLED_ATTRS:
+            ctx.update(build_recurrent(self, op, fn))
+        else:
+            ctx.update(getattr(self, "_" + kind)(op, fn))
         return ctx
 
     def base_context(self, index: int, op: Op) -> dict:
@@ -113,8 +120,8 @@ class LayerBuilder:
         fn = f"l{index}_{c_identifier(op.name or kind, fallback=kind, max_len=32)}"
         shapes = " x ".join("[" + ",".join(map(str, v.shape)) + "]" for v in op.operands)
         return {"kind": kind, "fn": fn, "index": index,
-                "comment": c_comment(f"{op.opname} \"{op.name}\": {shapes} -> [{','.join(map(str, op.result.shape))}]", 160),
-                "yt": ctype(op.result)}
+                "comment": c_comment(f"{op.opname} \"{op.name}\": {shapes} -> [{','.join(map(str, op.results[0].shape))}]", 160),
+                "yt": ctype(op.results[0])}
 
     def _per_channel(self, fn: str, what: str, values: List[int], channels: int, index_var: str, comment: str) -> str:
         """A literal when every channel shares the value, else a table indexed by ``index_var``."""

@@ -34,6 +34,7 @@ import numpy as np
 
 from qcc.errors import UnsupportedModelError
 from qcc.ir.graph import Op
+from qcc.sim.s8_recurrent import SIGMOID_TABLE
 
 _REQUANT = {"input_zp", "output_zp", "multiplier", "shift", "rounding", "act_min", "act_max"}
 _WINDOW = {"kernel", "strides", "pads", "act_min", "act_max"}
@@ -50,6 +51,11 @@ S8_HANDLED_ATTRS = {
     "s8.maxpool": set(_WINDOW),
     "s8.softmax": {"multiplier", "shift", "diff_min"},
 }
+_RECURRENT = {"hidden_size", "input_zp", "output_zp", "input_multiplier", "input_shift", "recurrent_multiplier",
+              "recurrent_shift", "output_multiplier", "output_shift"}
+S8_HANDLED_ATTRS["s8.lstm"] = _RECURRENT | {"cell_scale_power", "cell_clip", "forget_multiplier", "forget_shift",
+                                            "input_to_cell_multiplier", "input_to_cell_shift"}
+S8_HANDLED_ATTRS["s8.gru"] = _RECURRENT | {"linear_before_reset"}
 S8_HANDLED_ATTRS["s8.sub"] = S8_HANDLED_ATTRS["s8.add"]
 REQUANT_FN = {"double": "qcc_s8_requant", "single": "qcc_s8_requant_single"}
 SOFTMAX_MAX_COLS = 4095  # sum of exp terms (each <= 2^19) must stay inside int32
@@ -350,8 +356,54 @@ def _softmax(builder, op: Op, fn: str) -> dict:
             "diff_min": a["diff_min"]}
 
 
+def _sigmoid_table(builder) -> str:
+    """The int16 activations' table of sigmoid(i/24) (qcc.sim.s8_recurrent), one per file."""
+    sym = f"{builder.prefix}_sigmoid_table"
+    if all(c.symbol != sym for c in builder.consts):
+        builder.add_const(sym, "u16", SIGMOID_TABLE, "sigmoid(i/24) in unsigned 0.16 (int16 sigmoid/tanh)")
+    return sym
+
+
+def _recurrent(builder, op: Op, fn: str) -> dict:
+    """s8.lstm / s8.gru: the per-row biases with the zero points folded in, the multipliers.
+
+    The kernel takes every operand but the bias as a pointer (plan.py), then y, h (and c): a streamed
+    initial state is an arena buffer that the final state overwrites (the same bytes)."""
+    a = op.attrs
+    gates = 4 if op.opname == "s8.lstm" else 3
+    t, i = op.operands[0].shape
+    h = a["hidden_size"]
+    w = np.asarray(op.operands[1].constant(), np.int64)
+    r = np.asarray(op.operands[2].constant(), np.int64)
+    b = np.asarray(op.operands[3].constant(), np.int64)
+    zx, zh = a["input_zp"], a["output_zp"]
+    bx = b[:gates * h] - zx * w.sum(axis=1)
+    br = (b[gates * h:] if gates == 3 else np.zeros(gates * h, np.int64)) - zh * r.sum(axis=1)
+    lbr = a.get("linear_before_reset", 1)
+    ctx = {"t": t, "i": i, "h": h, "zp": zh, "lbr": lbr, "table": _sigmoid_table(builder),
+           "requant": REQUANT_FN["double"],
+           "w": "w", "r": "r",   # the kernel's pointer parameters: the weight operands as they are
+           "bx": builder.add_const(f"{builder.prefix}_{fn}_bx", "i32", [_wrap32(v) for v in bx],
+                                   f"{op.name} bias - input_zp * sum(w) per gate row"),
+           "br": builder.add_const(f"{builder.prefix}_{fn}_br", "i32", [_wrap32(v) for v in br],
+                                   f"{op.name} recurrent bias - output_zp * sum(r) per gate row"),
+           "mx": a["input_multiplier"], "sx": a["input_shift"], "mr": a["recurrent_multiplier"],
+           "sr": a["recurrent_shift"], "om": a["output_multiplier"], "os": a["output_shift"]}
+    builder.dots.add(("s8", "s8"))
+    if op.opname == "s8.lstm":
+        ctx.update(fm=a["forget_multiplier"],
+                   fs=a["forget_shift"], im=a["input_to_cell_multiplier"], is_=a["input_to_cell_shift"],
+                   clip=a["cell_clip"], cell_ls=a["cell_scale_power"] + 12)
+    elif not lbr:
+        # r * (h - zp) is already centred: the n rows take the raw recurrent bias and an int16 x int8 dot
+        builder.dots.add(("s16", "s8"))
+        ctx["bn"] = builder.add_const(f"{builder.prefix}_{fn}_bn", "i32", b[5 * h:], f"{op.name} recurrent bias of n")
+    return ctx
+
+
 S8_CONTEXTS = {"s8.conv2d": _conv2d, "s8.dense": _dense, "s8.requantize": _requantize, "s8.add": _add,
-               "s8.sub": _add, "s8.mul": _mul, "s8.lut": _lut, "s8.avgpool": _pool, "s8.maxpool": _pool, "s8.softmax": _softmax}
+               "s8.sub": _add, "s8.mul": _mul, "s8.lut": _lut, "s8.avgpool": _pool, "s8.maxpool": _pool, "s8.softmax": _softmax,
+               "s8.lstm": _recurrent, "s8.gru": _recurrent}
 
 
 def build_s8(builder, op: Op, fn: str) -> dict:

@@ -37,6 +37,7 @@ from typing import Dict, List, Optional, Tuple
 
 from qcc.errors import QccError, UnsupportedModelError
 from qcc.ir.graph import Graph, Op, Value
+from qcc.ir.types import TensorType
 
 from .inplace import INPLACE_OPS, max_displacement, min_displacement_reversed
 
@@ -48,6 +49,22 @@ COMPUTE_OPS = frozenset({
 S8_OPS = frozenset({"s8.conv2d", "s8.dense", "s8.add", "s8.sub", "s8.mul", "s8.lut", "s8.requantize", "s8.maxpool",
                     "s8.avgpool", "s8.softmax"})
 COMPUTE_OPS = COMPUTE_OPS | S8_OPS
+# Recurrent cells (layers_recurrent.py, layers_s8.py): several results (y, then the final states), operands
+# (x, w, r, b, h0[, c0]); the final state results 1.. match the initial-state operands 4.. (streaming).
+# The s8 cells take no bias pointer: their kernels read biases with the zero points folded in (layers_s8.py).
+RECURRENT_OPS = frozenset({"qnn.lstm", "qnn.gru", "s8.lstm", "s8.gru"})
+S8_RECURRENT_BIAS = 3
+COMPUTE_OPS = COMPUTE_OPS | RECURRENT_OPS
+STATE_OPERAND = 4  # the first initial-state operand of a recurrent op
+
+
+def scratch_bytes(op: Op) -> int:
+    """Arena bytes a kernel needs during its step only (the GRU without linear_before_reset keeps
+    z (int16) and r * h (the state's type) of one time step); 0 for every other kernel."""
+    if op.opname == "qnn.gru" and not op.attrs["linear_before_reset"]:
+        hidden = op.attrs["hidden_size"]
+        return hidden * 2 + hidden * op.results[0].type.np_dtype.itemsize
+    return 0
 # Ops whose operands after the first are constant parameters (weights, bias; a gather's indices).
 WEIGHTED_OPS = ("qnn.conv2d", "qnn.dense", "s8.conv2d", "s8.dense", "nn.gather")
 # Float ops a graph output may apply after its q.dequantize (the float epilogue; float C, tolerance only).
@@ -106,6 +123,8 @@ class Step:
     inputs: List[Value]
     output: Optional[Value]          # None for copy/dequantize (they write output ``out_index``)
     out_index: int = -1
+    extra: List[Value] = field(default_factory=list)  # further results (a recurrent op's final states)
+    scratch: Optional[Value] = None  # a step-local arena buffer (not in the graph), see scratch_bytes
 
 
 @dataclass
@@ -121,6 +140,7 @@ class Plan:
     output_offsets: List[int] = field(default_factory=list)  # arena offset of API output j
     inplace: Dict[int, "Link"] = field(default_factory=dict)  # id(output buffer) -> its in-place link
     live_bytes: List[int] = field(default_factory=list)      # bytes live during each step (no in-place)
+    states: List[Value] = field(default_factory=list)        # qcc.state values: persistent (stream-state)
 
     def is_inplace(self, step: "Step") -> bool:
         """True when ``step`` writes its output over one of its dying operands."""
@@ -229,8 +249,11 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
     inputs, outputs, boundary = find_io(graph)
     bad = []
     steps: List[Step] = []
+    states: List[Value] = []
     for op in graph.ops:
-        if op in boundary or op.opname == "qcc.const":
+        if op.opname == "qcc.state":
+            states.append(op.result)
+        if op in boundary or op.opname in ("qcc.const", "qcc.state"):
             continue
         if op.opname in ALIAS_OPS:
             if len(op.operands) > 1 and not op.operands[1].is_constant():
@@ -240,13 +263,18 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
             bad.append(op.describe())
             continue
         data = op.operands[:1] if op.opname in WEIGHTED_OPS else op.operands
+        if op.opname in ("s8.lstm", "s8.gru"):
+            data = [v for i, v in enumerate(op.operands) if i != S8_RECURRENT_BIAS]
         if any(v.type.is_float for v in list(data) + list(op.results)):
             bad.append(f"{op.describe()} (float tensors)")
             continue
         if op.opname in WEIGHTED_OPS and not all(v.is_constant() for v in op.operands[1:]):
             bad.append(f"{op.describe()} (weights/bias are not constants)")
             continue
-        steps.append(Step(op.opname, op, list(data), op.result))
+        step = Step(op.opname, op, list(data), op.results[0], extra=list(op.results[1:]))
+        if scratch_bytes(op):
+            step.scratch = Value(TensorType((scratch_bytes(op),), "i8"))
+        steps.append(step)
     if bad:
         raise UnsupportedModelError("the cmsis backend cannot compile these ops of graph "
                                     f"@{graph.name}: " + "; ".join(bad))
@@ -263,7 +291,7 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
             by_root[id(r)] = Buffer(r, _nbytes(r), 0, 0)
             buffers.append(by_root[id(r)])
     out_buffers: List[Buffer] = []
-    produced = {id(s.output) for s in steps}
+    produced = {id(v) for s in steps for v in [s.output] + s.extra}
     claimed = set()
     copies = set()  # output copies share their source's root: they must not become where() the source is
     for io in outputs:
@@ -276,15 +304,31 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
             out_buffers.append(Buffer(io.value, _nbytes(io.value), -1, -1))
             copies.add(id(out_buffers[-1]))
     last = len(steps)
+    # Streamed recurrent state (passes/stream_state.py): live through every step, so nothing else ever
+    # shares its bytes and it survives from one NAME_invoke() to the next; a recurrent op's final state
+    # result is written into the state it read (the same buffer).
+    state_of: Dict[int, Buffer] = {}
+    for v in states:
+        by_root[id(v)] = Buffer(v, _nbytes(v), 0, last)
+        buffers.append(by_root[id(v)])
+    for s in steps:
+        if s.kind in RECURRENT_OPS:
+            for k, v in enumerate(s.op.operands[STATE_OPERAND:]):
+                if id(v) in by_root and v.producer is not None and v.producer.opname == "qcc.state":
+                    state_of[id(s.op.results[1 + k])] = by_root[id(v)]
     for i, s in enumerate(steps):
         for v in s.inputs:
             b = by_root.get(id(alias_root(v)))
             if b is not None:
                 b.end = max(b.end, i)
         if s.output is not None:
-            b = Buffer(s.output, _nbytes(s.output), i, i)
-            by_root[id(s.output)] = b
-            buffers.append(b)
+            for v in [s.output] + s.extra + ([s.scratch] if s.scratch is not None else []):
+                if id(v) in state_of:
+                    by_root[id(v)] = state_of[id(v)]
+                    continue
+                b = Buffer(v, _nbytes(v), i, i)
+                by_root[id(v)] = b
+                buffers.append(b)
         else:
             b = out_buffers[s.out_index]
             b.start = b.end = i
@@ -371,6 +415,8 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
         b.offset = placement[id(b)]
         if id(b) not in copies:
             location[id(b.root)] = ("arena", b.offset)
+    for key, b in state_of.items():
+        location[key] = ("arena", b.offset)
     nsteps = max(last, 1)
     live = [sum(b.size for b in buffers if b.start <= i <= b.end) for i in range(nsteps)]
     plan = Plan(inputs, outputs, steps, buffers, location, arena, max(live, default=0))
@@ -378,6 +424,7 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
     plan.output_offsets = [b.offset for b in out_buffers]
     plan.inplace = dict(used_links)
     plan.live_bytes = live[:len(steps)]
+    plan.states = states
     check_plan(plan)
     return plan
 

@@ -383,6 +383,9 @@ class _Exporter:
 # ---------------------------------------------------------------- API
 def export_qdq_onnx(graph: Graph) -> onnx.ModelProto:
     """The graph as an ONNX model; quantized values in QDQ form (see the module docstring)."""
+    for op in graph.ops:  # one integer op per cell, with internal formats a QDQ graph cannot state
+        if op.opname in ("nn.lstm", "nn.gru", "qnn.lstm", "qnn.gru", "s8.lstm", "s8.gru", "qcc.state"):
+            raise UnsupportedModelError(f"ONNX export: {op.describe()} (a recurrent cell) has no QDQ ONNX form yet")
     graph.verify()
     return _Exporter(graph).run()
 

@@ -119,6 +119,10 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     p.add_argument("--round-scales", action="store_true",
                    help="with --scheme qmn and a QDQ model: round scales that are not powers of two to the "
                         "nearest one (listed as warnings) instead of refusing the model")
+    p.add_argument("--stream-state", type=int, nargs="?", const=1, default=0, metavar="FRAMES",
+                   help="keep LSTM/GRU state in the arena between NAME_invoke() calls (NAME_reset() starts a "
+                        "new sequence), each call taking FRAMES time steps (default 1) of the sequence the "
+                        "model was calibrated on")
     p.add_argument("--backend", default="cmsis", help=argparse.SUPPRESS)
     return p
 
@@ -312,10 +316,12 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                   report_samples: Optional[int] = None, emit_onnx: Optional[str] = None,
                   round_scales: bool = False, method: Optional[str] = None, per_tensor: bool = False,
                   target_sqnr: Optional[float] = None, max_flash: Optional[int] = None,
-                  max_ram: Optional[int] = None):
+                  max_ram: Optional[int] = None, stream_state: int = 0):
     """Compile ``model`` and write every output file; returns the backend's GeneratedModel.
 
-    ``bits`` is 8, 16 or "mixed" (``target_sqnr``, ``max_flash``, ``max_ram`` steer the mixed search)."""
+    ``bits`` is 8, 16 or "mixed" (``target_sqnr``, ``max_flash``, ``max_ram`` steer the mixed search).
+    ``stream_state`` > 0: recurrent state kept between calls, that many frames per call (stream-state).
+    """
     out = Path(output)
     if out.suffix != ".c":
         raise InputError(f"-o takes the path of the C file to write (OUT/NAME.c), got '{output}'")
@@ -380,6 +386,10 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     # Whatever the path (pipeline, QDQ, or an already lowered .qir), no layer may overflow its int32
     # accumulator in C: the pipelines end in this check, a lowered .qir gets it here.
     from qcc.transforms.passmanager import PassManager
+    if stream_state:
+        if stream_state < 0:
+            raise InputError(f"--stream-state takes a positive number of frames per call, got {stream_state}")
+        PassManager.parse(f"stream-state{{frames={stream_state}}}").run(graph)
     PassManager.parse("check-quantized").run(graph)
     extra = {"kernels": kernels} if kernels != "qcc" else {}  # only the cmsis backend knows cmsis-nn
     gen = get_backend(backend).generate(graph, name=name or out.stem, target=target, float_output=float_output,
@@ -598,7 +608,8 @@ def _command(args: argparse.Namespace) -> int:
                         backend=args.backend, kernels=args.kernels,
                         input_shapes=parse_input_shapes(args.input_shape), jobs=args.jobs,
                         report_samples=args.report_samples, emit_onnx=args.emit_onnx,
-                        round_scales=args.round_scales, method=args.method, per_tensor=args.per_tensor)
+                        round_scales=args.round_scales, method=args.method, per_tensor=args.per_tensor,
+                        stream_state=args.stream_state)
     folder = Path(args.output).parent
     for w in gen.warnings:
         print(f"qcc: warning: {w}", file=sys.stderr)

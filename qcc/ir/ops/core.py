@@ -1,4 +1,4 @@
-"""Structural ops: constants."""
+"""Structural ops: constants, and streamed recurrent state (qcc.state)."""
 from __future__ import annotations
 
 
@@ -18,3 +18,9 @@ register_op(OpDef(
     "qcc.const", operands=[], attrs=attrs(attr("value", "array")),
     verify_fn=_verify_const,
     summary="A constant tensor (weights, biases, shapes)."))
+
+
+register_op(OpDef(
+    "qcc.state", operands=[], attrs=attrs(attr("value", "array")), verify_fn=_verify_const,
+    summary="Recurrent state kept between calls (qcc --stream-state): its initial value, which NAME_reset() "
+            "restores; a recurrent op reading it writes its final state back (passes/stream_state.py)."))
