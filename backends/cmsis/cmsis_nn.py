@@ -126,6 +126,9 @@ def _wrap32(v) -> np.ndarray:
 
 def fallback_reason(op: Op) -> Optional[str]:
     """Why ``op`` stays on qcc's kernel with --kernels cmsis-nn (None: CMSIS-NN runs it)."""
+    if op.opname in ("s8.lstm", "s8.gru"):
+        return ("not wired to arm_lstm_unidirectional_s8 (qcc's kernel computes the same numbers)"
+                if op.opname == "s8.lstm" else "CMSIS-NN has no GRU kernel")
     if op.opname not in OPS:
         return None if not op.opname.startswith("s8.") else f"CMSIS-NN has no {op.opname} kernel"
     if op.attrs.get("rounding", "double") != "double":
