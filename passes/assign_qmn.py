@@ -45,6 +45,34 @@ from qcc.quant.weights import degenerate_channels
 from .insert_qdq import weight_frac_bits
 
 INT32_MAX = (1 << 31) - 1
+# How activation formats are searched: by the error at their consumers' outputs, by the tensor's own
+# squared error, or not at all (the range rule n = W-1 - ceil(log2(max|x|))).
+OBJECTIVES = ("consumer", "input", "tensor", "range")
+
+
+def _reads_input(graph: Graph, group) -> bool:
+    """Whether the group quantizes a graph input (``input``: the consumer search for it alone)."""
+    ins = {id(v) for v in graph.inputs}
+    return any(id(q.operands[0]) in ins or (q.operands[0].producer is not None and q.operands[0].producer.opname
+               == "q.range" and id(q.operands[0].producer.operands[0]) in ins) for q in group)
+
+
+def _db(rel_err: float) -> str:
+    """A relative squared error as an SQNR in dB."""
+    return "SQNR inf dB" if rel_err <= 0 else f"SQNR {-10 * np.log10(rel_err):.1f} dB"
+
+
+def _tensor_name(q: Op) -> str:
+    """How the report names the tensor a quantize op stores: its producer op's name or the input's."""
+    v = q.operands[0]
+    if v.producer is not None and v.producer.opname == "q.range":
+        v = v.producer.operands[0]
+    return (v.producer.name if v.producer is not None and v.producer.name else v.name) or q.name or "?"
+
+
+def record_choices(graph: Graph, choices: List[Dict]):
+    """Keep the format decisions on the graph for the report (``qcc --report``)."""
+    graph.qmn_choices = list(choices)
 
 
 def fake_quant_error(x: np.ndarray, n: int, bits: int) -> float:
@@ -106,50 +134,105 @@ class AssignQmn(Pass):
     search: bool = True
     per_channel: bool = True
     data: str = ""
-    samples: int = 16
+    samples: int = 64
+    objective: str = "consumer"
 
     def __post_init__(self):
         check_option(self.samples >= 1, "pass 'assign-qmn'", "samples", ">= 1", self.samples)
 
     def run(self, graph: Graph) -> PassResult:
+        check_option(self.objective in OBJECTIVES, "pass 'assign-qmn'", "objective", " or ".join(OBJECTIVES),
+                     self.objective)
         groups = activation_groups(graph)
-        acts = self._activations(graph, groups) if self.search else {}
+        searching = self.search and self.objective != "range"
+        path = (self.data or context_value(self, graph, "calib")) if searching else None
+        consumer = bool(path) and self.objective in ("consumer", "input")
+        acts = self._activations(graph, groups, path) if path and not consumer else {}
         changed = 0
+        weights = 0
+        for op in graph.ops:
+            if op.opname in WEIGHTED:
+                changed += self._weights(op)  # consumer search measures with the final weights' formats
+                weights += 1
+        run = None
+        if consumer:
+            from ._qmn_search import FakeQuantRun
+            run = FakeQuantRun(graph, load_samples(graph, path, self.samples))
+            first = {id(g[0]): min(run.index[id(q)] for q in g) for g in groups}
+            groups = sorted(groups, key=lambda g: first[id(g[0])])
+        self.choices: List[Dict] = []
         for group in groups:
             bits = bits_of(group[0].result.type.dtype)
+            why = "range rule"
             if any(_unit_output(graph, q) for q in group):
-                n = bits - 1
+                n0 = n = bits - 1
+                why = "pinned: softmax/sigmoid/tanh output"
             else:
                 ranges = [r for r in (range_of(q) for q in group) if r is not None]
                 m = max((max(abs(lo), abs(hi)) for lo, hi in ranges), default=0.0)
-                n = frac_bits_for(m, bits)
-                xs = [acts[id(q)] for q in group if id(q) in acts]
+                n0 = n = frac_bits_for(m, bits)
                 fn = _feeds_unit(graph, group)
-                if xs and fn is not None:
-                    x = xs[0].astype(np.float64)
-                    n = min(range(n - 1, n + 5), key=lambda c: (unit_output_error(x, c, bits, fn), c))
-                elif xs:
-                    x = np.concatenate([a.ravel() for a in xs]).astype(np.float64)
-                    n = min(range(n - 1, n + 3), key=lambda c: (fake_quant_error(x, c, bits), c))
+                if run is not None and bits == 8 and (self.objective == "consumer" or _reads_input(graph, group)):
+                    run.advance(min(run.index[id(q)] for q in group))
+                    n, why = self._consumer_choice(run, group, n0)
+                else:
+                    n, why = self._tensor_choice(run, acts, group, n0, bits, fn)
                 if bits == 16 and fn is None:
                     n -= 1  # a guard bit: resolution is plentiful, inputs beyond the calibration range are not
+                    why += "; one guard bit (16-bit)"
             for q in group:
                 if q.result.type.quant.frac_bits != n:
                     q.result.type = fixed_type(q.result.shape, q.result.type.dtype, n)
                     changed += 1
-        weights = 0
+            self.choices.append({"tensors": [_tensor_name(q) for q in group], "bits": bits,
+                                 "rule_n": n0, "n": n, "why": why})
         for op in graph.ops:
             if op.opname in WEIGHTED:
                 changed += self._weights(op)
-                weights += 1
+        record_choices(graph, self.choices)
         return PassResult(bool(changed), {"groups": len(groups), "layers": weights, "changed": changed,
-                                          "searched": bool(acts)})
+                                          "searched": bool(acts) or consumer})
 
-    def _activations(self, graph: Graph, groups) -> Dict[int, np.ndarray]:
+    @staticmethod
+    def _tensor_choice(run, acts, group, n0: int, bits: int, fn):
+        """The n with the least squared error of the group's own values (after the softmax/sigmoid/tanh
+        they feed, if any); the range rule's n0 without data."""
+        if run is not None:  # 16-bit under the consumer objective: values as the formats so far make them
+            run.advance(max(run.index[id(q)] for q in group))
+            xs = [np.stack([env[id(q.operands[0])] for env in run.cur]) for q in group]
+        else:
+            xs = [acts[id(q)] for q in group if id(q) in acts]
+        if xs and fn is not None:
+            x = xs[0].astype(np.float64)
+            return (min(range(n0 - 1, n0 + 5), key=lambda c: (unit_output_error(x, c, bits, fn), c)),
+                    "least error after the softmax/sigmoid/tanh")
+        if xs:
+            x = np.concatenate([a.ravel() for a in xs]).astype(np.float64)
+            return (min(range(n0 - 1, n0 + 3), key=lambda c: (fake_quant_error(x, c, bits), c)),
+                    "least squared error of the tensor itself")
+        return n0, "range rule (no calibration data or no search)"
+
+    @staticmethod
+    def _consumer_choice(run, group, n0: int):
+        """The n in n0-1 .. n0+3 with the least relative error at the group's consumers (see _qmn_search)."""
+        last, measured = run.horizon(group)
+        dtype = group[0].result.type.dtype
+
+        def set_n(c):
+            for q in group:
+                q.result.type = fixed_type(q.result.shape, dtype, c)
+
+        costs = {c: run.cost(group, set_n, c, last, measured) for c in range(n0 - 1, n0 + 4)}
+        n = min(costs, key=lambda c: (costs[c], c))
+        set_n(n)
+        rule = costs[n0]
+        gain = "" if n == n0 else f" (range rule n={n0}: {_db(rule)})"
+        where = ", ".join(sorted({(v.producer.name if v.producer is not None and v.producer.name else v.name)
+                                  or "?" for v in measured}))[:80]
+        return n, f"least error at consumers ({where}): {_db(costs[n])}{gain}"
+
+    def _activations(self, graph: Graph, groups, path: str) -> Dict[int, np.ndarray]:
         """Real values entering each activation quantize op on the calibration samples."""
-        path = self.data or context_value(self, graph, "calib")
-        if not path:
-            return {}
         from qcc.sim.interpreter import run_graph_all
         import qcc.sim.qmn  # noqa: F401  (kernels of the q.* ops)
         wanted = {id(q): q.operands[0] for g in groups for q in g}

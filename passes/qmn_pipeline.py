@@ -2,13 +2,15 @@
 
     qcc-opt model.onnx -p qmn --calib data.npz -o q.qir
     qcc-opt model.onnx -p "qmn{bits=16,method=mse,weight_bits=8,per_channel=true,search=true}" --calib data.npz
+    qcc-opt model.onnx -p "qmn{objective=range,correct_bias=false}" --calib data.npz    (the seed rule alone)
 
 expands to::
 
     canonicalize, fold-batchnorm, fuse-activation, legalize-pool, to-nhwc, legalize-qmn, const-fold,
     canonicalize, dce (those registered), check-legal{scheme=qmn, float_output},
     calibrate{method, p, bits, data}, insert-qdq{bits, weight_bits, per_channel},
-    propagate-scales, assign-qmn{search, per_channel, data, samples},
+    propagate-scales, assign-qmn{search, per_channel, data, samples, objective},
+    correct-bias{search, per_channel, data, samples} (with correct_bias=true),
     lower-quantized{float_output}, check-quantized, dce
 
 Calibration data: the ``data`` option, else the driver's context key ``calib``.
@@ -24,7 +26,7 @@ FLOAT_CLEANUP = ("canonicalize", "fold-batchnorm", "fuse-activation", "legalize-
                  "const-fold", "canonicalize", "dce")
 DEFAULTS: Dict[str, Any] = {"bits": 8, "method": "percentile", "p": 99.99, "weight_bits": 0,
                             "per_channel": True, "search": True, "float_output": False, "data": "",
-                            "samples": 16}
+                            "samples": 64, "objective": "input", "correct_bias": False}
 
 
 def _build(options: Dict[str, Any]) -> List:
@@ -48,7 +50,9 @@ def _build(options: Dict[str, Any]) -> List:
     assign = {"search": str(o["search"]), "per_channel": str(o["per_channel"]), "samples": str(o["samples"])}
     if o["data"]:
         assign["data"] = o["data"]
-    passes.append(make_pass("assign-qmn", assign))
+    passes.append(make_pass("assign-qmn", {**assign, "objective": o["objective"]}))
+    if o["correct_bias"]:
+        passes.append(make_pass("correct-bias", assign))
     passes.append(make_pass("lower-quantized", {"float_output": str(o["float_output"])}))
     passes += ["check-quantized", "dce"]
     return passes
@@ -57,4 +61,4 @@ def _build(options: Dict[str, Any]) -> List:
 register_pipeline(
     "qmn", _build, "Quantize to Qm.n fixed point (q7/q15) and lower to integer qnn ops.",
     {"bits": int, "method": str, "p": float, "weight_bits": int, "per_channel": bool, "search": bool,
-     "float_output": bool, "data": str, "samples": int})
+     "float_output": bool, "data": str, "samples": int, "objective": str, "correct_bias": bool})

@@ -32,6 +32,7 @@ import argparse
 import io
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -95,6 +96,8 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     p.add_argument("--method", choices=CALIBRATION_METHODS, default=None,
                    help="calibration range method (default: the scheme's, percentile 99.99 for qmn and minmax "
                         "for int8, as TFLite's converter)")
+    p.add_argument("--calib-samples", metavar="N", type=int, default=None,
+                   help="calibrate on the first N samples of --calib only (default: all)")
     p.add_argument("--per-tensor", action="store_true",
                    help="one weight scale/format per tensor instead of one per output channel")
     p.add_argument("--float-output", action="store_true",
@@ -158,7 +161,7 @@ FLOAT_PIPELINES = {"qmn": "qmn", "int8": "int8-calibrated"}
 
 def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max: Dict[str, float],
           model_path: str, jobs: int = 1, float_output: bool = False, method: Optional[str] = None,
-          per_tensor: bool = False) -> Optional[Graph]:
+          per_tensor: bool = False, calib_samples: Optional[int] = None) -> Optional[Graph]:
     """Run the quantization pipeline on a float graph in place.
 
     ``float_output`` keeps a trailing softmax/sigmoid/tanh in float after the
@@ -180,11 +183,29 @@ def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max
     options = f"bits={bits}" + (",float_output=true" if float_output else "") + \
         (f",method={method}" if method else "") + (",per_channel=false" if per_tensor else "")
     pm = PassManager.parse(f"{FLOAT_PIPELINES[scheme]}{{{options}}}")
-    context = {"calib": calib or "", "act_max": dict(act_max), "jobs": jobs}
-    for p in pm.passes:
-        p.context = context
-    graph.context = context
-    return run_keeping_float(pm, graph)[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        if calib_samples is not None:
+            calib = first_samples(graph, calib, calib_samples, Path(tmp))
+        context = {"calib": calib or "", "act_max": dict(act_max), "jobs": jobs}
+        for p in pm.passes:
+            p.context = context
+        graph.context = context
+        return run_keeping_float(pm, graph)[1]
+
+
+def first_samples(graph: Graph, calib: Optional[str], n: int, folder: Path) -> str:
+    """A copy of the first ``n`` samples of ``calib`` in ``folder`` (``--calib-samples``); its path."""
+    from qcc.quant.calibration_data import CalibrationData
+    if n < 1:
+        raise InputError(f"--calib-samples must be at least 1, got {n}")
+    if not calib:
+        raise InputError("--calib-samples needs --calib DATA")
+    data = CalibrationData(calib, graph)
+    if n > data.num_samples:
+        raise InputError(f"--calib-samples {n}: {calib} holds only {data.num_samples} samples")
+    path = folder / "calib_first.npz"
+    np.savez(path, **data.read(n))
+    return str(path)
 
 
 def dequantize_weights(graph: Graph) -> int:
@@ -293,7 +314,8 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                   float_output: bool = False, backend: str = "cmsis", kernels: str = "qcc",
                   input_shapes: Optional[Dict[str, tuple]] = None, jobs: int = 1,
                   report_samples: Optional[int] = None, emit_onnx: Optional[str] = None,
-                  round_scales: bool = False, method: Optional[str] = None, per_tensor: bool = False):
+                  round_scales: bool = False, method: Optional[str] = None, per_tensor: bool = False,
+                  calib_samples: Optional[int] = None):
     """Compile ``model`` and write every output file; returns the backend's GeneratedModel."""
     out = Path(output)
     if out.suffix != ".c":
@@ -329,7 +351,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
         if bits not in (None, 8) and not is_lowered(graph):
             raise InputError(f"--bits {bits} does not apply: {model} is {what}")
         for flag, given in (("--calib", calib), ("--act-max", act_max), ("--bits", bits), ("--method", method),
-                            ("--per-tensor", per_tensor),
+                            ("--per-tensor", per_tensor), ("--calib-samples", calib_samples is not None),
                             ("--round-scales", round_scales and (scheme != "qmn" or is_lowered(graph)))):
             if given:
                 notes.append(f"ignoring {flag}: {model} is {what}")
@@ -340,7 +362,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
         if round_scales:
             notes.append(f"ignoring --round-scales: {model} is a float model (it applies to QDQ models)")
         float_graph = lower(graph, calib=calib, bits=bits or 8, scheme=scheme or "qmn", act_max=act_max or {},
-                            method=method, per_tensor=per_tensor,
+                            method=method, per_tensor=per_tensor, calib_samples=calib_samples,
                             model_path=model, jobs=jobs, float_output=float_output)
     notes += graph.notes
     if float_epilogue(graph) and not float_output:
@@ -476,6 +498,9 @@ def markdown_report(summary: dict, float_graph: Optional[Graph], graph: Graph, c
                      .replace("# Quantization per layer", "## Quantization per layer", 1))
     elif float_graph is None:
         lines.append("(no per-layer quantization table: the model came already quantized)")
+    if getattr(graph, "qmn_choices", None):
+        from qcc.tools.report import format_choices
+        lines.append(format_choices(graph.qmn_choices))
     cyc = summary.get("cycles") or {}
     if "layers" in cyc:
         c, mhz = cyc["cycles"], cyc["clock_mhz"]
@@ -528,7 +553,8 @@ def _command(args: argparse.Namespace) -> int:
                         backend=args.backend, kernels=args.kernels,
                         input_shapes=parse_input_shapes(args.input_shape), jobs=args.jobs,
                         report_samples=args.report_samples, emit_onnx=args.emit_onnx,
-                        round_scales=args.round_scales, method=args.method, per_tensor=args.per_tensor)
+                        round_scales=args.round_scales, method=args.method, per_tensor=args.per_tensor,
+                        calib_samples=args.calib_samples)
     folder = Path(args.output).parent
     for w in gen.warnings:
         print(f"qcc: warning: {w}", file=sys.stderr)
