@@ -1,19 +1,34 @@
 """assign-qmn: settle the Qm.n format of every fake-quant point.
 
-Activations (one n per ``activation_groups`` group, see propagate-scales):
+Activations (one n per ``activation_groups`` group, see propagate-scales)
 start from the range rule ``n0 = W-1 - ceil(log2(max|x|))`` on the group's
-calibrated range. With ``search`` and calibration data, every candidate
-``n in n0-1 .. n0+2`` is scored by the squared error of fake-quantizing the
-group's real calibration activations,
-``sum (x - clamp(round(x * 2^n)) * 2^-n)^2``, and the least wins (a larger n
-trades clipping of rare outliers for resolution; ties keep the smaller n).
-The input of a softmax/sigmoid/tanh is scored after the function instead,
-``sum (f(x) - f(fq(x)))^2`` over ``n0-1 .. n0+4`` (the error of the layer
-output: clipped very negative logits vanish in a softmax anyway).
-Outputs of softmax, sigmoid and tanh are pinned to Q0.(W-1). 16-bit
-activations (other than softmax/sigmoid/tanh inputs) then drop one more
-fractional bit as a guard against values beyond the calibration range (at
-16 bits the resolution lost is negligible; saturation is not).
+calibrated range. With ``search`` and calibration data, the ``objective``
+option decides among nearby n (ties keep the smaller n):
+
+* ``output`` (default): first ``consumer`` below, then one sweep in graph
+  order in which each 8-bit group tries ``n-1 .. n+1`` with every other
+  group fixed and keeps the n with the least relative squared error of the
+  network's outputs over the calibration samples (for a softmax output: of
+  its logits), ``sum (y - y_q)^2 / sum y^2``.
+* ``consumer``: groups settled in graph order, each by the relative error it
+  leaves at its consumers' outputs (the values entering the next fake-quant
+  points), with the formats before it already in; candidates ``n0-1 .. n0+3``.
+  See ``_qmn_search.py``.
+* ``input``: ``consumer`` for the groups that quantize a graph input (whose
+  range may be set by one loud feature, e.g. MFCC c0), ``tensor`` for the rest.
+* ``tensor``: the seed search: each candidate ``n0-1 .. n0+2`` is scored by
+  the squared error of fake-quantizing the group's own calibration values,
+  ``sum (x - clamp(round(x * 2^n)) * 2^-n)^2``.
+* ``range``: the range rule alone (as ``search=false``).
+
+The consumer searches score 8-bit groups; 16-bit groups use ``tensor``. The
+input of a softmax/sigmoid/tanh is scored after the function under
+``tensor``, ``sum (f(x) - f(fq(x)))^2`` over ``n0-1 .. n0+4``. Outputs of
+softmax, sigmoid and tanh are pinned to Q0.(W-1). 16-bit activations (other
+than softmax/sigmoid/tanh inputs) then drop one more fractional bit as a
+guard against values beyond the calibration range (at 16 bits the resolution
+lost is negligible; saturation is not). Every decision (rule n, chosen n and
+the error that chose it) is kept in ``graph.qmn_choices`` for the report.
 
 Weights: ``n_c = Ww-1 - ceil(log2(max|w_c|))`` per output channel (or one n
 per tensor), with ``search`` the best of ``n_c-1 .. n_c+2`` by squared error
@@ -47,7 +62,7 @@ from .insert_qdq import weight_frac_bits
 INT32_MAX = (1 << 31) - 1
 # How activation formats are searched: by the error at their consumers' outputs, by the tensor's own
 # squared error, or not at all (the range rule n = W-1 - ceil(log2(max|x|))).
-OBJECTIVES = ("consumer", "input", "tensor", "range")
+OBJECTIVES = ("output", "consumer", "input", "tensor", "range")
 
 
 def _reads_input(graph: Graph, group) -> bool:
@@ -62,12 +77,15 @@ def _db(rel_err: float) -> str:
     return "SQNR inf dB" if rel_err <= 0 else f"SQNR {-10 * np.log10(rel_err):.1f} dB"
 
 
-def _tensor_name(q: Op) -> str:
-    """How the report names the tensor a quantize op stores: its producer op's name or the input's."""
-    v = q.operands[0]
+def _value_name(v) -> str:
+    """How the report names a value: its producer op's name (q.range looked through) or its own."""
     if v.producer is not None and v.producer.opname == "q.range":
         v = v.producer.operands[0]
-    return (v.producer.name if v.producer is not None and v.producer.name else v.name) or q.name or "?"
+    return (v.producer.name if v.producer is not None and v.producer.name else v.name) or "?"
+
+
+def _tensor_name(q: Op) -> str:
+    return _value_name(q.operands[0])
 
 
 def record_choices(graph: Graph, choices: List[Dict]):
@@ -135,7 +153,7 @@ class AssignQmn(Pass):
     per_channel: bool = True
     data: str = ""
     samples: int = 64
-    objective: str = "consumer"
+    objective: str = "output"
 
     def __post_init__(self):
         check_option(self.samples >= 1, "pass 'assign-qmn'", "samples", ">= 1", self.samples)
@@ -146,7 +164,7 @@ class AssignQmn(Pass):
         groups = activation_groups(graph)
         searching = self.search and self.objective != "range"
         path = (self.data or context_value(self, graph, "calib")) if searching else None
-        consumer = bool(path) and self.objective in ("consumer", "input")
+        consumer = bool(path) and self.objective in ("output", "consumer", "input")
         acts = self._activations(graph, groups, path) if path and not consumer else {}
         changed = 0
         weights = 0
@@ -172,7 +190,7 @@ class AssignQmn(Pass):
                 m = max((max(abs(lo), abs(hi)) for lo, hi in ranges), default=0.0)
                 n0 = n = frac_bits_for(m, bits)
                 fn = _feeds_unit(graph, group)
-                if run is not None and bits == 8 and (self.objective == "consumer" or _reads_input(graph, group)):
+                if run is not None and bits == 8 and (self.objective != "input" or _reads_input(graph, group)):
                     run.advance(min(run.index[id(q)] for q in group))
                     n, why = self._consumer_choice(run, group, n0)
                 else:
@@ -186,6 +204,8 @@ class AssignQmn(Pass):
                     changed += 1
             self.choices.append({"tensors": [_tensor_name(q) for q in group], "bits": bits,
                                  "rule_n": n0, "n": n, "why": why})
+        if run is not None and self.objective == "output":
+            changed += self._refine_by_output(graph, run, groups)
         for op in graph.ops:
             if op.opname in WEIGHTED:
                 changed += self._weights(op)
@@ -193,13 +213,40 @@ class AssignQmn(Pass):
         return PassResult(bool(changed), {"groups": len(groups), "layers": weights, "changed": changed,
                                           "searched": bool(acts) or consumer})
 
+    def _refine_by_output(self, graph: Graph, run, groups) -> int:
+        """One sweep in graph order: each 8-bit group tries n-1 .. n+1 around its consumer choice, the
+        others fixed, and keeps the n with the least relative error of the network's outputs."""
+        from ._qmn_search import output_values
+        run.reset()
+        measured, last = output_values(graph), len(run.ops) - 1
+        changed = 0
+        for group, choice in zip(groups, self.choices):
+            bits, n1 = choice["bits"], choice["n"]
+            if bits != 8 or choice["why"].startswith("pinned"):
+                continue
+            run.advance(min(run.index[id(q)] for q in group))
+            dtype = group[0].result.type.dtype
+
+            def set_n(c):
+                for q in group:
+                    q.result.type = fixed_type(q.result.shape, dtype, c)
+
+            costs = {c: run.cost(group, set_n, c, last, measured) for c in range(n1 - 1, n1 + 2)}
+            n = min(costs, key=lambda c: (costs[c], abs(c - n1), c))
+            set_n(n)
+            choice["n"] = n
+            choice["why"] += f"; network output {_db(costs[n])}" + \
+                ("" if n == n1 else f" with n={n} ({_db(costs[n1])} with n={n1})")
+            changed += n != n1
+        return changed
+
     @staticmethod
     def _tensor_choice(run, acts, group, n0: int, bits: int, fn):
         """The n with the least squared error of the group's own values (after the softmax/sigmoid/tanh
         they feed, if any); the range rule's n0 without data."""
         if run is not None:  # 16-bit under the consumer objective: values as the formats so far make them
             run.advance(max(run.index[id(q)] for q in group))
-            xs = [np.stack([env[id(q.operands[0])] for env in run.cur]) for q in group]
+            xs = [run.cur[id(q.operands[0])] for q in group]
         else:
             xs = [acts[id(q)] for q in group if id(q) in acts]
         if xs and fn is not None:
@@ -227,8 +274,8 @@ class AssignQmn(Pass):
         set_n(n)
         rule = costs[n0]
         gain = "" if n == n0 else f" (range rule n={n0}: {_db(rule)})"
-        where = ", ".join(sorted({(v.producer.name if v.producer is not None and v.producer.name else v.name)
-                                  or "?" for v in measured}))[:80]
+        where = ", ".join(sorted({_value_name(v) for v in measured}))
+        where = where if len(where) <= 60 else where[:57] + "..."
         return n, f"least error at consumers ({where}): {_db(costs[n])}{gain}"
 
     def _activations(self, graph: Graph, groups, path: str) -> Dict[int, np.ndarray]:

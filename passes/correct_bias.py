@@ -84,8 +84,8 @@ class CorrectBias(Pass):
             if qb is None or not qb.operands[0].is_constant():
                 continue
             run.advance(i)
-            ref = np.concatenate([_pre_activation(run, op, env) for env in run.ref])
-            got = np.concatenate([_pre_activation(run, op, env) for env in run.cur])
+            ref = _pre_activation(run, op, run.ref)
+            got = _pre_activation(run, op, run.cur)
             err = (ref - got).mean(axis=0)
             if not np.any(err):
                 continue
@@ -95,10 +95,9 @@ class CorrectBias(Pass):
             # The rest of the run sees the corrected bias: rerun the bias's fake-quant ops.
             bias_ops = [p for p in run.ops[:i] if run.index[id(p)] >= run.index[id(qb)] and
                         any(v is qb.result or _from(v, qb) for v in p.operands)]
-            for env in run.cur:
-                env[id(qb.operands[0])] = new_b
-                for p in [qb] + bias_ops:
-                    run._run(p, env)
+            run.cur[id(qb.operands[0])] = new_b
+            for p in [qb] + bias_ops:
+                run._run(p, run.cur)
         settle = AssignQmn(search=self.search, per_channel=self.per_channel)
         for op, qb, new_b, _ in changes:
             const = qb.operands[0]

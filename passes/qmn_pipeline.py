@@ -26,7 +26,7 @@ FLOAT_CLEANUP = ("canonicalize", "fold-batchnorm", "fuse-activation", "legalize-
                  "const-fold", "canonicalize", "dce")
 DEFAULTS: Dict[str, Any] = {"bits": 8, "method": "percentile", "p": 99.99, "weight_bits": 0,
                             "per_channel": True, "search": True, "float_output": False, "data": "",
-                            "samples": 64, "objective": "input", "correct_bias": False}
+                            "samples": 64, "objective": "output", "correct_bias": False}
 
 
 def _build(options: Dict[str, Any]) -> List:

@@ -96,6 +96,11 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     p.add_argument("--method", choices=CALIBRATION_METHODS, default=None,
                    help="calibration range method (default: the scheme's, percentile 99.99 for qmn and minmax "
                         "for int8, as TFLite's converter)")
+    p.add_argument("--format-search", choices=("output", "consumer", "input", "tensor", "range"), default=None,
+                   help="how qmn picks activation formats: by the network output's error (default), the "
+                        "consumers' output error, the input by its consumers and the rest by their own error "
+                        "(input), each tensor's own error (tensor), or the range rule n = W-1-ceil(log2 max) "
+                        "alone (range)")
     p.add_argument("--calib-samples", metavar="N", type=int, default=None,
                    help="calibrate on the first N samples of --calib only (default: all)")
     p.add_argument("--per-tensor", action="store_true",
@@ -161,7 +166,8 @@ FLOAT_PIPELINES = {"qmn": "qmn", "int8": "int8-calibrated"}
 
 def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max: Dict[str, float],
           model_path: str, jobs: int = 1, float_output: bool = False, method: Optional[str] = None,
-          per_tensor: bool = False, calib_samples: Optional[int] = None) -> Optional[Graph]:
+          per_tensor: bool = False, calib_samples: Optional[int] = None,
+          format_search: Optional[str] = None) -> Optional[Graph]:
     """Run the quantization pipeline on a float graph in place.
 
     ``float_output`` keeps a trailing softmax/sigmoid/tanh in float after the
@@ -182,6 +188,10 @@ def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max
         raise InputError(f"--method must be one of {', '.join(CALIBRATION_METHODS)}, got '{method}'")
     options = f"bits={bits}" + (",float_output=true" if float_output else "") + \
         (f",method={method}" if method else "") + (",per_channel=false" if per_tensor else "")
+    if format_search:
+        if scheme != "qmn":
+            raise InputError(f"--format-search applies to --scheme qmn, not {scheme}")
+        options += f",objective={format_search}"
     pm = PassManager.parse(f"{FLOAT_PIPELINES[scheme]}{{{options}}}")
     with tempfile.TemporaryDirectory() as tmp:
         if calib_samples is not None:
@@ -315,7 +325,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                   input_shapes: Optional[Dict[str, tuple]] = None, jobs: int = 1,
                   report_samples: Optional[int] = None, emit_onnx: Optional[str] = None,
                   round_scales: bool = False, method: Optional[str] = None, per_tensor: bool = False,
-                  calib_samples: Optional[int] = None):
+                  calib_samples: Optional[int] = None, format_search: Optional[str] = None):
     """Compile ``model`` and write every output file; returns the backend's GeneratedModel."""
     out = Path(output)
     if out.suffix != ".c":
@@ -352,6 +362,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
             raise InputError(f"--bits {bits} does not apply: {model} is {what}")
         for flag, given in (("--calib", calib), ("--act-max", act_max), ("--bits", bits), ("--method", method),
                             ("--per-tensor", per_tensor), ("--calib-samples", calib_samples is not None),
+                            ("--format-search", format_search),
                             ("--round-scales", round_scales and (scheme != "qmn" or is_lowered(graph)))):
             if given:
                 notes.append(f"ignoring {flag}: {model} is {what}")
@@ -363,6 +374,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
             notes.append(f"ignoring --round-scales: {model} is a float model (it applies to QDQ models)")
         float_graph = lower(graph, calib=calib, bits=bits or 8, scheme=scheme or "qmn", act_max=act_max or {},
                             method=method, per_tensor=per_tensor, calib_samples=calib_samples,
+                            format_search=format_search,
                             model_path=model, jobs=jobs, float_output=float_output)
     notes += graph.notes
     if float_epilogue(graph) and not float_output:
@@ -554,7 +566,7 @@ def _command(args: argparse.Namespace) -> int:
                         input_shapes=parse_input_shapes(args.input_shape), jobs=args.jobs,
                         report_samples=args.report_samples, emit_onnx=args.emit_onnx,
                         round_scales=args.round_scales, method=args.method, per_tensor=args.per_tensor,
-                        calib_samples=args.calib_samples)
+                        calib_samples=args.calib_samples, format_search=args.format_search)
     folder = Path(args.output).parent
     for w in gen.warnings:
         print(f"qcc: warning: {w}", file=sys.stderr)

@@ -233,7 +233,7 @@ def format_choices(choices: Sequence[Mapping]) -> str:
              "(SQNR there, errors of earlier layers included).", "",
              "| tensors | bits | range rule n | chosen n | why |", "|---|---:|---:|---:|---|"]
     for c in choices:
-        names = ", ".join(f"`{t}`" for t in c["tensors"])
+        names = ", ".join(c["tensors"])
         lines.append(f"| {names} | {c['bits']} | {c['rule_n']} | {c['n']} | {c['why']} |")
     return "\n".join(lines) + "\n"
 
