@@ -6,7 +6,7 @@ calibrated range. With ``search`` and calibration data, the ``objective``
 option decides among nearby n (ties keep the smaller n):
 
 * ``output`` (default): first ``consumer`` below, then one sweep in graph
-  order in which each 8-bit group tries ``n-1 .. n+1`` with every other
+  order in which each 8-bit group tries ``n-2 .. n+2`` with every other
   group fixed and keeps the n with the least relative squared error of the
   network's outputs over the calibration samples (for a softmax output: of
   its logits), ``sum (y - y_q)^2 / sum y^2``.
@@ -214,12 +214,12 @@ class AssignQmn(Pass):
                                           "searched": bool(acts) or consumer})
 
     def _refine_by_output(self, graph: Graph, run, groups) -> int:
-        """One sweep in graph order: each 8-bit group tries n-1 .. n+1 around its consumer choice, the
+        """One sweep in graph order: each 8-bit group tries n-2 .. n+2 around its consumer choice, the
         others fixed, and keeps the n with the least relative error of the network's outputs."""
         from ._qmn_search import output_values
         run.reset()
         measured, last = output_values(graph), len(run.ops) - 1
-        changed = 0
+        changed, known = 0, None
         for group, choice in zip(groups, self.choices):
             bits, n1 = choice["bits"], choice["n"]
             if bits != 8 or choice["why"].startswith("pinned"):
@@ -231,8 +231,13 @@ class AssignQmn(Pass):
                 for q in group:
                     q.result.type = fixed_type(q.result.shape, dtype, c)
 
-            costs = {c: run.cost(group, set_n, c, last, measured) for c in range(n1 - 1, n1 + 2)}
+            # the current formats' cost is the previous group's winner: computed once
+            costs = {} if known is None else {n1: known}
+            for c in range(n1 - 2, n1 + 3):
+                if c not in costs:
+                    costs[c] = run.cost(group, set_n, c, last, measured)
             n = min(costs, key=lambda c: (costs[c], abs(c - n1), c))
+            known = costs[n]
             set_n(n)
             choice["n"] = n
             choice["why"] += f"; network output {_db(costs[n])}" + \
