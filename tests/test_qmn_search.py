@@ -117,3 +117,15 @@ def test_report_states_each_format_choice(tmp_path):
     rows = [r for r in section.splitlines() if r.startswith("| x |") or r.startswith("| Gemm")]
     assert rows and rows[0].startswith("| x | 8 |")
     assert "network output SQNR" in rows[0]
+
+
+def test_format_search_reaches_the_pipeline_and_is_qmn_only(tmp_path, capsys):
+    path, _, _ = _dense_model(tmp_path)
+    common = [str(path), "--target", "cortex-m4", "--calib", str(tmp_path / "calib.npz")]
+    assert main(common + ["-o", str(tmp_path / "a" / "fc.c"), "--format-search", "range",
+                          "--report", str(tmp_path / "a.md")]) == 0
+    text = (tmp_path / "a.md").read_text()
+    assert "| x | 8 | 4 | 4 | range rule" in text and "network output" not in text
+    code = main(common + ["-o", str(tmp_path / "b" / "fc.c"), "--scheme", "int8", "--format-search", "tensor"])
+    assert code == 1 and "--format-search applies to --scheme qmn" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
