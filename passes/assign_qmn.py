@@ -1,19 +1,35 @@
 """assign-qmn: settle the Qm.n format of every fake-quant point.
 
-Activations (one n per ``activation_groups`` group, see propagate-scales):
+Activations (one n per ``activation_groups`` group, see propagate-scales)
 start from the range rule ``n0 = W-1 - ceil(log2(max|x|))`` on the group's
-calibrated range. With ``search`` and calibration data, every candidate
-``n in n0-1 .. n0+2`` is scored by the squared error of fake-quantizing the
-group's real calibration activations,
-``sum (x - clamp(round(x * 2^n)) * 2^-n)^2``, and the least wins (a larger n
-trades clipping of rare outliers for resolution; ties keep the smaller n).
-The input of a softmax/sigmoid/tanh is scored after the function instead,
-``sum (f(x) - f(fq(x)))^2`` over ``n0-1 .. n0+4`` (the error of the layer
-output: clipped very negative logits vanish in a softmax anyway).
-Outputs of softmax, sigmoid and tanh are pinned to Q0.(W-1). 16-bit
-activations (other than softmax/sigmoid/tanh inputs) then drop one more
-fractional bit as a guard against values beyond the calibration range (at
-16 bits the resolution lost is negligible; saturation is not).
+calibrated range. With ``search`` and calibration data, the ``objective``
+option decides among nearby n (ties keep the smaller n):
+
+* ``output`` (default): first ``consumer`` below, then one sweep in graph
+  order in which each 8-bit group tries ``n-2 .. n+2`` with every other
+  group fixed and takes the n with the least relative squared error of the
+  network's outputs over the calibration samples (for a softmax output: of
+  its logits), ``sum (y - y_q)^2 / sum y^2``, when that error is below
+  ``OUTPUT_MARGIN`` (0.8, ~1 dB) times the current one.
+* ``consumer``: groups settled in graph order, each by the relative error it
+  leaves at its consumers' outputs (the values entering the next fake-quant
+  points), with the formats before it already in; candidates ``n0-1 .. n0+3``.
+  See ``_qmn_search.py``.
+* ``input``: ``consumer`` for the groups that quantize a graph input (whose
+  range may be set by one loud feature, e.g. MFCC c0), ``tensor`` for the rest.
+* ``tensor``: the seed search: each candidate ``n0-1 .. n0+2`` is scored by
+  the squared error of fake-quantizing the group's own calibration values,
+  ``sum (x - clamp(round(x * 2^n)) * 2^-n)^2``.
+* ``range``: the range rule alone (as ``search=false``).
+
+The consumer searches score 8-bit groups; 16-bit groups use ``tensor``. The
+input of a softmax/sigmoid/tanh is scored after the function under
+``tensor``, ``sum (f(x) - f(fq(x)))^2`` over ``n0-1 .. n0+4``. Outputs of
+softmax, sigmoid and tanh are pinned to Q0.(W-1). 16-bit activations (other
+than softmax/sigmoid/tanh inputs) then drop one more fractional bit as a
+guard against values beyond the calibration range (at 16 bits the resolution
+lost is negligible; saturation is not). Every decision (rule n, chosen n and
+the error that chose it) is kept in ``graph.qmn_choices`` for the report.
 
 Weights: ``n_c = Ww-1 - ceil(log2(max|w_c|))`` per output channel (or one n
 per tensor), with ``search`` the best of ``n_c-1 .. n_c+2`` by squared error
@@ -45,6 +61,40 @@ from qcc.quant.weights import degenerate_channels
 from .insert_qdq import weight_frac_bits
 
 INT32_MAX = (1 << 31) - 1
+# How activation formats are searched: by the error at their consumers' outputs, by the tensor's own
+# squared error, or not at all (the range rule n = W-1 - ceil(log2(max|x|))).
+# The output sweep moves a format only when the output error drops below this fraction of the current
+# one (~1 dB): smaller gains on a few calibration samples did not carry over to unseen ones (README).
+OUTPUT_MARGIN = 0.8
+OBJECTIVES = ("output", "consumer", "input", "tensor", "range")
+
+
+def _reads_input(graph: Graph, group) -> bool:
+    """Whether the group quantizes a graph input (``input``: the consumer search for it alone)."""
+    ins = {id(v) for v in graph.inputs}
+    return any(id(q.operands[0]) in ins or (q.operands[0].producer is not None and q.operands[0].producer.opname
+               == "q.range" and id(q.operands[0].producer.operands[0]) in ins) for q in group)
+
+
+def _db(rel_err: float) -> str:
+    """A relative squared error as an SQNR in dB."""
+    return "SQNR inf dB" if rel_err <= 0 else f"SQNR {-10 * np.log10(rel_err):.1f} dB"
+
+
+def _value_name(v) -> str:
+    """How the report names a value: its producer op's name (q.range looked through) or its own."""
+    if v.producer is not None and v.producer.opname == "q.range":
+        v = v.producer.operands[0]
+    return (v.producer.name if v.producer is not None and v.producer.name else v.name) or "?"
+
+
+def _tensor_name(q: Op) -> str:
+    return _value_name(q.operands[0])
+
+
+def record_choices(graph: Graph, choices: List[Dict]):
+    """Keep the format decisions on the graph for the report (``qcc --report``)."""
+    graph.qmn_choices = list(choices)
 
 
 def fake_quant_error(x: np.ndarray, n: int, bits: int) -> float:
@@ -106,50 +156,141 @@ class AssignQmn(Pass):
     search: bool = True
     per_channel: bool = True
     data: str = ""
-    samples: int = 16
+    samples: int = 64
+    objective: str = "output"
 
     def __post_init__(self):
         check_option(self.samples >= 1, "pass 'assign-qmn'", "samples", ">= 1", self.samples)
 
     def run(self, graph: Graph) -> PassResult:
+        check_option(self.objective in OBJECTIVES, "pass 'assign-qmn'", "objective", " or ".join(OBJECTIVES),
+                     self.objective)
         groups = activation_groups(graph)
-        acts = self._activations(graph, groups) if self.search else {}
+        searching = self.search and self.objective != "range"
+        path = (self.data or context_value(self, graph, "calib")) if searching else None
+        consumer = bool(path) and self.objective in ("output", "consumer", "input")
+        acts = self._activations(graph, groups, path) if path and not consumer else {}
         changed = 0
+        weights = 0
+        for op in graph.ops:
+            if op.opname in WEIGHTED:
+                changed += self._weights(op)  # consumer search measures with the final weights' formats
+                weights += 1
+        run = None
+        if consumer:
+            from ._qmn_search import FakeQuantRun
+            run = FakeQuantRun(graph, load_samples(graph, path, self.samples))
+            first = {id(g[0]): min(run.index[id(q)] for q in g) for g in groups}
+            groups = sorted(groups, key=lambda g: first[id(g[0])])
+        self.choices: List[Dict] = []
         for group in groups:
             bits = bits_of(group[0].result.type.dtype)
+            why = "range rule"
             if any(_unit_output(graph, q) for q in group):
-                n = bits - 1
+                n0 = n = bits - 1
+                why = "pinned: softmax/sigmoid/tanh output"
             else:
                 ranges = [r for r in (range_of(q) for q in group) if r is not None]
                 m = max((max(abs(lo), abs(hi)) for lo, hi in ranges), default=0.0)
-                n = frac_bits_for(m, bits)
-                xs = [acts[id(q)] for q in group if id(q) in acts]
+                n0 = n = frac_bits_for(m, bits)
                 fn = _feeds_unit(graph, group)
-                if xs and fn is not None:
-                    x = xs[0].astype(np.float64)
-                    n = min(range(n - 1, n + 5), key=lambda c: (unit_output_error(x, c, bits, fn), c))
-                elif xs:
-                    x = np.concatenate([a.ravel() for a in xs]).astype(np.float64)
-                    n = min(range(n - 1, n + 3), key=lambda c: (fake_quant_error(x, c, bits), c))
+                if run is not None and bits == 8 and (self.objective != "input" or _reads_input(graph, group)):
+                    run.advance(min(run.index[id(q)] for q in group))
+                    n, why = self._consumer_choice(run, group, n0)
+                else:
+                    n, why = self._tensor_choice(run, acts, group, n0, bits, fn)
                 if bits == 16 and fn is None:
                     n -= 1  # a guard bit: resolution is plentiful, inputs beyond the calibration range are not
+                    why += "; one guard bit (16-bit)"
             for q in group:
                 if q.result.type.quant.frac_bits != n:
                     q.result.type = fixed_type(q.result.shape, q.result.type.dtype, n)
                     changed += 1
-        weights = 0
+            self.choices.append({"tensors": [_tensor_name(q) for q in group], "bits": bits,
+                                 "rule_n": n0, "n": n, "why": why})
+        if run is not None and self.objective == "output":
+            changed += self._refine_by_output(graph, run, groups)
         for op in graph.ops:
             if op.opname in WEIGHTED:
                 changed += self._weights(op)
-                weights += 1
+        record_choices(graph, self.choices)
         return PassResult(bool(changed), {"groups": len(groups), "layers": weights, "changed": changed,
-                                          "searched": bool(acts)})
+                                          "searched": bool(acts) or consumer})
 
-    def _activations(self, graph: Graph, groups) -> Dict[int, np.ndarray]:
+    def _refine_by_output(self, graph: Graph, run, groups) -> int:
+        """One sweep in graph order: each 8-bit group tries n-2 .. n+2 around its consumer choice, the
+        others fixed, and keeps the n with the least relative error of the network's outputs."""
+        from ._qmn_search import output_values
+        run.reset()
+        measured, last = output_values(graph), len(run.ops) - 1
+        changed, known = 0, None
+        for group, choice in zip(groups, self.choices):
+            bits, n1 = choice["bits"], choice["n"]
+            if bits != 8 or choice["why"].startswith("pinned"):
+                continue
+            run.advance(min(run.index[id(q)] for q in group))
+            dtype = group[0].result.type.dtype
+
+            def set_n(c):
+                for q in group:
+                    q.result.type = fixed_type(q.result.shape, dtype, c)
+
+            # the current formats' cost is the previous group's winner: computed once
+            costs = {} if known is None else {n1: known}
+            for c in range(n1 - 2, n1 + 3):
+                if c not in costs:
+                    costs[c] = run.cost(group, set_n, c, last, measured)
+            n = min(costs, key=lambda c: (costs[c], abs(c - n1), c))
+            if costs[n] > OUTPUT_MARGIN * costs[n1]:
+                n = n1  # too small a gain to trust beyond the calibration samples
+            known = costs[n]
+            set_n(n)
+            choice["n"] = n
+            choice["why"] += f"; network output {_db(costs[n])}" + \
+                ("" if n == n1 else f" with n={n} ({_db(costs[n1])} with n={n1})")
+            changed += n != n1
+        return changed
+
+    @staticmethod
+    def _tensor_choice(run, acts, group, n0: int, bits: int, fn):
+        """The n with the least squared error of the group's own values (after the softmax/sigmoid/tanh
+        they feed, if any); the range rule's n0 without data."""
+        if run is not None:  # 16-bit under the consumer objective: values as the formats so far make them
+            run.advance(max(run.index[id(q)] for q in group))
+            xs = [run.cur[id(q.operands[0])] for q in group]
+        else:
+            xs = [acts[id(q)] for q in group if id(q) in acts]
+        if xs and fn is not None:
+            x = xs[0].astype(np.float64)
+            return (min(range(n0 - 1, n0 + 5), key=lambda c: (unit_output_error(x, c, bits, fn), c)),
+                    "least error after the softmax/sigmoid/tanh")
+        if xs:
+            x = np.concatenate([a.ravel() for a in xs]).astype(np.float64)
+            return (min(range(n0 - 1, n0 + 3), key=lambda c: (fake_quant_error(x, c, bits), c)),
+                    "least squared error of the tensor itself")
+        return n0, "range rule (no calibration data or no search)"
+
+    @staticmethod
+    def _consumer_choice(run, group, n0: int):
+        """The n in n0-1 .. n0+3 with the least relative error at the group's consumers (see _qmn_search)."""
+        last, measured = run.horizon(group)
+        dtype = group[0].result.type.dtype
+
+        def set_n(c):
+            for q in group:
+                q.result.type = fixed_type(q.result.shape, dtype, c)
+
+        costs = {c: run.cost(group, set_n, c, last, measured) for c in range(n0 - 1, n0 + 4)}
+        n = min(costs, key=lambda c: (costs[c], c))
+        set_n(n)
+        rule = costs[n0]
+        gain = "" if n == n0 else f" (range rule n={n0}: {_db(rule)})"
+        where = ", ".join(sorted({_value_name(v) for v in measured}))
+        where = where if len(where) <= 60 else where[:57] + "..."
+        return n, f"least error at consumers ({where}): {_db(costs[n])}{gain}"
+
+    def _activations(self, graph: Graph, groups, path: str) -> Dict[int, np.ndarray]:
         """Real values entering each activation quantize op on the calibration samples."""
-        path = self.data or context_value(self, graph, "calib")
-        if not path:
-            return {}
         from qcc.sim.interpreter import run_graph_all
         import qcc.sim.qmn  # noqa: F401  (kernels of the q.* ops)
         wanted = {id(q): q.operands[0] for g in groups for q in g}

@@ -185,6 +185,7 @@ class MixedBits(Pass):
     search: bool = True        # assign-qmn's format search
     data: str = ""
     samples: int = 16          # assign-qmn's samples
+    objective: str = "output"  # assign-qmn's objective: each candidate is scored as the final build assigns it
     eval_samples: int = 64     # calibration samples each candidate is scored on
     unit: str = "tensor"       # tensor: weights and activations apart; layer: a layer's weights + output
 
@@ -275,7 +276,7 @@ class MixedBits(Pass):
             import qcc.sim.qmn  # noqa: F401  (kernels of the q.* ops)
             self._apply(chosen)
             assign = AssignQmn(search=self.search, per_channel=self.per_channel, data=self.data,
-                               samples=self.samples)
+                               samples=self.samples, objective=self.objective)
             assign.context = getattr(self, "context", None)
             assign.run(self.graph)
             names = self.graph.output_names

@@ -3,6 +3,7 @@
     qcc-opt model.onnx -p qmn --calib data.npz -o q.qir
     qcc-opt model.onnx -p "qmn{bits=16,method=mse,weight_bits=8,per_channel=true,search=true}" --calib data.npz
     qcc-opt model.onnx -p "qmn{mixed=true,target_sqnr=30,max_flash=40000}" --calib data.npz
+    qcc-opt model.onnx -p "qmn{objective=range,correct_bias=false}" --calib data.npz    (the seed rule alone)
 
 expands to::
 
@@ -10,7 +11,8 @@ expands to::
     canonicalize, dce (those registered), check-legal{scheme=qmn, float_output},
     calibrate{method, p, bits, data}, calibrate-recurrent{data}, insert-qdq{bits, weight_bits, per_channel},
     propagate-scales, [mixed-bits{target_sqnr, max_flash, max_ram, unit=mixed_unit, ...} with mixed=true],
-    assign-qmn{search, per_channel, data, samples},
+    assign-qmn{search, per_channel, data, samples, objective},
+    correct-bias{search, per_channel, data, samples} (with correct_bias=true),
     lower-quantized{float_output}, check-quantized, dce
 
 Calibration data: the ``data`` option, else the driver's context key ``calib``.
@@ -26,8 +28,8 @@ FLOAT_CLEANUP = ("canonicalize", "fold-batchnorm", "fuse-activation", "legalize-
                  "const-fold", "canonicalize", "dce")
 DEFAULTS: Dict[str, Any] = {"bits": 8, "method": "percentile", "p": 99.99, "weight_bits": 0,
                             "per_channel": True, "search": True, "float_output": False, "data": "",
-                            "samples": 16, "mixed": False, "target_sqnr": 0.0, "max_flash": 0, "max_ram": 0,
-                            "mixed_unit": "tensor"}
+                            "samples": 64, "objective": "output", "correct_bias": False, "mixed": False,
+                            "target_sqnr": 0.0, "max_flash": 0, "max_ram": 0, "mixed_unit": "tensor"}
 
 
 def _build(options: Dict[str, Any]) -> List:
@@ -54,14 +56,16 @@ def _build(options: Dict[str, Any]) -> List:
     if o["mixed"]:
         mixed = {"target_sqnr": str(o["target_sqnr"]), "max_flash": str(o["max_flash"]),
                  "max_ram": str(o["max_ram"]), "per_channel": str(o["per_channel"]), "search": str(o["search"]),
-                 "samples": str(o["samples"]), "unit": o["mixed_unit"]}
+                 "samples": str(o["samples"]), "unit": o["mixed_unit"], "objective": o["objective"]}
         if o["data"]:
             mixed["data"] = o["data"]
         passes.append(make_pass("mixed-bits", mixed))
     assign = {"search": str(o["search"]), "per_channel": str(o["per_channel"]), "samples": str(o["samples"])}
     if o["data"]:
         assign["data"] = o["data"]
-    passes.append(make_pass("assign-qmn", assign))
+    passes.append(make_pass("assign-qmn", {**assign, "objective": o["objective"]}))
+    if o["correct_bias"]:
+        passes.append(make_pass("correct-bias", assign))
     passes.append(make_pass("lower-quantized", {"float_output": str(o["float_output"])}))
     passes += ["check-quantized", "dce"]
     return passes
@@ -70,5 +74,5 @@ def _build(options: Dict[str, Any]) -> List:
 register_pipeline(
     "qmn", _build, "Quantize to Qm.n fixed point (q7/q15) and lower to integer qnn ops.",
     {"bits": int, "method": str, "p": float, "weight_bits": int, "per_channel": bool, "search": bool,
-     "float_output": bool, "data": str, "samples": int, "mixed": bool, "target_sqnr": float, "max_flash": int,
-     "max_ram": int, "mixed_unit": str})
+     "float_output": bool, "data": str, "samples": int, "objective": str, "correct_bias": bool, "mixed": bool,
+     "target_sqnr": float, "max_flash": int, "max_ram": int, "mixed_unit": str})

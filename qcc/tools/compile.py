@@ -32,6 +32,7 @@ import argparse
 import io
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -107,6 +108,13 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     p.add_argument("--method", choices=CALIBRATION_METHODS, default=None,
                    help="calibration range method (default: the scheme's, percentile 99.99 for qmn and minmax "
                         "for int8, as TFLite's converter)")
+    p.add_argument("--format-search", choices=("output", "consumer", "input", "tensor", "range"), default=None,
+                   help="how qmn picks activation formats: by the network output's error (default), the "
+                        "consumers' output error, the input by its consumers and the rest by their own error "
+                        "(input), each tensor's own error (tensor), or the range rule n = W-1-ceil(log2 max) "
+                        "alone (range)")
+    p.add_argument("--calib-samples", metavar="N", type=int, default=None,
+                   help="calibrate on the first N samples of --calib only (default: all)")
     p.add_argument("--per-tensor", action="store_true",
                    help="one weight scale/format per tensor instead of one per output channel")
     p.add_argument("--float-output", action="store_true",
@@ -174,7 +182,8 @@ FLOAT_PIPELINES = {"qmn": "qmn", "int8": "int8-calibrated"}
 
 def lower(graph: Graph, *, calib: Optional[str], bits, scheme: str, act_max: Dict[str, float],
           model_path: str, jobs: int = 1, float_output: bool = False, method: Optional[str] = None,
-          per_tensor: bool = False, mixed: Optional[Dict[str, float]] = None) -> Optional[Graph]:
+          per_tensor: bool = False, mixed: Optional[Dict[str, float]] = None,
+          calib_samples: Optional[int] = None, format_search: Optional[str] = None) -> Optional[Graph]:
     """Run the quantization pipeline on a float graph in place.
 
     ``float_output`` keeps a trailing softmax/sigmoid/tanh in float after the
@@ -200,12 +209,34 @@ def lower(graph: Graph, *, calib: Optional[str], bits, scheme: str, act_max: Dic
         bits = "8,mixed=true" + "".join(f",{k}={v}" for k, v in (mixed or {}).items() if v is not None)
     options = f"bits={bits}" + (",float_output=true" if float_output else "") + \
         (f",method={method}" if method else "") + (",per_channel=false" if per_tensor else "")
+    if format_search:
+        if scheme != "qmn":
+            raise InputError(f"--format-search applies to --scheme qmn, not {scheme}")
+        options += f",objective={format_search}"
     pm = PassManager.parse(f"{FLOAT_PIPELINES[scheme]}{{{options}}}")
-    context = {"calib": calib or "", "act_max": dict(act_max), "jobs": jobs}
-    for p in pm.passes:
-        p.context = context
-    graph.context = context
-    return run_keeping_float(pm, graph)[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        if calib_samples is not None:
+            calib = first_samples(graph, calib, calib_samples, Path(tmp))
+        context = {"calib": calib or "", "act_max": dict(act_max), "jobs": jobs}
+        for p in pm.passes:
+            p.context = context
+        graph.context = context
+        return run_keeping_float(pm, graph)[1]
+
+
+def first_samples(graph: Graph, calib: Optional[str], n: int, folder: Path) -> str:
+    """A copy of the first ``n`` samples of ``calib`` in ``folder`` (``--calib-samples``); its path."""
+    from qcc.quant.calibration_data import CalibrationData
+    if n < 1:
+        raise InputError(f"--calib-samples must be at least 1, got {n}")
+    if not calib:
+        raise InputError("--calib-samples needs --calib DATA")
+    data = CalibrationData(calib, graph)
+    if n > data.num_samples:
+        raise InputError(f"--calib-samples {n}: {calib} holds only {data.num_samples} samples")
+    path = folder / "calib_first.npz"
+    np.savez(path, **data.read(n))
+    return str(path)
 
 
 def dequantize_weights(graph: Graph) -> int:
@@ -316,7 +347,8 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                   report_samples: Optional[int] = None, emit_onnx: Optional[str] = None,
                   round_scales: bool = False, method: Optional[str] = None, per_tensor: bool = False,
                   target_sqnr: Optional[float] = None, max_flash: Optional[int] = None,
-                  max_ram: Optional[int] = None, stream_state: int = 0):
+                  max_ram: Optional[int] = None, stream_state: int = 0,
+                  calib_samples: Optional[int] = None, format_search: Optional[str] = None):
     """Compile ``model`` and write every output file; returns the backend's GeneratedModel.
 
     ``bits`` is 8, 16 or "mixed" (``target_sqnr``, ``max_flash``, ``max_ram`` steer the mixed search).
@@ -362,7 +394,8 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
         if bits not in (None, 8) and not is_lowered(graph):
             raise InputError(f"--bits {bits} does not apply: {model} is {what}")
         for flag, given in (("--calib", calib), ("--act-max", act_max), ("--bits", bits), ("--method", method),
-                            ("--per-tensor", per_tensor),
+                            ("--per-tensor", per_tensor), ("--calib-samples", calib_samples is not None),
+                            ("--format-search", format_search),
                             ("--round-scales", round_scales and (scheme != "qmn" or is_lowered(graph)))):
             if given:
                 notes.append(f"ignoring {flag}: {model} is {what}")
@@ -373,7 +406,8 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
         if round_scales:
             notes.append(f"ignoring --round-scales: {model} is a float model (it applies to QDQ models)")
         float_graph = lower(graph, calib=calib, bits=bits or 8, scheme=scheme or "qmn", act_max=act_max or {},
-                            method=method, per_tensor=per_tensor, mixed=mixed,
+                            method=method, per_tensor=per_tensor, mixed=mixed, calib_samples=calib_samples,
+                            format_search=format_search,
                             model_path=model, jobs=jobs, float_output=float_output)
     notes += graph.notes
     if float_epilogue(graph) and not float_output:
@@ -555,6 +589,9 @@ def markdown_report(summary: dict, float_graph: Optional[Graph], graph: Graph, c
                      .replace("# Quantization per layer", "## Quantization per layer", 1))
     elif float_graph is None:
         lines.append("(no per-layer quantization table: the model came already quantized)")
+    if getattr(graph, "qmn_choices", None):
+        from qcc.tools.report import format_choices
+        lines.append(format_choices(graph.qmn_choices))
     cyc = summary.get("cycles") or {}
     if "layers" in cyc:
         c, mhz = cyc["cycles"], cyc["clock_mhz"]
@@ -609,7 +646,8 @@ def _command(args: argparse.Namespace) -> int:
                         input_shapes=parse_input_shapes(args.input_shape), jobs=args.jobs,
                         report_samples=args.report_samples, emit_onnx=args.emit_onnx,
                         round_scales=args.round_scales, method=args.method, per_tensor=args.per_tensor,
-                        stream_state=args.stream_state)
+                        stream_state=args.stream_state, calib_samples=args.calib_samples,
+                        format_search=args.format_search)
     folder = Path(args.output).parent
     for w in gen.warnings:
         print(f"qcc: warning: {w}", file=sys.stderr)

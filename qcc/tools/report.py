@@ -224,6 +224,20 @@ def format_report(stats: Sequence[LayerStats], title: str = "Quantization report
     return "\n".join(lines) + "\n"
 
 
+def format_choices(choices: Sequence[Mapping]) -> str:
+    """The Markdown table of assign-qmn's activation format decisions (``graph.qmn_choices``): per group of
+    tensors sharing a format, the range rule's n, the chosen n and why it won."""
+    lines = ["## Qm.n format choices", "",
+             "n = fractional bits (value = q * 2^-n). The range rule is n = W-1 - ceil(log2(max|x|)); the "
+             "search scores nearby n by the relative error they leave at the consumers' outputs "
+             "(SQNR there, errors of earlier layers included).", "",
+             "| tensors | bits | range rule n | chosen n | why |", "|---|---:|---:|---:|---|"]
+    for c in choices:
+        names = ", ".join(c["tensors"])
+        lines.append(f"| {names} | {c['bits']} | {c['rule_n']} | {c['n']} | {c['why']} |")
+    return "\n".join(lines) + "\n"
+
+
 def run_keeping_float(pm, graph: Graph):
     """Run ``pm`` on ``graph``; also return a copy of the graph as it was just before 'calibrate'.
 
