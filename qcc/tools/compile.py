@@ -104,6 +104,10 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     p.add_argument("--kernels", choices=KERNEL_CHOICES, default="qcc",
                    help="qcc (own specialized C, the default) or cmsis-nn: the affine int8 layers call the "
                         "CMSIS-NN library (the Makefile builds it from CMSIS_NN_DIR)")
+    p.add_argument("--optimize", choices=("speed", "size"), default="speed",
+                   help="speed (default): int8 conv/dense weights re-laid as int16 pairs for SMLAD on "
+                        "cores with the DSP extension (M4, M7, M33; about 2x their flash); size: int8 "
+                        "weight tables and the generic loops. Same outputs either way")
     p.add_argument("--round-scales", action="store_true",
                    help="with --scheme qmn and a QDQ model: round scales that are not powers of two to the "
                         "nearest one (listed as warnings) instead of refusing the model")
@@ -293,7 +297,8 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                   float_output: bool = False, backend: str = "cmsis", kernels: str = "qcc",
                   input_shapes: Optional[Dict[str, tuple]] = None, jobs: int = 1,
                   report_samples: Optional[int] = None, emit_onnx: Optional[str] = None,
-                  round_scales: bool = False, method: Optional[str] = None, per_tensor: bool = False):
+                  round_scales: bool = False, method: Optional[str] = None, per_tensor: bool = False,
+                  optimize: str = "speed"):
     """Compile ``model`` and write every output file; returns the backend's GeneratedModel."""
     out = Path(output)
     if out.suffix != ".c":
@@ -355,6 +360,8 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     from qcc.transforms.passmanager import PassManager
     PassManager.parse("check-quantized").run(graph)
     extra = {"kernels": kernels} if kernels != "qcc" else {}  # only the cmsis backend knows cmsis-nn
+    if optimize != "speed":
+        extra["optimize"] = optimize
     gen = get_backend(backend).generate(graph, name=name or out.stem, target=target, float_output=float_output,
                                         **extra)
     gen.warnings[:0] = notes
@@ -528,7 +535,8 @@ def _command(args: argparse.Namespace) -> int:
                         backend=args.backend, kernels=args.kernels,
                         input_shapes=parse_input_shapes(args.input_shape), jobs=args.jobs,
                         report_samples=args.report_samples, emit_onnx=args.emit_onnx,
-                        round_scales=args.round_scales, method=args.method, per_tensor=args.per_tensor)
+                        round_scales=args.round_scales, method=args.method, per_tensor=args.per_tensor,
+                        optimize=args.optimize)
     folder = Path(args.output).parent
     for w in gen.warnings:
         print(f"qcc: warning: {w}", file=sys.stderr)
