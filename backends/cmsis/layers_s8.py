@@ -157,6 +157,8 @@ def window_segments(count: int, stride: int, pad: int, taps: int, dil: int, size
 # call and loop set-up cost more than its MACs), and the window pair buffer is kept within IM2COL_MAX_BYTES.
 IM2COL_MAX_ROW = 16
 IM2COL_MAX_BYTES = 256
+# The two widened windows of gemm_col (--optimize speed): at most this many bytes of stack (two 3x3x128).
+COL_MAX_BYTES = 4608
 
 
 def im2col_length(kh: int, kw: int, cg: int, itemsize: int, flat: bool) -> int:
@@ -271,13 +273,17 @@ def _conv2d(builder, op: Op, fn: str) -> dict:
         if ctx["check_x"] or ctx["check_y"]:
             ctx["raw_t"] = builder.add_const(f"{builder.prefix}_{fn}_braw", "i32", b, f"{op.name} bias")
         return ctx
-    # One contiguous dot over a whole window row when not grouped and not dilated.
-    row_dot = g == 1 and dw == 1 and kw > 1
-    seg = kw * cg if row_dot else cg  # the length of every dot of the gemm path
-    # Packed channel pairs (--optimize speed): element offset e of a pair's window is its word e.
-    packed = path == "gemm" and not kp and builder.packed and seg % 4 == 0
-    ctx.update(_weights(builder, op, fn, padded_rows(w, kp) if kp else w, zp, packed=(2, seg) if packed else None),
-               row_dot=row_dot, zrow=None, packed=packed)  # zrow None: padding taps are skipped (zp = 0)
+    # --optimize speed on an SMLAD core: each pixel's window widened once into a stack buffer, 4 output
+    # channels per pass over it on packed weights (s8_conv2d.j2 gemm_col).
+    kcol = -(-kh * kw * cg // 4) * 4
+    ctx["col"] = path == "gemm" and builder.packed and 4 * kcol <= COL_MAX_BYTES
+    if ctx["col"]:
+        ctx.update(kp=kcol, c4=cg % 4 == 0, zp2=(zp & 0xFFFF) | ((zp & 0xFFFF) << 16))
+        ctx.update(_weights(builder, op, fn, padded_rows(w, kcol), zp, packed=(2, kcol)))
+        return ctx
+    ctx.update(_weights(builder, op, fn, padded_rows(w, kp) if kp else w, zp),
+               # One contiguous dot over a whole window row when not grouped and not dilated.
+               row_dot=g == 1 and dw == 1 and kw > 1, zrow=None)  # None: padding taps are skipped (zp = 0)
     if path == "gemm" and not kp and (ctx["check_x"] or ctx["check_y"]) and zp != 0:
         # Taps in the padding read input_zp from here: (zp - zp) * w = 0 is their true term, and the
         # folded bias already holds -zp * w for them. One window row (or tap) of it.
