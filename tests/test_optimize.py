@@ -3,9 +3,11 @@
 speed (the default, on cores with SMLAD and no Helium): ungrouped convolutions widen each pair of
 output pixels' windows once and run 2 pixel x 2 channel SMLAD dots on packed int16 weights
 (s8_conv2d.j2 gemm_col); dense layers run 4 channels per pass on packed weights. size keeps the
-int8 tables and the generic loops. The graph below reaches every branch of the speed paths (Cin a
+int8 tables and the generic loops; depthwise convolutions run pixel pairs of wholly inside windows in
+speed mode (one weight load for both). The graph below reaches every branch of the speed paths (Cin a
 multiple of 4 or not, padding on either axis, strides, dilation, an odd number of output pixels per
-row, odd Cout, a flat 1x1, dense with a weight zero point and with a channel tail) and is run on the
+row, odd Cout, a flat 1x1, dense with a weight zero point and with a channel tail, depthwise pixel
+pairs) and is run on the
 host (gcc, ASan/UBSan, the portable C) in both modes and in QEMU on a Cortex-M4 (SMLAD) in both modes.
 """
 from __future__ import annotations
@@ -42,6 +44,7 @@ def speed_graph(seed: int) -> Graph:
     cx = b.conv(c8, 12, (2, 3), "pad_x", pads=(0, 2, 0, 1), strides=(1, 2))         # padding on x only
     cy = b.conv(c8, 5, (3, 1), "pad_y_dil", pads=(2, 0, 2, 0), dil=(2, 1), strides=(2, 1))  # y padding, dilation
     cs = b.conv(cx, 9, 3, "s2", strides=(2, 2), pads=(1, 0, 0, 1))
+    dw = b.conv(c8, 8, 3, "dw_pairs", group=8, pads=(1, 1, 1, 1))                  # depthwise pixel pairs
     flat = g.add_op("nn.reshape", [cy], {"shape": [1, -1]}, name="flat").result
     k = flat.shape[1]
     assert k % 4 == 0
@@ -55,8 +58,8 @@ def speed_graph(seed: int) -> Graph:
     dm2, ds2 = b.multipliers(6, 40.0 / (np.sqrt(10) * 60 * 73))
     fc2 = b.typed(g.add_op("s8.dense", [fc, wd2], dict(input_zp=-10, output_zp=4, multiplier=dm2, shift=ds2),
                            name="fc_k10"), 4)
-    outs = [g.add_op("q.dequantize", [v], result_types=[TensorType(v.shape)]).result for v in (cs, fc, fc2)]
-    g.set_outputs(outs, ["conv", "fc", "fc2"])
+    outs = [g.add_op("q.dequantize", [v], result_types=[TensorType(v.shape)]).result for v in (cs, fc, fc2, dw)]
+    g.set_outputs(outs, ["conv", "fc", "fc2", "dw"])
     g.verify()
     return g
 
@@ -87,7 +90,9 @@ def test_speed_and_size_emit_their_kernels():
     assert c.count("_win(const int8_t *xn") == 5  # every conv widens its windows
     assert "qcc_dot2x2w_s8(col" in c and "qcc_dot1x2w_s8(col" in c  # pixel pairs, odd-width tails
     assert c.count("qcc_dot1x4p_s8(xr") == 2  # fc_wzp: full blocks and the 2-channel tail; fc_k10 is not packed
+    assert "pixel pairs (dw_pair" in c
     assert "qcc_dot2x2w_s8(col" not in _c_source(size) and "qcc_dot1x4p_s8(xr" not in _c_source(size)
+    assert "pixel pairs (dw_pair" not in _c_source(size)
     assert speed.weight_bytes > size.weight_bytes
     # deterministic: the same inputs give byte-identical C
     assert generate(g, "net", "cortex-m4").files == speed.files

@@ -270,6 +270,8 @@ def _conv2d(builder, op: Op, fn: str) -> dict:
                    zp2=(zp & 0xFFFF) | ((zp & 0xFFFF) << 16), bias_tab=True)
         # Runs of output columns with the same in-bounds taps: each is unrolled with constant bounds.
         ctx["col_segs"] = window_segments(ow, sw, pl, kw, dw, w_)
+        # --optimize speed: pixel pairs of wholly inside windows share weight loads (s8_conv2d.j2 dw_pair).
+        ctx["dw_pair"] = builder.packed and c % 4 == 0
         if ctx["check_x"] or ctx["check_y"]:
             ctx["raw_t"] = builder.add_const(f"{builder.prefix}_{fn}_braw", "i32", b, f"{op.name} bias")
         return ctx
