@@ -25,13 +25,16 @@ helpers in ``templates/ops/s8_common.j2``. Python only folds constants:
 - Depthwise weights ``[Cout, KH, KW, 1]`` are transposed to ``[KH, KW, Cout]``
   so the innermost loop runs over contiguous channels (int16, lanes permuted
   for SXTB16, with a channel multiplier of 1).
-- ``--optimize speed`` on a core with SMLAD (builder.packed): the gemm conv and
-  dense weights are re-laid once, at compile time, as int16 pairs in int32
-  words in the lanes SXTB16 makes of an input word (``packed_weights``):
+- ``--optimize speed`` on a core with SMLAD and no Helium (builder.packed): the
+  gemm conv and dense weights are re-laid once, at compile time, as int16 pairs
+  in int32 words in the lanes SXTB16 makes of an input word (``packed_weights``):
   ``word(c, k) = w[c][k] | w[c][k+2] << 16`` and ``w[c][k+1] | w[c][k+3] << 16``.
-  Only the input is widened at run time (2 SXTB16 per 4 inputs, shared by every
-  channel of the block), each weight word feeds SMLAD directly: 2x the weight
-  flash for ~20% fewer instructions. ``--optimize size`` keeps int8 weights.
+  A conv widens the windows of two output pixels once into a stack buffer
+  (interleaved per 4 elements) and runs every channel pair over it with LDRD and
+  SMLAD only (s8_conv2d.j2 gemm_col); dense widens each input word once per 4
+  channels. 2x the conv/dense weight bytes for 22-35% fewer instructions on the
+  MLPerf Tiny models. Depthwise convs run pixel pairs of wholly inside windows
+  (``dw_pair``). ``--optimize size`` keeps int8 weights and the generic loops.
 """
 from __future__ import annotations
 
