@@ -28,6 +28,7 @@ no semihosting: only what NAME_run reaches is linked), and measures:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -69,6 +70,7 @@ def _load(name: str, path: Path):
 
 
 counter = _load("qcc_bench_count_instructions", HERE / "count_instructions.py")
+tiny_models = _load("qcc_bench_tiny_models", HERE / "tiny_models.py")
 report_md = _load("qcc_bench_report_md", HERE / "report_md.py")
 qemu_count = _load("qcc_bench_qemu_count", HERE / "qemu_count.py")
 layer_rows, _layer_counts = report_md.layer_rows, report_md._layer_counts  # the harness and tests use them
@@ -92,6 +94,8 @@ class ModelSpec:
     anchor_activation_bytes: Optional[int] = None  # TFLite Micro planner
     exact_reference: bool = False               # reference is integer and must match bit for bit
     mlperf_task: Optional[str] = None            # "kws" / "ic": published MLPerf Tiny latencies to compare with
+    optimize: str = "speed"                      # qcc --optimize
+    accuracy: bool = True                        # measure accuracy (the seeded tiny_models.py builds: no)
 
 
 def _npz(path: Path, key: str) -> Callable[[], np.ndarray]:
@@ -134,6 +138,17 @@ def model_specs(quick: bool) -> List[ModelSpec]:
                   "TFLite Micro int8", anchor_instructions=7.84e6, anchor_activation_bytes=16_000,
                   exact_reference=True, mlperf_task="kws"),
     ]
+    # --optimize size beside the default speed (both bit-exact; benchmarks/versus_cmsis_nn.py compares them
+    # with CMSIS-NN itself).
+    specs += [dataclasses.replace(s, name=s.name + "_size", optimize="size", mlperf_task=None)
+              for s in specs if s.scheme == "int8"]
+    # The seeded MobileNetV1-0.25 (VWW shape) and FC autoencoder of tiny_models.py, quantized by qcc's int8
+    # pipeline (random weights: speed and size only, no accuracy).
+    tiny = tiny_models.write(HERE / "build" / "tiny_models")
+    for name, (model, calib) in tiny.items():
+        sample = (lambda n: lambda: tiny_models.calibration(n, 1, seed=7))(name)
+        specs.append(ModelSpec(f"{name}_int8", model, "int8", (lambda c: lambda: np.load(c))(calib), sample,
+                               sample, "-", accuracy=False))
     return specs
 
 
@@ -158,6 +173,8 @@ def run_qcc(spec: ModelSpec, target: str, folder: Path) -> tuple[Path, float]:
            "--emit-ir", str(out / f"{spec.name}.qir"), "--report", str(out / "report.json")]
     if spec.scheme != "qmn":
         cmd += ["--scheme", spec.scheme]
+    if spec.optimize != "speed":
+        cmd += ["--optimize", spec.optimize]
     if spec.calib is not None:
         folder.mkdir(parents=True, exist_ok=True)
         calib = folder / "calib.npy"
@@ -331,7 +348,7 @@ def _measure_compiled(res: Result, outs: Dict[str, Path], targets: Sequence[str]
         res.layers_inlined = True
         res.layers = count_run(build_elf(main, spec.name, targets[0], attribution=True), spec.name, in_bytes,
                                out_sizes, targets[0])
-    if accuracy:
+    if accuracy and spec.accuracy:
         res.accuracy = measure_accuracy(spec, graph, samples)
 
 

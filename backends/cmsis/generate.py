@@ -121,16 +121,24 @@ def _check_fits_ram(graph: Graph, tgt) -> None:
                 f"{tgt.ram_bytes:,} bytes of RAM of {tgt.name}'s board; use a smaller input shape")
 
 
+OPTIMIZE = ("speed", "size")
+
+
 def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_output: bool = False,
-             firmware_dir: Optional[Path] = None, version: str = "", kernels: str = "qcc") -> GeneratedModel:
+             firmware_dir: Optional[Path] = None, version: str = "", kernels: str = "qcc",
+             optimize: str = "speed") -> GeneratedModel:
     """The files of ``graph`` compiled for ``target``; the graph is not changed.
 
     ``kernels="cmsis-nn"`` makes the affine int8 layers call the CMSIS-NN library (cmsis_nn.py).
+    ``optimize="speed"`` re-lays the int8 gemm/dense weights for SMLAD on cores with the DSP extension
+    and no Helium (layers_s8.py packed_weights); ``"size"`` keeps the int8 tables and generic loops.
     """
     if target not in TARGETS:
         raise InputError(f"unknown target '{target}' (known: {', '.join(TARGETS)})")
     if kernels not in KERNELS:
         raise InputError(f"unknown kernels '{kernels}' (known: {', '.join(KERNELS)})")
+    if optimize not in OPTIMIZE:
+        raise InputError(f"unknown --optimize '{optimize}' (known: {', '.join(OPTIMIZE)})")
     if not version:
         from qcc import __version__ as version
     tgt = TARGETS[target]
@@ -143,7 +151,9 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
         raise UnsupportedModelError(
             f"the memory plan needs a {plan.arena_size:,}-byte arena, more than the {tgt.ram_bytes:,} bytes of "
             f"RAM of {target}'s board; use a smaller input or a model with smaller activations")
-    builder = LayerBuilder(name)
+    # Packed weights pay off where SMLAD runs the dots; M0/M0+/M3 have no SMLAD, the M55's MVE dots
+    # read the int8 tables (helpers.j2).
+    builder = LayerBuilder(name, packed=optimize == "speed" and tgt.has_dsp and target != "cortex-m55")
     nn = CmsisNNKernels(builder, tgt) if kernels == "cmsis-nn" else None
     if nn is not None and any(plan.is_inplace(s) for s in plan.steps if s.op is not None and nn.handles(s.op)):
         plan = make_plan(graph, float_output=float_output, inplace=False)  # CMSIS-NN layers run out of place

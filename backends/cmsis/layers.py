@@ -79,8 +79,9 @@ def format_values(values, per_line: int = 16) -> str:
 class LayerBuilder:
     """Makes the context of every step and collects the constant arrays they need."""
 
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, packed: bool = False):
         self.prefix = prefix
+        self.packed = packed                 # --optimize speed on an SMLAD core: packed int8 weights (layers_s8.py)
         self.consts: List[ConstArray] = []
         self.const_of: Dict[int, str] = {}   # id(Value) -> symbol of a constant data tensor
         self.dots = set()                    # (x short type, w short type) dot helpers needed

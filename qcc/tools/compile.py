@@ -124,6 +124,10 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     p.add_argument("--kernels", choices=KERNEL_CHOICES, default="qcc",
                    help="qcc (own specialized C, the default) or cmsis-nn: the affine int8 layers call the "
                         "CMSIS-NN library (the Makefile builds it from CMSIS_NN_DIR)")
+    p.add_argument("--optimize", choices=("speed", "size"), default="speed",
+                   help="speed (default): int8 conv/dense weights re-laid as int16 pairs for SMLAD on "
+                        "cores with the DSP extension (M4, M7, M33; about 2x their flash); size: int8 "
+                        "weight tables and the generic loops. Same outputs either way")
     p.add_argument("--round-scales", action="store_true",
                    help="with --scheme qmn and a QDQ model: round scales that are not powers of two to the "
                         "nearest one (listed as warnings) instead of refusing the model")
@@ -348,7 +352,8 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                   round_scales: bool = False, method: Optional[str] = None, per_tensor: bool = False,
                   target_sqnr: Optional[float] = None, max_flash: Optional[int] = None,
                   max_ram: Optional[int] = None, stream_state: int = 0,
-                  calib_samples: Optional[int] = None, format_search: Optional[str] = None):
+                  calib_samples: Optional[int] = None, format_search: Optional[str] = None,
+                  optimize: str = "speed"):
     """Compile ``model`` and write every output file; returns the backend's GeneratedModel.
 
     ``bits`` is 8, 16 or "mixed" (``target_sqnr``, ``max_flash``, ``max_ram`` steer the mixed search).
@@ -426,6 +431,8 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
         PassManager.parse(f"stream-state{{frames={stream_state}}}").run(graph)
     PassManager.parse("check-quantized").run(graph)
     extra = {"kernels": kernels} if kernels != "qcc" else {}  # only the cmsis backend knows cmsis-nn
+    if optimize != "speed":
+        extra["optimize"] = optimize
     gen = get_backend(backend).generate(graph, name=name or out.stem, target=target, float_output=float_output,
                                         **extra)
     gen.warnings[:0] = notes
@@ -647,7 +654,7 @@ def _command(args: argparse.Namespace) -> int:
                         report_samples=args.report_samples, emit_onnx=args.emit_onnx,
                         round_scales=args.round_scales, method=args.method, per_tensor=args.per_tensor,
                         stream_state=args.stream_state, calib_samples=args.calib_samples,
-                        format_search=args.format_search)
+                        format_search=args.format_search, optimize=args.optimize)
     folder = Path(args.output).parent
     for w in gen.warnings:
         print(f"qcc: warning: {w}", file=sys.stderr)
