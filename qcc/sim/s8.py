@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from qcc.sim.interpreter import kernel
-from qcc.sim.qmn import INT32_MAX, INT32_MIN, _check_int32, _exact_matmul, window_sums
+from qcc.sim.qmn import INT32_MAX, INT32_MIN, AccumulatorOverflowError, _check_int32, _exact_matmul, window_sums
 
 # ---------------------------------------------------------------- multipliers
 
@@ -87,9 +87,12 @@ def srdhm(a, b):
 def requantize(acc, mult, shift, op, rounding: str = "double"):
     """``requant(acc, mult, shift)`` of qcc/ir/ops/qnn_s8.py; mult/shift broadcast on the last axis."""
     acc = np.asarray(acc, np.int64)
-    _check_int32(acc, op)
+    if rounding != "s64":
+        _check_int32(acc, op)
     mult = np.asarray(mult, np.int64)
     shift = np.asarray(shift, np.int64)
+    if rounding == "s64":
+        return requantize_s64(acc, mult, shift, op)
     if rounding == "single":
         total = 31 - shift
         return (acc * mult + (np.int64(1) << (total - 1))) >> total
@@ -100,8 +103,24 @@ def requantize(acc, mult, shift, op, rounding: str = "double"):
     return rounding_divide_by_pot(high, np.maximum(-shift, 0))
 
 
+ACC_S64_LIMIT = 1 << 47  # TFLite's int64 MultiplyByQuantizedMultiplier asserts |acc| < 2^47
+
+
+def requantize_s64(acc, mult, shift, op):
+    """TFLite's int64 MultiplyByQuantizedMultiplier (CMSIS-NN REDUCE_MULTIPLIER + arm_nn_requantize_s64)."""
+    if acc.size and np.abs(acc).max() >= ACC_S64_LIMIT:
+        raise AccumulatorOverflowError(f"{op.describe()}: int64 accumulator {int(np.abs(acc).max())} "
+                                       f"reaches 2^47 (TFLite's int16 requantization bound)")
+    reduced = np.where(mult < 0x7FFF0000, (mult + (1 << 15)) >> 16, 0x7FFF)
+    total = 15 - shift
+    y = (acc * reduced + (np.int64(1) << (total - 1))) >> total
+    _check_int32(y, op, "requantized int64 accumulator")
+    return y
+
+
 def _clamp_i8(y, op):
-    return np.clip(y, op.attrs["act_min"], op.attrs["act_max"]).astype(np.int8)
+    """Clamp to [act_min, act_max] and store as the result's type (int8, or int16 in the 16x8 mode)."""
+    return np.clip(y, op.attrs["act_min"], op.attrs["act_max"]).astype(op.results[0].type.np_dtype)
 
 
 def _epilogue(op, acc):
