@@ -208,6 +208,8 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     helpers = str(env.get_template("helpers.j2").module.helpers(sorted(builder.dots)))
     if any(s.kind.startswith("s8.") for s in plan.steps):  # affine int8 helpers (layers_s8.py)
         helpers += str(env.get_template("ops/s8_common.j2").module.s8_common())
+    if any(s.kind.startswith("s8.") and s.op.result.type.dtype == "i16" for s in plan.steps):  # 16x8 kernels
+        helpers += str(env.get_template("ops/s16_common.j2").module.s16_common())
     if nn is not None:
         helpers += str(env.get_template("ops/cmsisnn_common.j2").module.cmsisnn_common(
             name, NAME, nn.scratch_offset, nn.scratch))
@@ -262,4 +264,4 @@ def _epilogues(env, name: str, plan: Plan, outputs: List[dict], float_output: bo
     return texts, warnings
 
 
-_NP = {"int8_t": np.int8, "int16_t": np.int16, "int32_t": np.int32, "uint8_t": np.uint8, "uint16_t": np.uint16}
+_NP = {"int8_t": np.int8, "int16_t": np.int16, "int32_t": np.int32, "int64_t": np.int64, "uint8_t": np.uint8, "uint16_t": np.uint16}

@@ -121,7 +121,7 @@ def is_s8_depthwise(op: Op) -> bool:
     Those paths store a pixel's Cout outputs together after reading its whole window
     (a pixel buffer when in place), which inplace.py's bound relies on.
     """
-    return (op.opname == "s8.conv2d" and op.operands[1].shape[-1] == 1
+    return (op.opname == "s8.conv2d" and op.operands[0].type.dtype == "i8" and op.operands[1].shape[-1] == 1
             and op.attrs["group"] == op.operands[0].shape[-1])
 
 
@@ -350,10 +350,66 @@ def _softmax(builder, op: Op, fn: str) -> dict:
             "diff_min": a["diff_min"]}
 
 
+# ---------------------------------------------------------------- 16x8 mode (int16 activations)
+def reduced_multiplier(mult: int) -> int:
+    """CMSIS-NN REDUCE_MULTIPLIER (TFLite's int64 MultiplyByQuantizedMultiplier): a 16-bit multiplier."""
+    return (mult + (1 << 15)) >> 16 if mult < 0x7FFF0000 else 0x7FFF
+
+
+def _s16_weighted(builder, op: Op, fn: str, channels: int) -> dict:
+    """Weights, bias (int64 with rounding "s64", else int32) and the per-channel requantization of 16x8."""
+    a = op.attrs
+    wide = a["rounding"] == "s64"
+    w = np.asarray(op.operands[1].constant(), np.int8)
+    wsym = builder.add_const(f"{builder.prefix}_{fn}_w", "i8", w, f"{op.name} weights {list(w.shape)}")
+    b = op.operands[2].constant().astype(np.int64) if len(op.operands) > 2 else np.zeros(channels, np.int64)
+    bias = _per_channel(builder, fn, "b", "i64" if wide else "i32", b, channels, "oc", f"{op.name} bias")
+    mults = [reduced_multiplier(int(m)) for m in a["multiplier"]] if wide else a["multiplier"]
+    mult = _per_channel(builder, fn, "mult", "i32", mults, channels, "oc",
+                        f"{op.name} requantization multipliers" + (" (reduced to 16 bits)" if wide else ""))
+    shift = _per_channel(builder, fn, "shift", "i8", a["shift"], channels, "oc", f"{op.name} requantization shifts")
+    return {"w": wsym, "bias": f"(int64_t){bias}" if wide else bias, "wide": wide, "mult": mult, "shift": shift,
+            "requant": REQUANT_FN.get(a["rounding"]), "lo": a["act_min"], "hi": a["act_max"]}
+
+
+def _s16_conv2d(builder, op: Op, fn: str) -> dict:
+    a = op.attrs
+    n, h, w_, c = op.operands[0].shape
+    cout, kh, kw, cg = op.operands[1].shape
+    _, oh, ow, _ = op.result.shape
+    ctx = {"kind": "s16_conv2d", "n": n, "h": h, "w_": w_, "c": c, "oh": oh, "ow": ow, "cout": cout, "kh": kh,
+           "kw": kw, "cg": cg, "cog": cout // a["group"], "sh": a["strides"][0], "sw": a["strides"][1],
+           "dh": a["dilations"][0], "dw": a["dilations"][1], "pt": a["pads"][0], "pl": a["pads"][1]}
+    ctx.update(_s16_weighted(builder, op, fn, cout))
+    return ctx
+
+
+def _s16_dense(builder, op: Op, fn: str) -> dict:
+    nout, k = op.operands[1].shape
+    ctx = {"kind": "s16_dense", "m": op.operands[0].type.size // k, "k": k, "nout": nout}
+    ctx.update(_s16_weighted(builder, op, fn, nout))
+    return ctx
+
+
+S16_CONTEXTS = {"s8.conv2d": _s16_conv2d, "s8.dense": _s16_dense}
+
+
 S8_CONTEXTS = {"s8.conv2d": _conv2d, "s8.dense": _dense, "s8.requantize": _requantize, "s8.add": _add,
                "s8.sub": _add, "s8.mul": _mul, "s8.lut": _lut, "s8.avgpool": _pool, "s8.maxpool": _pool, "s8.softmax": _softmax}
 
 
 def build_s8(builder, op: Op, fn: str) -> dict:
-    """Context of one s8 layer; ``builder`` is the LayerBuilder (constants, dot helpers)."""
-    return S8_CONTEXTS[op.opname](builder, op, fn)
+    """Context of one s8 layer; ``builder`` is the LayerBuilder (constants, dot helpers).
+
+    ``xt`` is the activation C type: int16_t in the 16x8 mode, where conv2d and dense have their own
+    kernels (s16_*.j2) and the others the int8 templates on int16 data, without the int8-only fast paths.
+    """
+    wide = op.operands[0].type.dtype == "i16"
+    if wide and op.opname in S16_CONTEXTS:
+        ctx = S16_CONTEXTS[op.opname](builder, op, fn)
+    else:
+        ctx = S8_CONTEXTS[op.opname](builder, op, fn)
+    if wide:
+        ctx.update(fast=False, fast_in=False, fast_out=False)
+    ctx.update(xt="int16_t" if wide else "int8_t", xmin=-32768 if wide else -128)
+    return ctx
