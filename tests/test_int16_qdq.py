@@ -1,0 +1,93 @@
+"""16x8 QDQ models from onnxruntime's quantizer (int16 activations, int8 weights) compile bit-exact.
+
+The real DS-CNN (MLPerf Tiny KWS) quantized by ``quantize_static(activation_type=QInt16,
+weight_type=QInt8, ActivationSymmetric)``, in both forms onnxruntime emits (ONNX opset 21
+QuantizeLinear/DequantizeLinear with int16 zero points, and its ``com.microsoft`` contrib ops):
+both give the same C; on all 22 real-speech clips the host C (ASan/UBSan) equals the simulator
+bit for bit (the int16 logits), and top-1 equals the float model's. ORT's default asymmetric
+int16 is refused with a message naming the node and the fix.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from qcc.backend_registry import get_backend
+from qcc.backends.cmsis import harness
+from qcc.fileio import write_files
+from qcc.ir.parser import parse_file
+
+from conftest import shared_model_path
+from random_models import run_qcc
+from test_backend_s8 import needs_gcc
+
+quantization = pytest.importorskip("onnxruntime.quantization")
+
+
+def _quantize(folder: Path, symmetric: bool, contrib: bool) -> Path:
+    src = shared_model_path("kws_dscnn", "kws_dscnn_float.onnx")
+    clips = np.load(shared_model_path("kws_dscnn", "mfcc_real_float.npy")).astype(np.float32)
+    name = onnx.load(src).graph.input[0].name
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{name: c[None]} for c in clips])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out = folder / f"dscnn_16x8{'_sym' if symmetric else ''}{'_ms' if contrib else ''}.onnx"
+    quantization.quantize_static(
+        str(src), str(out), Reader(), quant_format=quantization.QuantFormat.QDQ,
+        activation_type=quantization.QuantType.QInt16, weight_type=quantization.QuantType.QInt8, per_channel=True,
+        extra_options={"ActivationSymmetric": symmetric, "UseQDQContribOps": contrib})
+    return out
+
+
+@needs_gcc
+def test_onnxruntime_16x8_dscnn_bit_exact_and_top1(tmp_path):
+    clips = np.load(shared_model_path("kws_dscnn", "mfcc_real_float.npy")).astype(np.float32)
+    texts = {}
+    for contrib in (False, True):
+        model = _quantize(tmp_path, True, contrib)
+        domains = {n.domain for n in onnx.load(model).graph.node if n.op_type == "QuantizeLinear"}
+        assert domains == ({"com.microsoft"} if contrib else {""})
+        folder = tmp_path / ("ms" if contrib else "onnx")
+        folder.mkdir()
+        rc, err = run_qcc(folder, [str(model), "-o", "c/net.c", "--target", "cortex-m4", "--float-output",
+                                   "--emit-ir", "net.qir"])
+        assert rc == 0, err
+        texts[contrib] = (folder / "c" / "net.c").read_bytes()
+    assert texts[False] == texts[True]
+
+    graph = parse_file(tmp_path / "onnx" / "net.qir")
+    assert {op.result.type.dtype for op in graph.ops if op.opname.startswith("s8.")} == {"i16"}
+    gen = get_backend("cmsis").generate(graph, "net", "cortex-m4")   # the int16 logits as the API output
+    out = tmp_path / "host"
+    write_files({out / k: v for k, v in gen.files.items()})
+    samples = {graph.inputs[0].name: clips.reshape((len(clips),) + graph.inputs[0].shape)}
+    want = harness.simulate(graph, gen, samples)
+    count = harness.write_samples(out / "in.bin", graph, samples)
+    harness.run_host(harness.build_host(out, "net"), out / "in.bin", out / "out.bin")
+    got = harness.read_outputs(out / "out.bin", gen, count)
+    assert got.quantized[0].dtype == np.int16
+    assert np.array_equal(got.quantized[0], want.quantized[0]), "host C != simulator"
+
+    src = shared_model_path("kws_dscnn", "kws_dscnn_float.onnx")
+    sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    iname = sess.get_inputs()[0].name
+    ref = np.concatenate([sess.run(None, {iname: c[None]})[0] for c in clips]).reshape(count, -1)
+    logits = want.quantized[0].reshape(count, -1)
+    assert (logits.argmax(1) == ref.argmax(1)).sum() == count
+
+
+def test_asymmetric_int16_is_refused_with_the_fix(tmp_path):
+    model = _quantize(tmp_path, False, False)
+    rc, err = run_qcc(tmp_path, [str(model), "-o", "c/net.c", "--target", "cortex-m4", "--float-output"])
+    assert rc == 2
+    assert "int16 activations need zero point 0" in err and "ActivationSymmetric" in err
+    assert '(Conv)' in err and not (tmp_path / "c").exists()
