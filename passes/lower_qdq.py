@@ -52,7 +52,7 @@ import numpy as np
 from qcc.ir.graph import Op, Value
 from qcc.transforms.passmanager import register_pass, register_pipeline
 from qcc.transforms.rewriter import PatternPass, RewritePattern, Rewriter
-from qcc.sim.s8 import quantize_multiplier, softmax_params
+from qcc.sim.s8 import quantize_multiplier, softmax16_params, softmax_params
 from qcc.ir.types import PerAxisQuant, TensorType, UniformQuant
 
 from ._lower_qdq_elementwise import (ElementwiseLowerings, SinkTransposeThroughConcat, SinkTransposeThroughPointwise,
@@ -60,6 +60,7 @@ from ._lower_qdq_elementwise import (ElementwiseLowerings, SinkTransposeThroughC
 
 NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 SOFTMAX_QUANT = UniformQuant(1.0 / 256, -128)  # TFLite's int8 softmax output
+SOFTMAX16_QUANT = UniformQuant(1.0 / 32768, 0)  # TFLite's int16 softmax output
 
 
 def _round_away(x: float) -> int:
@@ -420,43 +421,28 @@ class LowerQuantizedIsland(ElementwiseLowerings, RewritePattern):
         x, in_q = self._input(sm.operands[0])
         if x is None:
             return "the input is not a dequantized per-tensor i8 tensor"
-        if self.act_dtype != "i8":
-            return "int16 softmax has no kernel (a trailing one runs in float: see TrailingFloatSoftmax)"
         if sm.attrs["axis"] % len(x.shape) != len(x.shape) - 1:
             return "int8 softmax works on the last axis"
-        mult, shift, diff_min = softmax_params(in_q.scale)
-        y = rewriter.create_op("s8.softmax", [x], dict(multiplier=mult, shift=shift, diff_min=diff_min),
-                               [TensorType(x.shape, "i8", SOFTMAX_QUANT)], name=sm.name).result
-        if out_q == SOFTMAX_QUANT:
+        if self.act_dtype == "i16":
+            fixed = SOFTMAX16_QUANT
+            mult, shift = softmax16_params(in_q.scale)
+            if shift > 15:
+                return f"int16 softmax input scale {in_q.scale} is too large (scaled differences overflow int32)"
+            attrs = dict(multiplier=mult, shift=shift, diff_min=0)
+        else:
+            fixed = SOFTMAX_QUANT
+            mult, shift, diff_min = softmax_params(in_q.scale)
+            attrs = dict(multiplier=mult, shift=shift, diff_min=diff_min)
+        y = rewriter.create_op("s8.softmax", [x], attrs, [TensorType(x.shape, self.act_dtype, fixed)],
+                               name=sm.name).result
+        if out_q == fixed:
             return y
-        # Other quantizers pick their own softmax output (onnxruntime: 1/255 with zero point 0 or -128):
-        # TFLite's softmax to 1/256, then a requantize to the model's parameters.
-        mult, shift = quantize_multiplier(SOFTMAX_QUANT.scale / out_q.scale)
+        # Other quantizers pick their own softmax output (onnxruntime: 1/255 with zero point 0 or -128,
+        # 1/32767 for int16): TFLite's softmax to 1/256 (1/32768), then a requantize to the model's parameters.
+        mult, shift = quantize_multiplier(fixed.scale / out_q.scale)
         return rewriter.create_op("s8.requantize", [y], dict(
-            input_zp=SOFTMAX_QUANT.zero_point, output_zp=out_q.zero_point, multiplier=[mult], shift=[shift],
+            input_zp=fixed.zero_point, output_zp=out_q.zero_point, multiplier=[mult], shift=[shift],
             act_min=clamp[0], act_max=clamp[1]), [TensorType(x.shape, self.act_dtype, out_q)], name=sm.name).result
-
-
-class TrailingFloatSoftmax(RewritePattern):
-    """DQ(Q16(softmax(DQ x))) as a graph output -> softmax(DQ x): an int16 softmax that ends the model
-    runs as the float epilogue (qcc has no int16 softmax kernel; the int16 logits stay the integer
-    contract's last tensor, and their order, hence top-1, is the softmax's)."""
-
-    op_names = ("q.dequantize",)
-
-    def match_and_rewrite(self, op, rewriter):
-        g = rewriter.graph
-        q = op.operands[0].producer
-        if not g.is_output(op.result) or q is None or q.opname != "q.quantize" or q.result.type.dtype != "i16":
-            return rewriter.notify_match_failure(op, "not the int16 dequantized output of a quantize")
-        sm = q.operands[0].producer
-        if sm is None or sm.opname != "nn.softmax" or _sole_user(q.result, g) is not op:
-            return rewriter.notify_match_failure(op, "does not dequantize a softmax output alone")
-        if _sole_user(sm.result, g) is not q:
-            return rewriter.notify_match_failure(op, "the softmax has other users")
-        rewriter.replace_op(op, sm.result)
-        rewriter.erase_op(q)
-        return True
 
 
 class SinkTransposeThroughAdd(RewritePattern):
@@ -508,7 +494,7 @@ class LowerQDQ(PatternPass):
     fc_rounding: Literal["double", "single"] = "double"
 
     def patterns(self) -> List[RewritePattern]:
-        return [TrailingFloatSoftmax(), LowerQuantizedIsland(self.fc_rounding), SinkTransposeThroughAdd(), SinkTransposeThroughConcat(),
+        return [LowerQuantizedIsland(self.fc_rounding), SinkTransposeThroughAdd(), SinkTransposeThroughConcat(),
                 SinkTransposeThroughPointwise(), UnitTransposeToReshape()]
 
 

@@ -3,9 +3,11 @@
 The real DS-CNN (MLPerf Tiny KWS) quantized by ``quantize_static(activation_type=QInt16,
 weight_type=QInt8, ActivationSymmetric)``, in both forms onnxruntime emits (ONNX opset 21
 QuantizeLinear/DequantizeLinear with int16 zero points, and its ``com.microsoft`` contrib ops):
-both give the same C; on all 22 real-speech clips the host C (ASan/UBSan) equals the simulator
-bit for bit (the int16 logits), and top-1 equals the float model's. ORT's default asymmetric
-int16 is refused with a message naming the node and the fix.
+both give the same C, every layer (the final int16 softmax included) an s8 op on int16; on all 22
+real-speech clips the host C (ASan/UBSan) equals the simulator bit for bit, top-1 equals the float
+model's, and the outputs stay within 0.03 of the float probabilities (measured 0.020; onnxruntime's
+own run of the QDQ model: 0.022). ORT's default asymmetric int16 is refused with a message naming
+the node and the fix.
 """
 from __future__ import annotations
 
@@ -58,15 +60,16 @@ def test_onnxruntime_16x8_dscnn_bit_exact_and_top1(tmp_path):
         assert domains == ({"com.microsoft"} if contrib else {""})
         folder = tmp_path / ("ms" if contrib else "onnx")
         folder.mkdir()
-        rc, err = run_qcc(folder, [str(model), "-o", "c/net.c", "--target", "cortex-m4", "--float-output",
-                                   "--emit-ir", "net.qir"])
+        rc, err = run_qcc(folder, [str(model), "-o", "c/net.c", "--target", "cortex-m4", "--emit-ir", "net.qir"])
         assert rc == 0, err
         texts[contrib] = (folder / "c" / "net.c").read_bytes()
     assert texts[False] == texts[True]
 
     graph = parse_file(tmp_path / "onnx" / "net.qir")
+    kinds = {op.opname for op in graph.ops if op.opname.startswith("s8.")}
+    assert {"s8.conv2d", "s8.dense", "s8.avgpool", "s8.softmax"} <= kinds
     assert {op.result.type.dtype for op in graph.ops if op.opname.startswith("s8.")} == {"i16"}
-    gen = get_backend("cmsis").generate(graph, "net", "cortex-m4")   # the int16 logits as the API output
+    gen = get_backend("cmsis").generate(graph, "net", "cortex-m4")
     out = tmp_path / "host"
     write_files({out / k: v for k, v in gen.files.items()})
     samples = {graph.inputs[0].name: clips.reshape((len(clips),) + graph.inputs[0].shape)}
@@ -81,13 +84,14 @@ def test_onnxruntime_16x8_dscnn_bit_exact_and_top1(tmp_path):
     sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
     iname = sess.get_inputs()[0].name
     ref = np.concatenate([sess.run(None, {iname: c[None]})[0] for c in clips]).reshape(count, -1)
-    logits = want.quantized[0].reshape(count, -1)
-    assert (logits.argmax(1) == ref.argmax(1)).sum() == count
+    probs = want.floats[0].reshape(count, -1)
+    assert (probs.argmax(1) == ref.argmax(1)).sum() == count
+    assert np.abs(probs - ref).max() < 0.03
 
 
 def test_asymmetric_int16_is_refused_with_the_fix(tmp_path):
     model = _quantize(tmp_path, False, False)
-    rc, err = run_qcc(tmp_path, [str(model), "-o", "c/net.c", "--target", "cortex-m4", "--float-output"])
+    rc, err = run_qcc(tmp_path, [str(model), "-o", "c/net.c", "--target", "cortex-m4"])
     assert rc == 2
     assert "int16 activations need zero point 0" in err and "ActivationSymmetric" in err
     assert '(Conv)' in err and not (tmp_path / "c").exists()

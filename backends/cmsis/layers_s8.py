@@ -34,6 +34,7 @@ import numpy as np
 
 from qcc.errors import UnsupportedModelError
 from qcc.ir.graph import Op
+from qcc.sim.s8 import SOFTMAX16_EXP_LUT, SOFTMAX16_RECIP_LUT
 
 _REQUANT = {"input_zp", "output_zp", "multiplier", "shift", "rounding", "act_min", "act_max"}
 _WINDOW = {"kernel", "strides", "pads", "act_min", "act_max"}
@@ -391,7 +392,25 @@ def _s16_dense(builder, op: Op, fn: str) -> dict:
     return ctx
 
 
-S16_CONTEXTS = {"s8.conv2d": _s16_conv2d, "s8.dense": _s16_dense}
+SOFTMAX16_MAX_COLS = 65535  # the int32 sum of exp terms (each <= 32767)
+
+
+def _s16_softmax(builder, op: Op, fn: str) -> dict:
+    x = op.operands[0]
+    cols = x.shape[-1] if x.shape else 1
+    if cols > SOFTMAX16_MAX_COLS:
+        raise UnsupportedModelError(f"{op.describe()}: softmax over {cols} > {SOFTMAX16_MAX_COLS} values would "
+                                    f"overflow the int32 sum of the int16 softmax")
+    a = op.attrs
+    return {"kind": "s16_softmax", "rows": x.type.size // cols, "cols": cols, "mult": a["multiplier"],
+            "shift": a["shift"], "requant": "qcc_s8_requant",
+            "exp": builder.add_const(f"{builder.prefix}_{fn}_exp", "i16", SOFTMAX16_EXP_LUT,
+                                     "TFLite int16 softmax: exp(x) on [-10, 0], 512 steps + 1 (gen_lut)"),
+            "recip": builder.add_const(f"{builder.prefix}_{fn}_recip", "i16", SOFTMAX16_RECIP_LUT,
+                                       "TFLite int16 softmax: 1 / (1 + x) on [0, 1], 512 steps + 1 (gen_lut)")}
+
+
+S16_CONTEXTS = {"s8.conv2d": _s16_conv2d, "s8.dense": _s16_dense, "s8.softmax": _s16_softmax}
 
 
 S8_CONTEXTS = {"s8.conv2d": _conv2d, "s8.dense": _dense, "s8.requantize": _requantize, "s8.add": _add,

@@ -92,7 +92,19 @@ which equals CMSIS-NN's ``arm_nn_requantize_s64`` ((acc * rm >> (14 - shift)) + 
 ``i32`` bias keeps the int32 accumulator and double rounding (CMSIS-NN's int16xint8xint32).
 add (``left_shift`` 15), sub, mul (int32 product), avgpool and maxpool are the int8 formulas on
 int16 values (``arm_elementwise_add_s16`` / ``mul_s16``, ``arm_avgpool_s16``, ``arm_max_pool_s16``).
-``s8.lut`` and ``s8.softmax`` stay int8 only.
+``s8.lut`` stays int8 only. ``s8.softmax`` on int16 (TFLite's SoftmaxInt16, CMSIS-NN
+``arm_softmax_s16``; output scale 1/32768, zero point 0; ``diff_min`` unused, 0), per row, with
+``lut(T, v)`` = TFLite's int16 table lookup ``T[256 + (v >> 7)] + (((T[i+1] - T[i]) * (v & 127) + 64) >> 7)``
+on the 513-entry tables ``EXP`` (exp on [-10, 0]) and ``RECIP`` (1/(1+x) on [0, 1]) that TFLite's
+``gen_lut`` builds in float32 (``qcc.sim.s8.int16_lut``):
+
+    e[i]  = lut(EXP, clamp16(requant(x[i] - max(x), multiplier, shift) + 32767))
+    sum   = sum(e);  h = clz(sum);  r = lut(RECIP, clamp16((((sum << (h - 1)) + 2^13) >> 14) - 98304))
+    y[i]  = clamp((e[i] * r + 2^(30 - h)) >> (31 - h), 0, 32767)
+
+(``multiplier``/``shift`` = QuantizeMultiplier(s_in * beta * 65535 / 10).) CMSIS-NN truncates
+where TFLite saturates (the two clamps); they differ only for a row whose largest value
+dominates the sum so much that y would pass 32767, where qcc follows TFLite.
 
 The multiplier encoding (TFLite ``QuantizeMultiplier``): ``q, e = frexp(m)``,
 ``mult = round_half_away(q * 2^31)`` (``mult == 2^31`` becomes ``2^30`` with
@@ -314,9 +326,15 @@ for _name, _summary in [("s8.avgpool", "Int8 average pooling over in-bounds elem
 
 
 def _verify_softmax(op):
-    _only_i8(op)
+    _check_i8(op, list(op.operands) + list(op.results))
     if not 0 <= op.attrs["multiplier"] < 2 ** 31:
         raise OpError("'multiplier' must lie in [0, 2^31)")
+    if act_dtype(op) == "i16":
+        # (x - max) * 2^shift must fit int32 before the requantization; diff_min is not used.
+        if not -31 <= op.attrs["shift"] <= 15 or op.attrs["diff_min"] != 0:
+            raise OpError(f"int16 softmax takes 'shift' in [-31, 15] and 'diff_min' 0, got {op.attrs['shift']}, "
+                          f"{op.attrs['diff_min']}")
+        return
     if not 0 <= op.attrs["shift"] <= 30:
         raise OpError(f"'shift' must lie in [0, 30], got {op.attrs['shift']}")
     if op.attrs["diff_min"] > 0:
@@ -329,5 +347,5 @@ def _verify_softmax(op):
 register_op(OpDef(
     "s8.softmax", operands=["x"],
     attrs=attrs(attr("multiplier", "int"), attr("shift", "int"), attr("diff_min", "int")),
-    infer=lambda op: [TensorType(op.operands[0].type.shape, "i8")], verify_fn=_verify_softmax,
-    summary="Int8 softmax over the last axis (TFLite/CMSIS-NN fixed point; output 1/256, zp -128)."))
+    infer=_same_rule, verify_fn=_verify_softmax,
+    summary="Softmax over the last axis (TFLite fixed point; int8: output 1/256, zp -128; int16: 1/32768, zp 0)."))
