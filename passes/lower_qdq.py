@@ -242,8 +242,8 @@ class LowerQuantizedIsland(ElementwiseLowerings, RewritePattern):
             real = (np.float32(b.constant().reshape(-1)) - np.float32(_zero_points(b.type.quant))) * \
                 np.float32(_scales(b.type.quant))
             return _float_bias(real.astype(np.float64), product_scales, rewriter, wide), None
-        if b is None or b.constant() is None or b.type.dtype != "i32":
-            return None, "the bias is not a dequantized i32, i8 or float constant"
+        if b is None or b.constant() is None or b.type.dtype not in (("i32", "i64") if wide else ("i32",)):
+            return None, "the bias is not a dequantized i32 (i64 with int16 activations), i8 or float constant"
         q = b.type.quant
         if np.any(_zero_points(q) != 0):
             return None, "the bias zero point is not 0"

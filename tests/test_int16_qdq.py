@@ -89,6 +89,40 @@ def test_onnxruntime_16x8_dscnn_bit_exact_and_top1(tmp_path):
     assert np.abs(probs - ref).max() < 0.03
 
 
+def _host_vs_simulator(folder: Path, graph, clips: np.ndarray):
+    """Host C (ASan/UBSan) and simulator on every clip: (C outputs, simulator outputs)."""
+    gen = get_backend("cmsis").generate(graph, "net", "cortex-m4")
+    write_files({folder / k: v for k, v in gen.files.items()})
+    samples = {graph.inputs[0].name: clips.reshape((len(clips),) + graph.inputs[0].shape)}
+    want = harness.simulate(graph, gen, samples)
+    count = harness.write_samples(folder / "in.bin", graph, samples)
+    harness.run_host(harness.build_host(folder, "net"), folder / "in.bin", folder / "out.bin")
+    return harness.read_outputs(folder / "out.bin", gen, count), want
+
+
+@needs_gcc
+def test_float_dscnn_with_scheme_int8_bits_16(tmp_path):
+    """qcc --scheme int8 --bits 16 (calibrated on the clips): every layer 16x8, C == simulator, top-1 == float."""
+    src = shared_model_path("kws_dscnn", "kws_dscnn_float.onnx")
+    calib = shared_model_path("kws_dscnn", "mfcc_real_float.npy")
+    clips = np.load(calib).astype(np.float32)
+    rc, err = run_qcc(tmp_path, [str(src), "-o", "c/net.c", "--target", "cortex-m4", "--scheme", "int8",
+                                 "--bits", "16", "--calib", str(calib), "--emit-ir", "net.qir"])
+    assert rc == 0, err
+    graph = parse_file(tmp_path / "net.qir")
+    ops = [op for op in graph.ops if op.opname.startswith("s8.")]
+    assert {op.result.type.dtype for op in ops} == {"i16"} and any(op.opname == "s8.softmax" for op in ops)
+    assert all(op.operands[2].type.dtype == "i64" for op in ops if op.opname in ("s8.conv2d", "s8.dense"))
+    got, want = _host_vs_simulator(tmp_path / "host", graph, clips)
+    assert np.array_equal(got.quantized[0], want.quantized[0]), "host C != simulator"
+    sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    iname = sess.get_inputs()[0].name
+    ref = np.concatenate([sess.run(None, {iname: c[None]})[0] for c in clips]).reshape(len(clips), -1)
+    probs = want.floats[0].reshape(len(clips), -1)
+    assert (probs.argmax(1) == ref.argmax(1)).sum() == len(clips)
+    assert np.abs(probs - ref).max() < 0.03
+
+
 def test_asymmetric_int16_is_refused_with_the_fix(tmp_path):
     model = _quantize(tmp_path, False, False)
     rc, err = run_qcc(tmp_path, [str(model), "-o", "c/net.c", "--target", "cortex-m4"])

@@ -74,7 +74,8 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
                         "(affine TFLite/CMSIS-NN int8, the default for QDQ models); a QDQ model with "
                         "power-of-two scales and zero points 0 also compiles with qmn (no --calib)")
     p.add_argument("--bits", type=int, choices=(8, 16),
-                   help="activation/weight bits of a float model: 8 (q7, the default) or 16 (q15)")
+                   help="activation/weight bits of a float model: 8 (q7, the default) or 16 (q15); with "
+                        "--scheme int8, 16 is TFLite's 16x8 mode (int16 activations, int8 weights)")
     p.add_argument("--name", help="C name prefix and file stem (default: the stem of -o)")
     p.add_argument("--report", metavar="FILE.html|FILE.md|FILE.json",
                    help="write a compile report: .html (self-contained, with plots: per-layer SQNR, activation "
@@ -173,8 +174,6 @@ def lower(graph: Graph, *, calib: Optional[str], bits: int, scheme: str, act_max
                          f"pass --calib DATA (.npz keyed by input name, .npy, or a folder of them)")
     if calib and not Path(calib).exists():
         raise InputError(f"no such calibration file or folder: {calib}")
-    if scheme == "int8" and bits != 8:
-        raise InputError(f"--scheme int8 is 8-bit only, got --bits {bits}")
     if method is not None and method not in CALIBRATION_METHODS:
         raise InputError(f"--method must be one of {', '.join(CALIBRATION_METHODS)}, got '{method}'")
     options = f"bits={bits}" + (",float_output=true" if float_output else "") + \
