@@ -343,7 +343,8 @@ def _build(options) -> List:
     known = registered_passes()
     passes: List = [name for name in FLOAT_CLEANUP if name in known]
     # Every op must have an int8 kernel before calibration spends any time.
-    passes.append(make_pass("check-legal", {"scheme": "int8", "float_output": str(o["float_output"])}))
+    passes.append(make_pass("check-legal", {"scheme": "int8", "float_output": str(o["float_output"]),
+                                            "bits": str(o["bits"])}))
     calibrate = {"method": o["method"]}
     if o["method"] == "percentile":
         calibrate["p"] = str(o["p"])

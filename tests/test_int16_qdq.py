@@ -129,3 +129,19 @@ def test_asymmetric_int16_is_refused_with_the_fix(tmp_path):
     assert rc == 2
     assert "int16 activations need zero point 0" in err and "ActivationSymmetric" in err
     assert '(Conv)' in err and not (tmp_path / "c").exists()
+
+
+def test_16x8_refuses_table_activations_before_calibration(tmp_path):
+    """--scheme int8 --bits 16 names the sigmoid (s8.lut is int8-only) before calibrating: exit 2, no output."""
+    w = onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32), "w")
+    g = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+         onnx.helper.make_node("Sigmoid", ["h"], ["y"], name="sig")], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], [w])
+    onnx.save(onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 13)]), tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.ones((2, 1, 8), np.float32))
+    rc, err = run_qcc(tmp_path, ["m.onnx", "-o", "c/net.c", "--target", "cortex-m4", "--scheme", "int8", "--bits", "16",
+                                 "--calib", "calib.npz"])
+    assert rc == 2 and 'node "sig" (Sigmoid): no 16x8' in err and "--scheme int8 --bits 16" in err
+    assert not (tmp_path / "c").exists()
