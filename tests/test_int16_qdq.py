@@ -30,7 +30,7 @@ from test_backend_s8 import needs_gcc
 quantization = pytest.importorskip("onnxruntime.quantization")
 
 
-def _quantize(folder: Path, symmetric: bool, contrib: bool) -> Path:
+def _quantize(folder: Path, symmetric: bool, contrib: bool, unsigned: bool = False) -> Path:
     src = shared_model_path("kws_dscnn", "kws_dscnn_float.onnx")
     clips = np.load(shared_model_path("kws_dscnn", "mfcc_real_float.npy")).astype(np.float32)
     name = onnx.load(src).graph.input[0].name
@@ -42,10 +42,10 @@ def _quantize(folder: Path, symmetric: bool, contrib: bool) -> Path:
         def get_next(self):
             return next(self.it, None)
 
-    out = folder / f"dscnn_16x8{'_sym' if symmetric else ''}{'_ms' if contrib else ''}.onnx"
+    out = folder / f"dscnn_16x8{'_sym' if symmetric else ''}{'_ms' if contrib else ''}{'_u16' if unsigned else ''}.onnx"
     quantization.quantize_static(
         str(src), str(out), Reader(), quant_format=quantization.QuantFormat.QDQ,
-        activation_type=quantization.QuantType.QInt16, weight_type=quantization.QuantType.QInt8, per_channel=True,
+        activation_type=quantization.QuantType.QUInt16 if unsigned else quantization.QuantType.QInt16, weight_type=quantization.QuantType.QInt8, per_channel=True,
         extra_options={"ActivationSymmetric": symmetric, "UseQDQContribOps": contrib})
     return out
 
@@ -98,6 +98,23 @@ def _host_vs_simulator(folder: Path, graph, clips: np.ndarray):
     count = harness.write_samples(folder / "in.bin", graph, samples)
     harness.run_host(harness.build_host(folder, "net"), folder / "in.bin", folder / "out.bin")
     return harness.read_outputs(folder / "out.bin", gen, count), want
+
+
+@needs_gcc
+def test_onnxruntime_uint16_activations_are_recentred(tmp_path):
+    """QUInt16 symmetric (zero point 32768) becomes int16 with zero point 0 exactly: the same 16x8 graph."""
+    model = _quantize(tmp_path, True, False, unsigned=True)
+    m = onnx.load(model)
+    zp_names = {n.input[2] for n in m.graph.node if n.op_type == "QuantizeLinear"}
+    zps = {int(onnx.numpy_helper.to_array(i)) for i in m.graph.initializer if i.name in zp_names}
+    assert zps == {32768}
+    rc, err = run_qcc(tmp_path, [str(model), "-o", "c/net.c", "--target", "cortex-m4", "--emit-ir", "net.qir"])
+    assert rc == 0, err
+    graph = parse_file(tmp_path / "net.qir")
+    assert {op.result.type.dtype for op in graph.ops if op.opname.startswith("s8.")} == {"i16"}
+    clips = np.load(shared_model_path("kws_dscnn", "mfcc_real_float.npy")).astype(np.float32)
+    got, want = _host_vs_simulator(tmp_path / "host", graph, clips)
+    assert np.array_equal(got.quantized[0], want.quantized[0]), "host C != simulator"
 
 
 @needs_gcc
