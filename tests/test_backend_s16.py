@@ -68,6 +68,7 @@ def random_s16_graph(seed: int) -> Graph:
     c3 = b.conv(c1, 8, 3, "dilated", dil=(2, 2), pads=(2, 1, 2, 1), big_bias=True)
     c4 = b.conv(c1, 8, 1, "grouped_i32_bias", group=2, wide=False)
     dw = b.conv(c1, 16, 3, "depthwise_x2", group=8, strides=(1, 2), pads=(1, 0, 1, 1), bias=False)
+    dw1 = b.conv(c1, 8, 3, "depthwise", group=8, dil=(1, 2), pads=(1, 2, 1, 1))   # s16_conv2d.j2's depthwise path
     m_up, s_up = quantize_multiplier(2.7)    # a positive shift: left shift before the high multiply
     up = b.typed(g.add_op("s8.requantize", [c4], dict(multiplier=[m_up], shift=[s_up], act_min=-30000,
                                                       act_max=29000), name="requant_up"))
@@ -99,8 +100,8 @@ def random_s16_graph(seed: int) -> Graph:
     sm = g.add_op("s8.softmax", [rows], dict(multiplier=sm_mult, shift=sm_shift, diff_min=0), name="softmax")
     sm.result.type = sm.result.type.with_quant("i16", UniformQuant(1.0 / 32768, 0))
     outs = [g.add_op("q.dequantize", [v], result_types=[TensorType(v.shape)]).result
-            for v in (sm.result, ap, c2, mp, c3)]
-    g.set_outputs(outs, ["probs", "pooled", "strided", "gated", "dilated"])
+            for v in (sm.result, ap, c2, mp, dw1, c3)]
+    g.set_outputs(outs, ["probs", "pooled", "strided", "gated", "depthwise", "dilated"])
     g.verify()
     return g
 
@@ -121,7 +122,7 @@ def test_random_s16_graph_on_host_matches_simulator(tmp_path, seed):
     assert {s.kind for s in gen.plan.steps} >= {"s8.conv2d", "s8.requantize", "s8.add", "s8.mul", "s8.maxpool",
                                                   "s8.avgpool", "s8.dense", "s8.softmax"}
     got = _run_and_compare(tmp_path, g, random_inputs(g, 8, seed), "cortex-m4", "host")
-    for q in got.quantized[:4]:  # real arithmetic, not a saturated constant ("dilated" is bias-dominated)
+    for q in got.quantized[:5]:  # real arithmetic, not a saturated constant ("dilated" is bias-dominated)
         assert len(np.unique(q)) > 8
 
 

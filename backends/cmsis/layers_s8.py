@@ -357,19 +357,37 @@ def reduced_multiplier(mult: int) -> int:
     return (mult + (1 << 15)) >> 16 if mult < 0x7FFF0000 else 0x7FFF
 
 
-def _s16_weighted(builder, op: Op, fn: str, channels: int) -> dict:
+S16_DEPTHWISE_MAX_TAPS = 511   # int32 window sums of int16 x int8 products (each |p| <= 2^22) stay exact
+
+
+def is_s16_depthwise(op: Op) -> bool:
+    """True when s16_conv2d.j2 runs ``op`` on its depthwise path (channel multiplier 1, pixel-blocked stores)."""
+    if op.opname != "s8.conv2d" or op.operands[0].type.dtype != "i16":
+        return False
+    cout, kh, kw, cg = op.operands[1].shape
+    return cg == 1 and op.attrs["group"] == op.operands[0].shape[-1] == cout and kh * kw <= S16_DEPTHWISE_MAX_TAPS
+
+
+def _s16_weighted(builder, op: Op, fn: str, channels: int, weights=None) -> dict:
     """Weights, bias (int64 with rounding "s64", else int32) and the per-channel requantization of 16x8."""
     a = op.attrs
     wide = a["rounding"] == "s64"
-    w = np.asarray(op.operands[1].constant(), np.int8)
-    wsym = builder.add_const(f"{builder.prefix}_{fn}_w", "i8", w, f"{op.name} weights {list(w.shape)}")
+    w = np.asarray(op.operands[1].constant(), np.int8) if weights is None else weights[0]
+    wsym = builder.add_const(f"{builder.prefix}_{fn}_w", "i8", w,
+                             f"{op.name} weights {list(w.shape)}" if weights is None else f"{op.name} {weights[1]}")
     b = op.operands[2].constant().astype(np.int64) if len(op.operands) > 2 else np.zeros(channels, np.int64)
-    bias = _per_channel(builder, fn, "b", "i64" if wide else "i32", b, channels, "oc", f"{op.name} bias")
+    # The int64 accumulator is needed only when |bias| + 32768 * sum|w[c]| (the largest |acc| any int16
+    # input gives) may leave int32; otherwise int32 sums and bias are exact and the requantization
+    # multiplies 32 x 32 -> 64 bits once (SMULL).
+    w_abs = np.abs(np.asarray(op.operands[1].constant(), np.int64)).reshape(channels, -1).sum(axis=1)
+    acc32 = not wide or bool(np.all(np.abs(b) + 32768 * w_abs <= (1 << 31) - 1))
+    bias = _per_channel(builder, fn, "b", "i32" if acc32 else "i64", b, channels, "oc", f"{op.name} bias")
     mults = [reduced_multiplier(int(m)) for m in a["multiplier"]] if wide else a["multiplier"]
     mult = _per_channel(builder, fn, "mult", "i32", mults, channels, "oc",
                         f"{op.name} requantization multipliers" + (" (reduced to 16 bits)" if wide else ""))
     shift = _per_channel(builder, fn, "shift", "i8", a["shift"], channels, "oc", f"{op.name} requantization shifts")
-    return {"w": wsym, "bias": f"(int64_t){bias}" if wide else bias, "wide": wide, "mult": mult, "shift": shift,
+    return {"w": wsym, "bias": bias if acc32 else f"(int64_t){bias}", "wide": wide, "mult": mult, "shift": shift,
+            "acc_t": "int32_t" if acc32 else "int64_t", "dot": "qcc_s16_dot32" if acc32 else "qcc_s16_dot",
             "requant": REQUANT_FN.get(a["rounding"]), "lo": a["act_min"], "hi": a["act_max"]}
 
 
@@ -380,8 +398,13 @@ def _s16_conv2d(builder, op: Op, fn: str) -> dict:
     _, oh, ow, _ = op.result.shape
     ctx = {"kind": "s16_conv2d", "n": n, "h": h, "w_": w_, "c": c, "oh": oh, "ow": ow, "cout": cout, "kh": kh,
            "kw": kw, "cg": cg, "cog": cout // a["group"], "sh": a["strides"][0], "sw": a["strides"][1],
-           "dh": a["dilations"][0], "dw": a["dilations"][1], "pt": a["pads"][0], "pl": a["pads"][1]}
-    ctx.update(_s16_weighted(builder, op, fn, cout))
+           "dh": a["dilations"][0], "dw": a["dilations"][1], "pt": a["pads"][0], "pl": a["pads"][1],
+           "depthwise": is_s16_depthwise(op)}
+    relaid = None
+    if ctx["depthwise"]:   # [C, KH, KW, 1] -> [KH*KW][C]: channels innermost
+        w = np.asarray(op.operands[1].constant(), np.int8)
+        relaid = (np.ascontiguousarray(w.reshape(cout, kh * kw).T), "depthwise weights [KH*KW][C]")
+    ctx.update(_s16_weighted(builder, op, fn, cout, relaid))
     return ctx
 
 
