@@ -65,6 +65,7 @@ def random_s16_graph(seed: int) -> Graph:
     x = g.add_op("q.quantize", [x_in], result_types=[TensorType((1, 9, 8, 8), "i16", UniformQuant(SCALE, 0))]).result
     c1 = b.conv(x, 8, 3, "conv_pad", pads=(1, 1, 1, 1), relu=True)
     c2 = b.conv(c1, 6, (2, 3), "strided", strides=(2, 2), pads=(0, 1, 1, 2), per_channel=False)
+    c2 = b.conv(c2, 7, 1, "pointwise_odd")   # 1x1: the 2x2-blocked matrix product, odd pixels and channels
     c3 = b.conv(c1, 8, 3, "dilated", dil=(2, 2), pads=(2, 1, 2, 1), big_bias=True)
     c4 = b.conv(c1, 8, 1, "grouped_i32_bias", group=2, wide=False)
     dw = b.conv(c1, 16, 3, "depthwise_x2", group=8, strides=(1, 2), pads=(1, 0, 1, 1), bias=False)

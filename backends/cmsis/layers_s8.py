@@ -386,7 +386,9 @@ def _s16_weighted(builder, op: Op, fn: str, channels: int, weights=None) -> dict
     mult = _per_channel(builder, fn, "mult", "i32", mults, channels, "oc",
                         f"{op.name} requantization multipliers" + (" (reduced to 16 bits)" if wide else ""))
     shift = _per_channel(builder, fn, "shift", "i8", a["shift"], channels, "oc", f"{op.name} requantization shifts")
+    at_c = lambda e: e[:-len("[oc]")] + "[c]" if e.endswith("[oc]") else e   # the same, indexed by c
     return {"w": wsym, "bias": bias if acc32 else f"(int64_t){bias}", "wide": wide, "mult": mult, "shift": shift,
+            "bias_c": at_c(bias), "mult_c": at_c(mult), "shift_c": at_c(shift),
             "acc_t": "int32_t" if acc32 else "int64_t", "dot": "qcc_s16_dot32" if acc32 else "qcc_s16_dot",
             "requant": REQUANT_FN.get(a["rounding"]), "lo": a["act_min"], "hi": a["act_max"]}
 
@@ -405,6 +407,9 @@ def _s16_conv2d(builder, op: Op, fn: str) -> dict:
         w = np.asarray(op.operands[1].constant(), np.int8)
         relaid = (np.ascontiguousarray(w.reshape(cout, kh * kw).T), "depthwise weights [KH*KW][C]")
     ctx.update(_s16_weighted(builder, op, fn, cout, relaid))
+    # A 1x1, stride-1, unpadded convolution is a matrix product over all pixels (s16_gemm, int32 sums only).
+    ctx["pointwise"] = (a["group"] == 1 and kh == kw == 1 and a["strides"] == [1, 1] and not any(a["pads"])
+                        and ctx["acc_t"] == "int32_t")
     return ctx
 
 
