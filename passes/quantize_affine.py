@@ -242,7 +242,8 @@ class QuantizeAffine(Pass):
                     act_min=ACT_RANGE[self.bits][0], act_max=ACT_RANGE[self.bits][1]),
                     [TensorType(x.shape, self.dtype, out_q)], name=concat.name).result
             stored.append(x)
-        cat = graph.add_op("nn.concat", stored, dict(concat.attrs), [TensorType(concat.result.shape, self.dtype, out_q)],
+        cat = graph.add_op("nn.concat", stored, dict(concat.attrs),
+                           [TensorType(concat.result.shape, self.dtype, out_q)],
                            name=concat.name)
         dq = graph.add_op("q.dequantize", [cat.result], {}, [concat.result.type], name=concat.name)
         graph.replace_all_uses(rng.result, dq.result)

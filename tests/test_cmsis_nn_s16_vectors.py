@@ -21,15 +21,14 @@ import numpy as np
 import pytest
 
 import qcc.sim.s8  # noqa: F401  (registers the s8 kernels)
-from qcc.backend_registry import get_backend
-from qcc.backends.cmsis import harness
 from qcc.ir.graph import Graph
 from qcc.ir.types import TensorType, UniformQuant
 from qcc.sim.interpreter import run_graph
 
-from test_backend_s8 import _run_and_compare, needs_gcc, needs_qemu
+from test_backend_s8 import needs_gcc, needs_qemu
 from test_cmsis_nn_vectors import (
     FLOAT_FOLDER, TEST_DATA, Vector, _bottom_right_pad, _mismatches, load_vector, pytestmark)  # noqa: F401
+from test_cmsis_nn_vectors import _run as run_vectors
 
 KIND_PATTERNS = {
     "conv": r"int16xint8(_.*|xint32_\d+)?",
@@ -177,12 +176,7 @@ def build(cases: List[tuple]):
 
 
 def _run(tmp_path: Path, cases: List[tuple], target: str, where: str):
-    g, vectors, samples = build(cases)
-    sim = harness.simulate(g, get_backend("cmsis").generate(g, "net", target), samples)
-    assert _mismatches(sim.quantized, vectors) == [], "simulator vs TFLite (CMSIS-NN output_ref)"
-    got = _run_and_compare(tmp_path, g, samples, target, where)
-    assert _mismatches(got.quantized, vectors) == [], f"{where} C ({target}) vs TFLite (CMSIS-NN output_ref)"
-    return vectors
+    return run_vectors(tmp_path, cases, target, where, build)
 
 
 def test_every_s16_folder_runs_or_is_listed():

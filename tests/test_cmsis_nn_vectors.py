@@ -277,9 +277,10 @@ def _mismatches(quantized: List[np.ndarray], vectors: List[Vector]) -> List[str]
     return bad
 
 
-def _run(tmp_path: Path, cases: List[tuple], target: str, where: str):
-    """The simulator against output_ref, then the C (host or QEMU) against the simulator (and so output_ref)."""
-    g, vectors, samples = build(cases)
+def _run(tmp_path: Path, cases: List[tuple], target: str, where: str, build_cases=None):
+    """The simulator against output_ref, then the C (host or QEMU) against the simulator (and so output_ref).
+    ``build_cases`` makes the graph (default: this file's ``build``; the s16 vectors pass theirs)."""
+    g, vectors, samples = (build_cases or build)(cases)
     sim = harness.simulate(g, get_backend("cmsis").generate(g, "net", target), samples)
     assert _mismatches(sim.quantized, vectors) == [], "simulator vs TFLite (CMSIS-NN output_ref)"
     got = _run_and_compare(tmp_path, g, samples, target, where)

@@ -45,7 +45,8 @@ def _quantize(folder: Path, symmetric: bool, contrib: bool, unsigned: bool = Fal
     out = folder / f"dscnn_16x8{'_sym' if symmetric else ''}{'_ms' if contrib else ''}{'_u16' if unsigned else ''}.onnx"
     quantization.quantize_static(
         str(src), str(out), Reader(), quant_format=quantization.QuantFormat.QDQ,
-        activation_type=quantization.QuantType.QUInt16 if unsigned else quantization.QuantType.QInt16, weight_type=quantization.QuantType.QInt8, per_channel=True,
+        activation_type=getattr(quantization.QuantType, "QUInt16" if unsigned else "QInt16"),
+        weight_type=quantization.QuantType.QInt8, per_channel=True,
         extra_options={"ActivationSymmetric": symmetric, "UseQDQContribOps": contrib})
     return out
 
