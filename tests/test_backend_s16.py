@@ -19,7 +19,10 @@ from qcc.ir.graph import Graph
 from qcc.ir.types import TensorType, UniformQuant
 from qcc.sim.s8 import quantize_multiplier, softmax16_params
 
+from qcc.backends.cmsis.inplace import max_displacement, min_displacement_reversed
+
 from test_backend_s8 import _run_and_compare, needs_gcc, needs_qemu
+from test_memory_plan import CASES, _clobbers
 
 SCALE = 1.0 / 256   # power-of-two scales keep the float boundary exact; the integer ops never read them
 FULL = dict(act_min=-32768, act_max=32767)   # the clamp attributes default to int8's range: 16x8 ops state theirs
@@ -132,3 +135,19 @@ def test_random_s16_graph_on_host_matches_simulator(tmp_path, seed):
 def test_random_s16_graph_on_qemu_matches_simulator(tmp_path, target):
     g = random_s16_graph(3)
     _run_and_compare(tmp_path, g, random_inputs(g, 4, 3), target, "qemu")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_s16_conv_in_place_displacement_is_safe(case):
+    """The in-place bound of a 16x8 conv holds for s16_conv2d.j2's order (depthwise: a pixel's outputs after
+    its window; otherwise each output after its reads), replayed byte by byte; it never runs reversed."""
+    shape, cout, k, group, strides, pads, dil = case
+    b = S16Builder(0)
+    x = b.g.add_input("x", TensorType(shape))
+    x = b.g.add_op("q.quantize", [x], result_types=[TensorType(shape, "i16", UniformQuant(SCALE, 0))]).result
+    op = b.conv(x, cout, k, "c", group=group, strides=strides, pads=list(pads), dil=dil).producer
+    d = max_displacement(op, 0)
+    assert not _clobbers(op, d) and not _clobbers(op, d, per_output=True)
+    if not (group == shape[-1] and cout != group):   # (the replay takes a multiplier-2 depthwise as pixel-blocked)
+        assert _clobbers(op, d + 2, per_output=True)   # tight to one int16 element
+    assert min_displacement_reversed(op, 0) is None

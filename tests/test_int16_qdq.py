@@ -61,10 +61,16 @@ def test_onnxruntime_16x8_dscnn_bit_exact_and_top1(tmp_path):
         assert domains == ({"com.microsoft"} if contrib else {""})
         folder = tmp_path / ("ms" if contrib else "onnx")
         folder.mkdir()
-        rc, err = run_qcc(folder, [str(model), "-o", "c/net.c", "--target", "cortex-m4", "--emit-ir", "net.qir"])
+        rc, err = run_qcc(folder, [str(model), "-o", "c/net.c", "--target", "cortex-m4", "--emit-ir", "net.qir",
+                                   "--emit-onnx", "export.onnx"])
         assert rc == 0, err
         texts[contrib] = (folder / "c" / "net.c").read_bytes()
     assert texts[False] == texts[True]
+    # The exported QDQ ONNX (int64 biases as int32 DequantizeLinear) runs in onnxruntime like the input model.
+    exported = ort.InferenceSession(str(tmp_path / "onnx" / "export.onnx"), providers=["CPUExecutionProvider"])
+    original = ort.InferenceSession(str(tmp_path / "dscnn_16x8_sym.onnx"), providers=["CPUExecutionProvider"])
+    run = lambda s: np.concatenate([s.run(None, {s.get_inputs()[0].name: c[None]})[0] for c in clips])
+    assert (run(exported).argmax(1) == run(original).argmax(1)).all()
 
     graph = parse_file(tmp_path / "onnx" / "net.qir")
     kinds = {op.opname for op in graph.ops if op.opname.startswith("s8.")}
