@@ -164,6 +164,13 @@ class LowerQuantizedIsland(ElementwiseLowerings, RewritePattern):
             return rewriter.notify_match_failure(op, "quantizes a graph input (no layer to lower)")
         if _sole_user(core.result, g) is not chain[-1]:
             return rewriter.notify_match_failure(op, f"the float result of {core.describe()} has other users")
+        stored = core.operands[:1] if core.opname == "q.dequantize" else list(map(_dequantized, core.operands))
+        mixed = {x.type.dtype for x in stored
+                 if x is not None and not x.is_constant() and x.type.dtype in ACT_RANGES} - {self.act_dtype}
+        if mixed:
+            return rewriter.notify_match_failure(op, (
+                f"reads {'/'.join(sorted(mixed))} activations but writes {self.act_dtype}: qcc has no int8 <-> int16 "
+                "conversion kernel (quantize every activation to one of them)"))
         lower = getattr(self, "_" + core.opname.replace(".", "_"), None)
         if lower is None:
             return rewriter.notify_match_failure(op, f"no int8 lowering for {core.describe()}")
