@@ -151,3 +151,25 @@ def test_s16_conv_in_place_displacement_is_safe(case):
     if not (group == shape[-1] and cout != group):   # (the replay takes a multiplier-2 depthwise as pixel-blocked)
         assert _clobbers(op, d + 2, per_output=True)   # tight to one int16 element
     assert min_displacement_reversed(op, 0) is None
+
+
+@pytest.mark.parametrize("case, message", [
+    ("bias", r"does not fit 2\^47"),                     # an int64 bias saturated at TFLite's bound
+    ("multiplier", "requantized accumulator"),           # (acc * reduced multiplier) leaves int32
+])
+def test_check_quantized_bounds_16x8_layers(case, message):
+    from qcc.errors import PassError
+    from qcc.transforms.passmanager import PassManager
+    b = S16Builder(0)
+    x = b.g.add_input("x", TensorType((1, 4, 4, 8)))
+    x = b.g.add_op("q.quantize", [x], result_types=[TensorType((1, 4, 4, 8), "i16", UniformQuant(SCALE, 0))]).result
+    y = b.conv(x, 2, 3, "c", pads=(1, 1, 1, 1))
+    op = y.producer
+    b.g.set_outputs([b.g.add_op("q.dequantize", [y], result_types=[TensorType(y.shape)]).result], ["y"])
+    PassManager.parse("check-quantized").run(b.g)   # as built: accepted
+    if case == "bias":
+        op.operands[2].producer.attrs["value"] = np.array([(1 << 47) - 1, 0], np.int64)
+    else:
+        op.attrs.update(multiplier=[1 << 30] * 2, shift=[7] * 2)
+    with pytest.raises(PassError, match=message):
+        PassManager.parse("check-quantized").run(b.g)
