@@ -64,14 +64,14 @@ class ElementwiseLowerings:
         if isinstance(inputs, str):
             return inputs
         (a, qa), (b, qb), shape = inputs
-        left_shift = 20
+        left_shift = 15 if self.act_dtype == "i16" else 20  # TFLite's add/sub: 20 for int8, 15 for int16
         twice_max = 2 * max(qa.scale, qb.scale)
         in_mult, in_shift = multipliers([qa.scale / twice_max, qb.scale / twice_max], "double")
         mult, shift = multipliers([twice_max / ((1 << left_shift) * out_q.scale)], "double")
         attrs = dict(input_zp=[qa.zero_point, qb.zero_point], output_zp=out_q.zero_point, left_shift=left_shift,
                      input_multiplier=in_mult, input_shift=in_shift, multiplier=mult, shift=shift,
                      act_min=clamp[0], act_max=clamp[1])
-        return rewriter.create_op(kind, [a, b], attrs, [TensorType(shape, "i8", out_q)], name=add.name).result
+        return rewriter.create_op(kind, [a, b], attrs, [TensorType(shape, self.act_dtype, out_q)], name=add.name).result
 
     def _nn_sub(self, sub, q, out_q, clamp, rewriter):
         return self._add_sub("s8.sub", sub, out_q, clamp, rewriter)
@@ -85,12 +85,12 @@ class ElementwiseLowerings:
         mult, shift = multipliers([qa.scale * qb.scale / out_q.scale], "double")
         attrs = dict(input_zp=[qa.zero_point, qb.zero_point], output_zp=out_q.zero_point, multiplier=mult,
                      shift=shift, act_min=clamp[0], act_max=clamp[1])
-        return rewriter.create_op("s8.mul", [a, b], attrs, [TensorType(shape, "i8", out_q)], name=mul.name).result
+        return rewriter.create_op("s8.mul", [a, b], attrs, [TensorType(shape, self.act_dtype, out_q)], name=mul.name).result
 
     def _nn_concat(self, cat, q, out_q, clamp, rewriter):
         """TFLite gives a concat's inputs the output's parameters: inputs that differ are rescaled
         (s8.requantize, m = s_in / s_out), then the int8 tensors are concatenated."""
-        if clamp != (-128, 127):
+        if clamp != ((-128, 127) if self.act_dtype == "i8" else (-32768, 32767)):
             return "a clamp after a concat has no int8 lowering"
         stored = []
         for v in cat.operands:
@@ -101,9 +101,9 @@ class ElementwiseLowerings:
                 mult, shift = multipliers([in_q.scale / out_q.scale], "double")
                 x = rewriter.create_op("s8.requantize", [x], dict(
                     input_zp=in_q.zero_point, output_zp=out_q.zero_point, multiplier=mult, shift=shift),
-                    [TensorType(x.shape, "i8", out_q)], name=cat.name).result
+                    [TensorType(x.shape, self.act_dtype, out_q)], name=cat.name).result
             stored.append(x)
-        return rewriter.create_op("nn.concat", stored, dict(cat.attrs), [TensorType(q.result.shape, "i8", out_q)],
+        return rewriter.create_op("nn.concat", stored, dict(cat.attrs), [TensorType(q.result.shape, self.act_dtype, out_q)],
                                   name=cat.name).result
 
     def _q_dequantize(self, dq, q, out_q, clamp, rewriter):
@@ -112,12 +112,12 @@ class ElementwiseLowerings:
         x, in_q = self._input(dq.result)
         if x is None:
             return "quantizes a dequantized tensor that is not per-tensor i8"
-        if in_q == out_q and clamp == (-128, 127):
+        if in_q == out_q and clamp == ((-128, 127) if self.act_dtype == "i8" else (-32768, 32767)):
             return x
         mult, shift = multipliers([in_q.scale / out_q.scale], "double")
         return rewriter.create_op("s8.requantize", [x], dict(
             input_zp=in_q.zero_point, output_zp=out_q.zero_point, multiplier=mult, shift=shift, act_min=clamp[0],
-            act_max=clamp[1]), [TensorType(x.shape, "i8", out_q)], name=q.name).result
+            act_max=clamp[1]), [TensorType(x.shape, self.act_dtype, out_q)], name=q.name).result
 
     def _nn_global_maxpool(self, pool, q, out_q, clamp, rewriter):
         x = pool.operands[0]
@@ -137,10 +137,12 @@ class ElementwiseLowerings:
         if not -128 <= value <= 127:
             return f"the pad value {pad.attrs['value']} is outside the int8 range of the tensor"
         return rewriter.create_op("nn.pad", [x], dict(pad.attrs, value=float(value)),
-                                  [TensorType(q.result.shape, "i8", out_q)], name=pad.name).result
+                                  [TensorType(q.result.shape, self.act_dtype, out_q)], name=pad.name).result
 
     def _lut(self, op, out_q, clamp, rewriter, function, make_table):
         """A pointwise TFLite kernel as its 256-entry table (qcc.sim.s8_lut), the clamp folded into it."""
+        if self.act_dtype != "i8":
+            return f"{function} on int16 has no kernel (s8.lut tables int8 codes)"
         x, in_q = self._input(op.operands[0])
         if x is None:
             return "the input is not a dequantized per-tensor i8 tensor"
@@ -150,7 +152,7 @@ class ElementwiseLowerings:
             return str(e)
         table = np.clip(table.astype(np.int64), clamp[0], clamp[1])
         return rewriter.create_op("s8.lut", [x], dict(table=[int(t) for t in table], function=function),
-                                  [TensorType(x.shape, "i8", out_q)], name=op.name).result
+                                  [TensorType(x.shape, self.act_dtype, out_q)], name=op.name).result
 
     def _nn_leaky_relu(self, op, q, out_q, clamp, rewriter):
         alpha = op.attrs["alpha"]

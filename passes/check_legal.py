@@ -160,10 +160,18 @@ NEVER: Dict[str, str] = {
 }
 
 LEGAL = {"qmn": QMN_LEGAL, "int8": INT8_LEGAL}
+# int8 ops without a 16x8 lowering (``--scheme int8 --bits 16``): the s8.lut tables index int8 codes.
+INT16X8_MISSING: Dict[str, str] = {
+    name: "no 16x8 (int16 activation) kernel: its table lookup is int8-only; use --bits 8"
+    for name in ("nn.leaky_relu", "nn.sigmoid", "nn.tanh", "nn.hard_swish", "nn.hard_sigmoid")}
+INT16X8_MISSING.update({name: "no 16x8 recurrent cell: the integer LSTM/GRU takes int8 inputs and hidden states "
+                              "(CMSIS-NN's s8 cell); use --bits 8" for name in ("nn.lstm", "nn.gru")})
 
 
-def why_illegal(op: Op, scheme: str) -> Optional[str]:
-    """Why ``scheme`` cannot lower ``op`` (None when it can)."""
+def why_illegal(op: Op, scheme: str, bits: int = 8) -> Optional[str]:
+    """Why ``scheme`` cannot lower ``op`` (None when it can); ``bits`` 16 with int8 is the 16x8 mode."""
+    if scheme == "int8" and bits == 16 and op.opname in INT16X8_MISSING:
+        return INT16X8_MISSING[op.opname]
     table = LEGAL[scheme]
     if op.opname in table:
         check = table[op.opname]
@@ -190,6 +198,7 @@ class CheckLegal(Pass):
     name = "check-legal"
     scheme: Literal["qmn", "int8"] = "qmn"
     float_output: bool = False
+    bits: int = 8   # with scheme int8, 16 checks the 16x8 kernels
 
     def run(self, graph: Graph) -> PassResult:
         problems: List[str] = []
@@ -203,12 +212,13 @@ class CheckLegal(Pass):
                 continue  # shape computations on integer tensors
             if self.float_output and _float_epilogue(graph, op):
                 continue
-            why = why_illegal(op, self.scheme)
+            why = why_illegal(op, self.scheme, self.bits)
             if why:
                 problems.append(f"  {graph.source_name(op)}: {why}")
                 qmn_would = qmn_would and why_illegal(op, "qmn") is None
         if problems:
             flag = "--scheme int8" if self.scheme == "int8" else "--scheme qmn"
+            flag += " --bits 16" if self.scheme == "int8" and self.bits == 16 else ""
             s = "s" if len(problems) > 1 else ""
             raise UnsupportedModelError(
                 f"{len(problems)} op{s} cannot be compiled with {flag} (nothing was calibrated or written):\n"

@@ -18,6 +18,9 @@ For each integer layer:
 
   and no bias at the int32 limits (a float bias too large for its scale
   s_in * s_w[c] saturates there when quantized: the layer's output would
+  silently be wrong); on int16 inputs (16x8) ``dmax`` is 32768, and with
+  rounding "s64" the bounds are ``bound[c] < 2^47`` (no bias at +-2^47) and
+  ``(bound[c] * reduced_mult[c]) >> (15 - shift[c]) < 2^31``;
   silently be wrong);
 * s8.lstm / s8.gru: the same bound for each gate row's input and recurrent products
   (the hidden state's zero point in place of the input's), and no left shift after
@@ -41,14 +44,16 @@ from qcc.transforms.passmanager import Pass, PassResult, register_pass
 from qcc.ir.types import storage_range
 
 LIMIT = 1 << 31
+LIMIT_S64 = 1 << 47   # TFLite's int16 (16x8) accumulator bound
 INTEGER_SHAPE_OPS = ("nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose", "nn.concat",
                      "nn.pad", "nn.gather")
 
 
 def s8_accumulator_bound(op: Op) -> np.ndarray:
-    """Worst-case |acc| per output channel of an s8.conv2d / s8.dense (see module doc)."""
+    """Worst-case |acc| per output channel of an s8.conv2d / s8.dense (see module doc; int16 inputs in 16x8)."""
     zp = int(op.attrs["input_zp"])
-    dmax = max(abs(-128 - zp), abs(127 - zp))
+    lo, hi = storage_range(op.operands[0].type.dtype)
+    dmax = max(abs(lo - zp), abs(hi - zp))
     w = np.abs(np.asarray(op.operands[1].constant(), np.int64)).reshape(op.operands[1].shape[0], -1)
     bound = dmax * w.sum(axis=1)
     if len(op.operands) > 2:
@@ -129,18 +134,23 @@ class CheckQuantized(Pass):
     def _s8_accumulator(self, op: Op):
         if not op.operands[1].is_constant() or (len(op.operands) > 2 and not op.operands[2].is_constant()):
             raise PassError(f"{op.describe()}: weights and bias must be constants")
+        wide = op.attrs.get("rounding") == "s64"   # 16x8: int64 bias and accumulator, bounded by 2^47
+        limit = LIMIT_S64 if wide else LIMIT
         if len(op.operands) > 2:
             bias = np.asarray(op.operands[2].constant(), np.int64).reshape(-1)
-            at_limit = np.flatnonzero((bias >= LIMIT - 1) | (bias <= -LIMIT))
+            at_limit = np.flatnonzero((bias >= limit - 1) | (bias <= -limit))
             if at_limit.size:
                 c = int(at_limit[0])
                 raise PassError(
-                    f"{op.describe()}: the bias of output channel {c} does not fit int32 at its scale "
+                    f"{op.describe()}: the bias of output channel {c} does not fit {'2^47' if wide else 'int32'} at its scale "
                     f"(input scale x weight scale): quantized it saturates at {int(bias[c])}, so the layer's "
                     f"output would be wrong. The bias is too large for the weights' and input's scales; "
                     f"rescale this layer (e.g. fold the bias into a following layer) or use --scheme qmn")
         bound = s8_accumulator_bound(op)
         shift = np.broadcast_to(np.asarray(op.attrs["shift"], np.int64), bound.shape)
+        if wide:
+            self._s64_accumulator(op, bound, shift)
+            return
         if op.attrs.get("rounding", "double") == "single":  # int64(acc) * mult: no int32 left shift
             shift = np.zeros_like(shift)
         scaled = bound << np.maximum(shift, 0)
@@ -149,9 +159,24 @@ class CheckQuantized(Pass):
             shifted = f" shifted left by {int(shift[c])}" if shift[c] > 0 else ""
             raise PassError(
                 f"{op.describe()}: int32 accumulator can overflow in output channel {c}: worst-case "
-                f"|acc|{shifted} = {int(scaled[c])} >= 2^31 = {LIMIT} (inputs at their int8 extremes, "
+                f"|acc|{shifted} = {int(scaled[c])} >= 2^31 = {LIMIT} (inputs at their {op.operands[0].type.dtype} extremes, "
                 f"input zero point {op.attrs['input_zp']}). The C code would wrap; this layer's weights or "
-                f"bias are too large for int8 at these scales")
+                f"bias are too large for {op.operands[0].type.dtype} inputs at these scales")
+
+    @staticmethod
+    def _s64_accumulator(op: Op, bound: np.ndarray, shift: np.ndarray):
+        """16x8 (rounding "s64"): |acc| < 2^47 (TFLite's bound) and the requantized value inside int32."""
+        c = int(np.argmax(bound))
+        if bound[c] >= LIMIT_S64:
+            raise PassError(f"{op.describe()}: int64 accumulator can reach 2^47 in output channel {c} (worst case "
+                            f"{int(bound[c])}, inputs at their int16 extremes), past TFLite's 16x8 bound")
+        mult = np.broadcast_to(np.asarray(op.attrs["multiplier"], np.int64), bound.shape)
+        reduced = np.where(mult < 0x7FFF0000, (mult + (1 << 15)) >> 16, 0x7FFF)
+        scaled = (bound * reduced) >> (15 - shift)
+        c = int(np.argmax(scaled))
+        if scaled[c] >= LIMIT:
+            raise PassError(f"{op.describe()}: the requantized accumulator of output channel {c} can leave int32 "
+                            f"(worst case {int(scaled[c])}); its multiplier is too large for int16 inputs")
 
     def _s8_recurrent(self, op: Op):
         """s8.lstm / s8.gru: both gate products per row, and the Q0.15 products' requantizations."""

@@ -52,7 +52,7 @@ import numpy as np
 from qcc.ir.graph import Op, Value
 from qcc.transforms.passmanager import register_pass, register_pipeline
 from qcc.transforms.rewriter import PatternPass, RewritePattern, Rewriter
-from qcc.sim.s8 import quantize_multiplier, softmax_params
+from qcc.sim.s8 import quantize_multiplier, softmax16_params, softmax_params
 from qcc.ir.types import PerAxisQuant, TensorType, UniformQuant
 
 from ._lower_qdq_elementwise import (ElementwiseLowerings, SinkTransposeThroughConcat, SinkTransposeThroughPointwise,
@@ -60,15 +60,22 @@ from ._lower_qdq_elementwise import (ElementwiseLowerings, SinkTransposeThroughC
 
 NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 SOFTMAX_QUANT = UniformQuant(1.0 / 256, -128)  # TFLite's int8 softmax output
+SOFTMAX16_QUANT = UniformQuant(1.0 / 32768, 0)  # TFLite's int16 softmax output
 
 
 def _round_away(x: float) -> int:
     return int(np.sign(x) * np.floor(abs(x) + 0.5))
 
 
+ACT_RANGES = {"i8": (-128, 127), "i16": (-32768, 32767)}
+
+
 def _quant_i8(v: Value) -> Optional[UniformQuant]:
+    """The per-tensor quantization of an i8 activation, or of an i16 one with zero point 0 (16x8 mode)."""
     t = v.type
-    return t.quant if t.dtype == "i8" and isinstance(t.quant, UniformQuant) else None
+    if not isinstance(t.quant, UniformQuant):
+        return None
+    return t.quant if t.dtype == "i8" or (t.dtype == "i16" and t.quant.zero_point == 0) else None
 
 
 def _dequantized(v: Value) -> Optional[Value]:
@@ -89,13 +96,13 @@ def _sole_user(v: Value, graph) -> Optional[Op]:
     return users[0] if len(users) == 1 and not graph.is_output(v) else None
 
 
-def _clamp(act: str, lo: float, hi: float, out: UniformQuant):
+def _clamp(act: str, lo: float, hi: float, out: UniformQuant, dtype: str = "i8"):
     """TFLite CalculateActivationRangeQuantized: bounds quantized with f32 division, rounded away."""
     if act == "relu":
         lo, hi = max(lo, 0.0), hi
     elif act == "relu6":
         lo, hi = max(lo, 0.0), min(hi, 6.0)
-    amin, amax = -128, 127
+    amin, amax = ACT_RANGES[dtype]
     if np.isfinite(lo):
         amin = max(amin, out.zero_point + _round_away(float(np.float32(lo) / np.float32(out.scale))))
     if np.isfinite(hi):
@@ -109,13 +116,15 @@ def _const(rewriter: Rewriter, w: np.ndarray, scales, zero_point: int = 0) -> Va
     return rewriter.create_op("qcc.const", [], {"value": w}, [TensorType(w.shape, "i8", quant)]).result
 
 
-def _float_bias(b: np.ndarray, product_scales: np.ndarray, rewriter: Rewriter) -> Value:
-    """A float bias (NNCF leaves biases unquantized) as int32 at s_in * s_w[c], rounded half away
-    from zero as TFLite's converter does: at most half an accumulator step from the float one."""
-    q = np.clip(np.sign(b) * np.floor(np.abs(b) / product_scales + 0.5), -(1 << 31), (1 << 31) - 1)
+def _float_bias(b: np.ndarray, product_scales: np.ndarray, rewriter: Rewriter, wide: bool = False) -> Value:
+    """A float bias (NNCF leaves biases unquantized) as int32 (int64 in the 16x8 mode) at s_in * s_w[c],
+    rounded half away from zero as TFLite's converter does: at most half an accumulator step from the float one."""
+    bits = 47 if wide else 31
+    q = np.clip(np.sign(b) * np.floor(np.abs(b) / product_scales + 0.5), -(1 << bits), (1 << bits) - 1)
     quant = PerAxisQuant(0, tuple(float(s) for s in product_scales), (0,) * len(b))
-    return rewriter.create_op("qcc.const", [], {"value": q.astype(np.int32)},
-                              [TensorType((len(b),), "i32", quant)]).result
+    dtype = "i64" if wide else "i32"
+    return rewriter.create_op("qcc.const", [], {"value": q.astype(np.int64 if wide else np.int32)},
+                              [TensorType((len(b),), dtype, quant)]).result
 
 
 class LowerQuantizedIsland(ElementwiseLowerings, RewritePattern):
@@ -128,8 +137,15 @@ class LowerQuantizedIsland(ElementwiseLowerings, RewritePattern):
 
     def match_and_rewrite(self, op, rewriter):
         out_q = _quant_i8(op.result)
+        t = op.result.type
+        if t.dtype == "i16" and isinstance(t.quant, UniformQuant) and t.quant.zero_point != 0:
+            return rewriter.notify_match_failure(op, (
+                f"int16 zero point {t.quant.zero_point}: int16 activations need zero point 0 (TFLite's 16x8 mode); "
+                "quantize them symmetrically (onnxruntime: extra_options={'ActivationSymmetric': True})"))
         if out_q is None:
-            return rewriter.notify_match_failure(op, "the result is not a per-tensor i8 type")
+            return rewriter.notify_match_failure(op, "the result is not a per-tensor i8 (or i16, zero point 0) type")
+        # i8, or i16 (TFLite's 16x8 mode: the same s8 ops on int16, int64 biases); one type per island.
+        self.act_dtype = op.result.type.dtype
         g = rewriter.graph
         lo, hi = -np.inf, np.inf
         core = op.operands[0].producer
@@ -148,6 +164,13 @@ class LowerQuantizedIsland(ElementwiseLowerings, RewritePattern):
             return rewriter.notify_match_failure(op, "quantizes a graph input (no layer to lower)")
         if _sole_user(core.result, g) is not chain[-1]:
             return rewriter.notify_match_failure(op, f"the float result of {core.describe()} has other users")
+        stored = core.operands[:1] if core.opname == "q.dequantize" else list(map(_dequantized, core.operands))
+        mixed = {x.type.dtype for x in stored
+                 if x is not None and not x.is_constant() and x.type.dtype in ACT_RANGES} - {self.act_dtype}
+        if mixed:
+            return rewriter.notify_match_failure(op, (
+                f"reads {'/'.join(sorted(mixed))} activations but writes {self.act_dtype}: qcc has no int8 <-> int16 "
+                "conversion kernel (quantize every activation to one of them)"))
         lower = getattr(self, "_" + core.opname.replace(".", "_"), None)
         if lower is None:
             return rewriter.notify_match_failure(op, f"no int8 lowering for {core.describe()}")
@@ -155,7 +178,7 @@ class LowerQuantizedIsland(ElementwiseLowerings, RewritePattern):
         if act not in ("none", "relu", "relu6"):
             return rewriter.notify_match_failure(op, f"fused activation '{act}' has no int8 clamp")
         rewriter.anchor = op
-        new = lower(core, op, out_q, _clamp(act, lo, hi, out_q), rewriter)
+        new = lower(core, op, out_q, _clamp(act, lo, hi, out_q, self.act_dtype), rewriter)
         if isinstance(new, str):
             return rewriter.notify_match_failure(op, new)
         rewriter.replace_op(op, new)
@@ -211,33 +234,38 @@ class LowerQuantizedIsland(ElementwiseLowerings, RewritePattern):
         return (array.astype(np.int8), _scales(q)), None
 
     @staticmethod
-    def _bias(v: Optional[Value], product_scales: np.ndarray, out_q: UniformQuant, rewriter, n: int):
+    def _bias(v: Optional[Value], product_scales: np.ndarray, out_q: UniformQuant, rewriter, n: int,
+              wide: bool = False):
         if v is None:
             return None, None
         if v.constant() is not None and v.type.is_float:
             b = np.asarray(v.constant(), np.float64).reshape(-1)
             if b.size != n:
                 return None, f"the bias has {b.size} values, not one per output channel ({n})"
-            return _float_bias(b, product_scales, rewriter), None
+            return _float_bias(b, product_scales, rewriter, wide), None
         b = _dequantized(v)
         if b is not None and b.constant() is not None and b.type.dtype in ("i8", "i16") and b.type.size == n:
             # An int8 bias with its own scale: its reals (the QDQ model's float32 dequantize), then as a float bias.
             real = (np.float32(b.constant().reshape(-1)) - np.float32(_zero_points(b.type.quant))) * \
                 np.float32(_scales(b.type.quant))
-            return _float_bias(real.astype(np.float64), product_scales, rewriter), None
-        if b is None or b.constant() is None or b.type.dtype != "i32":
-            return None, "the bias is not a dequantized i32, i8 or float constant"
+            return _float_bias(real.astype(np.float64), product_scales, rewriter, wide), None
+        if b is None or b.constant() is None or b.type.dtype not in (("i32", "i64") if wide else ("i32",)):
+            return None, "the bias is not a dequantized i32 (i64 with int16 activations), i8 or float constant"
         q = b.type.quant
         if np.any(_zero_points(q) != 0):
             return None, "the bias zero point is not 0"
         # TFLite's check: the bias scale must match s_in * s_w to within 2% of an output step.
         if np.any(np.abs(_scales(q) - product_scales) / out_q.scale > 0.02):
             return None, "the bias scale is not s_in * s_w"
+        if wide:  # the 16x8 mode's int64 bias holds the int32 one exactly
+            return rewriter.create_op("qcc.const", [], {"value": np.asarray(b.constant(), np.int64).reshape(n)},
+                                      [TensorType((n,), "i64", q)]).result, None
         return rewriter.create_const(np.asarray(b.constant(), np.int32).reshape(n), like=b), None
 
     def _input(self, v: Value):
         x = _dequantized(v)
-        return (x, _quant_i8(x)) if x is not None and _quant_i8(x) is not None else (None, None)
+        ok = x is not None and _quant_i8(x) is not None and x.type.dtype == self.act_dtype
+        return (x, _quant_i8(x)) if ok else (None, None)
 
     # ------------------------------------------------------------ layers
     def _nn_conv2d(self, conv, q, out_q, clamp, rewriter):
@@ -253,19 +281,20 @@ class LowerQuantizedIsland(ElementwiseLowerings, RewritePattern):
             w = np.ascontiguousarray(w.transpose(0, 2, 3, 1))
         cout = w.shape[0]
         s_w = np.broadcast_to(s_w, (cout,))
+        wide = self.act_dtype == "i16"
         bias, why = self._bias(conv.operands[2] if len(conv.operands) > 2 else None,
-                               in_q.scale * s_w, out_q, rewriter, cout)
+                               in_q.scale * s_w, out_q, rewriter, cout, wide)
         if why:
             return why
         mult, shift = _multipliers([in_q.scale * s / out_q.scale for s in s_w], "double")
         a = conv.attrs
         attrs = dict(strides=a["strides"], pads=a["pads"], dilations=a["dilations"], group=a["group"],
                      input_zp=in_q.zero_point, output_zp=out_q.zero_point, multiplier=mult, shift=shift,
-                     act_min=clamp[0], act_max=clamp[1])
+                     rounding="s64" if wide else "double", act_min=clamp[0], act_max=clamp[1])
         wv = _const(rewriter, w, s_w)
         operands = [self._to_nhwc(x, layout, rewriter), wv] + ([bias] if bias is not None else [])
         shape = tuple(q.result.shape[i] for i in NCHW_TO_NHWC) if layout == "NCHW" else q.result.shape
-        y = rewriter.create_op("s8.conv2d", operands, attrs, [TensorType(shape, "i8", out_q)], name=conv.name)
+        y = rewriter.create_op("s8.conv2d", operands, attrs, [TensorType(shape, self.act_dtype, out_q)], name=conv.name)
         return self._from_nhwc(y.result, layout, rewriter)
 
     def _nn_scale_shift(self, op, q, out_q, clamp, rewriter):
@@ -290,7 +319,7 @@ class LowerQuantizedIsland(ElementwiseLowerings, RewritePattern):
                      output_zp=out_q.zero_point, multiplier=mult, shift=shift, act_min=clamp[0], act_max=clamp[1])
         xh = self._to_nhwc(x, layout, rewriter)
         y = rewriter.create_op("s8.conv2d", [xh, _const(rewriter, w, s_w), bias], attrs,
-                               [TensorType(xh.shape, "i8", out_q)], name=op.name)
+                               [TensorType(xh.shape, self.act_dtype, out_q)], name=op.name)
         return self._from_nhwc(y.result, layout, rewriter)
 
     def _dense_common(self, x_v, w_v, b_v, w_axis, transpose, q, out_q, clamp, rewriter, name):
@@ -311,15 +340,19 @@ class LowerQuantizedIsland(ElementwiseLowerings, RewritePattern):
         else:
             reals = [in_q.scale * s / out_q.scale for s in s_w]
             products = in_q.scale * s_w
-        bias, why = self._bias(b_v, products, out_q, rewriter, n)
+        wide = self.act_dtype == "i16"
+        if wide and weight_zp[0] != 0:
+            return "int16 activations take symmetric int8 weights (weight zero point 0)"
+        bias, why = self._bias(b_v, products, out_q, rewriter, n, wide)
         if why:
             return why
-        mult, shift = _multipliers(reals, self.fc_rounding)
+        rounding = "s64" if wide else self.fc_rounding
+        mult, shift = _multipliers(reals, "double" if wide else self.fc_rounding)
         wv = _const(rewriter, w, np.broadcast_to(s_w, (n,)), weight_zp[0])
         attrs = dict(input_zp=in_q.zero_point, output_zp=out_q.zero_point, multiplier=mult, shift=shift,
-                     rounding=self.fc_rounding, act_min=clamp[0], act_max=clamp[1], weight_zp=weight_zp[0])
+                     rounding=rounding, act_min=clamp[0], act_max=clamp[1], weight_zp=weight_zp[0])
         return rewriter.create_op("s8.dense", [x, wv] + ([bias] if bias is not None else []), attrs,
-                                  [TensorType(q.result.shape, "i8", out_q)], name=name).result
+                                  [TensorType(q.result.shape, self.act_dtype, out_q)], name=name).result
 
     def _nn_dense(self, dense, q, out_q, clamp, rewriter):
         b = dense.operands[2] if len(dense.operands) > 2 else None
@@ -361,17 +394,17 @@ class LowerQuantizedIsland(ElementwiseLowerings, RewritePattern):
         layout = pool.attrs["layout"]
         shape = tuple(q.result.shape[i] for i in NCHW_TO_NHWC) if layout == "NCHW" else q.result.shape
         same = in_q == out_q
-        pool_clamp = clamp if same else (-128, 127)
+        pool_clamp = clamp if same else ACT_RANGES[self.act_dtype]
         attrs = dict(kernel=kernel, strides=strides, pads=pads, act_min=pool_clamp[0], act_max=pool_clamp[1])
         y = rewriter.create_op(kind, [self._to_nhwc(x, layout, rewriter)], attrs,
-                               [TensorType(shape, "i8", in_q)], name=pool.name).result
+                               [TensorType(shape, self.act_dtype, in_q)], name=pool.name).result
         if not same:
             # TFLite pools keep their input's parameters; onnxruntime gives GlobalAveragePool its own:
             # pool on the input's, then requantize (m = s_in / s_out).
             mult, shift = quantize_multiplier(in_q.scale / out_q.scale)
             y = rewriter.create_op("s8.requantize", [y], dict(
                 input_zp=in_q.zero_point, output_zp=out_q.zero_point, multiplier=[mult], shift=[shift],
-                act_min=clamp[0], act_max=clamp[1]), [TensorType(shape, "i8", out_q)], name=pool.name).result
+                act_min=clamp[0], act_max=clamp[1]), [TensorType(shape, self.act_dtype, out_q)], name=pool.name).result
         return self._from_nhwc(y, layout, rewriter)
 
     def _nn_avgpool(self, pool, q, out_q, clamp, rewriter):
@@ -397,17 +430,26 @@ class LowerQuantizedIsland(ElementwiseLowerings, RewritePattern):
             return "the input is not a dequantized per-tensor i8 tensor"
         if sm.attrs["axis"] % len(x.shape) != len(x.shape) - 1:
             return "int8 softmax works on the last axis"
-        mult, shift, diff_min = softmax_params(in_q.scale)
-        y = rewriter.create_op("s8.softmax", [x], dict(multiplier=mult, shift=shift, diff_min=diff_min),
-                               [TensorType(x.shape, "i8", SOFTMAX_QUANT)], name=sm.name).result
-        if out_q == SOFTMAX_QUANT:
+        if self.act_dtype == "i16":
+            fixed = SOFTMAX16_QUANT
+            mult, shift = softmax16_params(in_q.scale)
+            if shift > 15:
+                return f"int16 softmax input scale {in_q.scale} is too large (scaled differences overflow int32)"
+            attrs = dict(multiplier=mult, shift=shift, diff_min=0)
+        else:
+            fixed = SOFTMAX_QUANT
+            mult, shift, diff_min = softmax_params(in_q.scale)
+            attrs = dict(multiplier=mult, shift=shift, diff_min=diff_min)
+        y = rewriter.create_op("s8.softmax", [x], attrs, [TensorType(x.shape, self.act_dtype, fixed)],
+                               name=sm.name).result
+        if out_q == fixed:
             return y
-        # Other quantizers pick their own softmax output (onnxruntime: 1/255 with zero point 0 or -128):
-        # TFLite's softmax to 1/256, then a requantize to the model's parameters.
-        mult, shift = quantize_multiplier(SOFTMAX_QUANT.scale / out_q.scale)
+        # Other quantizers pick their own softmax output (onnxruntime: 1/255 with zero point 0 or -128,
+        # 1/32767 for int16): TFLite's softmax to 1/256 (1/32768), then a requantize to the model's parameters.
+        mult, shift = quantize_multiplier(fixed.scale / out_q.scale)
         return rewriter.create_op("s8.requantize", [y], dict(
-            input_zp=SOFTMAX_QUANT.zero_point, output_zp=out_q.zero_point, multiplier=[mult], shift=[shift],
-            act_min=clamp[0], act_max=clamp[1]), [TensorType(x.shape, "i8", out_q)], name=sm.name).result
+            input_zp=fixed.zero_point, output_zp=out_q.zero_point, multiplier=[mult], shift=[shift],
+            act_min=clamp[0], act_max=clamp[1]), [TensorType(x.shape, self.act_dtype, out_q)], name=sm.name).result
 
 
 class SinkTransposeThroughAdd(RewritePattern):

@@ -56,24 +56,31 @@ from qcc.transforms.rewriter import PatternPass, RewritePattern
 LAYOUT_OPS = ("nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose")
 
 
+# Unsigned storage -> the signed type of the same width: zero point and stored values move by half the range.
+RECENTER = {"u8": ("i8", 128, np.int8), "u16": ("i16", 32768, np.int16)}
+
+
 def recenter_uint8(graph: Graph) -> int:
-    """Retype every u8 quantized op result as i8 (zero point - 128, constants - 128); returns the count."""
+    """Retype every u8 (u16) quantized op result as i8 (i16): zero point - 128 (- 32768), constants
+    likewise, the same reals exactly; returns the count. A u16 tensor with zero point 32768 becomes
+    the symmetric int16 of TFLite's 16x8 mode."""
     count = 0
     for op in graph.ops:
         for v in op.results:
             t = v.type
-            if t.dtype != "u8" or t.quant is None or graph.is_output(v):
+            if t.dtype not in RECENTER or t.quant is None or graph.is_output(v):
                 continue
+            dtype, half, np_type = RECENTER[t.dtype]
             q = t.quant
             if isinstance(q, UniformQuant):
-                quant = UniformQuant(q.scale, q.zero_point - 128)
+                quant = UniformQuant(q.scale, q.zero_point - half)
             elif isinstance(q, PerAxisQuant):
-                quant = PerAxisQuant(q.axis, q.scales, tuple(z - 128 for z in q.zero_points))
+                quant = PerAxisQuant(q.axis, q.scales, tuple(z - half for z in q.zero_points))
             else:
                 continue
             if op.opname == "qcc.const":
-                op.attrs["value"] = (np.asarray(op.attrs["value"], np.int16) - 128).astype(np.int8)
-            v.type = TensorType(t.shape, "i8", quant)
+                op.attrs["value"] = (np.asarray(op.attrs["value"], np.int64) - half).astype(np_type)
+            v.type = TensorType(t.shape, dtype, quant)
             count += 1
     return count
 

@@ -39,6 +39,10 @@ becoming a quantize/dequantize pair, so the op runs on the dequantized logits
 after the last ``q.dequantize`` (the back end's float epilogue, outside the
 bit-exact integer contract), as ``qmn{float_output=true}`` does.
 
+``bits=16`` is TFLite's 16x8 mode: activations symmetric int16, ``s = max(|min|, |max|) / 32767``,
+zero point 0 (softmax output 1/32768), weights int8 as above, biases int64 (clamped to 2^47);
+``lower-qdq`` lowers the result to the s8 ops on int16.
+
 The pipeline ``int8-calibrated`` (float model -> s8 ops) is registered here.
 """
 from __future__ import annotations
@@ -87,6 +91,21 @@ def asymmetric_params(lo: float, hi: float) -> UniformQuant:
     return UniformQuant(float(scale), zp)
 
 
+def symmetric16_params(lo: float, hi: float) -> UniformQuant:
+    """TFLite's 16x8 activation parameters: symmetric int16, s = max(|lo|, |hi|) / 32767, zp 0 (float32)."""
+    amax = np.float32(max(abs(lo), abs(hi)))
+    if amax == 0:
+        return UniformQuant(1.0, 0)
+    return UniformQuant(float(np.float32(amax / np.float32(32767))), 0)
+
+
+# TFLite's fixed int16 output parameters (softmax; logistic and tanh, which qcc does not lower on int16).
+FIXED_OUTPUT_QUANT16 = {"nn.softmax": UniformQuant(1.0 / 32768, 0), "nn.sigmoid": UniformQuant(1.0 / 32768, 0),
+                        "nn.tanh": UniformQuant(1.0 / 32768, 0)}
+ACT_DTYPE = {8: "i8", 16: "i16"}
+ACT_RANGE = {8: (-128, 127), 16: (-32768, 32767)}
+
+
 def symmetric_weights(w: np.ndarray, per_channel: bool):
     """(int8 weights, per-output-channel float32 scales) with round half away from zero."""
     w = np.asarray(w, np.float32)
@@ -102,12 +121,12 @@ def symmetric_weights(w: np.ndarray, per_channel: bool):
 
 
 def _dq_input_quant(v: Value) -> Optional[UniformQuant]:
-    """The per-tensor i8 type behind a ``q.dequantize`` result, or None."""
+    """The per-tensor i8 (or, 16x8, i16) type behind a ``q.dequantize`` result, or None."""
     p = v.producer
     if p is None or p.opname != "q.dequantize":
         return None
     q = p.operands[0].type.quant
-    return q if isinstance(q, UniformQuant) and p.operands[0].type.dtype == "i8" else None
+    return q if isinstance(q, UniformQuant) and p.operands[0].type.dtype in ("i8", "i16") else None
 
 
 def _only_reaches_outputs(graph: Graph, v: Value) -> bool:
@@ -152,8 +171,12 @@ class QuantizeAffine(Pass):
     name = "quantize-affine"
     per_channel: bool = True
     float_output: bool = False
+    bits: int = 8   # 16: TFLite's 16x8 mode (symmetric int16 activations, int8 weights, int64 biases)
 
     def run(self, graph: Graph) -> PassResult:
+        if self.bits not in ACT_DTYPE:
+            raise InputError(f"quantize-affine: bits must be 8 or 16, got {self.bits}")
+        self.dtype = ACT_DTYPE[self.bits]
         stats = {"activations": 0, "shared": 0, "weights": 0, "shape_ops": 0}
         for op in graph.ops:
             if op.opname == "q.range" and self._keeps_float(graph, op):
@@ -186,13 +209,13 @@ class QuantizeAffine(Pass):
             quant = _dq_input_quant(producer.operands[0])  # TFLite: pooling keeps s and zp
             stats["shared"] += quant is not None
         elif producer is not None and producer.opname in FIXED_OUTPUT_QUANT:
-            quant = FIXED_OUTPUT_QUANT[producer.opname]
+            quant = (FIXED_OUTPUT_QUANT if self.bits == 8 else FIXED_OUTPUT_QUANT16)[producer.opname]
         if quant is None:
-            quant = asymmetric_params(rng.attrs["min"], rng.attrs["max"])
+            quant = (asymmetric_params if self.bits == 8 else symmetric16_params)(rng.attrs["min"], rng.attrs["max"])
         if producer is not None and producer.opname == "nn.concat" and self._integer_concat(graph, rng, quant):
             stats["concats"] = stats.get("concats", 0) + 1
             return
-        q = graph.add_op("q.quantize", [x], {}, [TensorType(x.shape, "i8", quant)], name=rng.name)
+        q = graph.add_op("q.quantize", [x], {}, [TensorType(x.shape, self.dtype, quant)], name=rng.name)
         dq = graph.add_op("q.dequantize", [q.result], {}, [TensorType(x.shape, "f32")], name=rng.name)
         graph.replace_all_uses(rng.result, dq.result)
         graph.erase_op(rng)
@@ -201,8 +224,7 @@ class QuantizeAffine(Pass):
             graph.move_after_seq(dq, q)
         stats["activations"] += 1
 
-    @staticmethod
-    def _integer_concat(graph: Graph, rng: Op, out_q: UniformQuant) -> bool:
+    def _integer_concat(self, graph: Graph, rng: Op, out_q: UniformQuant) -> bool:
         """Q(concat(DQ(x_i))) -> DQ(concat(requantize(x_i))): TFLite gives every concat input the
         output's parameters, rescaling (s8.requantize, m = s_i / s_out) the inputs that differ."""
         concat = rng.operands[0].producer
@@ -217,9 +239,11 @@ class QuantizeAffine(Pass):
                 mult, shift = quantize_multiplier(in_q.scale / out_q.scale)
                 x = graph.add_op("s8.requantize", [x], dict(
                     input_zp=in_q.zero_point, output_zp=out_q.zero_point, multiplier=[mult], shift=[shift],
-                    act_min=-128, act_max=127), [TensorType(x.shape, "i8", out_q)], name=concat.name).result
+                    act_min=ACT_RANGE[self.bits][0], act_max=ACT_RANGE[self.bits][1]),
+                    [TensorType(x.shape, self.dtype, out_q)], name=concat.name).result
             stored.append(x)
-        cat = graph.add_op("nn.concat", stored, dict(concat.attrs), [TensorType(concat.result.shape, "i8", out_q)],
+        cat = graph.add_op("nn.concat", stored, dict(concat.attrs),
+                           [TensorType(concat.result.shape, self.dtype, out_q)],
                            name=concat.name)
         dq = graph.add_op("q.dequantize", [cat.result], {}, [concat.result.type], name=concat.name)
         graph.replace_all_uses(rng.result, dq.result)
@@ -238,10 +262,12 @@ class QuantizeAffine(Pass):
         if op.opname == "nn.pad":  # TFLite PAD / PADV2: the pad value quantized with the tensor's parameters
             q = stored.type.quant
             value = round_half_away(np.float64(attrs["value"]) / np.float64(np.float32(q.scale))) + q.zero_point
-            if not -128 <= value <= 127:
+            lo, hi = ACT_RANGE[self.bits]
+            if not lo <= value <= hi:
                 return
             attrs["value"] = float(value)
-        moved = graph.add_op(op.opname, [stored] + list(op.operands[1:]), attrs, [TensorType(out.shape, "i8", stored.type.quant)],
+        moved = graph.add_op(op.opname, [stored] + list(op.operands[1:]), attrs,
+                             [TensorType(out.shape, stored.type.dtype, stored.type.quant)],
                              name=op.name)
         dq = graph.add_op("q.dequantize", [moved.result], {}, [out.type], name=op.name)
         graph.replace_all_uses(out, dq.result)
@@ -250,8 +276,7 @@ class QuantizeAffine(Pass):
         graph.move_after_seq(dq, moved)
         stats["shape_ops"] += 1
 
-    @staticmethod
-    def _quantize_constant_operand(graph: Graph, op: Op, stats: Dict[str, int]):
+    def _quantize_constant_operand(self, graph: Graph, op: Op, stats: Dict[str, int]):
         """x + k, x - k, k - x, x * k: the float constant k becomes DQ(int8 k) with asymmetric per-tensor parameters of its
         own range (TFLite's rule for constant inputs of ADD/MUL), once the other operand is quantized."""
         for i in (0, 1):
@@ -260,9 +285,10 @@ class QuantizeAffine(Pass):
             if c is None or not k.type.is_float or _dq_input_quant(other) is None:
                 continue
             c = np.asarray(c, np.float32)
-            quant = asymmetric_params(float(c.min()), float(c.max()))
+            quant = (asymmetric_params if self.bits == 8 else symmetric16_params)(float(c.min()), float(c.max()))
+            lo, hi = ACT_RANGE[self.bits]
             stored = np.clip(round_half_away(c.astype(np.float64) / np.float64(np.float32(quant.scale)))
-                             + quant.zero_point, -128, 127).astype(np.int8)
+                             + quant.zero_point, lo, hi).astype(np.int8 if self.bits == 8 else np.int16)
             kc = graph.add_const(stored, name=(k.producer.name or k.name or "k") + ".q", quant=quant)
             kc.name = kc.producer.name
             graph.set_operand(op, i, QuantizeAffine._dequantize(graph, kc, k.type))
@@ -288,9 +314,11 @@ class QuantizeAffine(Pass):
                 raise PassError(f"{op.describe()}: the bias is not a constant; quantize-affine needs "
                                 f"const-fold before it")
             s_b = (np.float64(in_q.scale) * s_w.astype(np.float64))
-            b_q = np.clip(round_half_away(np.asarray(b, np.float64).reshape(-1) / s_b), INT32_MIN, INT32_MAX)
+            # int32, or int64 in the 16x8 mode (bounded by 2^47, TFLite's int16 accumulator limit)
+            lo, hi = (INT32_MIN, INT32_MAX) if self.bits == 8 else (-(1 << 47), (1 << 47) - 1)
+            b_q = np.clip(round_half_away(np.asarray(b, np.float64).reshape(-1) / s_b), lo, hi)
             b_quant = PerAxisQuant(0, tuple(float(s) for s in s_b), (0,) * len(s_b))
-            bc = graph.add_const(b_q.astype(np.int32).reshape(b_v.shape),
+            bc = graph.add_const(b_q.astype(np.int32 if self.bits == 8 else np.int64).reshape(b_v.shape),
                                  name=(b_v.producer.name or b_v.name or "b") + ".q", quant=b_quant)
             bc.name = bc.producer.name
             graph.set_operand(op, b_index, self._dequantize(graph, bc, b_v.type))
@@ -311,12 +339,13 @@ DEFAULTS = {"bits": 8, "method": "minmax", "p": 99.99, "per_channel": True, "dat
 
 def _build(options) -> List:
     o = {**DEFAULTS, **options}
-    if o["bits"] != 8:  # accepted so drivers can pass {bits=N} to every scheme alike
-        raise InputError(f"int8-calibrated quantizes to 8 bits only, got bits={o['bits']}")
+    if o["bits"] not in (8, 16):  # 16: TFLite's 16x8 mode (int16 activations, int8 weights)
+        raise InputError(f"int8-calibrated quantizes to 8 or 16 bits (16x8), got bits={o['bits']}")
     known = registered_passes()
     passes: List = [name for name in FLOAT_CLEANUP if name in known]
     # Every op must have an int8 kernel before calibration spends any time.
-    passes.append(make_pass("check-legal", {"scheme": "int8", "float_output": str(o["float_output"])}))
+    passes.append(make_pass("check-legal", {"scheme": "int8", "float_output": str(o["float_output"]),
+                                            "bits": str(o["bits"])}))
     calibrate = {"method": o["method"]}
     if o["method"] == "percentile":
         calibrate["p"] = str(o["p"])
@@ -325,7 +354,7 @@ def _build(options) -> List:
         calibrate["data"] = o["data"]
     passes.append(make_pass("calibrate", calibrate))
     passes.append(make_pass("quantize-affine", {"per_channel": str(o["per_channel"]),
-                                                "float_output": str(o["float_output"])}))
+                                                "float_output": str(o["float_output"]), "bits": str(o["bits"])}))
     # nn.lstm / nn.gru -> s8.lstm / s8.gru (the LSTM's cell scale from the calibration data's trace)
     passes.append(make_pass("quantize-recurrent", {"data": o["data"]} if o["data"] else {}))
     passes.append(make_pass("lower-qdq", {"fc_rounding": o["fc_rounding"]}))

@@ -57,7 +57,7 @@ KIND_PATTERNS = {
 FLOAT_FOLDER = re.compile(r"(_f16|_f32)(_|$)|match")
 
 _INT4 = "int4 weights (two per byte): qcc's s8 ops take int8 weights"
-_S16 = "int16 activations: qcc's s8 ops take int8 activations"
+_S16 = "int16 activations: tests/test_cmsis_nn_s16_vectors.py runs them (the 16x8 mode)"
 # Every s8-family folder of the kinds above that qcc's ops cannot express, and why.
 NOT_EXPRESSIBLE: Dict[str, str] = {
     **{name: _INT4 for name in [
@@ -277,9 +277,10 @@ def _mismatches(quantized: List[np.ndarray], vectors: List[Vector]) -> List[str]
     return bad
 
 
-def _run(tmp_path: Path, cases: List[tuple], target: str, where: str):
-    """The simulator against output_ref, then the C (host or QEMU) against the simulator (and so output_ref)."""
-    g, vectors, samples = build(cases)
+def _run(tmp_path: Path, cases: List[tuple], target: str, where: str, build_cases=None):
+    """The simulator against output_ref, then the C (host or QEMU) against the simulator (and so output_ref).
+    ``build_cases`` makes the graph (default: this file's ``build``; the s16 vectors pass theirs)."""
+    g, vectors, samples = (build_cases or build)(cases)
     sim = harness.simulate(g, get_backend("cmsis").generate(g, "net", target), samples)
     assert _mismatches(sim.quantized, vectors) == [], "simulator vs TFLite (CMSIS-NN output_ref)"
     got = _run_and_compare(tmp_path, g, samples, target, where)

@@ -37,10 +37,14 @@ def test_json_report_and_int8_scheme_for_a_float_model(tmp_path):
     assert "s8" in (folder / "digits.c").read_text()
 
 
-def test_int8_scheme_is_8_bit_only(tmp_path, capsys):
-    code, folder = _qcc(tmp_path, "--scheme", "int8", "--bits", "16")
-    assert code == 1 and "8-bit only" in capsys.readouterr().err
-    assert not folder.exists()
+def test_int8_scheme_with_16_bits_is_16x8(tmp_path):
+    """--scheme int8 --bits 16: TFLite's 16x8 mode, every s8 layer on int16 activations."""
+    code, folder = _qcc(tmp_path, "--scheme", "int8", "--bits", "16", "--report", tmp_path / "r.json")
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert {layer["op"] for layer in report["layers"]} <= {"s8.conv2d", "s8.maxpool", "s8.avgpool", "s8.dense"}
+    text = (folder / "digits.c").read_text()
+    assert "const int16_t *restrict x" in text and "int64_t acc" in text
 
 
 def test_report_suffix_and_input_shape_errors_leave_nothing(tmp_path, capsys):

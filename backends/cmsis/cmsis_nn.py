@@ -131,6 +131,8 @@ def fallback_reason(op: Op) -> Optional[str]:
                 if op.opname == "s8.lstm" else "CMSIS-NN has no GRU kernel")
     if op.opname not in OPS:
         return None if not op.opname.startswith("s8.") else f"CMSIS-NN has no {op.opname} kernel"
+    if op.result.type.dtype == "i16":
+        return "int16 activations (16x8): qcc's kernels run them (no call into CMSIS-NN's *_s16 functions)"
     if op.attrs.get("rounding", "double") != "double":
         return "single rounding (CMSIS-NN selects it for the whole library at build time)"
     if op.attrs.get("weight_zp", 0):

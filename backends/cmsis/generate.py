@@ -236,6 +236,8 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
         helpers += str(env.get_template("ops/recurrent_common.j2").module.recurrent_common())
     if any(s.kind in ("s8.lstm", "s8.gru") for s in plan.steps):  # int16 sigmoid/tanh (s8_lstm.j2)
         helpers += str(env.get_template("ops/s8_lstm.j2").module.s8_recurrent_common())
+    if any(s.kind.startswith("s8.") and s.op.result.type.dtype == "i16" for s in plan.steps):  # 16x8 kernels
+        helpers += str(env.get_template("ops/s16_common.j2").module.s16_common())
     if nn is not None:
         helpers += str(env.get_template("ops/cmsisnn_common.j2").module.cmsisnn_common(
             name, NAME, nn.scratch_offset, nn.scratch))
@@ -290,4 +292,4 @@ def _epilogues(env, name: str, plan: Plan, outputs: List[dict], float_output: bo
     return texts, warnings
 
 
-_NP = {"int8_t": np.int8, "int16_t": np.int16, "int32_t": np.int32, "uint8_t": np.uint8, "uint16_t": np.uint16}
+_NP = {"int8_t": np.int8, "int16_t": np.int16, "int32_t": np.int32, "int64_t": np.int64, "uint8_t": np.uint8, "uint16_t": np.uint16}

@@ -50,7 +50,7 @@ import numpy as np
 
 from qcc.ir.graph import Op
 
-from .layers_s8 import is_s8_depthwise
+from .layers_s8 import is_s16_depthwise, is_s8_depthwise
 
 ELEMENTWISE = frozenset({"qnn.requantize", "qnn.lut", "qnn.lut_interp", "qnn.add", "s8.requantize", "s8.add",
                          "s8.sub", "s8.mul", "s8.lut"})
@@ -116,8 +116,8 @@ def read_bounds(op: Op, operand: int) -> Optional[Tuple[np.ndarray, np.ndarray]]
 
 def store_block(op: Op) -> int:
     """Outputs the kernel stores together, after all of their reads (1: each store right after its own reads)."""
-    if is_s8_depthwise(op):
-        return op.result.shape[-1]   # s8_conv2d.j2's depthwise path: acc[Cout] per pixel
+    if is_s8_depthwise(op) or is_s16_depthwise(op):
+        return op.result.shape[-1]   # s8_conv2d.j2's / s16_conv2d.j2's depthwise paths: acc[Cout] per pixel
     return 1
 
 
@@ -145,8 +145,8 @@ def min_displacement_reversed(op: Op, operand: int) -> Optional[int]:
     ``ob + o*so >= ib + si*(M(o-1) + 1)`` with M(k) the largest index read by
     outputs 0..k. Only kernels with a reversed loop (REVERSIBLE) run this way.
     """
-    if op.opname not in REVERSIBLE:
-        return None
+    if op.opname not in REVERSIBLE or (op.opname == "s8.conv2d" and op.result.type.dtype == "i16"):
+        return None   # s16_conv2d.j2 (the 16x8 s8.conv2d) runs forward only
     b = read_bounds(op, operand)
     if b is None:
         return None

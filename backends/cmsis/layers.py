@@ -25,7 +25,7 @@ from .naming import c_comment, c_identifier
 from .layers_s8 import S8_CONTEXTS, S8_HANDLED_ATTRS, build_s8, im2col_length, padded_rows, window_segments
 from .layers_recurrent import RECURRENT_HANDLED_ATTRS, build_recurrent
 
-C_TYPES = {"i8": "int8_t", "i16": "int16_t", "i32": "int32_t", "u8": "uint8_t", "u16": "uint16_t"}
+C_TYPES = {"i8": "int8_t", "i16": "int16_t", "i32": "int32_t", "i64": "int64_t", "u8": "uint8_t", "u16": "uint16_t"}
 SHORT = {"i8": "s8", "i16": "s16", "i32": "s32"}
 INT32_MAX = (1 << 31) - 1
 _REQ = {"out_shift", "act_min", "act_max"}

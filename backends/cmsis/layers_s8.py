@@ -45,6 +45,7 @@ import numpy as np
 from qcc.errors import UnsupportedModelError
 from qcc.ir.graph import Op
 from qcc.sim.s8_recurrent import SIGMOID_TABLE
+from qcc.sim.s8 import SOFTMAX16_EXP_LUT, SOFTMAX16_RECIP_LUT
 
 _REQUANT = {"input_zp", "output_zp", "multiplier", "shift", "rounding", "act_min", "act_max"}
 _WINDOW = {"kernel", "strides", "pads", "act_min", "act_max"}
@@ -143,7 +144,7 @@ def is_s8_depthwise(op: Op) -> bool:
     Those paths store a pixel's Cout outputs together after reading its whole window
     (a pixel buffer when in place), which inplace.py's bound relies on.
     """
-    return (op.opname == "s8.conv2d" and op.operands[1].shape[-1] == 1
+    return (op.opname == "s8.conv2d" and op.operands[0].type.dtype == "i8" and op.operands[1].shape[-1] == 1
             and op.attrs["group"] == op.operands[0].shape[-1])
 
 
@@ -457,11 +458,113 @@ def _recurrent(builder, op: Op, fn: str) -> dict:
     return ctx
 
 
+# ---------------------------------------------------------------- 16x8 mode (int16 activations)
+def reduced_multiplier(mult: int) -> int:
+    """CMSIS-NN REDUCE_MULTIPLIER (TFLite's int64 MultiplyByQuantizedMultiplier): a 16-bit multiplier."""
+    return (mult + (1 << 15)) >> 16 if mult < 0x7FFF0000 else 0x7FFF
+
+
+S16_DEPTHWISE_MAX_TAPS = 511   # int32 window sums of int16 x int8 products (each |p| <= 2^22) stay exact
+
+
+def is_s16_depthwise(op: Op) -> bool:
+    """True when s16_conv2d.j2 runs ``op`` on its depthwise path (channel multiplier 1, pixel-blocked stores)."""
+    if op.opname != "s8.conv2d" or op.operands[0].type.dtype != "i16":
+        return False
+    cout, kh, kw, cg = op.operands[1].shape
+    return cg == 1 and op.attrs["group"] == op.operands[0].shape[-1] == cout and kh * kw <= S16_DEPTHWISE_MAX_TAPS
+
+
+def _s16_weighted(builder, op: Op, fn: str, channels: int, weights=None) -> dict:
+    """Weights, bias (int64 with rounding "s64", else int32) and the per-channel requantization of 16x8."""
+    a = op.attrs
+    wide = a["rounding"] == "s64"
+    w = np.asarray(op.operands[1].constant(), np.int8) if weights is None else weights[0]
+    wsym = builder.add_const(f"{builder.prefix}_{fn}_w", "i8", w,
+                             f"{op.name} weights {list(w.shape)}" if weights is None else f"{op.name} {weights[1]}")
+    b = op.operands[2].constant().astype(np.int64) if len(op.operands) > 2 else np.zeros(channels, np.int64)
+    # The int64 accumulator is needed only when |bias| + 32768 * sum|w[c]| (the largest |acc| any int16
+    # input gives) may leave int32; otherwise int32 sums and bias are exact and the requantization
+    # multiplies 32 x 32 -> 64 bits once (SMULL).
+    w_abs = np.abs(np.asarray(op.operands[1].constant(), np.int64)).reshape(channels, -1).sum(axis=1)
+    acc32 = not wide or bool(np.all(np.abs(b) + 32768 * w_abs <= (1 << 31) - 1))
+    bias = _per_channel(builder, fn, "b", "i32" if acc32 else "i64", b, channels, "oc", f"{op.name} bias")
+    mults = [reduced_multiplier(int(m)) for m in a["multiplier"]] if wide else a["multiplier"]
+    mult = _per_channel(builder, fn, "mult", "i32", mults, channels, "oc",
+                        f"{op.name} requantization multipliers" + (" (reduced to 16 bits)" if wide else ""))
+    shift = _per_channel(builder, fn, "shift", "i8", a["shift"], channels, "oc", f"{op.name} requantization shifts")
+    at_c = lambda e: e[:-len("[oc]")] + "[c]" if e.endswith("[oc]") else e   # the same, indexed by c
+    return {"w": wsym, "bias": bias if acc32 else f"(int64_t){bias}", "wide": wide, "mult": mult, "shift": shift,
+            "bias_c": at_c(bias), "mult_c": at_c(mult), "shift_c": at_c(shift),
+            "acc_t": "int32_t" if acc32 else "int64_t", "dot": "qcc_s16_dot32" if acc32 else "qcc_s16_dot",
+            "requant": REQUANT_FN.get(a["rounding"]), "lo": a["act_min"], "hi": a["act_max"]}
+
+
+def _s16_conv2d(builder, op: Op, fn: str) -> dict:
+    a = op.attrs
+    n, h, w_, c = op.operands[0].shape
+    cout, kh, kw, cg = op.operands[1].shape
+    _, oh, ow, _ = op.result.shape
+    ctx = {"kind": "s16_conv2d", "n": n, "h": h, "w_": w_, "c": c, "oh": oh, "ow": ow, "cout": cout, "kh": kh,
+           "kw": kw, "cg": cg, "cog": cout // a["group"], "sh": a["strides"][0], "sw": a["strides"][1],
+           "dh": a["dilations"][0], "dw": a["dilations"][1], "pt": a["pads"][0], "pl": a["pads"][1],
+           "depthwise": is_s16_depthwise(op)}
+    relaid = None
+    if ctx["depthwise"]:   # [C, KH, KW, 1] -> [KH*KW][C]: channels innermost
+        w = np.asarray(op.operands[1].constant(), np.int8)
+        relaid = (np.ascontiguousarray(w.reshape(cout, kh * kw).T), "depthwise weights [KH*KW][C]")
+    ctx.update(_s16_weighted(builder, op, fn, cout, relaid))
+    # A 1x1, stride-1, unpadded convolution is a matrix product over all pixels (s16_gemm, int32 sums only).
+    ctx["pointwise"] = (a["group"] == 1 and kh == kw == 1 and a["strides"] == [1, 1] and not any(a["pads"])
+                        and ctx["acc_t"] == "int32_t")
+    return ctx
+
+
+def _s16_dense(builder, op: Op, fn: str) -> dict:
+    nout, k = op.operands[1].shape
+    ctx = {"kind": "s16_dense", "m": op.operands[0].type.size // k, "k": k, "nout": nout}
+    ctx.update(_s16_weighted(builder, op, fn, nout))
+    return ctx
+
+
+SOFTMAX16_MAX_COLS = 65535  # the int32 sum of exp terms (each <= 32767)
+
+
+def _s16_softmax(builder, op: Op, fn: str) -> dict:
+    x = op.operands[0]
+    cols = x.shape[-1] if x.shape else 1
+    if cols > SOFTMAX16_MAX_COLS:
+        raise UnsupportedModelError(f"{op.describe()}: softmax over {cols} > {SOFTMAX16_MAX_COLS} values would "
+                                    f"overflow the int32 sum of the int16 softmax")
+    a = op.attrs
+    return {"kind": "s16_softmax", "rows": x.type.size // cols, "cols": cols, "mult": a["multiplier"],
+            "shift": a["shift"], "requant": "qcc_s8_requant",
+            "exp": builder.add_const(f"{builder.prefix}_{fn}_exp", "i16", SOFTMAX16_EXP_LUT,
+                                     "TFLite int16 softmax: exp(x) on [-10, 0], 512 steps + 1 (gen_lut)"),
+            "recip": builder.add_const(f"{builder.prefix}_{fn}_recip", "i16", SOFTMAX16_RECIP_LUT,
+                                       "TFLite int16 softmax: 1 / (1 + x) on [0, 1], 512 steps + 1 (gen_lut)")}
+
+
+S16_CONTEXTS = {"s8.conv2d": _s16_conv2d, "s8.dense": _s16_dense, "s8.softmax": _s16_softmax}
+
+
 S8_CONTEXTS = {"s8.conv2d": _conv2d, "s8.dense": _dense, "s8.requantize": _requantize, "s8.add": _add,
                "s8.sub": _add, "s8.mul": _mul, "s8.lut": _lut, "s8.avgpool": _pool, "s8.maxpool": _pool, "s8.softmax": _softmax,
                "s8.lstm": _recurrent, "s8.gru": _recurrent}
 
 
 def build_s8(builder, op: Op, fn: str) -> dict:
-    """Context of one s8 layer; ``builder`` is the LayerBuilder (constants, dot helpers)."""
-    return S8_CONTEXTS[op.opname](builder, op, fn)
+    """Context of one s8 layer; ``builder`` is the LayerBuilder (constants, dot helpers).
+
+    ``xt`` is the activation C type: int16_t in the 16x8 mode, where conv2d and dense have their own
+    kernels (s16_*.j2) and the others the int8 templates on int16 data, without the int8-only fast paths.
+    """
+    wide = op.operands[0].type.dtype == "i16"
+    if wide and op.opname in S16_CONTEXTS:
+        ctx = S16_CONTEXTS[op.opname](builder, op, fn)
+    else:
+        ctx = S8_CONTEXTS[op.opname](builder, op, fn)
+    if wide:
+        ctx.update(fast=False, fast_in=False, fast_out=False)
+    ctx.update(xt="int16_t" if wide else "int8_t", xmin=-32768 if wide else -128)
+    return ctx

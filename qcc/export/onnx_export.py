@@ -190,9 +190,23 @@ class _Exporter:
         v = self.resolve(v)
         if v.type.quant is None:
             return self.stored_name(v)
+        if id(v) not in self.floats and v.type.dtype == "i64" and v.is_constant():
+            self.floats[id(v)] = self._wide_constant(v, name)
         if id(v) not in self.floats:
             self.floats[id(v)] = self.dequantize(self.stored_name(v), v.type, name)
         return self.floats[id(v)]
+
+    def _wide_constant(self, v: Value, name: str) -> str:
+        """A 16x8 int64 bias (ONNX's DequantizeLinear takes no int64): the int32 QDQ form when its values
+        fit int32 (the same reals), else its float32 reals."""
+        array = np.asarray(v.constant(), np.int64)
+        if np.abs(array).max(initial=0) < 1 << 31:
+            t = TensorType(v.type.shape, "i32", v.type.quant)
+            src = self.init(array.astype(np.int32), f"{name}/int32")
+            return self.dequantize(src, t, name)
+        q = v.type.quant
+        scales = np.asarray(q.scales if isinstance(q, PerAxisQuant) else [q.scale], np.float64)
+        return self.init((array * scales).astype(np.float32), f"{name}/real")
 
     def float_transposed(self, v: Value, perm: Sequence[int], name: str) -> str:
         """``v`` transposed by ``perm`` as floats; constants are transposed in the initializer."""

@@ -93,12 +93,21 @@ def _checker_probe(proto: onnx.ModelProto) -> onnx.ModelProto:
     return probe
 
 
+def _standard_contrib_qdq(proto: onnx.ModelProto) -> None:
+    """onnxruntime's contrib ``com.microsoft`` QuantizeLinear / DequantizeLinear (its quantizer's 16-bit
+    form before ONNX opset 21) have the ONNX ops' semantics: read them as those."""
+    for node in proto.graph.node:
+        if node.domain == "com.microsoft" and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            node.domain = ""
+
+
 def load_onnx(model: Union[str, Path, onnx.ModelProto], input_shapes: Optional[dict] = None) -> Graph:
     """Lift an ONNX model into a verified qcc Graph (see the module docstring)."""
     proto, source = _read(model)
     proto = onnx.ModelProto.FromString(proto.SerializeToString())  # never mutate the caller's model
     if not proto.HasField("graph") and not proto.opset_import:  # an empty file parses as an empty message
         raise InputError(f"{source}: not an ONNX model (no graph: the file is empty or in another format)")
+    _standard_contrib_qdq(proto)
     opset = _default_opset(proto, source)
     _check_window_attributes(proto.graph, source)
     _check_graph_interface(proto, source)

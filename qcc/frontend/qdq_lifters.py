@@ -27,7 +27,7 @@ from qcc.ir.types import PerAxisQuant, TensorType, UniformQuant, dtype_of_numpy
 
 # Integer shape ops a quantized type passes through unchanged.
 SHAPE_OPS = ("nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose")
-QDQ_DTYPES = ("i8", "u8", "i16", "i32")
+QDQ_DTYPES = ("i8", "u8", "i16", "u16", "i32")
 
 
 def _params(imp, node, a, value_rank: int):

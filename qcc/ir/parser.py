@@ -84,7 +84,7 @@ class _Builder(Transformer):
     def _quant(self, storage, expressed, make):
         if expressed is not None and str(expressed) != "f32":
             raise _Fail(f"quantized types express f32, got '{expressed}'", expressed)
-        if str(storage) not in ("i8", "i16", "i32", "u8", "u16"):
+        if str(storage) not in ("i8", "i16", "i32", "i64", "u8", "u16"):
             raise _Fail(f"quantized storage must be an integer type, got '{storage}'", storage)
         try:
             return ("quant", str(storage), make(), storage)

@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from qcc.sim.interpreter import kernel
-from qcc.sim.qmn import INT32_MAX, INT32_MIN, _check_int32, _exact_matmul, window_sums
+from qcc.sim.qmn import INT32_MAX, INT32_MIN, AccumulatorOverflowError, _check_int32, _exact_matmul, window_sums
 
 # ---------------------------------------------------------------- multipliers
 
@@ -87,9 +87,12 @@ def srdhm(a, b):
 def requantize(acc, mult, shift, op, rounding: str = "double"):
     """``requant(acc, mult, shift)`` of qcc/ir/ops/qnn_s8.py; mult/shift broadcast on the last axis."""
     acc = np.asarray(acc, np.int64)
-    _check_int32(acc, op)
+    if rounding != "s64":
+        _check_int32(acc, op)
     mult = np.asarray(mult, np.int64)
     shift = np.asarray(shift, np.int64)
+    if rounding == "s64":
+        return requantize_s64(acc, mult, shift, op)
     if rounding == "single":
         total = 31 - shift
         return (acc * mult + (np.int64(1) << (total - 1))) >> total
@@ -100,8 +103,24 @@ def requantize(acc, mult, shift, op, rounding: str = "double"):
     return rounding_divide_by_pot(high, np.maximum(-shift, 0))
 
 
+ACC_S64_LIMIT = 1 << 47  # TFLite's int64 MultiplyByQuantizedMultiplier asserts |acc| < 2^47
+
+
+def requantize_s64(acc, mult, shift, op):
+    """TFLite's int64 MultiplyByQuantizedMultiplier (CMSIS-NN REDUCE_MULTIPLIER + arm_nn_requantize_s64)."""
+    if acc.size and np.abs(acc).max() >= ACC_S64_LIMIT:
+        raise AccumulatorOverflowError(f"{op.describe()}: int64 accumulator {int(np.abs(acc).max())} "
+                                       f"reaches 2^47 (TFLite's int16 requantization bound)")
+    reduced = np.where(mult < 0x7FFF0000, (mult + (1 << 15)) >> 16, 0x7FFF)
+    total = 15 - shift
+    y = (acc * reduced + (np.int64(1) << (total - 1))) >> total
+    _check_int32(y, op, "requantized int64 accumulator")
+    return y
+
+
 def _clamp_i8(y, op):
-    return np.clip(y, op.attrs["act_min"], op.attrs["act_max"]).astype(np.int8)
+    """Clamp to [act_min, act_max] and store as the result's type (int8, or int16 in the 16x8 mode)."""
+    return np.clip(y, op.attrs["act_min"], op.attrs["act_max"]).astype(op.results[0].type.np_dtype)
 
 
 def _epilogue(op, acc):
@@ -256,8 +275,81 @@ def _clz32(v):
     return 32 - bits
 
 
+# ---------------------------------------------------------------- int16 softmax (16x8 mode)
+def _round_away_f32(v):
+    """std::round of float32 values (half away from zero), exact: float64 holds every float32."""
+    v = np.asarray(v, np.float64)
+    return np.float32(np.sign(v) * np.floor(np.abs(v) + 0.5))
+
+
+def _expf(x):
+    """std::exp(float) as a correctly rounded float32 (glibc's expf is, to 0.502 ulp)."""
+    return np.float32(np.exp(np.float64(x)))
+
+
+def _recip1pf(x):
+    return np.float32(1.0) / (np.float32(1.0) + np.float32(x))
+
+
+def int16_lut(func, lo: float, hi: float) -> np.ndarray:
+    """TFLite's gen_lut<float, int16_t, int16_t>(func, lo, hi, -1, 1): 512 steps + 1 for the last
+    slope, each entry the sample minus half the interpolation error at the step's midpoint (float32)."""
+    f = np.float32
+    lo, hi = f(lo), f(hi)
+    step = f((hi - lo) / f(512))
+    half = f(step / f(2))
+    inv = f(f(65536) / f(2))
+    lut = np.zeros(513, np.int64)
+    for i in range(512):
+        x = f(lo + f(f(i) * step))
+        val, mid, nxt = func(x), func(f(x + half)), func(f(lo + f(f(i + 1) * step)))
+        sample = _round_away_f32(f(val * inv))
+        interp = _round_away_f32(f(f(f(nxt * inv) + sample) / f(2)))
+        bias = _round_away_f32(f(f(interp - _round_away_f32(f(mid * inv))) / f(2)))
+        lut[i] = int(min(max(sample - bias, -32768.0), 32767.0))
+    lut[512] = int(min(max(_round_away_f32(f(func(hi) * inv)), -32768.0), 32767.0))
+    return lut
+
+
+SOFTMAX16_EXP_LUT = int16_lut(_expf, -10.0, 0.0)         # exp on [-10, 0]
+SOFTMAX16_RECIP_LUT = int16_lut(_recip1pf, 0.0, 1.0)     # 1 / (1 + x) on [0, 1]
+
+
+def int16_lut_lookup(lut, v):
+    """TFLite generic_int16_table_lookup: linear interpolation between 512 entries (v is int16)."""
+    v = np.asarray(v, np.int64)
+    index = 256 + (v >> 7)
+    offset = v & 0x7F
+    base = lut[index]
+    slope = lut[index + 1] - base
+    return base + ((slope * offset + 64) >> 7)
+
+
+def softmax16_params(input_scale: float, beta: float = 1.0):
+    """TFLite's int16 softmax prepare: input differences scaled so [-65535, 0] spans [-10, 0]."""
+    return quantize_multiplier(float(input_scale) * beta / (10.0 / 65535.0))
+
+
+def _softmax16(op, x):
+    """TFLite reference SoftmaxInt16 (qcc/ir/ops/qnn_s8.py states it); output scale 1/32768, zp 0."""
+    x = np.asarray(x, np.int64)
+    diff = x - x.max(axis=-1, keepdims=True)
+    scaled = requantize(diff, op.attrs["multiplier"], op.attrs["shift"], op)
+    e = int16_lut_lookup(SOFTMAX16_EXP_LUT, np.clip(scaled + 32767, -32768, 32767))
+    total = e.sum(axis=-1, keepdims=True)
+    _check_int32(total, op, "sum of exponentials")
+    headroom = _clz32(total)
+    shifted = ((total << (headroom - 1)) + (1 << 13)) >> 14
+    recip = int16_lut_lookup(SOFTMAX16_RECIP_LUT, np.clip(shifted - 98304, -32768, 32767))
+    right = 31 - headroom
+    y = (e * recip + (np.int64(1) << (right - 1))) >> right
+    return np.clip(y, 0, 32767).astype(np.int16)
+
+
 @kernel("s8.softmax")
 def _softmax(op, x):
+    if op.results[0].type.dtype == "i16":
+        return _softmax16(op, x)
     mult, shift, diff_min = op.attrs["multiplier"], op.attrs["shift"], op.attrs["diff_min"]
     x = np.asarray(x, np.int64)
     diff = x - x.max(axis=-1, keepdims=True)

@@ -75,7 +75,8 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
                         "(affine TFLite/CMSIS-NN int8, the default for QDQ models); a QDQ model with "
                         "power-of-two scales and zero points 0 also compiles with qmn (no --calib)")
     p.add_argument("--bits", choices=("8", "16", "mixed"),
-                   help="activation/weight bits of a float model: 8 (q7, the default), 16 (q15), or mixed "
+                   help="activation/weight bits of a float model: 8 (q7, the default), 16 (q15; with "
+                        "--scheme int8, TFLite's 16x8 mode: int16 activations, int8 weights), or mixed "
                         "(--scheme qmn: 8 or 16 per layer, chosen by output SQNR gained per byte; see "
                         "--target-sqnr, --max-flash, --max-ram)")
     p.add_argument("--target-sqnr", type=float, metavar="DB",
@@ -202,8 +203,6 @@ def lower(graph: Graph, *, calib: Optional[str], bits, scheme: str, act_max: Dic
                          f"pass --calib DATA (.npz keyed by input name, .npy, or a folder of them)")
     if calib and not Path(calib).exists():
         raise InputError(f"no such calibration file or folder: {calib}")
-    if scheme == "int8" and bits not in (8, "mixed"):
-        raise InputError(f"--scheme int8 is 8-bit only, got --bits {bits}")
     if method is not None and method not in CALIBRATION_METHODS:
         raise InputError(f"--method must be one of {', '.join(CALIBRATION_METHODS)}, got '{method}'")
     if bits == "mixed":

@@ -79,6 +79,34 @@ With ``srdhm`` = SaturatingRoundingDoublingHighMul, ``exp`` = gemmlowp
     y[i]   = clamp(rdiv_pot(srdhm(scale, e[i]), 12 - hr + 23) - 128, -128, 127)
     y[i]   = -128 where d[i] < diff_min
 
+16x8 mode (TFLite's int16 activations with int8 weights; CMSIS-NN's ``*_s16`` kernels): the
+same ops on ``i16`` activations (every activation of the op i16; zero points 0; clamp inside
+int16). conv2d/dense then take an ``i64`` bias with ``rounding = "s64"`` (the int64 accumulator
+of ``arm_convolve_s16`` / ``arm_fully_connected_s16``, TFLite's int64 ``MultiplyByQuantizedMultiplier``):
+
+    acc     = bias + sum(x * w)                              (int64; |acc| < 2^47 or an error)
+    rm      = mult < 0x7FFF0000 ? (mult + 2^15) >> 16 : 0x7FFF        (REDUCE_MULTIPLIER)
+    requant = (acc * rm + 2^(14 - shift)) >> (15 - shift)    (shift in [-31, 7]; must fit int32)
+
+which equals CMSIS-NN's ``arm_nn_requantize_s64`` ((acc * rm >> (14 - shift)) + 1) >> 1. An
+``i32`` bias keeps the int32 accumulator and double rounding (CMSIS-NN's int16xint8xint32).
+add (``left_shift`` 15), sub, mul (int32 product), avgpool and maxpool are the int8 formulas on
+int16 values (``arm_elementwise_add_s16`` / ``mul_s16``, ``arm_avgpool_s16``, ``arm_max_pool_s16``).
+``act_min``/``act_max`` default to the int8 range, so a 16x8 op states its clamp (lower-qdq and
+quantize-affine always do). ``s8.lut`` stays int8 only. ``s8.softmax`` on int16 (TFLite's SoftmaxInt16, CMSIS-NN
+``arm_softmax_s16``; output scale 1/32768, zero point 0; ``diff_min`` unused, 0), per row, with
+``lut(T, v)`` = TFLite's int16 table lookup ``T[256 + (v >> 7)] + (((T[i+1] - T[i]) * (v & 127) + 64) >> 7)``
+on the 513-entry tables ``EXP`` (exp on [-10, 0]) and ``RECIP`` (1/(1+x) on [0, 1]) that TFLite's
+``gen_lut`` builds in float32 (``qcc.sim.s8.int16_lut``):
+
+    e[i]  = lut(EXP, clamp16(requant(x[i] - max(x), multiplier, shift) + 32767))
+    sum   = sum(e);  h = clz(sum);  r = lut(RECIP, clamp16((((sum << (h - 1)) + 2^13) >> 14) - 98304))
+    y[i]  = clamp((e[i] * r + 2^(30 - h)) >> (31 - h), 0, 32767)
+
+(``multiplier``/``shift`` = QuantizeMultiplier(s_in * beta * 65535 / 10).) CMSIS-NN truncates
+where TFLite saturates (the two clamps); they differ only for a row whose largest value
+dominates the sum so much that y would pass 32767, where qcc follows TFLite.
+
 The multiplier encoding (TFLite ``QuantizeMultiplier``): ``q, e = frexp(m)``,
 ``mult = round_half_away(q * 2^31)`` (``mult == 2^31`` becomes ``2^30`` with
 ``e + 1``), ``shift = e``; ``e < -31`` gives ``(0, 0)``. ``qcc.sim.s8``
@@ -92,7 +120,9 @@ from qcc.ir.types import TensorType
 from qcc.ir.registry import OpDef, OpError, attr, attrs, register_op
 from qcc.ir.ops.qnn import _conv_rule, _dense_rule, _pool_rule
 
-ROUNDINGS = ("double", "single")
+ROUNDINGS = ("double", "single", "s64")
+# Activation storage types: int8, or int16 (TFLite's 16x8 mode: int16 activations, int8 weights).
+ACT_RANGE = {"i8": (-128, 127), "i16": (-32768, 32767)}
 
 _CLAMP = (attr("act_min", "int", -128), attr("act_max", "int", 127))
 _REQUANT = (attr("input_zp", "int", 0), attr("output_zp", "int", 0), attr("multiplier", "ints"),
@@ -100,21 +130,34 @@ _REQUANT = (attr("input_zp", "int", 0), attr("output_zp", "int", 0), attr("multi
 _WINDOW = (attr("kernel", "ints"), attr("strides", "ints", [1, 1]), attr("pads", "ints", [0, 0, 0, 0]))
 
 
+def act_dtype(op) -> str:
+    """The activation type of an s8 op: its first operand's (i8, or i16 in the 16x8 mode)."""
+    return op.operands[0].type.dtype
+
+
 def _check_i8(op, values):
+    """Activations all i8, or all i16 (weights are checked apart)."""
+    dtype = values[0].type.dtype
+    if dtype not in ACT_RANGE:
+        raise OpError(f"works on i8 or i16 tensors, got {dtype}")
     for v in values:
-        if v.type.dtype != "i8":
-            raise OpError(f"works on i8 tensors, got {v.type.dtype}")
+        if v.type.dtype != dtype:
+            raise OpError(f"mixes {dtype} and {v.type.dtype} activations")
 
 
 def _check_clamp(op):
     lo, hi = op.attrs["act_min"], op.attrs["act_max"]
-    if not -128 <= lo <= hi <= 127:
-        raise OpError(f"clamp [{lo}, {hi}] must be an ordered range inside [-128, 127]")
+    tlo, thi = ACT_RANGE[act_dtype(op)]
+    if not tlo <= lo <= hi <= thi:
+        raise OpError(f"clamp [{lo}, {hi}] must be an ordered range inside [{tlo}, {thi}]")
 
 
 def _check_zp(op, key):
     zps = op.attrs[key] if isinstance(op.attrs[key], list) else [op.attrs[key]]
-    if any(not -128 <= z <= 127 for z in zps):
+    if key != "weight_zp" and act_dtype(op) == "i16":
+        if any(zps):
+            raise OpError(f"'{key}' {op.attrs[key]} must be 0 for i16 activations (TFLite's 16x8 mode)")
+    elif any(not -128 <= z <= 127 for z in zps):
         raise OpError(f"'{key}' {op.attrs[key]} lies outside the i8 range")
 
 
@@ -126,18 +169,26 @@ def _check_requant(op, channels: int, prefix: str = ""):
         raise OpError(f"'{prefix}multiplier' has {len(mult)} entries; expected 1 or {channels}")
     if any(not 0 <= m < 2 ** 31 for m in mult):
         raise OpError(f"'{prefix}multiplier' entries must lie in [0, 2^31)")
-    if any(not -31 <= s <= 30 for s in shift):
-        raise OpError(f"'{prefix}shift' entries must lie in [-31, 30], got {shift}")
+    hi = 7 if op.attrs.get("rounding") == "s64" else 30
+    if any(not -31 <= s <= hi for s in shift):
+        raise OpError(f"'{prefix}shift' entries must lie in [-31, {hi}], got {shift}")
     if op.attrs.get("rounding", "double") not in ROUNDINGS:
         raise OpError(f"rounding must be one of {', '.join(ROUNDINGS)}, got '{op.attrs['rounding']}'")
 
 
 def _verify_weighted(op):
-    _check_i8(op, [op.operands[0], op.operands[1], op.results[0]])
+    _check_i8(op, [op.operands[0], op.results[0]])
+    if op.operands[1].type.dtype != "i8":
+        raise OpError(f"weights must be i8, got {op.operands[1].type.dtype}")
+    # The int64 accumulator and bias of the 16x8 mode go with rounding "s64", and only there.
+    want = "i64" if op.attrs["rounding"] == "s64" else "i32"
+    if op.attrs["rounding"] == "s64" and act_dtype(op) != "i16":
+        raise OpError("rounding 's64' (int64 accumulator) is for i16 activations")
     if len(op.operands) > 2:
         b = op.operands[2].type
-        if b.dtype != "i32" or b.shape != (op.operands[1].type.shape[0],):
-            raise OpError(f"bias must be i32 [{op.operands[1].type.shape[0]}], got {b.dtype} {list(b.shape)}")
+        if b.dtype != want or b.shape != (op.operands[1].type.shape[0],):
+            raise OpError(f"bias must be {want} [{op.operands[1].type.shape[0]}] with rounding "
+                          f"'{op.attrs['rounding']}', got {b.dtype} {list(b.shape)}")
     _check_zp(op, "input_zp")
     _check_zp(op, "output_zp")
     if "weight_zp" in op.attrs:
@@ -147,9 +198,14 @@ def _verify_weighted(op):
 
 
 def _i8_rule(rule):
+    """The float op's shape rule, with the input's activation type (i8 or i16)."""
     def infer(op):
-        return [TensorType(t.shape, "i8") for t in rule(op)]
+        return [TensorType(t.shape, act_dtype(op)) for t in rule(op)]
     return infer
+
+
+def _same_rule(op):
+    return [TensorType(op.operands[0].type.shape, act_dtype(op))]
 
 
 register_op(OpDef(
@@ -171,12 +227,14 @@ def _broadcast_rule(op):
         shape = np.broadcast_shapes(a, b)
     except ValueError:
         raise OpError(f"operand shapes {list(a)} and {list(b)} do not broadcast") from None
-    return [TensorType(tuple(shape), "i8")]
+    return [TensorType(tuple(shape), act_dtype(op))]
 
 
 def _verify_binary(op):
     """The checks s8.add / s8.sub / s8.mul share: i8 operands that broadcast, two input zero points."""
     _check_i8(op, list(op.operands) + list(op.results))
+    if op.attrs["rounding"] == "s64":
+        raise OpError("rounding 's64' is for conv2d and dense")
     _broadcast_rule(op)
     if len(op.attrs["input_zp"]) != 2:
         raise OpError("'input_zp' needs two entries (a, b)")
@@ -216,8 +274,14 @@ register_op(OpDef(
 LUT_FUNCTIONS = ("leaky_relu", "logistic", "tanh", "hard_swish", "hard_sigmoid")
 
 
+def _only_i8(op):
+    for v in list(op.operands) + list(op.results):
+        if v.type.dtype != "i8":
+            raise OpError(f"works on i8 tensors, got {v.type.dtype}")
+
+
 def _verify_lut(op):
-    _check_i8(op, list(op.operands) + list(op.results))
+    _only_i8(op)
     table = op.attrs["table"]
     if len(table) != 256:
         raise OpError(f"'table' must hold 256 int8 values, got {len(table)} entries")
@@ -235,6 +299,8 @@ register_op(OpDef(
 
 def _verify_requantize(op):
     _check_i8(op, list(op.operands) + list(op.results))
+    if op.attrs["rounding"] == "s64":
+        raise OpError("rounding 's64' is for conv2d and dense")
     _check_zp(op, "input_zp")
     _check_zp(op, "output_zp")
     _check_clamp(op)
@@ -243,7 +309,7 @@ def _verify_requantize(op):
 
 register_op(OpDef(
     "s8.requantize", operands=["x"], attrs=attrs(*_REQUANT),
-    infer=lambda op: [TensorType(op.operands[0].type.shape, "i8")], verify_fn=_verify_requantize,
+    infer=_same_rule, verify_fn=_verify_requantize,
     summary="Change the scale/zero point of an i8 tensor."))
 
 
@@ -264,6 +330,12 @@ def _verify_softmax(op):
     _check_i8(op, list(op.operands) + list(op.results))
     if not 0 <= op.attrs["multiplier"] < 2 ** 31:
         raise OpError("'multiplier' must lie in [0, 2^31)")
+    if act_dtype(op) == "i16":
+        # (x - max) * 2^shift must fit int32 before the requantization; diff_min is not used.
+        if not -31 <= op.attrs["shift"] <= 15 or op.attrs["diff_min"] != 0:
+            raise OpError(f"int16 softmax takes 'shift' in [-31, 15] and 'diff_min' 0, got {op.attrs['shift']}, "
+                          f"{op.attrs['diff_min']}")
+        return
     if not 0 <= op.attrs["shift"] <= 30:
         raise OpError(f"'shift' must lie in [0, 30], got {op.attrs['shift']}")
     if op.attrs["diff_min"] > 0:
@@ -276,5 +348,5 @@ def _verify_softmax(op):
 register_op(OpDef(
     "s8.softmax", operands=["x"],
     attrs=attrs(attr("multiplier", "int"), attr("shift", "int"), attr("diff_min", "int")),
-    infer=lambda op: [TensorType(op.operands[0].type.shape, "i8")], verify_fn=_verify_softmax,
-    summary="Int8 softmax over the last axis (TFLite/CMSIS-NN fixed point; output 1/256, zp -128)."))
+    infer=_same_rule, verify_fn=_verify_softmax,
+    summary="Softmax over the last axis (TFLite fixed point; int8: output 1/256, zp -128; int16: 1/32768, zp 0)."))
