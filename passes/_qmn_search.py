@@ -39,6 +39,11 @@ def _kernels():
     return KERNELS
 
 
+def _stack(parts: List[np.ndarray], r: Value) -> np.ndarray:
+    """Per-sample results stacked along their leading axis (a new axis for scalars)."""
+    return np.stack(parts) if not r.shape else np.concatenate(parts)
+
+
 class FakeQuantRun:
     """Reference and quantized values of a fake-quant graph on samples, evaluated op by op.
 
@@ -87,20 +92,32 @@ class FakeQuantRun:
             out = self._call(op, args)
         else:
             out = None
-            try:
-                out = self._call(op, args)
-                if any(np.shape(a) != (self.count, *r.shape[1:]) for r, a in zip(op.results, out)) or \
-                        any(r.shape[:1] != (1,) for r in op.results):
+            # The whole stack in one call only when every stacked operand and result has a batch axis of 1
+            # (a recurrent op's [T, I] sequence, say, is stacked T rows per sample).
+            if all(v.shape[:1] == (1,) for v in op.operands if id(v) in self.batched) and \
+                    all(r.shape[:1] == (1,) for r in op.results):
+                try:
+                    out = self._call(op, args)
+                    if any(np.shape(a) != (self.count, *r.shape[1:]) for r, a in zip(op.results, out)):
+                        out = None
+                except Exception:  # noqa: BLE001  (a kernel that cannot take the stack: run it per sample)
                     out = None
-            except Exception:  # noqa: BLE001  (a kernel that cannot take the stack: run it per sample below)
-                out = None
             if out is None:  # sample by sample
-                parts = [self._call(op, [a[i:i + 1] if id(v) in self.batched else a
-                                         for v, a in zip(op.operands, args)]) for i in range(self.count)]
-                out = [np.concatenate([p[k] for p in parts]) for k in range(len(op.results))]
+                parts = [self._call(op, [self._sample(v, a, i) for v, a in zip(op.operands, args)])
+                         for i in range(self.count)]
+                out = [_stack([p[k] for p in parts], r) for k, r in enumerate(op.results)]
             self.batched.update(id(r) for r in op.results)
         for r, a in zip(op.results, out):
             env[id(r)] = a
+
+    def _sample(self, v: Value, a: np.ndarray, i: int) -> np.ndarray:
+        """Sample ``i`` of operand ``v``: its rows of the stack (``v.shape[0]`` rows each), or ``a`` itself."""
+        if id(v) not in self.batched:
+            return a
+        if not v.shape:
+            return a[i]
+        n = v.shape[0]
+        return a[i * n:(i + 1) * n]
 
     def advance(self, upto: int):
         """Run the quantized graph up to (not including) op index ``upto``."""
