@@ -63,7 +63,9 @@ MEASURED = {
     "mobilenet_v2": {"q7": (8, 17.3), "q15": (9, 26.2), "int8": (8, 24.8)},
     "squeezenet": {"q7": (7, 22.5), "q15": (10, 44.3), "int8": (9, 26.6)},
     "conv1d": {"q7": (10, 25.8), "q15": (10, 51.5), "int8": (10, 32.5)},
-    "kws_cnn_torch": {"q7": (9, 21.6), "q15": (9, 29.4), "int8": (9, 20.3)},
+    # q7 16.3 dB since the output-error format search became the default (with the old local search
+    # and 16 search samples it measured 21.6 dB; top-1 rose from 9 to 10 of 10).
+    "kws_cnn_torch": {"q7": (10, 16.3), "q15": (9, 29.4), "int8": (9, 20.3)},
 }
 TOP1_FLOOR = {"q7": 6, "q15": 8, "int8": 8}
 SQNR_MARGIN = 3.0

@@ -58,7 +58,11 @@ def digits_test():
     return data["input"], data["labels"]
 
 
-def qmn_digits(pipeline="qmn", stop_before=None):
+# The exporter's tests pin the local format search (objective=tensor; the q15 case also its former
+# 16 search samples): onnxruntime rounds half to
+# even where qcc rounds half away, and whether those one-step differences compound across layers
+# into more than one output step depends on the formats chosen, not on the export.
+def qmn_digits(pipeline="qmn{objective=tensor}", stop_before=None):
     g = qcc.load_onnx(str(DIGITS / "digits.onnx"))
     passes = parse_pipeline(pipeline)
     for p in passes:
@@ -131,7 +135,7 @@ def test_imported_qdq_model_round_trips_exactly():
 
 
 # ---------------------------------------------------------------- lowered integer graphs
-@pytest.mark.parametrize("pipeline, opset", [("qmn", 13), ("qmn{bits=16}", 21)])
+@pytest.mark.parametrize("pipeline, opset", [("qmn{objective=tensor}", 13), ("qmn{bits=16,objective=tensor,samples=16}", 21)])
 def test_lowered_qmn_digits_agrees_with_the_simulator(pipeline, opset):
     xs, labels = digits_test()
     g = qmn_digits(pipeline)
