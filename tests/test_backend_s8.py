@@ -85,7 +85,7 @@ def _assert_bit_exact(got: np.ndarray, want: np.ndarray, what: str):
 
 def test_s8_model_plan_and_kernels(model):
     kinds = {s.kind for s in model.gen.plan.steps}
-    assert kinds <= {"s8.conv2d", "s8.add", "s8.avgpool", "s8.dense", "s8.softmax"}, kinds
+    assert kinds <= {"s8.conv2d", "s8.add", "s8.avgpool", "s8.dense", "s8.softmax", "stream"}, kinds
     assert model.gen.plan.inputs[0].value.type.dtype == "i8" and model.gen.plan.outputs[0].value.type.dtype == "i8"
     # TFLite Micro's own activation planner needs 16,000 (kws) / 49,152 (resnet) bytes.
     assert model.gen.plan.arena_size <= {"kws_dscnn": 16000, "ic_resnet8": 49152}[model.name]

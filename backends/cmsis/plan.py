@@ -39,6 +39,7 @@ from qcc.errors import QccError, UnsupportedModelError
 from qcc.ir.graph import Graph, Op, Value
 
 from .inplace import INPLACE_OPS, max_displacement, min_displacement_reversed
+from .stream import Chain, candidate_segments, chain_lifetimes, make_chain, op_macs
 
 ALIAS_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze"})
 COMPUTE_OPS = frozenset({
@@ -106,6 +107,7 @@ class Step:
     inputs: List[Value]
     output: Optional[Value]          # None for copy/dequantize (they write output ``out_index``)
     out_index: int = -1
+    chain: Optional[Chain] = None    # kind "stream": a row-streamed chain of layers (stream.py)
 
 
 @dataclass
@@ -120,7 +122,11 @@ class Plan:
     input_offsets: List[int] = field(default_factory=list)   # arena offset of API input i
     output_offsets: List[int] = field(default_factory=list)  # arena offset of API output j
     inplace: Dict[int, "Link"] = field(default_factory=dict)  # id(output buffer) -> its in-place link
-    live_bytes: List[int] = field(default_factory=list)      # bytes live during each step (no in-place)
+    live_bytes: List[int] = field(default_factory=list)      # bytes live during each time unit (no in-place)
+    step_time: List[int] = field(default_factory=list)       # first time unit of each step (a chain has one per layer)
+    max_recompute: float = 0.0                               # the bound streaming was planned under
+    total_macs: int = 0                                      # conv/dense MACs of the whole-tensor schedule
+    unstreamed_arena: int = 0                                # the arena without streaming (for reports)
 
     def is_inplace(self, step: "Step") -> bool:
         """True when ``step`` writes its output over one of its dying operands."""
@@ -219,12 +225,23 @@ def float_epilogue(v: Value) -> List[Op]:
 MAX_LINK_TRIALS = 128  # in-place links whose removal make_plan tries one at a time (see there)
 
 
-def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) -> Plan:
+DEFAULT_MAX_RECOMPUTE = 0.10
+# Band heights and halo modes the chain search tries (stream.py).
+STREAM_CONFIGS = (("cache", 1), ("cache", 2), ("recompute", 2), ("recompute", 4), ("recompute", 8))
+
+
+def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True,
+              max_recompute: float = DEFAULT_MAX_RECOMPUTE, chains: Optional[List[tuple]] = None) -> Plan:
     """Schedule ``graph`` and place every API and intermediate tensor in the arena.
 
     ``float_output`` only changes the run wrapper (it dequantizes the in-arena
     outputs and runs their float epilogues on the caller's floats; neither
     uses the arena); ``inplace=False`` turns off in-place layers (for comparisons).
+    ``max_recompute`` > 0 lets chains of layers run row-streamed (stream.py)
+    when that lowers the arena, repeating at most that fraction of the
+    model's conv/dense MACs; 0 turns streaming off. ``chains`` forces the
+    chains instead of searching: ``(first step, last step, mode, band rows)``
+    each, in step indices of the whole-tensor schedule (tests use it).
     """
     inputs, outputs, boundary = find_io(graph)
     bad = []
@@ -250,7 +267,70 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
     if bad:
         raise UnsupportedModelError("the cmsis backend cannot compile these ops of graph "
                                     f"@{graph.name}: " + "; ".join(bad))
+    total = sum(op_macs(s.op) for s in steps if s.op.opname in WEIGHTED_OPS[:4])
+    plain = _plan_steps(inputs, outputs, list(steps), inplace)
+    plain.total_macs, plain.unstreamed_arena = total, plain.arena_size
+    if chains is not None:
+        cur = list(steps)
+        for i, j, mode, band in sorted(chains, reverse=True):
+            if (i, j) not in candidate_segments(graph, steps):
+                raise ValueError(f"steps {i}..{j} cannot stream")
+            ch = make_chain([s.op for s in steps[i:j + 1]], band, mode)
+            cur[i:j + 1] = [Step("stream", None, ch.inputs, ch.sink, chain=ch)]
+        plan = _plan_steps(inputs, outputs, cur, inplace)
+        plan.max_recompute, plan.total_macs, plan.unstreamed_arena = max_recompute, total, plain.arena_size
+        return plan
+    if max_recompute <= 0:
+        return plain
+    streamed = _choose_chains(graph, inputs, outputs, steps, max_recompute, total)
+    if streamed is steps:
+        plan = plain
+    else:
+        plan = _plan_steps(inputs, outputs, streamed, inplace)
+        if plan.arena_size >= plain.arena_size:  # streaming never makes the arena larger
+            plan = plain
+    plan.max_recompute, plan.total_macs, plan.unstreamed_arena = max_recompute, total, plain.arena_size
+    return plan
 
+
+def _choose_chains(graph: Graph, inputs, outputs, steps: List[Step], max_recompute: float,
+                   total_macs: int) -> List[Step]:
+    """Greedily replace runs of steps by streamed chains while the arena (no in-place layers) drops.
+
+    Each round tries every closed run of streamable steps (stream.candidate_segments)
+    with every band height and halo mode of STREAM_CONFIGS, keeps those whose
+    repeated MACs (with the chains already chosen) stay within
+    ``max_recompute * total_macs``, and takes the smallest arena (ties: fewer
+    repeated MACs, then fewer kernel calls).
+    """
+    budget = max_recompute * total_macs
+    cur = list(steps)
+    arena = _plan_steps(inputs, outputs, list(cur), False, check=False).arena_size
+    spent = 0
+    while True:
+        best = None
+        for i, j in candidate_segments(graph, cur):
+            for mode, band in STREAM_CONFIGS:
+                if band >= cur[j].op.result.shape[1]:
+                    continue
+                ch = make_chain([s.op for s in cur[i:j + 1]], band, mode)
+                extra = ch.extra_macs()
+                if spent + extra > budget:
+                    continue
+                trial = cur[:i] + [Step("stream", None, ch.inputs, ch.sink, chain=ch)] + cur[j + 1:]
+                size = _plan_steps(inputs, outputs, list(trial), False, check=False).arena_size
+                key = (size, extra, ch.calls())
+                if best is None or key < best[0]:
+                    best = (key, trial)
+        if best is None or best[0][0] >= arena:
+            return cur if cur != steps else steps
+        (arena, extra, _), cur = best
+        spent += extra
+
+
+def _plan_steps(inputs: List[TensorIO], outputs: List[TensorIO], steps: List[Step], inplace: bool,
+                check: bool = True) -> Plan:
+    """Buffers, lifetimes and offsets for a schedule (``steps`` gets the output copy steps appended)."""
     # Buffers: API inputs (written by the caller before step 0), every step's result, and an own
     # buffer per API output (an output whose tensor is an input, a constant or another output's
     # gets a copy step). Outputs stay live after the last step, so the caller can read them.
@@ -275,20 +355,33 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
             steps.append(Step("copy", None, [io.value], None, io.index))
             out_buffers.append(Buffer(io.value, _nbytes(io.value), -1, -1))
             copies.add(id(out_buffers[-1]))
-    last = len(steps)
+    # Time units: one per step, one per layer of a streamed chain (its band buffers live inside it).
+    step_time, t = [], 0
+    for s in steps:
+        step_time.append(t)
+        t += len(s.chain.ops) if s.chain is not None else 1
+    last = t
     for i, s in enumerate(steps):
+        t0 = step_time[i]
+        t1 = t0 + (len(s.chain.ops) - 1 if s.chain is not None else 0)
         for v in s.inputs:
             b = by_root.get(id(alias_root(v)))
             if b is not None:
-                b.end = max(b.end, i)
+                b.end = max(b.end, t1)
         if s.output is not None:
-            b = Buffer(s.output, _nbytes(s.output), i, i)
+            b = Buffer(s.output, _nbytes(s.output), t0, t1)
             by_root[id(s.output)] = b
             buffers.append(b)
         else:
             b = out_buffers[s.out_index]
-            b.start = b.end = i
+            b.start = b.end = t0
             buffers.append(b)
+        if s.chain is not None:
+            for j, (first, end) in sorted(chain_lifetimes(s.chain).items()):
+                v = s.chain.ops[j].result
+                b = Buffer(v, s.chain.buffer_bytes(j), t0 + first, t0 + end)
+                by_root[id(v)] = b
+                buffers.append(b)
     for j, io in enumerate(outputs):
         b = out_buffers[j] if out_buffers[j] is not None else by_root[id(alias_root(io.value))]
         out_buffers[j] = b
@@ -312,7 +405,7 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
             best = None
             for v in s.inputs:
                 src = by_root.get(id(alias_root(v)))
-                if src is None or src.end != i or id(src) in taken:
+                if src is None or src.end != step_time[i] or id(src) in taken:
                     continue
                 # every operand reading the same bytes constrains the displacement
                 same = [j for j, w in enumerate(s.inputs) if alias_root(w) is src.root]
@@ -371,13 +464,16 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
         b.offset = placement[id(b)]
         if id(b) not in copies:
             location[id(b.root)] = ("arena", b.offset)
-    nsteps = max(last, 1)
-    live = [sum(b.size for b in buffers if b.start <= i <= b.end) for i in range(nsteps)]
+    nunits = max(last, 1)
+    live = [sum(b.size for b in buffers if b.start <= t <= b.end) for t in range(nunits)]
     plan = Plan(inputs, outputs, steps, buffers, location, arena, max(live, default=0))
     plan.input_offsets = [b.offset for b in in_buffers]
     plan.output_offsets = [b.offset for b in out_buffers]
     plan.inplace = dict(used_links)
-    plan.live_bytes = live[:len(steps)]
+    plan.live_bytes = live[:last]
+    plan.step_time = step_time
+    if not check:
+        return plan
     check_plan(plan)
     return plan
 
@@ -480,13 +576,29 @@ def memory_report(plan: Plan) -> dict:
     step and ``offset`` where its result sits.
     """
     where = {id(b.root): b for b in plan.buffers}
-    layers = []
+    layers, chains = [], []
     for i, s in enumerate(plan.steps):
+        t0 = plan.step_time[i] if plan.step_time else i
+        if s.chain is not None:
+            ch = s.chain
+            chains.append({"step": i, "layers": [op.name for op in ch.ops], "band_rows": ch.band, "mode": ch.mode,
+                           "bands": len(ch.bands), "calls": ch.calls(), "extra_macs": ch.extra_macs(),
+                           "band_buffer_bytes": sum(ch.buffer_bytes(j) for j in ch.capacity)})
+            for j, op in enumerate(ch.ops):
+                b = where[id(op.result)]
+                layers.append({"step": i, "op": op.opname, "name": op.name, "live_bytes": plan.live_bytes[t0 + j],
+                               "bytes": b.size, "offset": b.offset, "in_place": False, "streamed": True})
+            continue
         b = where.get(id(s.output)) if s.output is not None else None
         layers.append({"step": i, "op": s.kind, "name": s.op.name if s.op is not None else f"output{s.out_index}",
-                       "live_bytes": plan.live_bytes[i], "bytes": b.size if b else 0,
+                       "live_bytes": plan.live_bytes[t0], "bytes": b.size if b else 0,
                        "offset": b.offset if b else plan.output_offsets[s.out_index],
-                       "in_place": plan.is_inplace(s)})
+                       "in_place": plan.is_inplace(s), "streamed": False})
+    extra = sum(c["extra_macs"] for c in chains)
     return {"arena_bytes": plan.arena_size, "lower_bound_bytes": plan.lower_bound,
             "input_offsets": list(plan.input_offsets), "output_offsets": list(plan.output_offsets),
-            "in_place_layers": sum(1 for s in plan.steps if plan.is_inplace(s)), "layers": layers}
+            "in_place_layers": sum(1 for s in plan.steps if plan.is_inplace(s)), "layers": layers,
+            "streaming": {"max_recompute": plan.max_recompute, "chains": chains,
+                          "arena_without_streaming": plan.unstreamed_arena or plan.arena_size,
+                          "extra_macs": extra, "total_macs": plan.total_macs,
+                          "extra_mac_ratio": extra / plan.total_macs if plan.total_macs else 0.0}}
