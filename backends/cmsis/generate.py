@@ -33,7 +33,7 @@ from qcc.ir.types import FixedPoint, UniformQuant
 from .layers import LayerBuilder, ctype, float_epilogue_context, format_values, storage_min_max
 from .naming import c_comment, c_identifier
 from .plan import DEFAULT_MAX_RECOMPUTE, Plan, _nbytes, make_plan
-from .stream import Call, band_op, call_operands, row_bytes
+from .stream import Call, Finish, band_op, call_operands, is_reduction, row_bytes
 from .targets import TARGETS
 from .cmsis_nn import KERNELS, CmsisNNKernels
 
@@ -273,6 +273,10 @@ def _chain_code(env, builder: LayerBuilder, plan: Plan, step, index: int, name: 
                 items.append(("move", "", (), (off[act.tensor], off[act.tensor] + act.shift * rb, act.keep * rb)))
                 continue
             op = ch.ops[act.layer]
+            if isinstance(act, Finish) or is_reduction(op):
+                items.append(_reduction_item(env, builder, ch, act, index, variants, texts,
+                                             lambda v: plan.where(v)[1]))
+                continue
             clone = band_op(op, act.a, act.c)
             key = (act.layer, clone.operands[0].shape[1], tuple(clone.attrs.get("pads", ())), act.c - act.a)
             if key not in variants:
@@ -281,7 +285,9 @@ def _chain_code(env, builder: LayerBuilder, plan: Plan, step, index: int, name: 
                     ctx = builder.build(f"{index}s{act.layer}v{len(variants)}", clone)
                 finally:
                     builder.sharing = False
-                ctx["restrict"], ctx["reverse"] = "restrict ", False
+                # a layer written over its streamed operand (plan._stream_links) aliases its pointers
+                inplace = any(b.root is op.result and id(b) in plan.inplace for b in plan.buffers)
+                ctx["restrict"], ctx["reverse"] = "" if inplace else "restrict ", False
                 macro = getattr(env.get_template(f"ops/{ctx['kind']}.j2").module, ctx["kind"])
                 texts.append(str(macro(ctx)).strip("\n"))
                 variants[key] = ctx["fn"]
@@ -310,6 +316,38 @@ def _chain_code(env, builder: LayerBuilder, plan: Plan, step, index: int, name: 
             lines += [_action_c(name, it, None) for it in bands[b]]
         b = end
     return texts, "\n    ".join(lines)
+
+
+def _reduction_item(env, builder: LayerBuilder, ch, act, index: int, variants: Dict[tuple, str], texts: List[str],
+                    offset):
+    """A band of a global average pool (sums rows into ``ch.acc``) or its final division (stream_pool.j2)."""
+    op = ch.ops[-1]
+    x = op.operands[0]
+    n, h, w, c = x.shape
+    acc_t = "int64_t" if ch.acc.type.dtype == "i64" else "int32_t"
+    module = env.get_template("ops/stream_pool.j2").module
+    if isinstance(act, Finish):
+        key = ("finish",)
+        if key not in variants:
+            fn = f"l{index}s{act.layer}_{c_identifier(op.name or 'avgpool', fallback='avgpool', max_len=32)}_done"
+            ctx = {"fn": fn, "comment": c_comment(f"{op.opname} \"{op.name}\": sums -> [{c}]"), "acc_t": acc_t,
+                   "yt": ctype(op.result), "c": c, "count": h * w, "s8": op.opname == "s8.avgpool",
+                   "lo": op.attrs["act_min"], "hi": op.attrs["act_max"]}
+            if not ctx["s8"]:
+                s = op.attrs.get("out_shift", 0)
+                ctx.update(num_mul=1 << max(-s, 0), den_mul=1 << max(s, 0), wide=acc_t == "int64_t")
+            texts.append(str(module.stream_avgdone(ctx)).strip("\n"))
+            variants[key] = fn
+        return ("call", variants[key], ("const " + acc_t, ctype(op.result)), (offset(ch.acc), offset(ch.sink)))
+    ins, out = call_operands(ch, act, offset)
+    key = ("rowsum", act.c - act.a, act.a == 0)
+    if key not in variants:
+        fn = f"l{index}s{act.layer}v{len(variants)}_rowsum"
+        ctx = {"fn": fn, "comment": c_comment(f"{op.opname} \"{op.name}\": sums of {act.c - act.a} row(s)"),
+               "acc_t": acc_t, "xt": ctype(x), "c": c, "w_": w, "rows": act.c - act.a, "init": act.a == 0}
+        texts.append(str(module.stream_rowsum(ctx)).strip("\n"))
+        variants[key] = fn
+    return ("call", variants[key], ("const " + ctype(x), acc_t), (ins[0][0], out[0]))
 
 
 def _same_shape(x, y) -> bool:

@@ -39,7 +39,7 @@ from qcc.errors import QccError, UnsupportedModelError
 from qcc.ir.graph import Graph, Op, Value
 
 from .inplace import INPLACE_OPS, max_displacement, min_displacement_reversed
-from .stream import Chain, candidate_segments, chain_lifetimes, make_chain, op_macs
+from .stream import Chain, candidate_segments, chain_lifetimes, chain_units, make_chain, op_macs, out_rows
 
 ALIAS_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze"})
 COMPUTE_OPS = frozenset({
@@ -76,9 +76,18 @@ class TensorIO:
 class Buffer:
     root: Value
     size: int          # bytes
-    start: int         # first step that writes it
-    end: int           # last step that reads it
+    start: int         # first time unit that writes it
+    end: int           # last time unit that reads it
     offset: int = -1
+    spans: Optional[List[Tuple[int, int]]] = None   # live only in these spans (a streamed band buffer)
+
+    def mask(self) -> int:
+        """The time units it is live in, as bits."""
+        spans = self.spans if self.spans is not None else [(self.start, self.end)]
+        m = 0
+        for a, z in spans:
+            m |= ((1 << (z - a + 1)) - 1) << a
+        return m
 
 
 @dataclass
@@ -93,6 +102,7 @@ class Link:
     disp: int
     limit: int
     reverse: bool = False
+    streamed: bool = False   # inside a streamed chain: each band call writes over the row it alone reads
 
     def allows(self, disp: int) -> bool:
         return disp >= self.limit if self.reverse else disp <= self.limit
@@ -311,7 +321,7 @@ def _choose_chains(graph: Graph, inputs, outputs, steps: List[Step], max_recompu
         best = None
         for i, j in candidate_segments(graph, cur):
             for mode, band in STREAM_CONFIGS:
-                if band >= cur[j].op.result.shape[1]:
+                if band >= out_rows(cur[j].op):
                     continue
                 ch = make_chain([s.op for s in cur[i:j + 1]], band, mode)
                 extra = ch.extra_macs()
@@ -359,17 +369,18 @@ def _plan_steps(inputs: List[TensorIO], outputs: List[TensorIO], steps: List[Ste
     step_time, t = [], 0
     for s in steps:
         step_time.append(t)
-        t += len(s.chain.ops) if s.chain is not None else 1
+        t += chain_units(s.chain) if s.chain is not None else 1
     last = t
     for i, s in enumerate(steps):
         t0 = step_time[i]
-        t1 = t0 + (len(s.chain.ops) - 1 if s.chain is not None else 0)
+        t1 = t0 + (chain_units(s.chain) - 1 if s.chain is not None else 0)
         for v in s.inputs:
             b = by_root.get(id(alias_root(v)))
             if b is not None:
                 b.end = max(b.end, t1)
         if s.output is not None:
-            b = Buffer(s.output, _nbytes(s.output), t0, t1)
+            # a chain ending in a reduction writes its result only after the last band
+            b = Buffer(s.output, _nbytes(s.output), t1 if s.chain is not None and s.chain.acc is not None else t0, t1)
             by_root[id(s.output)] = b
             buffers.append(b)
         else:
@@ -377,10 +388,15 @@ def _plan_steps(inputs: List[TensorIO], outputs: List[TensorIO], steps: List[Ste
             b.start = b.end = t0
             buffers.append(b)
         if s.chain is not None:
-            for j, (first, end) in sorted(chain_lifetimes(s.chain).items()):
+            for j, spans in sorted(chain_lifetimes(s.chain).items()):
                 v = s.chain.ops[j].result
-                b = Buffer(v, s.chain.buffer_bytes(j), t0 + first, t0 + end)
+                b = Buffer(v, s.chain.buffer_bytes(j), t0 + spans[0][0], t0 + spans[-1][1],
+                           spans=[(t0 + a, t0 + z) for a, z in spans])
                 by_root[id(v)] = b
+                buffers.append(b)
+            if s.chain.acc is not None:   # a reduction's sums: live through the chain
+                b = Buffer(s.chain.acc, _nbytes(s.chain.acc), t0, t1)
+                by_root[id(s.chain.acc)] = b
                 buffers.append(b)
     for j, io in enumerate(outputs):
         b = out_buffers[j] if out_buffers[j] is not None else by_root[id(alias_root(io.value))]
@@ -438,6 +454,11 @@ def _plan_steps(inputs: List[TensorIO], outputs: List[TensorIO], steps: List[Ste
                 lo, hi = span.get(h, (0, link.src.size))
                 span[h] = (min(lo, r), max(hi, r + out.size))
 
+    if inplace:
+        for i, s in enumerate(steps):
+            if s.chain is not None:
+                links.update(_stream_links(s.chain, by_root, step_time[i]))
+
     # Chains move as one block (see _place), which can cost more than a link saves; so drop, one at a
     # time in schedule order, every link whose removal makes the arena smaller. Then keep the best of
     # best fit / first fit (ties: best fit, TFLM's choice).
@@ -465,7 +486,11 @@ def _plan_steps(inputs: List[TensorIO], outputs: List[TensorIO], steps: List[Ste
         if id(b) not in copies:
             location[id(b.root)] = ("arena", b.offset)
     nunits = max(last, 1)
-    live = [sum(b.size for b in buffers if b.start <= t <= b.end) for t in range(nunits)]
+    live = [0] * (nunits + 1)
+    for b in buffers:
+        for a, z in (b.spans if b.spans is not None else [(b.start, b.end)]):
+            for u in range(a, min(z, nunits - 1) + 1):
+                live[u] += b.size
     plan = Plan(inputs, outputs, steps, buffers, location, arena, max(live, default=0))
     plan.input_offsets = [b.offset for b in in_buffers]
     plan.output_offsets = [b.offset for b in out_buffers]
@@ -476,6 +501,49 @@ def _plan_steps(inputs: List[TensorIO], outputs: List[TensorIO], steps: List[Ste
         return plan
     check_plan(plan)
     return plan
+
+
+def _stream_links(ch: Chain, by_root: Dict[int, Buffer], t0: int) -> Dict[int, Link]:
+    """In-place layers inside a streamed chain: a layer may write its band over its one streamed operand.
+
+    Both buffers must be dead between bands (not caches), the operand read by
+    this layer alone, and every span of the operand end where the output's
+    begins: at this layer's call. The displacement bound is inplace.py's for
+    every band shape the layer runs (stream.band_op).
+    """
+    from .stream import Call, _data, band_op, row_bytes
+    index = {id(op.result): j for j, op in enumerate(ch.ops)}
+    flat = [a for b in ch.bands for a in b]
+    out: Dict[int, Link] = {}
+    taken = set()
+    for j, op in enumerate(ch.ops[:-1]):
+        if op.opname not in INPLACE_OPS or ch.kept[j]:
+            continue
+        data = _data(op)
+        inner = [k for k, v in enumerate(data) if id(v) in index]
+        if len(inner) != 1 or any(w is data[inner[0]] for k, w in enumerate(data) if k != inner[0]):
+            continue
+        src_j = index[id(data[inner[0]])]
+        src, dst = by_root[id(data[inner[0]])], by_root[id(op.result)]
+        if ch.kept[src_j] or ch.last_use[src_j] != j or id(src) in taken or src.spans is None or dst.spans is None:
+            continue
+        calls = [t0 + u for u, a in enumerate(flat) if isinstance(a, Call) and a.layer == j]
+        if [z for _, z in src.spans] != calls or [a for a, _ in dst.spans] != calls:
+            continue
+        limits = []
+        for a in flat:
+            if isinstance(a, Call) and a.layer == j:
+                d = max_displacement(band_op(op, a.a, a.c), inner[0])
+                # the kernel's bound is between its pointers, which sit inside the two buffers
+                in_rel = (a.reads[inner[0]] - a.in_lo[inner[0]]) * row_bytes(data[inner[0]])
+                out_rel = (a.a - a.out_lo) * row_bytes(op.result)
+                limits.append(None if d is None else d + in_rel - out_rel)
+        if not limits or None in limits:
+            continue
+        limit = min(limits)
+        out[id(dst)] = Link(src, min(limit, 0) // ALIGN * ALIGN, limit, False, streamed=True)
+        taken.add(id(src))
+    return out
 
 
 def _place(buffers: List[Buffer], links: Dict[int, Link], fit: str) -> Dict[int, int]:
@@ -514,12 +582,15 @@ def _place(buffers: List[Buffer], links: Dict[int, Link], fit: str) -> Dict[int,
     for members in blocks.values():
         lo = min(rel[id(b)] for b in members)
         hi = max(rel[id(b)] + b.size for b in members)
-        items.append((hi - lo, min(b.start for b in members), max(b.end for b in members), lo, members))
+        mask = 0
+        for b in members:
+            mask |= b.mask()
+        items.append((hi - lo, min(b.start for b in members), mask, lo, members))
     items.sort(key=lambda t: (-t[0], t[1]))
-    placed: List[Tuple[int, int, int, int]] = []   # (offset, size, start, end)
+    placed: List[Tuple[int, int, int]] = []   # (offset, size, live mask)
     offsets: Dict[int, int] = {}
-    for size, start, end, lo, members in items:
-        spans = sorted((o, o + s) for o, s, a, z in placed if a <= end and start <= z)
+    for size, start, mask, lo, members in items:
+        spans = sorted((o, o + s) for o, s, m in placed if m & mask)
         off, best, best_gap = 0, None, None
         for s_lo, s_hi in spans:
             gap = s_lo - off
@@ -530,7 +601,7 @@ def _place(buffers: List[Buffer], links: Dict[int, Link], fit: str) -> Dict[int,
             off = max(off, -(-s_hi // ALIGN) * ALIGN)
         if best is None:
             best = off
-        placed.append((best, size, start, end))
+        placed.append((best, size, mask))
         for b in members:
             offsets[id(b)] = best + rel[id(b)] - lo
     return offsets
@@ -548,15 +619,16 @@ def check_plan(plan: Plan) -> None:
         if b.offset < 0 or b.offset % ALIGN or b.offset + b.size > plan.arena_size:
             problems.append(f"buffer {_describe(b.root)} at {b.offset}+{b.size} outside/unaligned in arena "
                             f"{plan.arena_size}")
+    masks = [b.mask() for b in bufs]
     for i, a in enumerate(bufs):
-        for b in bufs[i + 1:]:
-            if not (a.start <= b.end and b.start <= a.end):
+        for k, b in enumerate(bufs[i + 1:], i + 1):
+            if not masks[i] & masks[k]:
                 continue
             if a.offset < b.offset + b.size and b.offset < a.offset + a.size:
                 ok = False
                 for out, src in ((a, b), (b, a)):
                     link = plan.inplace.get(id(out))
-                    if link is not None and link.src is src and out.start == src.end \
+                    if link is not None and link.src is src and (out.start == src.end or link.streamed) \
                             and link.allows(out.offset - src.offset):
                         ok = True
                 if not ok:
@@ -584,9 +656,14 @@ def memory_report(plan: Plan) -> dict:
             chains.append({"step": i, "layers": [op.name for op in ch.ops], "band_rows": ch.band, "mode": ch.mode,
                            "bands": len(ch.bands), "calls": ch.calls(), "extra_macs": ch.extra_macs(),
                            "band_buffer_bytes": sum(ch.buffer_bytes(j) for j in ch.capacity)})
+            flat = [a for band in ch.bands for a in band]
+            peak: Dict[int, int] = {}   # per layer: the most bytes live while any of its bands runs
+            for u, act in enumerate(flat):
+                j = getattr(act, "layer", getattr(act, "tensor", -1))
+                peak[j] = max(peak.get(j, 0), plan.live_bytes[t0 + u])
             for j, op in enumerate(ch.ops):
                 b = where[id(op.result)]
-                layers.append({"step": i, "op": op.opname, "name": op.name, "live_bytes": plan.live_bytes[t0 + j],
+                layers.append({"step": i, "op": op.opname, "name": op.name, "live_bytes": peak.get(j, 0),
                                "bytes": b.size, "offset": b.offset, "in_place": False, "streamed": True})
             continue
         b = where.get(id(s.output)) if s.output is not None else None

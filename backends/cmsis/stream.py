@@ -58,10 +58,32 @@ def _data(op: Op) -> List[Value]:
     return op.operands[:1] if op.opname in WINDOWED else list(op.operands)
 
 
+def is_reduction(op: Optional[Op]) -> bool:
+    """A global average pool (one window over the whole unpadded input): a chain may end in it.
+
+    Streamed, it adds each band of input rows into an int32 (int64 when the
+    kernel needs it) sum per channel, and divides once after the last band
+    with the whole-tensor kernel's own rounding (``stream_pool.j2``): the sum
+    of the rows is the window's sum, so the result is the same.
+    """
+    if op is None or op.opname not in ("s8.avgpool", "qnn.avgpool") or op.operands[0].type.rank != 4:
+        return False
+    _, h, w, _ = op.operands[0].shape
+    return (op.operands[0].shape[0] == 1 and tuple(op.result.shape[1:3]) == (1, 1)
+            and list(op.attrs["kernel"]) == [h, w] and not any(op.attrs["pads"]))
+
+
+def out_rows(op: Op) -> int:
+    """Rows a chain layer produces one band at a time (a reduction: the input rows it adds)."""
+    return op.operands[0].shape[1] if is_reduction(op) else op.result.shape[1]
+
+
 def streamable(op: Optional[Op]) -> bool:
     """True when ``op`` can run a band of rows at a time (NHWC, batch 1, no broadcast or constant data)."""
     if op is None or op.opname not in WINDOWED | ELEMENTWISE or len(op.results) != 1:
         return False
+    if is_reduction(op):
+        return True
     y = op.result
     if y.type.rank != 4 or y.shape[0] != 1:
         return False
@@ -80,7 +102,7 @@ def window(op: Op) -> Tuple[int, int, int, int]:
 
 def rows_needed(op: Op, a: int, c: int) -> Tuple[int, int]:
     """Rows of every data operand that output rows [a, c) of ``op`` read (clamped to the tensor)."""
-    if op.opname not in WINDOWED:
+    if op.opname not in WINDOWED or is_reduction(op):
         return a, c
     k, s, d, p = window(op)
     h = op.operands[0].shape[1]
@@ -145,6 +167,13 @@ class Call:
 
 
 @dataclass
+class Finish:
+    """A reduction sink divides its sums into the result (after the last band)."""
+
+    layer: int
+
+
+@dataclass
 class Chain:
     """A streamed chain: its layers, band height, halo mode, and the per-band schedule."""
 
@@ -156,6 +185,8 @@ class Chain:
     kept: Dict[int, bool] = field(default_factory=dict)        # layer -> rows survive between bands
     computed_rows: Dict[int, int] = field(default_factory=dict)  # layer -> rows computed over all bands
     last_use: Dict[int, int] = field(default_factory=dict)     # layer -> last layer of the chain reading it
+
+    acc: Optional[Value] = None   # a reduction sink's per-channel sums (an arena buffer of the chain)
 
     @property
     def sink(self) -> Value:
@@ -178,7 +209,7 @@ class Chain:
 
     def extra_macs(self) -> int:
         """MACs computed more than once (recompute mode's halos)."""
-        return sum(op_macs(op) * (self.computed_rows[j] - op.result.shape[1]) // op.result.shape[1]
+        return sum(op_macs(op) * (self.computed_rows[j] - out_rows(op)) // out_rows(op)
                    for j, op in enumerate(self.ops))
 
     def calls(self) -> int:
@@ -203,11 +234,26 @@ def make_chain(ops: List[Op], band: int, mode: str) -> Chain:
     ch.capacity = {j: 0 for j in range(len(ops) - 1)}
     ch.kept = {j: False for j in range(len(ops) - 1)}
     ch.computed_rows = {j: 0 for j in range(len(ops))}
+    if is_reduction(ops[-1]):
+        wide = ops[-1].opname == "qnn.avgpool" and acc_wide(ops[-1])
+        ch.acc = Value(TensorType((1, ops[-1].result.shape[-1]), "i64" if wide else "i32"))
     if mode == "cache":
         _pull_schedule(ch, index, consumers)
     else:
         _band_schedule(ch, index, consumers)
+    if ch.acc is not None:
+        ch.bands[-1].append(Finish(len(ops) - 1))
     return ch
+
+
+def acc_wide(op: Op) -> bool:
+    """A qnn global average pool whose division needs 64 bits (layers.py's ``wide``, the same bound)."""
+    x = op.operands[0]
+    bits = x.type.np_dtype.itemsize * 8
+    s = op.attrs.get("out_shift", 0)
+    count = x.shape[1] * x.shape[2]
+    biggest = (1 << (bits - 1)) * count * (1 << max(-s, 0))
+    return 2 * biggest + count * (1 << max(s, 0)) > (1 << 31) - 1
 
 
 def _call(ch: Chain, index, win, j: int, a: int, c: int) -> Call:
@@ -237,7 +283,7 @@ def _pull_schedule(ch: Chain, index, consumers) -> None:
         """Lowest row of layer j's result still to be read by a consumer."""
         lows = []
         for i, _ in consumers[j]:
-            h = ops[i].result.shape[1]
+            h = out_rows(ops[i])
             if done[i] < h:
                 lows.append(rows_needed(ops[i], done[i], done[i] + 1)[0])
         return min(lows) if lows else done[j]
@@ -245,7 +291,7 @@ def _pull_schedule(ch: Chain, index, consumers) -> None:
     def ensure(j: int, hi: int) -> None:
         while done[j] < hi:
             a = done[j]
-            c = min(ops[j].result.shape[1], a + ch.band)
+            c = min(out_rows(ops[j]), a + ch.band)
             _, need_hi = rows_needed(ops[j], a, c)
             for v in _data(ops[j]):
                 if id(v) in index:
@@ -266,16 +312,14 @@ def _pull_schedule(ch: Chain, index, consumers) -> None:
                 ch.bands.append(list(actions))
                 actions.clear()
 
-    ensure(last, ops[last].result.shape[1])
-    for j in ch.kept:   # pull order interleaves layers: every band buffer lives through the chain
-        ch.kept[j] = True
+    ensure(last, out_rows(ops[last]))
 
 
 def _band_schedule(ch: Chain, index, consumers) -> None:
     """Recompute mode: per band of sink rows, every layer computes all rows its consumers read."""
     ops, last = ch.ops, len(ch.ops) - 1
     win = {j: 0 for j in range(len(ops))}
-    height = ch.sink.shape[1]
+    height = out_rows(ops[last])
     for b0 in range(0, height, ch.band):
         new: Dict[int, Tuple[int, int]] = {last: (b0, min(height, b0 + ch.band))}
         for j in range(last - 1, -1, -1):
@@ -293,11 +337,43 @@ def _band_schedule(ch: Chain, index, consumers) -> None:
         ch.bands.append(actions)
 
 
-def chain_lifetimes(ch: Chain) -> Dict[int, Tuple[int, int]]:
-    """Per intermediate layer, (first, last) time unit (relative to the chain) its band buffer is live."""
+def chain_units(ch: Chain) -> int:
+    """Time units of a chain in the memory plan: one per action (call or slide) of all its bands."""
+    return max(1, sum(len(b) for b in ch.bands))
+
+
+def chain_lifetimes(ch: Chain) -> Dict[int, List[Tuple[int, int]]]:
+    """Per intermediate layer, the time units (relative to the chain, inclusive spans) its band buffer is live.
+
+    A buffer that keeps rows from one write to the next (a cache) lives
+    through the whole chain. Any other is dead between the last read of what
+    one call wrote and the next call that writes it, so it lives in one span
+    per write and other buffers may use its bytes in between.
+    """
+    flat = [a for b in ch.bands for a in b]
+    index = {id(op.result): j for j, op in enumerate(ch.ops)}
+    writes: Dict[int, List[int]] = {j: [] for j in ch.capacity}
+    reads: Dict[int, List[int]] = {j: [] for j in ch.capacity}
+    for t, act in enumerate(flat):
+        if not isinstance(act, Call):
+            continue
+        if act.layer in writes:
+            writes[act.layer].append(t)
+        for v in _data(ch.ops[act.layer]):
+            if id(v) in index and index[id(v)] in reads:
+                reads[index[id(v)]].append(t)
+    whole = [(0, len(flat) - 1)]
     out = {}
     for j in ch.capacity:
-        out[j] = (0, len(ch.ops) - 1) if ch.kept[j] else (j, ch.last_use[j])
+        if ch.kept[j] or not writes[j]:
+            out[j] = whole
+            continue
+        spans = []
+        bounds = writes[j][1:] + [len(flat)]
+        for w, nxt in zip(writes[j], bounds):
+            last = max((r for r in reads[j] if w < r < nxt), default=w)
+            spans.append((w, last))
+        out[j] = spans
     return out
 
 
@@ -308,7 +384,7 @@ def candidate_segments(graph, steps, max_len: int = 24) -> List[Tuple[int, int]]
     out = []
     outputs = {id(v) for v in graph.outputs}
     for i in range(len(steps)):
-        if not streamable(steps[i].op):
+        if not streamable(steps[i].op) or is_reduction(steps[i].op):
             continue
         members = set()
         for j in range(i, min(len(steps), i + max_len)):
@@ -324,8 +400,10 @@ def candidate_segments(graph, steps, max_len: int = 24) -> List[Tuple[int, int]]
                 if id(v) in outputs or any(id(u) not in members for u, _ in graph.uses(v)):
                     closed = False
                     break
-            if closed and op.result.shape[1] > 1:
+            if closed and out_rows(op) > 1:
                 out.append((i, j))
+            if is_reduction(op):
+                break
     return out
 
 
@@ -342,6 +420,8 @@ def call_operands(ch: Chain, act: Call, offset) -> Tuple[List[Tuple[int, Value, 
     for v, read, held in zip(_data(op), act.reads, act.in_lo):
         ins.append((offset(v) + (read - held) * row_bytes(v), v, read, hi - lo if op.opname in WINDOWED else
                     act.c - act.a))
+    if is_reduction(op):
+        return ins, (offset(ch.acc), ch.acc, 0, 1)
     y = op.result
     return ins, (offset(y) + (act.a - act.out_lo) * row_bytes(y), y, act.a, act.c - act.a)
 
@@ -366,6 +446,12 @@ def replay_chain(ch: Chain, offset, arena_size: int) -> None:
         tags[offset(v):offset(v) + v.type.size * v.type.np_dtype.itemsize] = tag(v, 0, v.shape[1])
     for band, actions in enumerate(ch.bands):
         for act in actions:
+            if isinstance(act, Finish):
+                y = ch.sink
+                if not np.array_equal(tags[offset(ch.acc):offset(ch.acc) + row_bytes(ch.acc)], tag(ch.acc, 0, 1)):
+                    raise AssertionError("the sums of the reduction were overwritten before its end")
+                tags[offset(y):offset(y) + row_bytes(y)] = tag(y, 0, 1)
+                continue
             if isinstance(act, Move):
                 rb = row_bytes(ch.ops[act.tensor].result)
                 o = offset(ch.ops[act.tensor].result)
