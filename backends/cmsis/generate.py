@@ -268,7 +268,7 @@ def _chain_code(env, builder: LayerBuilder, plan: Plan, step, index: int, name: 
     for actions in ch.bands:
         items = []
         for act in actions:
-            if not isinstance(act, Call):
+            if not isinstance(act, (Call, Finish)):
                 rb = row_bytes(ch.ops[act.tensor].result)
                 items.append(("move", "", (), (off[act.tensor], off[act.tensor] + act.shift * rb, act.keep * rb)))
                 continue
