@@ -39,7 +39,8 @@ from qcc.errors import QccError, UnsupportedModelError
 from qcc.ir.graph import Graph, Op, Value
 
 from .inplace import INPLACE_OPS, max_displacement, min_displacement_reversed
-from .stream import Chain, candidate_segments, chain_lifetimes, chain_units, make_chain, op_macs, out_rows
+from .stream import (Chain, candidate_segments, chain_lifetimes, chain_units, make_chain, op_macs, out_rows,
+                     replay_chain, sink_displacement)
 
 ALIAS_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze"})
 COMPUTE_OPS = frozenset({
@@ -237,7 +238,9 @@ MAX_LINK_TRIALS = 128  # in-place links whose removal make_plan tries one at a t
 
 DEFAULT_MAX_RECOMPUTE = 0.10
 # Band heights and halo modes the chain search tries (stream.py).
-STREAM_CONFIGS = (("cache", 1), ("cache", 2), ("recompute", 2), ("recompute", 4), ("recompute", 8))
+STREAM_CONFIGS = (("cache", 1), ("cache", 2), ("recompute", 2), ("recompute", 4))
+STREAM_FINALISTS = 6   # candidates planned in full (with in-place layers) per round
+STREAM_ROUNDS = 4      # chains chosen at most
 
 
 def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True,
@@ -305,42 +308,74 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True,
 
 def _choose_chains(graph: Graph, inputs, outputs, steps: List[Step], max_recompute: float,
                    total_macs: int) -> List[Step]:
-    """Greedily replace runs of steps by streamed chains while the arena (no in-place layers) drops.
+    """Greedily replace runs of steps by streamed chains while the arena drops.
 
     Each round tries every closed run of streamable steps (stream.candidate_segments)
-    with every band height and halo mode of STREAM_CONFIGS, keeps those whose
-    repeated MACs (with the chains already chosen) stay within
-    ``max_recompute * total_macs``, and takes the smallest arena (ties: fewer
-    repeated MACs, then fewer kernel calls).
+    that covers a step whose live bytes reach the current arena (only those can
+    lower it), with every band height and halo mode of STREAM_CONFIGS, keeping
+    those whose repeated MACs (with the chains already chosen) stay within
+    ``max_recompute * total_macs``. Candidates are ranked by a fast plan without
+    other in-place layers; the best STREAM_FINALISTS are planned in full and the
+    smallest arena wins (ties: fewer repeated MACs, then fewer kernel calls).
     """
     budget = max_recompute * total_macs
     cur = list(steps)
-    arena = _plan_steps(inputs, outputs, list(cur), False, check=False).arena_size
+    memo: dict = {}
+    chains: Dict[tuple, Chain] = {}
+    arena = _plan_steps(inputs, outputs, list(cur), True, check=False, memo=memo).arena_size
     spent = 0
-    while True:
-        best = None
+    for _ in range(STREAM_ROUNDS):
+        fast = _plan_steps(inputs, outputs, list(cur), False, check=False, memo=memo)
+        bounds = fast.step_time[1:] + [len(fast.live_bytes)]
+        hot = [i for i, (a, z) in enumerate(zip(fast.step_time, bounds)) if max(fast.live_bytes[a:z]) >= arena]
+        ranked = []
         for i, j in candidate_segments(graph, cur):
+            if not any(i <= h <= j for h in hot):
+                continue
             for mode, band in STREAM_CONFIGS:
                 if band >= out_rows(cur[j].op):
                     continue
-                ch = make_chain([s.op for s in cur[i:j + 1]], band, mode)
+                key = (id(cur[i].op), id(cur[j].op), band, mode)
+                if key not in chains:
+                    chains[key] = make_chain([s.op for s in cur[i:j + 1]], band, mode)
+                ch = chains[key]
                 extra = ch.extra_macs()
                 if spent + extra > budget:
                     continue
                 trial = cur[:i] + [Step("stream", None, ch.inputs, ch.sink, chain=ch)] + cur[j + 1:]
-                size = _plan_steps(inputs, outputs, list(trial), False, check=False).arena_size
-                key = (size, extra, ch.calls())
-                if best is None or key < best[0]:
-                    best = (key, trial)
+                size = _plan_steps(inputs, outputs, list(trial), True, check=False, trials=False,
+                                   memo=memo).arena_size
+                ranked.append(((size, extra, ch.calls(), i, j, band, mode), trial, extra))
+        ranked.sort(key=lambda r: r[0])
+        best = None
+        for key, trial, extra in ranked[:STREAM_FINALISTS]:
+            size = _plan_steps(inputs, outputs, list(trial), True, check=False, memo=memo).arena_size
+            if best is None or (size,) + key[1:] < best[0]:
+                best = ((size,) + key[1:], trial, extra)
         if best is None or best[0][0] >= arena:
-            return cur if cur != steps else steps
-        (arena, extra, _), cur = best
+            break
+        (arena, *_), cur, extra = best
         spent += extra
+    return cur if len(cur) != len(steps) else steps
+
+
+def _cached(fn, op: Op, operand: int, memo: Optional[dict]):
+    """``fn(op, operand)``, remembered in ``memo`` (one make_plan call plans the same ops many times)."""
+    if memo is None:
+        return fn(op, operand)
+    key = (fn.__name__, id(op), operand)
+    if key not in memo:
+        memo[key] = fn(op, operand)
+    return memo[key]
 
 
 def _plan_steps(inputs: List[TensorIO], outputs: List[TensorIO], steps: List[Step], inplace: bool,
-                check: bool = True) -> Plan:
-    """Buffers, lifetimes and offsets for a schedule (``steps`` gets the output copy steps appended)."""
+                check: bool = True, trials: bool = True, memo: Optional[dict] = None) -> Plan:
+    """Buffers, lifetimes and offsets for a schedule (``steps`` gets the output copy steps appended).
+
+    ``trials=False`` skips the search over which in-place links to drop (a quicker estimate);
+    ``memo`` caches the kernels' displacement bounds between calls.
+    """
     # Buffers: API inputs (written by the caller before step 0), every step's result, and an own
     # buffer per API output (an output whose tensor is an input, a constant or another output's
     # gets a copy step). Outputs stay live after the last step, so the caller can read them.
@@ -425,8 +460,8 @@ def _plan_steps(inputs: List[TensorIO], outputs: List[TensorIO], steps: List[Ste
                     continue
                 # every operand reading the same bytes constrains the displacement
                 same = [j for j, w in enumerate(s.inputs) if alias_root(w) is src.root]
-                fwd = [max_displacement(s.op, j) for j in same]
-                rev = [min_displacement_reversed(s.op, j) for j in same]
+                fwd = [_cached(max_displacement, s.op, j, memo) for j in same]
+                rev = [_cached(min_displacement_reversed, s.op, j, memo) for j in same]
                 options = []
                 if all(d is not None for d in fwd):
                     limit = min(fwd)
@@ -454,10 +489,26 @@ def _plan_steps(inputs: List[TensorIO], outputs: List[TensorIO], steps: List[Ste
                 lo, hi = span.get(h, (0, link.src.size))
                 span[h] = (min(lo, r), max(hi, r + out.size))
 
-    if inplace:
+    taken = set() if not inplace else taken
+    if any(s.chain is not None for s in steps):   # in-place writes inside streamed chains: always planned
         for i, s in enumerate(steps):
-            if s.chain is not None:
-                links.update(_stream_links(s.chain, by_root, step_time[i]))
+            if s.chain is None:
+                continue
+            links.update(_stream_links(s.chain, by_root, step_time[i]))
+            # the chain's result over an input that dies in it, as far below as the band order allows
+            out = by_root[id(s.output)]
+            t1 = step_time[i] + chain_units(s.chain) - 1
+            for v in s.inputs:
+                src = by_root.get(id(alias_root(v)))
+                if src is None or src.end != t1 or id(src) in taken or id(out) in links or src.spans is not None:
+                    continue
+                limit = sink_displacement(s.chain, v)
+                if limit is None or limit < -out.size:
+                    continue
+                # as far into the input as allowed while inside it: room below for in-place layers after it
+                disp = min(limit, max(src.size - out.size, 0)) // ALIGN * ALIGN
+                links[id(out)] = Link(src, disp, limit, False, streamed=True)
+                taken.add(id(src))
 
     # Chains move as one block (see _place), which can cost more than a link saves; so drop, one at a
     # time in schedule order, every link whose removal makes the arena smaller. Then keep the best of
@@ -473,11 +524,24 @@ def _plan_steps(inputs: List[TensorIO], outputs: List[TensorIO], steps: List[Ste
     arena, _, placement = evaluate(used_links)
     # Each trial re-places every buffer: a network thousands of layers deep would take hours, so
     # only the first MAX_LINK_TRIALS links are tried (real models have tens); the rest stay.
-    for key in list(links)[:MAX_LINK_TRIALS]:
+    for key in list(links)[:MAX_LINK_TRIALS if trials else 0]:
         trial = {k: v for k, v in used_links.items() if k != key}
         result = evaluate(trial)
         if result[0] < arena:
             used_links, (arena, _, placement) = trial, result
+    streamed = {k: v for k, v in links.items() if v.streamed}
+    if streamed and trials:
+        # From the streamed chains' own links, add the other in-place links one at a time where they help
+        # (a long run of linked layers after a chain can cost more than it saves; removal above may not see it).
+        cur = dict(streamed)
+        best = evaluate(cur)
+        for key in [k for k in links if k not in streamed][:MAX_LINK_TRIALS]:
+            trial = {**cur, key: links[key]}
+            result = evaluate(trial)
+            if result[0] < best[0]:
+                cur, best = trial, result
+        if best[0] < arena:
+            used_links, (arena, _, placement) = cur, best
     plain = evaluate({})
     if plain[0] <= arena:  # in-place layers never make the arena larger than the plain plan
         used_links, (arena, _, placement) = {}, plain
@@ -634,6 +698,12 @@ def check_plan(plan: Plan) -> None:
                 if not ok:
                     problems.append(f"buffers {_describe(a.root)} [{a.start},{a.end}] @{a.offset}+{a.size} and "
                                     f"{_describe(b.root)} [{b.start},{b.end}] @{b.offset}+{b.size} overlap")
+    for s in plan.steps:
+        if s.chain is not None and not problems:
+            try:   # every band call must find the rows it reads where the plan put them
+                replay_chain(s.chain, lambda v: plan.where(v)[1], plan.arena_size)
+            except AssertionError as exc:
+                problems.append(f"streamed chain: {exc}")
     if problems:
         raise PlanError("memory plan is invalid (a qcc bug): " + "; ".join(problems))
 

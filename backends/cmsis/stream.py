@@ -470,3 +470,32 @@ def replay_chain(ch: Chain, offset, arena_size: int) -> None:
     o = offset(y)
     if not np.array_equal(tags[o:o + y.type.size * y.type.np_dtype.itemsize], tag(y, 0, y.shape[1])):
         raise AssertionError("the chain's result is not whole at its end")
+
+
+def sink_displacement(ch: Chain, v: Value) -> Optional[int]:
+    """Largest ``sink offset - offset of input v`` that lets the chain write its result over ``v``.
+
+    ``v`` must die at the chain. Each call writing result rows ``[a, c)`` stores
+    below byte ``c * row`` of the result; it must stay at or below the lowest
+    byte of ``v`` that this call or any later one reads (this call's own reads
+    count whole: no assumption on the kernel's loop order). None when the
+    result is a reduction's.
+    """
+    if ch.acc is not None:
+        return None
+    flat = [a for b in ch.bands for a in b if isinstance(a, Call)]
+    big = 1 << 62
+    low = [big] * (len(flat) + 1)
+    for t in range(len(flat) - 1, -1, -1):
+        low[t] = low[t + 1]
+        op = ch.ops[flat[t].layer]
+        for w, read in zip(_data(op), flat[t].reads):
+            if w is v:
+                low[t] = min(low[t], read * row_bytes(v))
+    last = len(ch.ops) - 1
+    rb = row_bytes(ch.sink)
+    bound = big
+    for t, act in enumerate(flat):
+        if act.layer == last:
+            bound = min(bound, low[t] - act.c * rb)
+    return bound

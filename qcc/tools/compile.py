@@ -104,6 +104,10 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     p.add_argument("--kernels", choices=KERNEL_CHOICES, default="qcc",
                    help="qcc (own specialized C, the default) or cmsis-nn: the affine int8 layers call the "
                         "CMSIS-NN library (the Makefile builds it from CMSIS_NN_DIR)")
+    p.add_argument("--max-recompute", default=None, metavar="P",
+                   help="row-streamed execution: chains of layers run a band of rows at a time when that "
+                        "lowers the arena, repeating at most P of the MACs (\"10%%\" or 0.1; default 10%%); "
+                        "0 turns streaming off")
     p.add_argument("--round-scales", action="store_true",
                    help="with --scheme qmn and a QDQ model: round scales that are not powers of two to the "
                         "nearest one (listed as warnings) instead of refusing the model")
@@ -293,8 +297,12 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                   float_output: bool = False, backend: str = "cmsis", kernels: str = "qcc",
                   input_shapes: Optional[Dict[str, tuple]] = None, jobs: int = 1,
                   report_samples: Optional[int] = None, emit_onnx: Optional[str] = None,
-                  round_scales: bool = False, method: Optional[str] = None, per_tensor: bool = False):
-    """Compile ``model`` and write every output file; returns the backend's GeneratedModel."""
+                  round_scales: bool = False, method: Optional[str] = None, per_tensor: bool = False,
+                  max_recompute: Optional[float] = None):
+    """Compile ``model`` and write every output file; returns the backend's GeneratedModel.
+
+    ``max_recompute``: the fraction of MACs row-streamed chains may repeat (None: the backend's default).
+    """
     out = Path(output)
     if out.suffix != ".c":
         raise InputError(f"-o takes the path of the C file to write (OUT/NAME.c), got '{output}'")
@@ -355,6 +363,8 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     from qcc.transforms.passmanager import PassManager
     PassManager.parse("check-quantized").run(graph)
     extra = {"kernels": kernels} if kernels != "qcc" else {}  # only the cmsis backend knows cmsis-nn
+    if max_recompute is not None:
+        extra["max_recompute"] = max_recompute
     gen = get_backend(backend).generate(graph, name=name or out.stem, target=target, float_output=float_output,
                                         **extra)
     gen.warnings[:0] = notes
@@ -432,12 +442,28 @@ def _macs(op) -> int:
     return 0
 
 
+def parse_max_recompute(text: Optional[str]) -> Optional[float]:
+    """``--max-recompute``: "10%" or 0.1 -> 0.1; None stays None (the backend's default)."""
+    if text is None:
+        return None
+    t = text.strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 10:   # also refuses NaN
+        raise InputError(f"--max-recompute takes a share of the MACs like 10% or 0.1 (0 turns streaming off), "
+                         f"got '{text}'")
+    return value
+
+
 def make_report(gen, graph: Graph, model: str) -> dict:
     plan = gen.plan
     layers: List[dict] = []
-    for info, step in zip(gen.layers, [s for s in plan.steps if s.op is not None]):
-        layers.append({**info, "where": list(info["where"]), "macs": _macs(step.op),
-                       "bytes": step.output.type.size * step.output.type.np_dtype.itemsize})
+    ops = [op for s in plan.steps for op in (s.chain.ops if getattr(s, "chain", None) else [s.op]) if op is not None]
+    for info, op in zip(gen.layers, ops):
+        layers.append({**info, "where": list(info["where"]), "macs": _macs(op),
+                       "bytes": op.result.type.size * op.result.type.np_dtype.itemsize})
 
     def io(t):
         q = t.value.type.quant
@@ -453,6 +479,25 @@ def make_report(gen, graph: Graph, model: str) -> dict:
             "layers": layers, "warnings": gen.warnings}
 
 
+def streaming_lines(st: Optional[dict]) -> List[str]:
+    """The report's row-streaming section: the chains chosen, band heights, MAC overhead, arena saved."""
+    if not st:
+        return []
+    lines = ["## Row-streamed execution", ""]
+    if not st["chains"]:
+        why = "off (--max-recompute 0)" if not st["max_recompute"] else "no chain lowers the arena"
+        return lines + [f"No streamed chain: {why}; arena {st['arena_without_streaming']:,} B.", ""]
+    lines += [f"Arena {st['arena_without_streaming']:,} B without streaming; repeated MACs {st['extra_macs']:,} "
+              f"of {st['total_macs']:,} ({100 * st['extra_mac_ratio']:.1f}%, bound {100 * st['max_recompute']:.0f}%).",
+              "", "| chain | layers | band rows | halos | bands | kernel calls | band buffers | repeated MACs |",
+              "|---|---:|---:|---|---:|---:|---:|---:|"]
+    for k, c in enumerate(st["chains"]):
+        lines.append(f"| {k} ({c['layers'][0][:40]} .. {c['layers'][-1][:40]}) | {len(c['layers'])} | "
+                     f"{c['band_rows']} | {c['mode']} | {c['bands']} | {c['calls']} | {c['band_buffer_bytes']:,} B | "
+                     f"{c['extra_macs']:,} |")
+    return lines + [""]
+
+
 def markdown_report(summary: dict, float_graph: Optional[Graph], graph: Graph, calib: Optional[str],
                     samples: Optional[int] = None) -> str:
     """The --report FILE.md text: sizes, memory per layer, and per-layer quantization error."""
@@ -464,6 +509,7 @@ def markdown_report(summary: dict, float_graph: Optional[Graph], graph: Graph, c
              f"| arena (peak RAM, input and output included) | {summary['arena_bytes']:,} B |",
              f"| lower bound (largest live set, no in-place) | {summary['arena_lower_bound_bytes']:,} B |", ""]
     memory = summary.get("memory") or {}
+    lines += streaming_lines(memory.get("streaming"))
     per_layer = memory.get("layers") or []
     if per_layer:
         keys = [k for k in per_layer[0] if k not in ("where",)]
@@ -528,7 +574,8 @@ def _command(args: argparse.Namespace) -> int:
                         backend=args.backend, kernels=args.kernels,
                         input_shapes=parse_input_shapes(args.input_shape), jobs=args.jobs,
                         report_samples=args.report_samples, emit_onnx=args.emit_onnx,
-                        round_scales=args.round_scales, method=args.method, per_tensor=args.per_tensor)
+                        round_scales=args.round_scales, method=args.method, per_tensor=args.per_tensor,
+                        max_recompute=parse_max_recompute(args.max_recompute))
     folder = Path(args.output).parent
     for w in gen.warnings:
         print(f"qcc: warning: {w}", file=sys.stderr)
