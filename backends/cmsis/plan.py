@@ -249,7 +249,8 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True,
 
     ``float_output`` only changes the run wrapper (it dequantizes the in-arena
     outputs and runs their float epilogues on the caller's floats; neither
-    uses the arena); ``inplace=False`` turns off in-place layers (for comparisons).
+    uses the arena); ``inplace=False`` plans whole tensors out of place (no in-place
+    layers, no streaming: for comparisons and CMSIS-NN's kernels).
     ``max_recompute`` > 0 lets chains of layers run row-streamed (stream.py)
     when that lowers the arena, repeating at most that fraction of the
     model's conv/dense MACs; 0 turns streaming off. ``chains`` forces the
@@ -293,7 +294,7 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True,
         plan = _plan_steps(inputs, outputs, cur, inplace)
         plan.max_recompute, plan.total_macs, plan.unstreamed_arena = max_recompute, total, plain.arena_size
         return plan
-    if max_recompute <= 0:
+    if max_recompute <= 0 or not inplace:
         return plain
     streamed = _choose_chains(graph, inputs, outputs, steps, max_recompute, total)
     if streamed is steps:
