@@ -168,12 +168,12 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     layers, calls, layer_info = [], [], []
     for i, step in enumerate(plan.steps):
         if step.chain is not None:
-            texts, code = _chain_code(env, builder, plan, step, i, name)
+            texts, code, fns = _chain_code(env, builder, plan, step, i, name)
             layers.extend(texts)
             calls.append(code)
-            for op in step.chain.ops:
-                layer_info.append({"fn": f"l{i}s", "op": op.opname, "name": op.name, "shape": list(op.result.shape),
-                                   "where": plan.where(op.result), "streamed": True})
+            for j, op in enumerate(step.chain.ops):
+                layer_info.append({"fn": (fns[j] or [f"l{i}s{j}"])[0], "fns": fns[j], "op": op.opname, "name": op.name,
+                                   "shape": list(op.result.shape), "where": plan.where(op.result), "streamed": True})
             continue
         if step.op is None:
             v = step.inputs[0]
@@ -315,7 +315,10 @@ def _chain_code(env, builder: LayerBuilder, plan: Plan, step, index: int, name: 
             end = b + 1
             lines += [_action_c(name, it, None) for it in bands[b]]
         b = end
-    return texts, "\n    ".join(lines)
+    fns: Dict[int, List[str]] = {j: [] for j in range(len(ch.ops))}
+    for key, fn in variants.items():   # the band kernels of each layer (a reduction: its sums and its division)
+        fns[key[0] if isinstance(key[0], int) else len(ch.ops) - 1].append(fn)
+    return texts, "\n    ".join(lines), fns
 
 
 def _reduction_item(env, builder: LayerBuilder, ch, act, index: int, variants: Dict[tuple, str], texts: List[str],

@@ -89,7 +89,11 @@ def streamable(op: Optional[Op]) -> bool:
         return False
     if op.opname in WINDOWED:
         x = op.operands[0]
-        return x.type.rank == 4 and x.shape[0] == 1 and not x.is_constant()
+        if x.type.rank != 4 or x.shape[0] != 1 or x.is_constant():
+            return False
+        k, _, d, _ = window(op)
+        # a band must read at least one real row: no output row may lie wholly in the padding
+        return max(op.attrs["pads"][0], op.attrs["pads"][2]) < (k - 1) * d + 1
     return all(v.shape == y.shape and not v.is_constant() for v in op.operands)
 
 
