@@ -92,6 +92,7 @@ class ModelSpec:
     anchor_activation_bytes: Optional[int] = None  # TFLite Micro planner
     exact_reference: bool = False               # reference is integer and must match bit for bit
     mlperf_task: Optional[str] = None            # "kws" / "ic": published MLPerf Tiny latencies to compare with
+    qcc_args: tuple = ()                         # extra qcc options (e.g. ("--max-recompute", "0"))
 
 
 def _npz(path: Path, key: str) -> Callable[[], np.ndarray]:
@@ -158,6 +159,7 @@ def run_qcc(spec: ModelSpec, target: str, folder: Path) -> tuple[Path, float]:
            "--emit-ir", str(out / f"{spec.name}.qir"), "--report", str(out / "report.json")]
     if spec.scheme != "qmn":
         cmd += ["--scheme", spec.scheme]
+    cmd += list(spec.qcc_args)
     if spec.calib is not None:
         folder.mkdir(parents=True, exist_ok=True)
         calib = folder / "calib.npy"
