@@ -495,7 +495,7 @@ def _plan_steps(inputs: List[TensorIO], outputs: List[TensorIO], steps: List[Ste
         for i, s in enumerate(steps):
             if s.chain is None:
                 continue
-            links.update(_stream_links(s.chain, by_root, step_time[i]))
+            links.update(_stream_links(s.chain, by_root, step_time[i], memo))
             # the chain's result over an input that dies in it, as far below as the band order allows
             out = by_root[id(s.output)]
             t1 = step_time[i] + chain_units(s.chain) - 1
@@ -568,7 +568,7 @@ def _plan_steps(inputs: List[TensorIO], outputs: List[TensorIO], steps: List[Ste
     return plan
 
 
-def _stream_links(ch: Chain, by_root: Dict[int, Buffer], t0: int) -> Dict[int, Link]:
+def _stream_links(ch: Chain, by_root: Dict[int, Buffer], t0: int, memo: Optional[dict] = None) -> Dict[int, Link]:
     """In-place layers inside a streamed chain: a layer may write its band over its one streamed operand.
 
     Both buffers must be dead between bands (not caches), the operand read by
@@ -576,7 +576,7 @@ def _stream_links(ch: Chain, by_root: Dict[int, Buffer], t0: int) -> Dict[int, L
     begins: at this layer's call. The displacement bound is inplace.py's for
     every band shape the layer runs (stream.band_op).
     """
-    from .stream import Call, _data, band_op, row_bytes
+    from .stream import WINDOWED, Call, _data, band_op, row_bytes, rows_needed, window
     index = {id(op.result): j for j, op in enumerate(ch.ops)}
     flat = [a for b in ch.bands for a in b]
     out: Dict[int, Link] = {}
@@ -598,7 +598,15 @@ def _stream_links(ch: Chain, by_root: Dict[int, Buffer], t0: int) -> Dict[int, L
         limits = []
         for a in flat:
             if isinstance(a, Call) and a.layer == j:
-                d = max_displacement(band_op(op, a.a, a.c), inner[0])
+                lo, hi = rows_needed(op, a.a, a.c)
+                # the band kernel's shape: rows out, rows in, and where the slice starts against the window
+                step = window(op)[1] if op.opname in WINDOWED else 1
+                key = ("band", id(op), inner[0], a.c - a.a, hi - lo, lo - a.a * step)
+                if memo is None or key not in memo:
+                    d = max_displacement(band_op(op, a.a, a.c), inner[0])
+                    if memo is not None:
+                        memo[key] = d
+                d = memo[key] if memo is not None else d
                 # the kernel's bound is between its pointers, which sit inside the two buffers
                 in_rel = (a.reads[inner[0]] - a.in_lo[inner[0]]) * row_bytes(data[inner[0]])
                 out_rel = (a.a - a.out_lo) * row_bytes(op.result)
