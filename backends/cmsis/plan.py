@@ -241,6 +241,10 @@ DEFAULT_MAX_RECOMPUTE = 0.10
 STREAM_CONFIGS = (("cache", 1), ("cache", 2), ("recompute", 2), ("recompute", 4))
 STREAM_FINALISTS = 6   # candidates planned in full (with in-place layers) per round
 STREAM_ROUNDS = 4      # chains chosen at most
+# The chain search plans the whole graph per candidate: past this many steps (real MCU models have tens;
+# a 500-layer stress test would take hours) streaming is not searched; CANDIDATES bounds one round.
+STREAM_MAX_STEPS = 160
+STREAM_MAX_CANDIDATES = 800
 
 
 def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True,
@@ -296,6 +300,9 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True,
         return plan
     if max_recompute <= 0 or not inplace:
         return plain
+    if len(steps) > STREAM_MAX_STEPS:
+        plain.max_recompute = max_recompute   # streaming asked for, not searched (memory_report: too_deep)
+        return plain
     streamed = _choose_chains(graph, inputs, outputs, steps, max_recompute, total)
     if streamed is steps:
         plan = plain
@@ -330,9 +337,11 @@ def _choose_chains(graph: Graph, inputs, outputs, steps: List[Step], max_recompu
         bounds = fast.step_time[1:] + [len(fast.live_bytes)]
         hot = [i for i, (a, z) in enumerate(zip(fast.step_time, bounds)) if max(fast.live_bytes[a:z]) >= arena]
         ranked = []
-        for i, j in candidate_segments(graph, cur):
-            if not any(i <= h <= j for h in hot):
-                continue
+        segments = [(i, j) for i, j in candidate_segments(graph, cur) if any(i <= h <= j for h in hot)]
+        # nearest the hottest step first, so the bound on candidates keeps the likeliest ones
+        peak = max(hot, key=lambda h: max(fast.live_bytes[fast.step_time[h]:bounds[h]])) if hot else 0
+        segments.sort(key=lambda ij: (max(ij[0] - peak, peak - ij[1], 0), ij))
+        for i, j in segments[:STREAM_MAX_CANDIDATES // len(STREAM_CONFIGS)]:
             for mode, band in STREAM_CONFIGS:
                 if band >= out_rows(cur[j].op):
                     continue
@@ -755,6 +764,7 @@ def memory_report(plan: Plan) -> dict:
             "input_offsets": list(plan.input_offsets), "output_offsets": list(plan.output_offsets),
             "in_place_layers": sum(1 for s in plan.steps if plan.is_inplace(s)), "layers": layers,
             "streaming": {"max_recompute": plan.max_recompute, "chains": chains,
+                          "too_deep": sum(1 for s in plan.steps if s.op is not None) > STREAM_MAX_STEPS,
                           "arena_without_streaming": plan.unstreamed_arena or plan.arena_size,
                           "extra_macs": extra, "total_macs": plan.total_macs,
                           "extra_mac_ratio": extra / plan.total_macs if plan.total_macs else 0.0}}

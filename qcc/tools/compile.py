@@ -485,7 +485,9 @@ def streaming_lines(st: Optional[dict]) -> List[str]:
         return []
     lines = ["## Row-streamed execution", ""]
     if not st["chains"]:
-        why = "off (--max-recompute 0)" if not st["max_recompute"] else "no chain lowers the arena"
+        why = ("off (--max-recompute 0)" if not st["max_recompute"] else
+               "the graph has too many layers for the chain search" if st.get("too_deep") else
+               "no chain lowers the arena")
         return lines + [f"No streamed chain: {why}; arena {st['arena_without_streaming']:,} B.", ""]
     lines += [f"Arena {st['arena_without_streaming']:,} B without streaming; repeated MACs {st['extra_macs']:,} "
               f"of {st['total_macs']:,} ({100 * st['extra_mac_ratio']:.1f}%, bound {100 * st['max_recompute']:.0f}%).",
