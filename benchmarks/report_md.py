@@ -42,11 +42,15 @@ def layer_rows(res) -> List[tuple]:
     inclusive = _layer_counts(res.layers)
     cycles = _layer_counts(res.layers, "inclusive_cycles")
     rows = []
+    def total(counts, layer):
+        # a streamed layer (issue 15) runs as several band kernels: its figures are their sum
+        found = [counts[f] for f in layer.get("fns") or [layer["fn"]] if f in counts]
+        return sum(found) if found else None
     for layer in res.report["layers"]:
-        n = inclusive.get(layer["fn"])
+        n = total(inclusive, layer)
         macs = res.layer_macs.get(layer["fn"], 0)
         rows.append((layer["fn"], layer["op"], macs, n, n / macs if n is not None and macs else None,
-                     cycles.get(layer["fn"])))
+                     total(cycles, layer)))
     return rows
 
 

@@ -96,6 +96,7 @@ class ModelSpec:
     mlperf_task: Optional[str] = None            # "kws" / "ic": published MLPerf Tiny latencies to compare with
     optimize: str = "speed"                      # qcc --optimize
     accuracy: bool = True                        # measure accuracy (the seeded tiny_models.py builds: no)
+    qcc_args: tuple = ()                         # extra qcc options (e.g. ("--max-recompute", "0"))
 
 
 def _npz(path: Path, key: str) -> Callable[[], np.ndarray]:
@@ -175,6 +176,7 @@ def run_qcc(spec: ModelSpec, target: str, folder: Path) -> tuple[Path, float]:
         cmd += ["--scheme", spec.scheme]
     if spec.optimize != "speed":
         cmd += ["--optimize", spec.optimize]
+    cmd += list(spec.qcc_args)
     if spec.calib is not None:
         folder.mkdir(parents=True, exist_ok=True)
         calib = folder / "calib.npy"

@@ -10,7 +10,8 @@ is the thin wrapper that runs it on a graph and reports its numbers as stats:
     in_place_layers    layers writing over an operand that dies at them
     live_bytes         bytes live during each step, in schedule order
 
-``inplace=false`` plans without in-place layers (then arena >= lower bound).
+``inplace=false`` plans without in-place layers or streaming (then arena >= lower bound);
+``max_recompute`` bounds row-streamed chains' repeated MACs (0: no streaming; default 0.1).
 """
 from __future__ import annotations
 
@@ -39,14 +40,16 @@ class PlanMemory(Pass):
     name = "plan-memory"
     backend: str = "cmsis"
     inplace: bool = True
+    max_recompute: float = 0.1
 
     def run(self, graph: Graph) -> PassResult:
         from qcc.backend_registry import get_backend
         plan_mod = get_backend(self.backend).plan
-        plan = plan_mod.make_plan(graph, inplace=self.inplace)
+        plan = plan_mod.make_plan(graph, inplace=self.inplace, max_recompute=self.max_recompute)
         report = plan_mod.memory_report(plan)
         self.report = report
         return PassResult(False, {"arena_bytes": report["arena_bytes"],
                                   "lower_bound_bytes": report["lower_bound_bytes"],
                                   "in_place_layers": report["in_place_layers"],
+                                  "streamed_chains": len(report["streaming"]["chains"]),
                                   "live_bytes": [e["live_bytes"] for e in report["layers"]]})

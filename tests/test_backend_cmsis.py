@@ -130,8 +130,8 @@ def random_inputs(graph: Graph, count: int, seed: int):
     return out
 
 
-def compile_and_compare(graph: Graph, folder: Path, samples, name="net", float_output=False):
-    gen = generate(graph, name, "cortex-m4", float_output=float_output)
+def compile_and_compare(graph: Graph, folder: Path, samples, name="net", float_output=False, **options):
+    gen = generate(graph, name, "cortex-m4", float_output=float_output, **options)
     write_files({folder / k: v for k, v in gen.files.items()})
     count = harness.write_samples(folder / "in.bin", graph, samples)
     exe = harness.build_host(folder, gen.name)

@@ -85,7 +85,7 @@ def _assert_bit_exact(got: np.ndarray, want: np.ndarray, what: str):
 
 def test_s8_model_plan_and_kernels(model):
     kinds = {s.kind for s in model.gen.plan.steps}
-    assert kinds <= {"s8.conv2d", "s8.add", "s8.avgpool", "s8.dense", "s8.softmax"}, kinds
+    assert kinds <= {"s8.conv2d", "s8.add", "s8.avgpool", "s8.dense", "s8.softmax", "stream"}, kinds
     assert model.gen.plan.inputs[0].value.type.dtype == "i8" and model.gen.plan.outputs[0].value.type.dtype == "i8"
     # TFLite Micro's own activation planner needs 16,000 (kws) / 49,152 (resnet) bytes.
     assert model.gen.plan.arena_size <= {"kws_dscnn": 16000, "ic_resnet8": 49152}[model.name]
@@ -222,8 +222,8 @@ def test_random_s8_graph_on_host_matches_simulator(tmp_path, seed):
     g = random_s8_graph(seed)
     samples = random_inputs(g, 10, seed)
     gen = generate(g, "net", "cortex-m4")
-    assert {s.kind for s in gen.plan.steps} >= {"s8.conv2d", "s8.requantize", "s8.add", "s8.maxpool", "s8.avgpool",
-                                                  "s8.dense", "s8.softmax"}
+    kinds = {s.kind for s in gen.plan.steps} | {op.opname for s in gen.plan.steps if s.chain for op in s.chain.ops}
+    assert kinds >= {"s8.conv2d", "s8.requantize", "s8.add", "s8.maxpool", "s8.avgpool", "s8.dense", "s8.softmax"}
     write_files({tmp_path / k: v for k, v in gen.files.items()})
     count = harness.write_samples(tmp_path / "in.bin", g, samples)
     harness.run_host(harness.build_host(tmp_path, gen.name), tmp_path / "in.bin", tmp_path / "out.bin")

@@ -32,7 +32,8 @@ from qcc.ir.types import FixedPoint, UniformQuant
 
 from .layers import LayerBuilder, ctype, float_epilogue_context, format_values, storage_min_max
 from .naming import c_comment, c_identifier
-from .plan import RECURRENT_OPS, Plan, _nbytes, make_plan
+from .plan import DEFAULT_MAX_RECOMPUTE, RECURRENT_OPS, Plan, _nbytes, make_plan
+from .stream import Call, Finish, band_op, call_operands, is_reduction, row_bytes
 from .targets import TARGETS
 from .cmsis_nn import KERNELS, CmsisNNKernels
 
@@ -126,13 +127,18 @@ OPTIMIZE = ("speed", "size")
 
 def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_output: bool = False,
              firmware_dir: Optional[Path] = None, version: str = "", kernels: str = "qcc",
-             optimize: str = "speed") -> GeneratedModel:
+             optimize: str = "speed",
+             max_recompute: float = DEFAULT_MAX_RECOMPUTE, chains: Optional[list] = None) -> GeneratedModel:
     """The files of ``graph`` compiled for ``target``; the graph is not changed.
 
     ``kernels="cmsis-nn"`` makes the affine int8 layers call the CMSIS-NN library (cmsis_nn.py).
     ``optimize="speed"`` re-lays the int8 gemm/dense weights for SMLAD on cores with the DSP extension
     and no Helium (layers_s8.py packed_weights); ``"size"`` keeps the int8 tables and generic loops.
+    ``max_recompute``: streamed chains (stream.py) may repeat this fraction of the MACs; 0 turns
+    streaming off (CMSIS-NN kernels never stream); ``chains`` forces chains (plan.make_plan).
     """
+    if not (isinstance(max_recompute, (int, float)) and 0 <= max_recompute <= 10):
+        raise InputError(f"max_recompute must be a fraction between 0 and 10 (got {max_recompute!r})")
     if target not in TARGETS:
         raise InputError(f"unknown target '{target}' (known: {', '.join(TARGETS)})")
     if kernels not in KERNELS:
@@ -146,7 +152,8 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     NAME = name.upper()
     graph.verify()
     _check_fits_ram(graph, tgt)
-    plan = make_plan(graph, float_output=float_output)
+    plan = make_plan(graph, float_output=float_output, max_recompute=0 if kernels == "cmsis-nn" else max_recompute,
+                     chains=chains)
     if tgt.ram_bytes and plan.arena_size > tgt.ram_bytes:
         raise UnsupportedModelError(
             f"the memory plan needs a {plan.arena_size:,}-byte arena, more than the {tgt.ram_bytes:,} bytes of "
@@ -156,7 +163,7 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     builder = LayerBuilder(name, packed=optimize == "speed" and tgt.has_dsp and target != "cortex-m55")
     nn = CmsisNNKernels(builder, tgt) if kernels == "cmsis-nn" else None
     if nn is not None and any(plan.is_inplace(s) for s in plan.steps if s.op is not None and nn.handles(s.op)):
-        plan = make_plan(graph, float_output=float_output, inplace=False)  # CMSIS-NN layers run out of place
+        plan = make_plan(graph, float_output=float_output, inplace=False, max_recompute=0)  # CMSIS-NN: out of place
     env = _environment()
 
     def arena_ptr(offset: int, t: str, const: bool) -> str:
@@ -170,6 +177,14 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
 
     layers, calls, layer_info = [], [], []
     for i, step in enumerate(plan.steps):
+        if step.chain is not None:
+            texts, code, fns = _chain_code(env, builder, plan, step, i, name)
+            layers.extend(texts)
+            calls.append(code)
+            for j, op in enumerate(step.chain.ops):
+                layer_info.append({"fn": (fns[j] or [f"l{i}s{j}"])[0], "fns": fns[j], "op": op.opname, "name": op.name,
+                                   "shape": list(op.result.shape), "where": plan.where(op.result), "streamed": True})
+            continue
         if step.op is None:
             v = step.inputs[0]
             dst = arena_ptr(plan.output_offsets[step.out_index], ctype(v), False)
@@ -230,7 +245,8 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
               "consts": consts, "epilogues": epilogues}
     env.globals["ctypes"] = SHORT_CTYPES
     helpers = str(env.get_template("helpers.j2").module.helpers(sorted(builder.dots)))
-    if any(s.kind.startswith("s8.") for s in plan.steps):  # affine int8 helpers (layers_s8.py)
+    kinds = [s.kind for s in plan.steps] + [op.opname for s in plan.steps if s.chain for op in s.chain.ops]
+    if any(k.startswith("s8.") for k in kinds):  # affine int8 helpers (layers_s8.py)
         helpers += str(env.get_template("ops/s8_common.j2").module.s8_common())
     if any(s.kind in RECURRENT_OPS and s.kind.startswith("qnn.") for s in plan.steps):  # Qm.n LSTM / GRU helpers
         helpers += str(env.get_template("ops/recurrent_common.j2").module.recurrent_common())
@@ -263,6 +279,128 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
     weight_bytes = sum(len(c.values) * np.dtype(_NP[c.ctype]).itemsize for c in builder.consts)
     return GeneratedModel(name, target, files, plan, weight_bytes, float_output, layer_info, warnings,
                           kernels, nn.scratch if nn is not None else 0)
+
+
+def _chain_code(env, builder: LayerBuilder, plan: Plan, step, index: int, name: str):
+    """C of a streamed chain: a kernel per distinct band shape of each layer, and the band loop(s).
+
+    Every band runs the same actions with arena offsets that move by a fixed
+    amount from one band to the next (except around the first and last
+    bands): such runs of bands become one ``for`` loop, the rest stays
+    straight-line code. A band kernel is the layer's own kernel specialized
+    for its slice (stream.band_op); its weights are the layer's (shared).
+    """
+    ch = step.chain
+    variants: Dict[tuple, str] = {}
+    texts: List[str] = []
+    off = {j: plan.where(op.result)[1] for j, op in enumerate(ch.ops)}
+    bands = []
+    for actions in ch.bands:
+        items = []
+        for act in actions:
+            if not isinstance(act, (Call, Finish)):
+                rb = row_bytes(ch.ops[act.tensor].result)
+                items.append(("move", "", (), (off[act.tensor], off[act.tensor] + act.shift * rb, act.keep * rb)))
+                continue
+            op = ch.ops[act.layer]
+            if isinstance(act, Finish) or is_reduction(op):
+                items.append(_reduction_item(env, builder, ch, act, index, variants, texts,
+                                             lambda v: plan.where(v)[1]))
+                continue
+            clone = band_op(op, act.a, act.c)
+            key = (act.layer, clone.operands[0].shape[1], tuple(clone.attrs.get("pads", ())), act.c - act.a)
+            if key not in variants:
+                builder.sharing = True   # band kernels share the layer's weight tables
+                try:
+                    ctx = builder.build(f"{index}s{act.layer}v{len(variants)}", clone)
+                finally:
+                    builder.sharing = False
+                # a layer written over its streamed operand (plan._stream_links) aliases its pointers
+                inplace = any(b.root is op.result and id(b) in plan.inplace for b in plan.buffers)
+                ctx["restrict"], ctx["reverse"] = "" if inplace else "restrict ", False
+                macro = getattr(env.get_template(f"ops/{ctx['kind']}.j2").module, ctx["kind"])
+                texts.append(str(macro(ctx)).strip("\n"))
+                variants[key] = ctx["fn"]
+            ins, out = call_operands(ch, act, lambda v: plan.where(v)[1])
+            ptrs = tuple(p for p, *_ in ins) + (out[0],)
+            types = tuple("const " + ctype(v) for v in clone.operands[:len(ins)]) + (ctype(op.result),)
+            items.append(("call", variants[key], tuple(types), tuple(ptrs)))
+        bands.append(items)
+    lines = [f"/* streamed: {c_comment(ch.describe())} */"]
+    b = 0
+    while b < len(bands):
+        # the longest run of bands from b whose offsets move by one fixed step per band
+        end, step_ = b + 1, None
+        if b + 1 < len(bands) and _same_shape(bands[b], bands[b + 1]):
+            step_ = _delta(bands[b], bands[b + 1])
+            end = b + 2
+            while end < len(bands) and _same_shape(bands[end - 1], bands[end]) \
+                    and _delta(bands[end - 1], bands[end]) == step_:
+                end += 1
+        if end - b >= 3:
+            lines.append(f"for (int k = 0; k < {end - b}; k++) {{")
+            lines += ["    " + _action_c(name, it, d) for it, d in zip(bands[b], step_)]
+            lines.append("}")
+        else:
+            end = b + 1
+            lines += [_action_c(name, it, None) for it in bands[b]]
+        b = end
+    fns: Dict[int, List[str]] = {j: [] for j in range(len(ch.ops))}
+    for key, fn in variants.items():   # the band kernels of each layer (a reduction: its sums and its division)
+        fns[key[0] if isinstance(key[0], int) else len(ch.ops) - 1].append(fn)
+    return texts, "\n    ".join(lines), fns
+
+
+def _reduction_item(env, builder: LayerBuilder, ch, act, index: int, variants: Dict[tuple, str], texts: List[str],
+                    offset):
+    """A band of a global average pool (sums rows into ``ch.acc``) or its final division (stream_pool.j2)."""
+    op = ch.ops[-1]
+    x = op.operands[0]
+    n, h, w, c = x.shape
+    acc_t = "int64_t" if ch.acc.type.dtype == "i64" else "int32_t"
+    module = env.get_template("ops/stream_pool.j2").module
+    if isinstance(act, Finish):
+        key = ("finish",)
+        if key not in variants:
+            fn = f"l{index}s{act.layer}_{c_identifier(op.name or 'avgpool', fallback='avgpool', max_len=32)}_done"
+            ctx = {"fn": fn, "comment": c_comment(f"{op.opname} \"{op.name}\": sums -> [{c}]"), "acc_t": acc_t,
+                   "yt": ctype(op.result), "c": c, "count": h * w, "s8": op.opname == "s8.avgpool",
+                   "lo": op.attrs["act_min"], "hi": op.attrs["act_max"]}
+            if not ctx["s8"]:
+                s = op.attrs.get("out_shift", 0)
+                ctx.update(num_mul=1 << max(-s, 0), den_mul=1 << max(s, 0), wide=acc_t == "int64_t")
+            texts.append(str(module.stream_avgdone(ctx)).strip("\n"))
+            variants[key] = fn
+        return ("call", variants[key], ("const " + acc_t, ctype(op.result)), (offset(ch.acc), offset(ch.sink)))
+    ins, out = call_operands(ch, act, offset)
+    key = ("rowsum", act.c - act.a, act.a == 0)
+    if key not in variants:
+        fn = f"l{index}s{act.layer}v{len(variants)}_rowsum"
+        ctx = {"fn": fn, "comment": c_comment(f"{op.opname} \"{op.name}\": sums of {act.c - act.a} row(s)"),
+               "acc_t": acc_t, "xt": ctype(x), "c": c, "w_": w, "rows": act.c - act.a, "init": act.a == 0}
+        texts.append(str(module.stream_rowsum(ctx)).strip("\n"))
+        variants[key] = fn
+    return ("call", variants[key], ("const " + ctype(x), acc_t), (ins[0][0], out[0]))
+
+
+def _same_shape(x, y) -> bool:
+    return len(x) == len(y) and all(a[:3] == b[:3] for a, b in zip(x, y))
+
+
+def _delta(x, y):
+    return [tuple(q - p for p, q in zip(a[3], b[3])) for a, b in zip(x, y)]
+
+
+def _action_c(name: str, item, delta) -> str:
+    kind, fn, types, vals = item
+
+    def at(i: int) -> str:
+        d = delta[i] if delta else 0
+        return f"{name}_arena + {vals[i]}" + (f" + {d} * k" if d else "")
+    if kind == "move":
+        return f"memmove({at(0)}, {at(1)}, {vals[2]});"
+    args = ", ".join(f"({t} *)({at(i)})" for i, t in enumerate(types))
+    return f"{fn}({args});"
 
 
 def _epilogues(env, name: str, plan: Plan, outputs: List[dict], float_output: bool):

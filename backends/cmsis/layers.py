@@ -85,10 +85,18 @@ class LayerBuilder:
         self.consts: List[ConstArray] = []
         self.const_of: Dict[int, str] = {}   # id(Value) -> symbol of a constant data tensor
         self.dots = set()                    # (x short type, w short type) dot helpers needed
+        self.sharing = False                 # while True, equal constant arrays share one symbol (band kernels)
+        self._shared: Dict[tuple, str] = {}
 
     # ------------------------------------------------------------ constants
     def add_const(self, symbol: str, dtype: str, values, comment: str) -> str:
-        self.consts.append(ConstArray(symbol, C_TYPES[dtype], [int(v) for v in np.ravel(values)], c_comment(comment)))
+        ints = [int(v) for v in np.ravel(values)]
+        key = (C_TYPES[dtype], tuple(ints))
+        if self.sharing and key in self._shared:
+            return self._shared[key]
+        self.consts.append(ConstArray(symbol, C_TYPES[dtype], ints, c_comment(comment)))
+        if self.sharing:
+            self._shared[key] = symbol
         return symbol
 
     def const_value(self, v: Value, what: str) -> str:

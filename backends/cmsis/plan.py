@@ -40,6 +40,8 @@ from qcc.ir.graph import Graph, Op, Value
 from qcc.ir.types import TensorType
 
 from .inplace import INPLACE_OPS, max_displacement, min_displacement_reversed
+from .stream import (Chain, candidate_segments, chain_lifetimes, chain_units, make_chain, op_macs, out_rows,
+                     replay_chain, sink_displacement)
 
 ALIAS_OPS = frozenset({"nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze"})
 COMPUTE_OPS = frozenset({
@@ -92,9 +94,18 @@ class TensorIO:
 class Buffer:
     root: Value
     size: int          # bytes
-    start: int         # first step that writes it
-    end: int           # last step that reads it
+    start: int         # first time unit that writes it
+    end: int           # last time unit that reads it
     offset: int = -1
+    spans: Optional[List[Tuple[int, int]]] = None   # live only in these spans (a streamed band buffer)
+
+    def mask(self) -> int:
+        """The time units it is live in, as bits."""
+        spans = self.spans if self.spans is not None else [(self.start, self.end)]
+        m = 0
+        for a, z in spans:
+            m |= ((1 << (z - a + 1)) - 1) << a
+        return m
 
 
 @dataclass
@@ -109,6 +120,7 @@ class Link:
     disp: int
     limit: int
     reverse: bool = False
+    streamed: bool = False   # inside a streamed chain: each band call writes over the row it alone reads
 
     def allows(self, disp: int) -> bool:
         return disp >= self.limit if self.reverse else disp <= self.limit
@@ -125,6 +137,7 @@ class Step:
     out_index: int = -1
     extra: List[Value] = field(default_factory=list)  # further results (a recurrent op's final states)
     scratch: Optional[Value] = None  # a step-local arena buffer (not in the graph), see scratch_bytes
+    chain: Optional[Chain] = None    # kind "stream": a row-streamed chain of layers (stream.py)
 
 
 @dataclass
@@ -139,7 +152,11 @@ class Plan:
     input_offsets: List[int] = field(default_factory=list)   # arena offset of API input i
     output_offsets: List[int] = field(default_factory=list)  # arena offset of API output j
     inplace: Dict[int, "Link"] = field(default_factory=dict)  # id(output buffer) -> its in-place link
-    live_bytes: List[int] = field(default_factory=list)      # bytes live during each step (no in-place)
+    live_bytes: List[int] = field(default_factory=list)      # bytes live during each time unit (no in-place)
+    step_time: List[int] = field(default_factory=list)       # first time unit of each step (a chain has one per layer)
+    max_recompute: float = 0.0                               # the bound streaming was planned under
+    total_macs: int = 0                                      # conv/dense MACs of the whole-tensor schedule
+    unstreamed_arena: int = 0                                # the arena without streaming (for reports)
     states: List[Value] = field(default_factory=list)        # qcc.state values: persistent (stream-state)
 
     def is_inplace(self, step: "Step") -> bool:
@@ -239,12 +256,30 @@ def float_epilogue(v: Value) -> List[Op]:
 MAX_LINK_TRIALS = 128  # in-place links whose removal make_plan tries one at a time (see there)
 
 
-def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) -> Plan:
+DEFAULT_MAX_RECOMPUTE = 0.10
+# Band heights and halo modes the chain search tries (stream.py).
+STREAM_CONFIGS = (("cache", 1), ("cache", 2), ("recompute", 2), ("recompute", 4))
+STREAM_FINALISTS = 6   # candidates planned in full (with in-place layers) per round
+STREAM_ROUNDS = 4      # chains chosen at most
+# The chain search plans the whole graph per candidate: past this many steps (real MCU models have tens;
+# a 500-layer stress test would take hours) streaming is not searched; CANDIDATES bounds one round.
+STREAM_MAX_STEPS = 160
+STREAM_MAX_CANDIDATES = 800
+
+
+def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True,
+              max_recompute: float = DEFAULT_MAX_RECOMPUTE, chains: Optional[List[tuple]] = None) -> Plan:
     """Schedule ``graph`` and place every API and intermediate tensor in the arena.
 
     ``float_output`` only changes the run wrapper (it dequantizes the in-arena
     outputs and runs their float epilogues on the caller's floats; neither
-    uses the arena); ``inplace=False`` turns off in-place layers (for comparisons).
+    uses the arena); ``inplace=False`` plans whole tensors out of place (no in-place
+    layers, no streaming: for comparisons and CMSIS-NN's kernels).
+    ``max_recompute`` > 0 lets chains of layers run row-streamed (stream.py)
+    when that lowers the arena, repeating at most that fraction of the
+    model's conv/dense MACs; 0 turns streaming off. ``chains`` forces the
+    chains instead of searching: ``(first step, last step, mode, band rows)``
+    each, in step indices of the whole-tensor schedule (tests use it).
     """
     inputs, outputs, boundary = find_io(graph)
     bad = []
@@ -278,7 +313,107 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
     if bad:
         raise UnsupportedModelError("the cmsis backend cannot compile these ops of graph "
                                     f"@{graph.name}: " + "; ".join(bad))
+    total = sum(op_macs(s.op) for s in steps if s.op.opname in WEIGHTED_OPS[:4])
+    plain = _plan_steps(inputs, outputs, list(steps), inplace)
+    plain.total_macs, plain.unstreamed_arena = total, plain.arena_size
+    if chains is not None:
+        cur = list(steps)
+        for i, j, mode, band in sorted(chains, reverse=True):
+            if (i, j) not in candidate_segments(graph, steps):
+                raise ValueError(f"steps {i}..{j} cannot stream")
+            ch = make_chain([s.op for s in steps[i:j + 1]], band, mode)
+            cur[i:j + 1] = [Step("stream", None, ch.inputs, ch.sink, chain=ch)]
+        plan = _plan_steps(inputs, outputs, cur, inplace)
+        plan.max_recompute, plan.total_macs, plan.unstreamed_arena = max_recompute, total, plain.arena_size
+        return plan
+    if max_recompute <= 0 or not inplace:
+        return plain
+    if len(steps) > STREAM_MAX_STEPS:
+        plain.max_recompute = max_recompute   # streaming asked for, not searched (memory_report: too_deep)
+        return plain
+    streamed = _choose_chains(graph, inputs, outputs, steps, max_recompute, total)
+    if streamed is steps:
+        plan = plain
+    else:
+        plan = _plan_steps(inputs, outputs, streamed, inplace)
+        if plan.arena_size >= plain.arena_size:  # streaming never makes the arena larger
+            plan = plain
+    plan.max_recompute, plan.total_macs, plan.unstreamed_arena = max_recompute, total, plain.arena_size
+    return plan
 
+
+def _choose_chains(graph: Graph, inputs, outputs, steps: List[Step], max_recompute: float,
+                   total_macs: int) -> List[Step]:
+    """Greedily replace runs of steps by streamed chains while the arena drops.
+
+    Each round tries every closed run of streamable steps (stream.candidate_segments)
+    that covers a step whose live bytes reach the current arena (only those can
+    lower it), with every band height and halo mode of STREAM_CONFIGS, keeping
+    those whose repeated MACs (with the chains already chosen) stay within
+    ``max_recompute * total_macs``. Candidates are ranked by a fast plan without
+    other in-place layers; the best STREAM_FINALISTS are planned in full and the
+    smallest arena wins (ties: fewer repeated MACs, then fewer kernel calls).
+    """
+    budget = max_recompute * total_macs
+    cur = list(steps)
+    memo: dict = {}
+    chains: Dict[tuple, Chain] = {}
+    arena = _plan_steps(inputs, outputs, list(cur), True, check=False, memo=memo).arena_size
+    spent = 0
+    for _ in range(STREAM_ROUNDS):
+        fast = _plan_steps(inputs, outputs, list(cur), False, check=False, memo=memo)
+        bounds = fast.step_time[1:] + [len(fast.live_bytes)]
+        hot = [i for i, (a, z) in enumerate(zip(fast.step_time, bounds)) if max(fast.live_bytes[a:z]) >= arena]
+        ranked = []
+        segments = [(i, j) for i, j in candidate_segments(graph, cur) if any(i <= h <= j for h in hot)]
+        # nearest the hottest step first, so the bound on candidates keeps the likeliest ones
+        peak = max(hot, key=lambda h: max(fast.live_bytes[fast.step_time[h]:bounds[h]])) if hot else 0
+        segments.sort(key=lambda ij: (max(ij[0] - peak, peak - ij[1], 0), ij))
+        for i, j in segments[:STREAM_MAX_CANDIDATES // len(STREAM_CONFIGS)]:
+            for mode, band in STREAM_CONFIGS:
+                if band >= out_rows(cur[j].op):
+                    continue
+                key = (id(cur[i].op), id(cur[j].op), band, mode)
+                if key not in chains:
+                    chains[key] = make_chain([s.op for s in cur[i:j + 1]], band, mode)
+                ch = chains[key]
+                extra = ch.extra_macs()
+                if spent + extra > budget:
+                    continue
+                trial = cur[:i] + [Step("stream", None, ch.inputs, ch.sink, chain=ch)] + cur[j + 1:]
+                size = _plan_steps(inputs, outputs, list(trial), True, check=False, trials=False,
+                                   memo=memo).arena_size
+                ranked.append(((size, extra, ch.calls(), i, j, band, mode), trial, extra))
+        ranked.sort(key=lambda r: r[0])
+        best = None
+        for key, trial, extra in ranked[:STREAM_FINALISTS]:
+            size = _plan_steps(inputs, outputs, list(trial), True, check=False, memo=memo).arena_size
+            if best is None or (size,) + key[1:] < best[0]:
+                best = ((size,) + key[1:], trial, extra)
+        if best is None or best[0][0] >= arena:
+            break
+        (arena, *_), cur, extra = best
+        spent += extra
+    return cur if len(cur) != len(steps) else steps
+
+
+def _cached(fn, op: Op, operand: int, memo: Optional[dict]):
+    """``fn(op, operand)``, remembered in ``memo`` (one make_plan call plans the same ops many times)."""
+    if memo is None:
+        return fn(op, operand)
+    key = (fn.__name__, id(op), operand)
+    if key not in memo:
+        memo[key] = fn(op, operand)
+    return memo[key]
+
+
+def _plan_steps(inputs: List[TensorIO], outputs: List[TensorIO], steps: List[Step], inplace: bool,
+                check: bool = True, trials: bool = True, memo: Optional[dict] = None) -> Plan:
+    """Buffers, lifetimes and offsets for a schedule (``steps`` gets the output copy steps appended).
+
+    ``trials=False`` skips the search over which in-place links to drop (a quicker estimate);
+    ``memo`` caches the kernels' displacement bounds between calls.
+    """
     # Buffers: API inputs (written by the caller before step 0), every step's result, and an own
     # buffer per API output (an output whose tensor is an input, a constant or another output's
     # gets a copy step). Outputs stay live after the last step, so the caller can read them.
@@ -303,10 +438,15 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
             steps.append(Step("copy", None, [io.value], None, io.index))
             out_buffers.append(Buffer(io.value, _nbytes(io.value), -1, -1))
             copies.add(id(out_buffers[-1]))
-    last = len(steps)
-    # Streamed recurrent state (passes/stream_state.py): live through every step, so nothing else ever
-    # shares its bytes and it survives from one NAME_invoke() to the next; a recurrent op's final state
-    # result is written into the state it read (the same buffer).
+    # Time units: one per step, one per layer of a streamed chain (its band buffers live inside it).
+    step_time, t = [], 0
+    for s in steps:
+        step_time.append(t)
+        t += chain_units(s.chain) if s.chain is not None else 1
+    last = t
+    # Streamed recurrent state (passes/stream_state.py): live through every time unit, so nothing else
+    # ever shares its bytes and it survives from one NAME_invoke() to the next; a recurrent op's final
+    # state result is written into the state it read (the same buffer).
     state_of: Dict[int, Buffer] = {}
     for v in states:
         by_root[id(v)] = Buffer(v, _nbytes(v), 0, last)
@@ -317,22 +457,41 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
                 if id(v) in by_root and v.producer is not None and v.producer.opname == "qcc.state":
                     state_of[id(s.op.results[1 + k])] = by_root[id(v)]
     for i, s in enumerate(steps):
+        t0 = step_time[i]
+        t1 = t0 + (chain_units(s.chain) - 1 if s.chain is not None else 0)
         for v in s.inputs:
             b = by_root.get(id(alias_root(v)))
             if b is not None:
-                b.end = max(b.end, i)
+                b.end = max(b.end, t1)
         if s.output is not None:
-            for v in [s.output] + s.extra + ([s.scratch] if s.scratch is not None else []):
+            if s.chain is not None:
+                # a chain ending in a reduction writes its result only after the last band
+                b = Buffer(s.output, _nbytes(s.output), t1 if s.chain.acc is not None else t0, t1)
+                by_root[id(s.output)] = b
+                buffers.append(b)
+            for v in ([] if s.chain is not None else [s.output]) + s.extra + \
+                    ([s.scratch] if s.scratch is not None else []):
                 if id(v) in state_of:
                     by_root[id(v)] = state_of[id(v)]
                     continue
-                b = Buffer(v, _nbytes(v), i, i)
+                b = Buffer(v, _nbytes(v), t0, t1)
                 by_root[id(v)] = b
                 buffers.append(b)
         else:
             b = out_buffers[s.out_index]
-            b.start = b.end = i
+            b.start = b.end = t0
             buffers.append(b)
+        if s.chain is not None:
+            for j, spans in sorted(chain_lifetimes(s.chain).items()):
+                v = s.chain.ops[j].result
+                b = Buffer(v, s.chain.buffer_bytes(j), t0 + spans[0][0], t0 + spans[-1][1],
+                           spans=[(t0 + a, t0 + z) for a, z in spans])
+                by_root[id(v)] = b
+                buffers.append(b)
+            if s.chain.acc is not None:   # a reduction's sums: live through the chain
+                b = Buffer(s.chain.acc, _nbytes(s.chain.acc), t0, t1)
+                by_root[id(s.chain.acc)] = b
+                buffers.append(b)
     for j, io in enumerate(outputs):
         b = out_buffers[j] if out_buffers[j] is not None else by_root[id(alias_root(io.value))]
         out_buffers[j] = b
@@ -356,12 +515,12 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
             best = None
             for v in s.inputs:
                 src = by_root.get(id(alias_root(v)))
-                if src is None or src.end != i or id(src) in taken:
+                if src is None or src.end != step_time[i] or id(src) in taken:
                     continue
                 # every operand reading the same bytes constrains the displacement
                 same = [j for j, w in enumerate(s.inputs) if alias_root(w) is src.root]
-                fwd = [max_displacement(s.op, j) for j in same]
-                rev = [min_displacement_reversed(s.op, j) for j in same]
+                fwd = [_cached(max_displacement, s.op, j, memo) for j in same]
+                rev = [_cached(min_displacement_reversed, s.op, j, memo) for j in same]
                 options = []
                 if all(d is not None for d in fwd):
                     limit = min(fwd)
@@ -389,6 +548,27 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
                 lo, hi = span.get(h, (0, link.src.size))
                 span[h] = (min(lo, r), max(hi, r + out.size))
 
+    taken = set() if not inplace else taken
+    if any(s.chain is not None for s in steps):   # in-place writes inside streamed chains: always planned
+        for i, s in enumerate(steps):
+            if s.chain is None:
+                continue
+            links.update(_stream_links(s.chain, by_root, step_time[i], memo))
+            # the chain's result over an input that dies in it, as far below as the band order allows
+            out = by_root[id(s.output)]
+            t1 = step_time[i] + chain_units(s.chain) - 1
+            for v in s.inputs:
+                src = by_root.get(id(alias_root(v)))
+                if src is None or src.end != t1 or id(src) in taken or id(out) in links or src.spans is not None:
+                    continue
+                limit = sink_displacement(s.chain, v)
+                if limit is None or limit < -out.size:
+                    continue
+                # as far into the input as allowed while inside it: room below for in-place layers after it
+                disp = min(limit, max(src.size - out.size, 0)) // ALIGN * ALIGN
+                links[id(out)] = Link(src, disp, limit, False, streamed=True)
+                taken.add(id(src))
+
     # Chains move as one block (see _place), which can cost more than a link saves; so drop, one at a
     # time in schedule order, every link whose removal makes the arena smaller. Then keep the best of
     # best fit / first fit (ties: best fit, TFLM's choice).
@@ -403,11 +583,24 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
     arena, _, placement = evaluate(used_links)
     # Each trial re-places every buffer: a network thousands of layers deep would take hours, so
     # only the first MAX_LINK_TRIALS links are tried (real models have tens); the rest stay.
-    for key in list(links)[:MAX_LINK_TRIALS]:
+    for key in list(links)[:MAX_LINK_TRIALS if trials else 0]:
         trial = {k: v for k, v in used_links.items() if k != key}
         result = evaluate(trial)
         if result[0] < arena:
             used_links, (arena, _, placement) = trial, result
+    streamed = {k: v for k, v in links.items() if v.streamed}
+    if streamed and trials:
+        # From the streamed chains' own links, add the other in-place links one at a time where they help
+        # (a long run of linked layers after a chain can cost more than it saves; removal above may not see it).
+        cur = dict(streamed)
+        best = evaluate(cur)
+        for key in [k for k in links if k not in streamed][:MAX_LINK_TRIALS]:
+            trial = {**cur, key: links[key]}
+            result = evaluate(trial)
+            if result[0] < best[0]:
+                cur, best = trial, result
+        if best[0] < arena:
+            used_links, (arena, _, placement) = cur, best
     plain = evaluate({})
     if plain[0] <= arena:  # in-place layers never make the arena larger than the plain plan
         used_links, (arena, _, placement) = {}, plain
@@ -417,16 +610,74 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True) ->
             location[id(b.root)] = ("arena", b.offset)
     for key, b in state_of.items():
         location[key] = ("arena", b.offset)
-    nsteps = max(last, 1)
-    live = [sum(b.size for b in buffers if b.start <= i <= b.end) for i in range(nsteps)]
+    nunits = max(last, 1)
+    live = [0] * (nunits + 1)
+    for b in buffers:
+        for a, z in (b.spans if b.spans is not None else [(b.start, b.end)]):
+            for u in range(a, min(z, nunits - 1) + 1):
+                live[u] += b.size
     plan = Plan(inputs, outputs, steps, buffers, location, arena, max(live, default=0))
     plan.input_offsets = [b.offset for b in in_buffers]
     plan.output_offsets = [b.offset for b in out_buffers]
     plan.inplace = dict(used_links)
-    plan.live_bytes = live[:len(steps)]
+    plan.live_bytes = live[:last]
+    plan.step_time = step_time
     plan.states = states
+    if not check:
+        return plan
     check_plan(plan)
     return plan
+
+
+def _stream_links(ch: Chain, by_root: Dict[int, Buffer], t0: int, memo: Optional[dict] = None) -> Dict[int, Link]:
+    """In-place layers inside a streamed chain: a layer may write its band over its one streamed operand.
+
+    Both buffers must be dead between bands (not caches), the operand read by
+    this layer alone, and every span of the operand end where the output's
+    begins: at this layer's call. The displacement bound is inplace.py's for
+    every band shape the layer runs (stream.band_op).
+    """
+    from .stream import WINDOWED, Call, _data, band_op, row_bytes, rows_needed, window
+    index = {id(op.result): j for j, op in enumerate(ch.ops)}
+    flat = [a for b in ch.bands for a in b]
+    out: Dict[int, Link] = {}
+    taken = set()
+    for j, op in enumerate(ch.ops[:-1]):
+        if op.opname not in INPLACE_OPS or ch.kept[j]:
+            continue
+        data = _data(op)
+        inner = [k for k, v in enumerate(data) if id(v) in index]
+        if len(inner) != 1 or any(w is data[inner[0]] for k, w in enumerate(data) if k != inner[0]):
+            continue
+        src_j = index[id(data[inner[0]])]
+        src, dst = by_root[id(data[inner[0]])], by_root[id(op.result)]
+        if ch.kept[src_j] or ch.last_use[src_j] != j or id(src) in taken or src.spans is None or dst.spans is None:
+            continue
+        calls = [t0 + u for u, a in enumerate(flat) if isinstance(a, Call) and a.layer == j]
+        if [z for _, z in src.spans] != calls or [a for a, _ in dst.spans] != calls:
+            continue
+        limits = []
+        for a in flat:
+            if isinstance(a, Call) and a.layer == j:
+                lo, hi = rows_needed(op, a.a, a.c)
+                # the band kernel's shape: rows out, rows in, and where the slice starts against the window
+                step = window(op)[1] if op.opname in WINDOWED else 1
+                key = ("band", id(op), inner[0], a.c - a.a, hi - lo, lo - a.a * step)
+                if memo is None or key not in memo:
+                    d = max_displacement(band_op(op, a.a, a.c), inner[0])
+                    if memo is not None:
+                        memo[key] = d
+                d = memo[key] if memo is not None else d
+                # the kernel's bound is between its pointers, which sit inside the two buffers
+                in_rel = (a.reads[inner[0]] - a.in_lo[inner[0]]) * row_bytes(data[inner[0]])
+                out_rel = (a.a - a.out_lo) * row_bytes(op.result)
+                limits.append(None if d is None else d + in_rel - out_rel)
+        if not limits or None in limits:
+            continue
+        limit = min(limits)
+        out[id(dst)] = Link(src, min(limit, 0) // ALIGN * ALIGN, limit, False, streamed=True)
+        taken.add(id(src))
+    return out
 
 
 def _place(buffers: List[Buffer], links: Dict[int, Link], fit: str) -> Dict[int, int]:
@@ -465,12 +716,15 @@ def _place(buffers: List[Buffer], links: Dict[int, Link], fit: str) -> Dict[int,
     for members in blocks.values():
         lo = min(rel[id(b)] for b in members)
         hi = max(rel[id(b)] + b.size for b in members)
-        items.append((hi - lo, min(b.start for b in members), max(b.end for b in members), lo, members))
+        mask = 0
+        for b in members:
+            mask |= b.mask()
+        items.append((hi - lo, min(b.start for b in members), mask, lo, members))
     items.sort(key=lambda t: (-t[0], t[1]))
-    placed: List[Tuple[int, int, int, int]] = []   # (offset, size, start, end)
+    placed: List[Tuple[int, int, int]] = []   # (offset, size, live mask)
     offsets: Dict[int, int] = {}
-    for size, start, end, lo, members in items:
-        spans = sorted((o, o + s) for o, s, a, z in placed if a <= end and start <= z)
+    for size, start, mask, lo, members in items:
+        spans = sorted((o, o + s) for o, s, m in placed if m & mask)
         off, best, best_gap = 0, None, None
         for s_lo, s_hi in spans:
             gap = s_lo - off
@@ -481,7 +735,7 @@ def _place(buffers: List[Buffer], links: Dict[int, Link], fit: str) -> Dict[int,
             off = max(off, -(-s_hi // ALIGN) * ALIGN)
         if best is None:
             best = off
-        placed.append((best, size, start, end))
+        placed.append((best, size, mask))
         for b in members:
             offsets[id(b)] = best + rel[id(b)] - lo
     return offsets
@@ -499,20 +753,27 @@ def check_plan(plan: Plan) -> None:
         if b.offset < 0 or b.offset % ALIGN or b.offset + b.size > plan.arena_size:
             problems.append(f"buffer {_describe(b.root)} at {b.offset}+{b.size} outside/unaligned in arena "
                             f"{plan.arena_size}")
+    masks = [b.mask() for b in bufs]
     for i, a in enumerate(bufs):
-        for b in bufs[i + 1:]:
-            if not (a.start <= b.end and b.start <= a.end):
+        for k, b in enumerate(bufs[i + 1:], i + 1):
+            if not masks[i] & masks[k]:
                 continue
             if a.offset < b.offset + b.size and b.offset < a.offset + a.size:
                 ok = False
                 for out, src in ((a, b), (b, a)):
                     link = plan.inplace.get(id(out))
-                    if link is not None and link.src is src and out.start == src.end \
+                    if link is not None and link.src is src and (out.start == src.end or link.streamed) \
                             and link.allows(out.offset - src.offset):
                         ok = True
                 if not ok:
                     problems.append(f"buffers {_describe(a.root)} [{a.start},{a.end}] @{a.offset}+{a.size} and "
                                     f"{_describe(b.root)} [{b.start},{b.end}] @{b.offset}+{b.size} overlap")
+    for s in plan.steps:
+        if s.chain is not None and not problems:
+            try:   # every band call must find the rows it reads where the plan put them
+                replay_chain(s.chain, lambda v: plan.where(v)[1], plan.arena_size)
+            except AssertionError as exc:
+                problems.append(f"streamed chain: {exc}")
     if problems:
         raise PlanError("memory plan is invalid (a qcc bug): " + "; ".join(problems))
 
@@ -527,13 +788,35 @@ def memory_report(plan: Plan) -> dict:
     step and ``offset`` where its result sits.
     """
     where = {id(b.root): b for b in plan.buffers}
-    layers = []
+    layers, chains = [], []
     for i, s in enumerate(plan.steps):
+        t0 = plan.step_time[i] if plan.step_time else i
+        if s.chain is not None:
+            ch = s.chain
+            chains.append({"step": i, "layers": [op.name for op in ch.ops], "band_rows": ch.band, "mode": ch.mode,
+                           "bands": len(ch.bands), "calls": ch.calls(), "extra_macs": ch.extra_macs(),
+                           "band_buffer_bytes": sum(ch.buffer_bytes(j) for j in ch.capacity)})
+            flat = [a for band in ch.bands for a in band]
+            peak: Dict[int, int] = {}   # per layer: the most bytes live while any of its bands runs
+            for u, act in enumerate(flat):
+                j = getattr(act, "layer", getattr(act, "tensor", -1))
+                peak[j] = max(peak.get(j, 0), plan.live_bytes[t0 + u])
+            for j, op in enumerate(ch.ops):
+                b = where[id(op.result)]
+                layers.append({"step": i, "op": op.opname, "name": op.name, "live_bytes": peak.get(j, 0),
+                               "bytes": b.size, "offset": b.offset, "in_place": False, "streamed": True})
+            continue
         b = where.get(id(s.output)) if s.output is not None else None
         layers.append({"step": i, "op": s.kind, "name": s.op.name if s.op is not None else f"output{s.out_index}",
-                       "live_bytes": plan.live_bytes[i], "bytes": b.size if b else 0,
+                       "live_bytes": plan.live_bytes[t0], "bytes": b.size if b else 0,
                        "offset": b.offset if b else plan.output_offsets[s.out_index],
-                       "in_place": plan.is_inplace(s)})
+                       "in_place": plan.is_inplace(s), "streamed": False})
+    extra = sum(c["extra_macs"] for c in chains)
     return {"arena_bytes": plan.arena_size, "lower_bound_bytes": plan.lower_bound,
             "input_offsets": list(plan.input_offsets), "output_offsets": list(plan.output_offsets),
-            "in_place_layers": sum(1 for s in plan.steps if plan.is_inplace(s)), "layers": layers}
+            "in_place_layers": sum(1 for s in plan.steps if plan.is_inplace(s)), "layers": layers,
+            "streaming": {"max_recompute": plan.max_recompute, "chains": chains,
+                          "too_deep": sum(1 for s in plan.steps if s.op is not None) > STREAM_MAX_STEPS,
+                          "arena_without_streaming": plan.unstreamed_arena or plan.arena_size,
+                          "extra_macs": extra, "total_macs": plan.total_macs,
+                          "extra_mac_ratio": extra / plan.total_macs if plan.total_macs else 0.0}}

@@ -134,7 +134,9 @@ def layer_cycles(gen) -> Optional[dict]:
                                        gen.target)
     instructions = merged_by_function(counted["inclusive"])
     spent = merged_by_function(counted["inclusive_cycles"])
-    layers = {info["fn"]: {"instructions": instructions.get(info["fn"], 0), "cycles": spent.get(info["fn"], 0)}
+    # a streamed layer runs as several band kernels (stream.py): its figures are their sum
+    layers = {info["fn"]: {"instructions": sum(instructions.get(f, 0) for f in info.get("fns", [info["fn"]])),
+                           "cycles": sum(spent.get(f, 0) for f in info.get("fns", [info["fn"]]))}
               for info in gen.layers}
     return {"cpu": gen.target, "clock_mhz": CLOCK_MHZ, "input": "zeros", "instructions": counted["total"],
             "cycles": counted["cycles"], "layers": layers}

@@ -129,6 +129,10 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
                    help="speed (default): int8 conv/dense weights re-laid as int16 pairs for SMLAD on "
                         "cores with the DSP extension (M4, M7, M33; about 2x their flash); size: int8 "
                         "weight tables and the generic loops. Same outputs either way")
+    p.add_argument("--max-recompute", default=None, metavar="P",
+                   help="row-streamed execution: chains of layers run a band of rows at a time when that "
+                        "lowers the arena, repeating at most P of the MACs (\"10%%\" or 0.1; default 10%%); "
+                        "0 turns streaming off")
     p.add_argument("--round-scales", action="store_true",
                    help="with --scheme qmn and a QDQ model: round scales that are not powers of two to the "
                         "nearest one (listed as warnings) instead of refusing the model")
@@ -352,11 +356,12 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                   target_sqnr: Optional[float] = None, max_flash: Optional[int] = None,
                   max_ram: Optional[int] = None, stream_state: int = 0,
                   calib_samples: Optional[int] = None, format_search: Optional[str] = None,
-                  optimize: str = "speed"):
+                  optimize: str = "speed", max_recompute: Optional[float] = None):
     """Compile ``model`` and write every output file; returns the backend's GeneratedModel.
 
     ``bits`` is 8, 16 or "mixed" (``target_sqnr``, ``max_flash``, ``max_ram`` steer the mixed search).
     ``stream_state`` > 0: recurrent state kept between calls, that many frames per call (stream-state).
+    ``max_recompute``: the fraction of MACs row-streamed chains may repeat (None: the backend's default).
     """
     out = Path(output)
     if out.suffix != ".c":
@@ -432,6 +437,8 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     extra = {"kernels": kernels} if kernels != "qcc" else {}  # only the cmsis backend knows cmsis-nn
     if optimize != "speed":
         extra["optimize"] = optimize
+    if max_recompute is not None:
+        extra["max_recompute"] = max_recompute
     gen = get_backend(backend).generate(graph, name=name or out.stem, target=target, float_output=float_output,
                                         **extra)
     gen.warnings[:0] = notes
@@ -548,12 +555,28 @@ def _macs(op) -> int:
     return 0
 
 
+def parse_max_recompute(text: Optional[str]) -> Optional[float]:
+    """``--max-recompute``: "10%" or 0.1 -> 0.1; None stays None (the backend's default)."""
+    if text is None:
+        return None
+    t = text.strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 10:   # also refuses NaN
+        raise InputError(f"--max-recompute takes a share of the MACs like 10% or 0.1 (0 turns streaming off), "
+                         f"got '{text}'")
+    return value
+
+
 def make_report(gen, graph: Graph, model: str) -> dict:
     plan = gen.plan
     layers: List[dict] = []
-    for info, step in zip(gen.layers, [s for s in plan.steps if s.op is not None]):
-        layers.append({**info, "where": list(info["where"]), "macs": _macs(step.op),
-                       "bytes": step.output.type.size * step.output.type.np_dtype.itemsize})
+    ops = [op for s in plan.steps for op in (s.chain.ops if getattr(s, "chain", None) else [s.op]) if op is not None]
+    for info, op in zip(gen.layers, ops):
+        layers.append({**info, "where": list(info["where"]), "macs": _macs(op),
+                       "bytes": op.result.type.size * op.result.type.np_dtype.itemsize})
 
     def io(t):
         q = t.value.type.quant
@@ -567,6 +590,27 @@ def make_report(gen, graph: Graph, model: str) -> dict:
             "weight_bytes": gen.weight_bytes, "macs": sum(e["macs"] for e in layers),
             "inputs": [io(t) for t in plan.inputs], "outputs": [io(t) for t in plan.outputs],
             "layers": layers, "warnings": gen.warnings}
+
+
+def streaming_lines(st: Optional[dict]) -> List[str]:
+    """The report's row-streaming section: the chains chosen, band heights, MAC overhead, arena saved."""
+    if not st:
+        return []
+    lines = ["## Row-streamed execution", ""]
+    if not st["chains"]:
+        why = ("off (--max-recompute 0)" if not st["max_recompute"] else
+               "the graph has too many layers for the chain search" if st.get("too_deep") else
+               "no chain lowers the arena")
+        return lines + [f"No streamed chain: {why}; arena {st['arena_without_streaming']:,} B.", ""]
+    lines += [f"Arena {st['arena_without_streaming']:,} B without streaming; repeated MACs {st['extra_macs']:,} "
+              f"of {st['total_macs']:,} ({100 * st['extra_mac_ratio']:.1f}%, bound {100 * st['max_recompute']:.0f}%).",
+              "", "| chain | layers | band rows | halos | bands | kernel calls | band buffers | repeated MACs |",
+              "|---|---:|---:|---|---:|---:|---:|---:|"]
+    for k, c in enumerate(st["chains"]):
+        lines.append(f"| {k} ({c['layers'][0][:40]} .. {c['layers'][-1][:40]}) | {len(c['layers'])} | "
+                     f"{c['band_rows']} | {c['mode']} | {c['bands']} | {c['calls']} | {c['band_buffer_bytes']:,} B | "
+                     f"{c['extra_macs']:,} |")
+    return lines + [""]
 
 
 def markdown_report(summary: dict, float_graph: Optional[Graph], graph: Graph, calib: Optional[str],
@@ -583,6 +627,7 @@ def markdown_report(summary: dict, float_graph: Optional[Graph], graph: Graph, c
         from qcc.tools.report import mixed_bits_report
         lines += mixed_bits_report(summary["mixed_bits"]) + [""]
     memory = summary.get("memory") or {}
+    lines += streaming_lines(memory.get("streaming"))
     per_layer = memory.get("layers") or []
     if per_layer:
         keys = [k for k in per_layer[0] if k not in ("where",)]
@@ -653,7 +698,8 @@ def _command(args: argparse.Namespace) -> int:
                         report_samples=args.report_samples, emit_onnx=args.emit_onnx,
                         round_scales=args.round_scales, method=args.method, per_tensor=args.per_tensor,
                         stream_state=args.stream_state, calib_samples=args.calib_samples,
-                        format_search=args.format_search, optimize=args.optimize)
+                        format_search=args.format_search, optimize=args.optimize,
+                        max_recompute=parse_max_recompute(args.max_recompute))
     folder = Path(args.output).parent
     for w in gen.warnings:
         print(f"qcc: warning: {w}", file=sys.stderr)
