@@ -284,10 +284,7 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True,
     inputs, outputs, boundary = find_io(graph)
     bad = []
     steps: List[Step] = []
-    states: List[Value] = []
     for op in graph.ops:
-        if op.opname == "qcc.state":
-            states.append(op.result)
         if op in boundary or op.opname in ("qcc.const", "qcc.state"):
             continue
         if op.opname in ALIAS_OPS:
@@ -414,6 +411,12 @@ def _plan_steps(inputs: List[TensorIO], outputs: List[TensorIO], steps: List[Ste
     ``trials=False`` skips the search over which in-place links to drop (a quicker estimate);
     ``memo`` caches the kernels' displacement bounds between calls.
     """
+    # Streamed recurrent states (qcc.state values, passes/stream_state.py), in the order the steps read them.
+    states: List[Value] = []
+    for s in steps:
+        for v in (s.op.operands if s.op is not None else []):
+            if v.producer is not None and v.producer.opname == "qcc.state" and all(v is not w for w in states):
+                states.append(v)
     # Buffers: API inputs (written by the caller before step 0), every step's result, and an own
     # buffer per API output (an output whose tensor is an input, a constant or another output's
     # gets a copy step). Outputs stay live after the last step, so the caller can read them.
