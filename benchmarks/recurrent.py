@@ -13,7 +13,6 @@ Prints a markdown table (pasted into results.md) and writes it to --output when 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -25,15 +24,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load("qcc_bench_run", HERE / "run.py")
+sys.path.insert(0, str(HERE))
+import run as bench  # noqa: E402  (benchmarks/run.py: the shared build-and-count machinery)
 
 
 SCHEMES = {"q7": ["--bits", "8"], "q15": ["--bits", "16"], "int8": ["--scheme", "int8"]}

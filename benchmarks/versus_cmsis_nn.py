@@ -14,7 +14,6 @@ measured on this machine's CMSIS-NN checkout, not taken from a publication.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
@@ -27,16 +26,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load("qcc_bench_run", HERE / "run.py")
-tiny = _load("qcc_bench_tiny_models", HERE / "tiny_models.py")
+sys.path.insert(0, str(HERE))
+import run as bench  # noqa: E402  (benchmarks/run.py: the shared build-and-count machinery)
+tiny = bench.tiny_models
 VARIANTS = [("speed", ["--optimize", "speed"]), ("size", ["--optimize", "size"]), ("cmsis-nn", ["--kernels", "cmsis-nn"])]
 
 
