@@ -226,13 +226,24 @@ class QuantizeAffine(Pass):
 
     def _integer_concat(self, graph: Graph, rng: Op, out_q: UniformQuant) -> bool:
         """Q(concat(DQ(x_i))) -> DQ(concat(requantize(x_i))): TFLite gives every concat input the
-        output's parameters, rescaling (s8.requantize, m = s_i / s_out) the inputs that differ."""
+        output's parameters, rescaling (s8.requantize, m = s_i / s_out) the inputs that differ; a float
+        constant input is stored with the output's parameters."""
         concat = rng.operands[0].producer
-        if any(_dq_input_quant(v) is None for v in concat.operands) or graph.users(concat.result) != [rng] \
+        if any(_dq_input_quant(v) is None and not _float_constant(v) for v in concat.operands) \
+                or all(_float_constant(v) for v in concat.operands) or graph.users(concat.result) != [rng] \
                 or graph.is_output(concat.result):
             return False
         stored = []
+        lo, hi = ACT_RANGE[self.bits]
         for v in concat.operands:
+            if _float_constant(v):  # a constant part (a zero initial state, say): stored with the output's parameters
+                c = np.asarray(v.constant(), np.float64)
+                q = np.clip(round_half_away(c / np.float64(np.float32(out_q.scale))) + out_q.zero_point, lo, hi)
+                kc = graph.add_const(q.astype(np.int8 if self.bits == 8 else np.int16),
+                                     name=(v.producer.name or v.name or "k") + ".q", quant=out_q)
+                kc.name = kc.producer.name
+                stored.append(kc)
+                continue
             x = v.producer.operands[0]
             in_q = x.type.quant
             if in_q != out_q:
@@ -367,3 +378,7 @@ register_pipeline(
     "Quantize a float model with calibrated TFLite-style affine int8 and lower it to s8 ops",
     {"bits": int, "method": str, "p": float, "per_channel": bool, "data": str, "fc_rounding": str,
      "float_output": bool})
+
+
+def _float_constant(v: Value) -> bool:
+    return v.type.is_float and v.constant() is not None

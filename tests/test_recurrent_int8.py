@@ -398,3 +398,25 @@ def test_c_stream_equals_whole_sequence(tmp_path, kind):
     from qcc.sim.recurrent import run_stream   # every call, the first from the initial state, as simulated
     want = run_stream(s, [{"input": f} for f in frames["input"]])
     np.testing.assert_array_equal(got.floats[0], np.stack([w["logits"] for w in want]))
+
+
+@needs_gcc
+@pytest.mark.parametrize("form", ["unrolled", "scan"])
+def test_tf_cell_forms_compile_under_int8(tmp_path, form):
+    """tf2onnx's unrolled and Scan LSTMCell forms under int8: the concat of each step's input with the
+    constant zero initial state takes the concat's own parameters (the state stored as zp), so every
+    step is integer; host C == simulator, and the logits follow float."""
+    from recurrent_models import scan_lstm_model, unrolled_lstm_model
+    data = _mfcc()
+    if form == "unrolled":
+        model, xs = unrolled_lstm_model(steps=4, hidden=8), data[:, :4].reshape(22, 1, 4, 10) / 30
+    else:
+        model, xs = scan_lstm_model(steps=6, hidden=8), data[:, :6].reshape(22, 6, 1, 10) / 30
+    fg, g = _lower(tmp_path, model, form, xs.astype(np.float32))
+    # integer from the input's quantize to the output's dequantize
+    assert sorted(op.opname for op in g.ops if op.opname.startswith("q.")) == ["q.dequantize", "q.quantize"]
+    name = g.output_names[0]
+    fl = np.concatenate([run_graph(fg, {"input": x})[name] for x in xs.astype(np.float32)])
+    qt = np.concatenate([run_graph(g, {"input": x})[name] for x in xs.astype(np.float32)])
+    assert 10 * np.log10((fl ** 2).sum() / ((fl - qt) ** 2).sum()) > 15.0
+    _run_and_compare(tmp_path, g, {"input": xs[:3].astype(np.float32)}, "cortex-m4", "host")
