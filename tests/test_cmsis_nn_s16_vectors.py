@@ -13,7 +13,6 @@ int16 offsets are 0 in TFLite's 16x8 mode, and the tests check that they are.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Dict, List
 
@@ -29,6 +28,7 @@ from test_backend_s8 import needs_gcc, needs_qemu
 from test_cmsis_nn_vectors import (
     FLOAT_FOLDER, TEST_DATA, Vector, _bottom_right_pad, _mismatches, load_vector, pytestmark)  # noqa: F401
 from test_cmsis_nn_vectors import _run as run_vectors
+import test_cmsis_nn_vectors as s8_vectors
 
 KIND_PATTERNS = {
     "conv": r"int16xint8(_.*|xint32_\d+)?",
@@ -45,13 +45,11 @@ NOT_EXPRESSIBLE: Dict[str, str] = {}
 
 
 def folders_of(kind: str) -> List[str]:
-    pattern = re.compile(KIND_PATTERNS[kind] + "$")
-    return sorted(p.name for p in TEST_DATA.iterdir()
-                  if p.is_dir() and pattern.match(p.name) and not FLOAT_FOLDER.search(p.name))
+    return s8_vectors.folders_of(kind, KIND_PATTERNS)
 
 
 def expressible(kind: str) -> List[str]:
-    return [n for n in folders_of(kind) if n not in NOT_EXPRESSIBLE]
+    return s8_vectors.expressible(kind, KIND_PATTERNS, NOT_EXPRESSIBLE)
 
 
 def _input(g: Graph, feeds, name: str, data: np.ndarray, shape):

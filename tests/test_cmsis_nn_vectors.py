@@ -25,7 +25,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
@@ -125,14 +125,17 @@ def load_vector(name: str) -> Vector:
     return Vector(name, defines, arrays)
 
 
-def folders_of(kind: str) -> List[str]:
-    pattern = re.compile(KIND_PATTERNS[kind] + "$")
+def folders_of(kind: str, patterns: Optional[Dict[str, str]] = None) -> List[str]:
+    """The vector folders of ``kind`` (its regex in ``patterns``, default this file's s8 table)."""
+    pattern = re.compile((patterns or KIND_PATTERNS)[kind] + "$")
     return sorted(p.name for p in TEST_DATA.iterdir()
                   if p.is_dir() and pattern.match(p.name) and not FLOAT_FOLDER.search(p.name))
 
 
-def expressible(kind: str) -> List[str]:
-    return [n for n in folders_of(kind) if n not in NOT_EXPRESSIBLE]
+def expressible(kind: str, patterns: Optional[Dict[str, str]] = None,
+                excluded: Optional[Dict[str, str]] = None) -> List[str]:
+    excluded = NOT_EXPRESSIBLE if excluded is None else excluded
+    return [n for n in folders_of(kind, patterns) if n not in excluded]
 
 
 # ---------------------------------------------------------------- one case -> ops in a shared graph

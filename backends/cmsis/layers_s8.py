@@ -402,14 +402,20 @@ def _pool(builder, op: Op, fn: str) -> dict:
             "pt": pt, "pl": pl, "lo": op.attrs["act_min"], "hi": op.attrs["act_max"]}
 
 
-def _softmax(builder, op: Op, fn: str) -> dict:
+def _softmax_rows_cols(op: Op, max_cols: int, kind: str):
+    """(rows, cols) of a softmax over the last axis; refused when the int32 sum of its exp terms could overflow."""
     x = op.operands[0]
     cols = x.shape[-1] if x.shape else 1
-    if cols > SOFTMAX_MAX_COLS:
-        raise UnsupportedModelError(f"{op.describe()}: softmax over {cols} > {SOFTMAX_MAX_COLS} values would "
-                                    f"overflow the int32 sum of the int8 softmax")
+    if cols > max_cols:
+        raise UnsupportedModelError(f"{op.describe()}: softmax over {cols} > {max_cols} values would "
+                                    f"overflow the int32 sum of the {kind} softmax")
+    return x.type.size // cols, cols
+
+
+def _softmax(builder, op: Op, fn: str) -> dict:
+    rows, cols = _softmax_rows_cols(op, SOFTMAX_MAX_COLS, "int8")
     a = op.attrs
-    return {"rows": x.type.size // cols, "cols": cols, "mult": a["multiplier"], "shift": a["shift"],
+    return {"rows": rows, "cols": cols, "mult": a["multiplier"], "shift": a["shift"],
             "diff_min": a["diff_min"]}
 
 
@@ -531,13 +537,9 @@ SOFTMAX16_MAX_COLS = 65535  # the int32 sum of exp terms (each <= 32767)
 
 
 def _s16_softmax(builder, op: Op, fn: str) -> dict:
-    x = op.operands[0]
-    cols = x.shape[-1] if x.shape else 1
-    if cols > SOFTMAX16_MAX_COLS:
-        raise UnsupportedModelError(f"{op.describe()}: softmax over {cols} > {SOFTMAX16_MAX_COLS} values would "
-                                    f"overflow the int32 sum of the int16 softmax")
+    rows, cols = _softmax_rows_cols(op, SOFTMAX16_MAX_COLS, "int16")
     a = op.attrs
-    return {"kind": "s16_softmax", "rows": x.type.size // cols, "cols": cols, "mult": a["multiplier"],
+    return {"kind": "s16_softmax", "rows": rows, "cols": cols, "mult": a["multiplier"],
             "shift": a["shift"], "requant": "qcc_s8_requant",
             "exp": builder.add_const(f"{builder.prefix}_{fn}_exp", "i16", SOFTMAX16_EXP_LUT,
                                      "TFLite int16 softmax: exp(x) on [-10, 0], 512 steps + 1 (gen_lut)"),
