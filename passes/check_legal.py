@@ -157,6 +157,8 @@ NEVER: Dict[str, str] = {
     "nn.gemm": "the weights are not constant", "nn.matmul": "the right operand is not a 2-D constant",
     "nn.div": "only division by a constant scalar or per-channel vector lowers",
     "nn.reduce_mean": "only a mean over both spatial axes of a 4-D tensor lowers, as a global average pool",
+    "nn.expand": "only an Expand of a constant (folded at compile time) is supported; this one broadcasts "
+                 "a value computed at run time",
 }
 
 LEGAL = {"qmn": QMN_LEGAL, "int8": INT8_LEGAL}

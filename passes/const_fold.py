@@ -21,7 +21,7 @@ from qcc.transforms.rewriter import PatternPass, RewritePattern
 
 ARITHMETIC = ("nn.add", "nn.sub", "nn.mul", "nn.div")
 DATA_MOVEMENT = ("nn.reshape", "nn.transpose", "nn.gather", "nn.cast", "nn.slice", "nn.concat",
-                 "nn.squeeze", "nn.unsqueeze", "nn.flatten", "nn.identity")
+                 "nn.squeeze", "nn.unsqueeze", "nn.flatten", "nn.identity", "nn.expand")
 FOLDABLE = ARITHMETIC + DATA_MOVEMENT
 
 

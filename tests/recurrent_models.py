@@ -72,9 +72,10 @@ def classifier_model(kind: str = "LSTM", steps: int = 49, features: int = 10, hi
 
 def torch_style_model(kind: str = "LSTM", steps: int = 49, features: int = 10, hidden: int = 16,
                       classes: int = 12, seed: int = 0):
-    """What torch.onnx.export makes of ``out, _ = rnn(x); fc(out[:, -1, :])`` with batch_first=True:
-    Transpose -> LSTM/GRU (zero initial states as Constant nodes) -> Squeeze(direction) -> Transpose
-    -> Gather(time, -1) -> Gemm."""
+    """What torch.onnx.export (torch 2.13, opset 13/14) makes of ``out, _ = rnn(x); fc(out[:, -1, :])``
+    with batch_first=True: Transpose -> LSTM/GRU -> Squeeze(direction) -> Transpose -> Gather(time, -1)
+    -> Gemm. The zero initial states are a [1, 1, H] Constant Expanded to
+    Concat([1], Unsqueeze(Gather(Shape(xt), 1)), [H]), the batch read off the input's shape."""
     w, r, b = cell_weights(kind, features, hidden, seed)
     rng = np.random.default_rng(seed + 5)
     fc_w = (rng.uniform(-1, 1, (classes, hidden)) * 3 / np.sqrt(hidden)).astype(np.float32)
@@ -82,14 +83,23 @@ def torch_style_model(kind: str = "LSTM", steps: int = 49, features: int = 10, h
     states = ["h0", "c0"] if kind == "LSTM" else ["h0"]
     outs = ["Y", "Y_h", "Y_c"] if kind == "LSTM" else ["Y", "Y_h"]
     attrs = {"hidden_size": hidden, **({"linear_before_reset": 1} if kind == "GRU" else {})}
-    nodes = [helper.make_node("Constant", [], [s], value=zeros, name=f"/{s}") for s in states]
-    nodes += [helper.make_node("Transpose", ["input"], ["xt"], perm=[1, 0, 2], name="/rnn/Transpose"),
+    nodes = [helper.make_node("Transpose", ["input"], ["xt"], perm=[1, 0, 2], name="/rnn/Transpose"),
+             helper.make_node("Constant", [], ["z"], value=zeros, name="/rnn/Constant"),
+             helper.make_node("Shape", ["xt"], ["xt_shape"], name="/rnn/Shape"),
+             helper.make_node("Gather", ["xt_shape", "batch_axis"], ["batch"], name="/rnn/Gather"),
+             helper.make_node("Unsqueeze", ["batch", "axes0"], ["batch1"], name="/rnn/Unsqueeze"),
+             helper.make_node("Concat", ["one", "batch1", "hidden"], ["state_shape"], axis=0, name="/rnn/Concat")]
+    nodes += [helper.make_node("Expand", ["z", "state_shape"], [s], name=f"/rnn/Expand_{i}")
+              for i, s in enumerate(states)]
+    nodes += [
               helper.make_node(kind, ["xt", "W", "R", "B", ""] + states, outs, name=f"/rnn/{kind}", **attrs),
               helper.make_node("Squeeze", ["Y", "one"], ["ys"], name="/rnn/Squeeze"),
               helper.make_node("Transpose", ["ys"], ["yb"], perm=[1, 0, 2], name="/rnn/Transpose_1"),
               helper.make_node("Gather", ["yb", "last"], ["h"], axis=1, name="/Gather"),
               helper.make_node("Gemm", ["h", "fc_w", "fc_b"], ["logits"], transB=1, name="/fc/Gemm")]
     inits = {"W": w, "R": r, "B": b, "one": np.array([1], np.int64), "last": np.array(-1, np.int64),
+             "batch_axis": np.array(1, np.int64), "axes0": np.array([0], np.int64),
+             "hidden": np.array([hidden], np.int64),
              "fc_w": fc_w, "fc_b": np.zeros(classes, np.float32)}
     return build(nodes, {"input": [1, steps, features]}, ["logits"], inits, opset=14)
 

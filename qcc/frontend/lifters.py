@@ -490,6 +490,23 @@ def _reshape(imp, node, a):
         imp.emit("nn.reshape", [x], {"shape": list(shape)}, node)
 
 
+def _check_expand(imp, node, a):
+    if imp.const(node.input[1]) is None and imp.shape(node.output[0]) is None \
+            and not _static_value(imp, node.input[1]):
+        return "the target shape is computed from run-time data, so the result shape is unknown"
+    return None
+
+
+@lifter("Expand", check=_check_expand)
+def _expand(imp, node, a):
+    """Expand with a static target shape (PyTorch writes zero initial states this way)."""
+    x, shape = imp.value(node.input[0]), imp.value(node.input[1])
+    target = shape.constant() if shape.is_constant() else imp.known.get(shape)
+    if target is None:  # ONNX inference typed the result: broadcasting to it is the same
+        target = np.array(imp.shape(node.output[0]), np.int64)
+    imp.emit("nn.expand", [x], {"shape": [int(d) for d in target.tolist()]}, node)
+
+
 @lifter("Flatten", attrs=("axis",))
 def _flatten(imp, node, a):
     x = imp.value(node.input[0])

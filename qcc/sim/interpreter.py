@@ -353,6 +353,7 @@ kernel("nn.unsqueeze")(lambda op, x: x.reshape(op.results[0].shape))
 kernel("nn.transpose")(lambda op, x: np.ascontiguousarray(x.transpose(op.attrs["perm"])))
 kernel("nn.concat")(lambda op, *xs: np.concatenate(xs, axis=op.attrs["axis"]))
 kernel("nn.shape")(lambda op, x: np.array(x.shape, dtype=np.int64))
+kernel("nn.expand")(lambda op, x, shape=None: np.broadcast_to(x, op.results[0].shape).copy())
 
 
 @kernel("nn.pad")

@@ -66,6 +66,30 @@ register_op(OpDef("nn.reshape", operands=["x", "shape?"], attrs=attrs(attr("shap
                   infer=_reshape_rule, summary="the same elements in a new shape"))
 
 
+def expand_shape(in_shape, target) -> tuple:
+    """ONNX Expand's result shape: numpy broadcasting of ``in_shape`` against ``target``."""
+    try:
+        return tuple(int(d) for d in np.broadcast_shapes(tuple(in_shape), tuple(int(t) for t in target)))
+    except ValueError:
+        raise OpError(f"cannot expand {list(in_shape)} to {list(target)}: the shapes do not broadcast") from None
+
+
+def _expand_rule(op):
+    x = op.operands[0].type
+    if len(op.operands) > 1:
+        target = op.operands[1].constant()
+        if target is None:
+            return [None]  # computed at run time: the result type is given explicitly
+        return [x.with_shape(expand_shape(x.shape, target.tolist()))]
+    return [x.with_shape(expand_shape(x.shape, op.attrs["shape"]))]
+
+
+register_op(OpDef("nn.expand", operands=["x", "shape?"], attrs=attrs(attr("shape", "ints", [])),
+                  infer=_expand_rule,
+                  summary="ONNX Expand: x broadcast (numpy rules) against the target shape; folds away on "
+                          "constants (PyTorch's zero initial states)"))
+
+
 def _flatten_rule(op):
     x = op.operands[0].type
     axis = op.attrs["axis"]
