@@ -1,0 +1,306 @@
+"""ONNX ``Loop`` with a trip count known at import, unrolled like ``Scan``.
+
+ONNX semantics (``Loop(M, cond, v_0...) -> (v_final..., scan_outputs...)``)::
+
+    cond_t, v = cond, v_0
+    for t in 0, 1, ...:                      # while t < M (when M is given) and cond_t (when cond is given)
+        cond_t, v, s_t = body(t, cond_t, v)  # the body also reads outer-scope values by name
+    outputs: v, and each scan output stacked over the iterations: [s_0, s_1, ...] (new axis 0)
+
+The loop is unrolled at import: iteration t binds the body's iteration-number
+input to the int64 constant t and lifts a renamed copy of the body
+(``LOOP/i<t>/<node>``). Body values computable at import time (the
+iteration number, the condition, counters carried from constants, shapes,
+constants and the outer graph's static values) are *folded* with ONNX's
+reference evaluator instead of lifted, so the counter arithmetic and the
+compare that tf2onnx writes (``Add(i, 1)``, ``Less(i, limit)``, ``And``) leave
+no ops and a tensor-array read ``Gather(x, i)`` becomes a gather with a
+constant index. The trip count is ``M`` (a constant, or computed from static
+shapes), capped by the condition: when the ``cond`` input is given the body's
+condition output must fold to a constant at every iteration (a counter
+compare); a condition that depends on run-time data, or an ``M`` that does,
+is refused with the node's name. Nested loops unroll too: a body's nested
+``Loop``/``Scan`` graph has its references to the enclosing body renamed.
+"""
+from __future__ import annotations
+
+from typing import Optional, Set
+
+import numpy as np
+from onnx import AttributeProto, GraphProto, helper
+
+from qcc.errors import UnsupportedModelError
+from qcc.frontend.importer import _node_key, tensor_array
+from qcc.frontend.lifters import LIFTERS, _check_node, _constant_value, _static_value, lift_node, lifter
+
+MAX_UNROLLED_NODES = 200_000  # iterations x body nodes: past this the import (and the C) would only grow useless
+# Ops never folded: their results are data, or random, or graphs of their own.
+_NEVER_FOLDED = {"Loop", "Scan", "If", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                 "Multinomial", "Bernoulli"}
+
+
+# ---------------------------------------------------------------- checking
+def _body_static_names(body: GraphProto, n_carried: int, outer_static, carried_static) -> Set[str]:
+    """Body values computable at import time: the iteration number and condition, constants, shapes,
+    static outer values, the carried values flagged in ``carried_static``, and what follows from them."""
+    static = {body.input[0].name, body.input[1].name} | {i.name for i in body.initializer}
+    static |= {body.input[2 + k].name for k in range(n_carried) if carried_static[k]}
+    shaped = set()  # every value has a static shape once lifted
+    for node in body.node:
+        if node.op_type == "Constant" or (node.op_type == "Shape") or (
+                node.op_type not in _NEVER_FOLDED
+                and all(not i or i in static or (i not in shaped and outer_static(i)) for i in node.input)):
+            static.update(o for o in node.output if o)
+        shaped.update(o for o in node.output if o)
+    return static
+
+
+def _outer_static(imp, extra: Set[str]):
+    return lambda name: name in extra or _static_value(imp, name)
+
+
+def _carried_static(body, n_carried, node_inputs, outer_static) -> list:
+    """Which carried values stay import-time constants through every iteration (a fixpoint)."""
+    flags = [bool(node_inputs[2 + k]) and outer_static(node_inputs[2 + k]) for k in range(n_carried)]
+    while True:
+        static = _body_static_names(body, n_carried, outer_static, flags)
+        new = [f and body.output[1 + k].name in static for k, f in enumerate(flags)]
+        if new == flags:
+            return flags
+        flags = new
+
+
+def check_loop(imp, node, a, extra_static: Set[str] = frozenset()) -> Optional[str]:
+    """Why ``node`` (a Loop) cannot be unrolled, or None. ``extra_static`` names the enclosing body's
+    import-time values when the Loop is nested in another loop's body."""
+    body = a.get("body")
+    if body is None:
+        return "needs a body"
+    m_name = node.input[0] if node.input else ""
+    cond_name = node.input[1] if len(node.input) > 1 else ""
+    n_carried = max(len(node.input) - 2, 0)
+    if len(body.input) != 2 + n_carried or len(body.output) < 1 + n_carried \
+            or len(node.output) > len(body.output) - 1:
+        return (f"its body takes {len(body.input)} inputs and gives {len(body.output)} outputs for "
+                f"{n_carried} loop-carried values and {len(node.output)} outputs")
+    outer_static = _outer_static(imp, set(extra_static))
+    if not m_name and not cond_name:
+        return "it has neither a trip count (M) nor a condition: the loop never ends"
+    if m_name and not outer_static(m_name):
+        return (f"the trip count '{m_name}' is computed from run-time data (a dynamic trip count); "
+                f"qcc unrolls loops whose trip count is known at import")
+    if m_name and imp.const(m_name) is not None:
+        count = int(np.ravel(imp.const(m_name))[0])
+        if count * max(len(body.node), 1) > MAX_UNROLLED_NODES:
+            return f"unrolling {count} iterations would make more than {MAX_UNROLLED_NODES:,} nodes"
+    if cond_name and not outer_static(cond_name):
+        return f"the initial condition '{cond_name}' depends on run-time data (a data-dependent condition)"
+    carried = _carried_static(body, n_carried, list(node.input), outer_static)
+    static = _body_static_names(body, n_carried, outer_static, carried)
+    if cond_name and body.output[0].name not in static:
+        return (f"the body's condition '{body.output[0].name}' depends on run-time data (a data-dependent "
+                f"condition); qcc unrolls loops whose condition is a counter compare known at import")
+    for inner in body.node:
+        if inner.op_type == "Constant":
+            if _constant_value(inner) is None:
+                return f"body node \"{inner.name or inner.op_type}\" (Constant) is not a numeric tensor"
+            continue
+        if all(o in static for o in inner.output if o):
+            continue  # folded at import
+        if inner.op_type == "Loop":
+            why = check_loop(imp, inner, {x.name: helper.get_attribute_value(x) for x in inner.attribute},
+                             set(extra_static) | static)
+        else:
+            why = _check_node(imp, inner) if inner.op_type in LIFTERS else \
+                f"qcc has no lowering for ONNX op {inner.op_type}"
+        if why and "shape is not static" not in why:  # body values have no ONNX types; lifting checks shapes
+            return f"body node \"{inner.name or inner.op_type}\" ({inner.op_type}): {why}"
+    return None
+
+
+# ---------------------------------------------------------------- renaming
+def _rename_free(graph: GraphProto, rename, bound: Set[str]) -> GraphProto:
+    """A copy of a nested subgraph whose references to enclosing values (names it does not bind)
+    go through ``rename``."""
+    copy = GraphProto()
+    copy.CopyFrom(graph)
+    bound = set(bound) | {i.name for i in copy.input} | {i.name for i in copy.initializer} \
+        | {o for n in copy.node for o in n.output}
+    for n in copy.node:
+        for i, name in enumerate(n.input):
+            if name and name not in bound:
+                n.input[i] = rename(name)
+        for attr in n.attribute:
+            if attr.type == AttributeProto.GRAPH:
+                attr.g.CopyFrom(_rename_free(attr.g, rename, bound))
+    for o in copy.output:
+        if o.name not in bound:
+            o.name = rename(o.name)
+    return copy
+
+
+def _renamed(node, rename, name: str):
+    copy = helper.make_node(node.op_type, [rename(i) for i in node.input], [rename(o) for o in node.output],
+                            name=name, domain=node.domain)
+    for attr in node.attribute:
+        if attr.type == AttributeProto.GRAPH:
+            attr = helper.make_attribute(attr.name, _rename_free(attr.g, rename, set()))
+        copy.attribute.append(attr)
+    return copy
+
+
+# ---------------------------------------------------------------- unrolling
+def _known(imp, name: str) -> Optional[np.ndarray]:
+    """The import-time array of a value, or None when it is computed at run time."""
+    if name in imp.consts:
+        return imp.consts[name]
+    v = imp.values.get(name)
+    if v is None:
+        return None
+    return v.constant() if v.is_constant() else imp.known.get(v)
+
+
+def _set_known(imp, name: str, array) -> None:
+    """Record an import-time value; it becomes a ``qcc.const`` where a lifted op reads it."""
+    imp.consts[name] = np.asarray(array)
+    imp.const_op_names[name] = name
+
+
+def _fold(imp, node, inputs: list) -> Optional[list]:
+    """Evaluate one ONNX node on constant inputs with ONNX's reference evaluator, or None."""
+    from onnx.reference import ReferenceEvaluator
+
+    if node.op_type in _NEVER_FOLDED:
+        return None
+    try:
+        feeds = {n: a for n, a in zip(node.input, inputs) if n}
+        return ReferenceEvaluator(node, opsets={"": imp.opset}).run(None, feeds)
+    except Exception:  # an op the reference does not evaluate: lift it instead
+        return None
+
+
+def _refuse(imp, node, why: str):
+    raise UnsupportedModelError(f"{imp.source}: ONNX node \"{imp.node_name(node)}\" (Loop): {why}")
+
+
+def _unroll_node(imp, loop, inner_node, copy) -> None:
+    """Fold one renamed body node when its inputs are known at import, else lift it."""
+    if copy.op_type == "Constant":
+        _set_known(imp, copy.output[0], _constant_value(copy))
+        return
+    values = None
+    if copy.op_type == "Shape" and copy.input[0] in imp.values:  # static shapes: no nn.shape op
+        shape = np.array(imp.values[copy.input[0]].shape, np.int64)
+        attrs = {x.name: helper.get_attribute_value(x) for x in copy.attribute}
+        values = [shape[attrs.get("start", 0):attrs.get("end", len(shape))]]
+    elif copy.op_type not in _NEVER_FOLDED:
+        arrays = [_known(imp, n) if n else None for n in copy.input]
+        if all(x is not None for n, x in zip(copy.input, arrays) if n):
+            values = _fold(imp, copy, arrays)
+    if values is not None:
+        for o, x in zip(copy.output, values):
+            if o:
+                _set_known(imp, o, x)
+        return
+    if copy.op_type not in LIFTERS:
+        _refuse(imp, loop, f"body node \"{inner_node.name or inner_node.op_type}\" ({copy.op_type}) computes "
+                           f"from run-time data and qcc has no lowering for it")
+    imp.node_names.append(copy.name)
+    imp._index[_node_key(copy)] = len(imp.node_names) - 1
+    lift_node(imp, copy)
+
+
+def _scalar(imp, node, value_name: str, what: str) -> np.ndarray:
+    x = _known(imp, value_name)
+    if x is None or x.size != 1:
+        _refuse(imp, node, f"{what} '{value_name}' is not a scalar known at import")
+    return np.ravel(x)[0]
+
+
+@lifter("Loop", attrs=("body",), check=check_loop)
+def _loop(imp, node, a):
+    body = a["body"]
+    name = imp.node_name(node)
+    m_name = node.input[0] if node.input else ""
+    cond_name = node.input[1] if len(node.input) > 1 else ""
+    n_carried = len(node.input) - 2
+    k_out = len(body.output) - 1 - n_carried
+    limit = int(_scalar(imp, node, m_name, "the trip count (a dynamic trip count?)")) if m_name else None
+    going = bool(_scalar(imp, node, cond_name, "the initial condition")) if cond_name else True
+    budget = MAX_UNROLLED_NODES // max(len(body.node), 1)
+    if limit is not None and limit > budget:
+        _refuse(imp, node, f"unrolling {limit} iterations would make more than {MAX_UNROLLED_NODES:,} nodes")
+
+    for init in body.initializer:  # body constants: one copy for every iteration
+        imp.consts[f"{name}/{init.name}"] = tensor_array(init, imp.source)
+        imp.const_op_names[f"{name}/{init.name}"] = f"{name}/{init.name}"
+    body_inits = {init.name for init in body.initializer}
+    inner = {i.name for i in body.input} | {o for nd in body.node for o in nd.output}
+    carried = list(node.input[2:])  # the current value of each carried dependency, by (renamed) name
+    stacked = [[] for _ in range(k_out)]
+    t = 0
+    while going and (limit is None or t < limit):
+        if t >= budget:
+            _refuse(imp, node, f"its condition stays true past {budget} iterations (unrolling would make more "
+                               f"than {MAX_UNROLLED_NODES:,} nodes)")
+        prefix = f"{name}/i{t}"
+
+        def rename(v, prefix=prefix):
+            if not v:
+                return v
+            if v in body_inits:
+                return f"{name}/{v}"
+            return f"{prefix}/{v}" if v in inner else v
+        _set_known(imp, rename(body.input[0].name), np.array(t, np.int64))
+        _set_known(imp, rename(body.input[1].name), np.array(going))
+        for k, v in enumerate(carried):
+            known = _known(imp, v)
+            if known is not None:
+                _set_known(imp, rename(body.input[2 + k].name), known)
+            else:
+                imp.values[rename(body.input[2 + k].name)] = imp.value(v)
+        for i, inner_node in enumerate(body.node):
+            copy = _renamed(inner_node, rename, f"{prefix}/{inner_node.name or inner_node.op_type + '_' + str(i)}")
+            _unroll_node(imp, node, inner_node, copy)
+        if cond_name:
+            c = _known(imp, rename(body.output[0].name))
+            if c is None or c.size != 1:
+                _refuse(imp, node, f"the body's condition '{body.output[0].name}' depends on run-time data "
+                                   f"(a data-dependent condition)")
+            going = bool(np.ravel(c)[0])
+        carried = [rename(o.name) for o in body.output[1:1 + n_carried]]
+        for k in range(k_out):
+            stacked[k].append(rename(body.output[1 + n_carried + k].name))
+        t += 1
+
+    for out, v in zip(node.output[:n_carried], carried):
+        if out:
+            known = _known(imp, v)
+            if known is not None and v not in imp.values:
+                _set_known(imp, out, known)
+            else:
+                imp.values[out] = imp.value(v)
+    for k, out in enumerate(node.output[n_carried:]):
+        if out:
+            _stack(imp, node, out, stacked[k], f"{name}/output{k}")
+
+
+def _stack(imp, node, out: str, names: list, op_name: str) -> None:
+    """A scan output: the iterations' values stacked on a new axis 0 (folded when all are constants)."""
+    if not names:
+        _refuse(imp, node, f"scan output '{out}' would be empty (the loop runs no iteration)")
+    arrays = [_known(imp, v) if v not in imp.values else None for v in names]
+    if all(x is not None for x in arrays):
+        if len({x.shape for x in arrays}) != 1:
+            _refuse(imp, node, f"scan output '{out}' changes shape between iterations")
+        _set_known(imp, out, np.stack(arrays))
+        return
+    values = [imp.value(v) for v in names]
+    if len({v.shape for v in values}) != 1:
+        _refuse(imp, node, f"scan output '{out}' changes shape between iterations")
+    parts = [imp.emit("nn.unsqueeze", [v], {"axes": [0]}, node, name=f"{op_name}/stack{t}", outputs=[])
+             for t, v in enumerate(values)]
+    if len(parts) == 1:
+        imp.emit("nn.identity", parts, {}, node, name=op_name, outputs=[out])
+    else:
+        imp.emit("nn.concat", parts, {"axis": 0}, node, name=op_name, outputs=[out])
