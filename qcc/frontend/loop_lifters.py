@@ -31,7 +31,7 @@ from onnx import AttributeProto, GraphProto, helper
 
 from qcc.errors import UnsupportedModelError
 from qcc.frontend.importer import _node_key, tensor_array
-from qcc.frontend.lifters import LIFTERS, _check_node, _constant_value, _static_value, lift_node, lifter
+from qcc.frontend.lifters import _SHAPE_CHAIN_ONNX, LIFTERS, _check_node, _constant_value, lift_node, lifter
 
 MAX_UNROLLED_NODES = 200_000  # iterations x body nodes: past this the import (and the C) would only grow useless
 # Ops never folded: their results are data, or random, or graphs of their own.
@@ -39,7 +39,42 @@ _NEVER_FOLDED = {"Loop", "Scan", "If", "RandomNormal", "RandomUniform", "RandomN
                  "Multinomial", "Bernoulli"}
 
 
+# Boolean ops a loop condition is computed with (tf2onnx's ``Less`` on constants before a Loop, and in
+# its body); qcc has no run-time booleans, so they are lifted only when they fold at import.
+FOLDED_ONLY = ("Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal", "And", "Or", "Not", "Xor")
+
+
 # ---------------------------------------------------------------- checking
+def static_at_import(imp, name: str, extra: Set[str] = frozenset(), depth: int = 0) -> bool:
+    """Whether an outer-graph value is computable at import time from constants and static shapes."""
+    if not name or name in extra or imp.const(name) is not None:
+        return True
+    node = imp.producers.get(name)
+    if node is None or depth > 50:
+        return False
+    if node.op_type == "Shape":
+        return imp.shape(node.input[0]) is not None
+    return (node.op_type in _SHAPE_CHAIN_ONNX or node.op_type in FOLDED_ONLY) \
+        and all(static_at_import(imp, n, extra, depth + 1) for n in node.input)
+
+
+def _check_folded_only(imp, node, a) -> Optional[str]:
+    if all(static_at_import(imp, n) for n in node.input):
+        return None
+    return (f"it computes a boolean from run-time data; qcc evaluates {node.op_type} only at import "
+            f"(a loop's counter compare)")
+
+
+@lifter(*FOLDED_ONLY, check=_check_folded_only)
+def _folded_only(imp, node, a):
+    arrays = [_known(imp, n) for n in node.input]
+    values = _fold(imp, node, arrays) if all(x is not None for x in arrays) else None
+    if values is None:
+        raise UnsupportedModelError(f"{imp.source}: ONNX node \"{imp.node_name(node)}\" ({node.op_type}): "
+                                    f"{_check_folded_only(imp, node, a) or 'it does not fold at import'}")
+    _set_known(imp, node.output[0], values[0])
+
+
 def _body_static_names(body: GraphProto, n_carried: int, outer_static, carried_static) -> Set[str]:
     """Body values computable at import time: the iteration number and condition, constants, shapes,
     static outer values, the carried values flagged in ``carried_static``, and what follows from them."""
@@ -56,7 +91,7 @@ def _body_static_names(body: GraphProto, n_carried: int, outer_static, carried_s
 
 
 def _outer_static(imp, extra: Set[str]):
-    return lambda name: name in extra or _static_value(imp, name)
+    return lambda name: static_at_import(imp, name, extra)
 
 
 def _carried_static(body, n_carried, node_inputs, outer_static) -> list:
@@ -101,11 +136,23 @@ def check_loop(imp, node, a, extra_static: Set[str] = frozenset()) -> Optional[s
         return (f"the body's condition '{body.output[0].name}' depends on run-time data (a data-dependent "
                 f"condition); qcc unrolls loops whose condition is a counter compare known at import")
     for inner in body.node:
-        if inner.op_type == "Constant":
-            if _constant_value(inner) is None:
-                return f"body node \"{inner.name or inner.op_type}\" (Constant) is not a numeric tensor"
-            continue
-        if all(o in static for o in inner.output if o):
+        if inner.op_type == "Constant" and _constant_value(inner) is None:
+            return f"body node \"{inner.name or inner.op_type}\" (Constant) is not a numeric tensor"
+    # The body's own constants, visible to the checks of its lifted nodes (a Squeeze's axes) meanwhile.
+    local = {i.name: tensor_array(i, imp.source) for i in body.initializer}
+    local.update({n.output[0]: _constant_value(n) for n in body.node if n.op_type == "Constant"})
+    local = {k: v for k, v in local.items() if k not in imp.consts}
+    imp.consts.update(local)
+    try:
+        return _check_body_nodes(imp, body, static, extra_static)
+    finally:
+        for k in local:
+            del imp.consts[k]
+
+
+def _check_body_nodes(imp, body, static: Set[str], extra_static) -> Optional[str]:
+    for inner in body.node:
+        if inner.op_type == "Constant" or all(o in static for o in inner.output if o):
             continue  # folded at import
         if inner.op_type == "Loop":
             why = check_loop(imp, inner, {x.name: helper.get_attribute_value(x) for x in inner.attribute},
@@ -166,24 +213,64 @@ def _set_known(imp, name: str, array) -> None:
     imp.const_op_names[name] = name
 
 
-def _fold(imp, node, inputs: list) -> Optional[list]:
-    """Evaluate one ONNX node on constant inputs with ONNX's reference evaluator, or None."""
+def _fold(imp, node, inputs: list, cache: Optional[dict] = None) -> Optional[list]:
+    """Evaluate one ONNX node on constant inputs with ONNX's reference evaluator, or None.
+    ``cache`` keeps one evaluator per body node across iterations (feeds by the node's own names)."""
     from onnx.reference import ReferenceEvaluator
 
     if node.op_type in _NEVER_FOLDED:
         return None
     try:
-        feeds = {n: a for n, a in zip(node.input, inputs) if n}
-        return ReferenceEvaluator(node, opsets={"": imp.opset}).run(None, feeds)
+        key = id(node)
+        if cache is None or key not in cache:
+            evaluator = ReferenceEvaluator(node, opsets={"": imp.opset})
+            if cache is not None:
+                cache[key] = (node, evaluator)  # holding the node keeps its id unique
+        else:
+            evaluator = cache[key][1]
+        return evaluator.run(None, {n: a for n, a in zip(node.input, inputs) if n})
     except Exception:  # an op the reference does not evaluate: lift it instead
         return None
+
+
+def _count_iterations(imp, body, n_carried: int, initial: list, limit: Optional[int], going: bool,
+                      budget: int, cache: dict) -> Optional[int]:
+    """The iteration count a condition gives, found by running only the body's import-time part (the
+    counter and the compare), or None when that part cannot decide it; past ``budget``, budget + 1."""
+    constants = {i.name: tensor_array(i, imp.source) for i in body.initializer}
+    constants.update({n.output[0]: _constant_value(n) for n in body.node if n.op_type == "Constant"})
+    outer = {n: _known(imp, n) for inner in body.node for n in inner.input if n and n not in constants}
+    t = 0
+    while going and (limit is None or t < limit):
+        if t > budget:
+            return t
+        env = dict(constants)
+        env.update({body.input[0].name: np.array(t, np.int64), body.input[1].name: np.array(going)})
+        env.update({body.input[2 + k].name: x for k, x in enumerate(initial) if x is not None})
+        for inner in body.node:
+            if inner.op_type == "Constant":
+                continue
+            arrays = [env.get(n, outer.get(n)) if n else None for n in inner.input]
+            if not all(x is not None for n, x in zip(inner.input, arrays) if n):
+                continue
+            values = _fold(imp, inner, arrays, cache)
+            for o, x in zip(inner.output, values or []):
+                if o:
+                    env[o] = np.asarray(x)
+        c = env.get(body.output[0].name)
+        if c is None or c.size != 1:
+            return None
+        going = bool(np.ravel(c)[0])
+        initial = [env.get(o.name) for o in body.output[1:1 + n_carried]]
+        t += 1
+    return t
 
 
 def _refuse(imp, node, why: str):
     raise UnsupportedModelError(f"{imp.source}: ONNX node \"{imp.node_name(node)}\" (Loop): {why}")
 
 
-def _unroll_node(imp, loop, inner_node, copy) -> None:
+def _unroll_node(imp, loop, inner_node, copy, cache: dict) -> None:
     """Fold one renamed body node when its inputs are known at import, else lift it."""
     if copy.op_type == "Constant":
         _set_known(imp, copy.output[0], _constant_value(copy))
@@ -196,7 +283,7 @@ def _unroll_node(imp, loop, inner_node, copy) -> None:
     elif copy.op_type not in _NEVER_FOLDED:
         arrays = [_known(imp, n) if n else None for n in copy.input]
         if all(x is not None for n, x in zip(copy.input, arrays) if n):
-            values = _fold(imp, copy, arrays)
+            values = _fold(imp, inner_node, arrays, cache)
     if values is not None:
         for o, x in zip(copy.output, values):
             if o:
@@ -228,6 +315,14 @@ def _loop(imp, node, a):
     limit = int(_scalar(imp, node, m_name, "the trip count (a dynamic trip count?)")) if m_name else None
     going = bool(_scalar(imp, node, cond_name, "the initial condition")) if cond_name else True
     budget = MAX_UNROLLED_NODES // max(len(body.node), 1)
+    cache: dict = {}
+    if cond_name:  # the condition may end the loop first (or only after too many iterations)
+        count = _count_iterations(imp, body, n_carried, [_known(imp, v) for v in node.input[2:]], limit, going,
+                                  budget, cache)
+        if count is not None and count > budget and (limit is None or limit > budget):
+            _refuse(imp, node, f"its condition stays true past {budget} iterations (unrolling would make more "
+                               f"than {MAX_UNROLLED_NODES:,} nodes)")
+        limit = count if count is not None else limit
     if limit is not None and limit > budget:
         _refuse(imp, node, f"unrolling {limit} iterations would make more than {MAX_UNROLLED_NODES:,} nodes")
 
@@ -261,7 +356,7 @@ def _loop(imp, node, a):
                 imp.values[rename(body.input[2 + k].name)] = imp.value(v)
         for i, inner_node in enumerate(body.node):
             copy = _renamed(inner_node, rename, f"{prefix}/{inner_node.name or inner_node.op_type + '_' + str(i)}")
-            _unroll_node(imp, node, inner_node, copy)
+            _unroll_node(imp, node, inner_node, copy, cache)
         if cond_name:
             c = _known(imp, rename(body.output[0].name))
             if c is None or c.size != 1:
