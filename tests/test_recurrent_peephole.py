@@ -15,6 +15,7 @@ from qcc.sim.interpreter import run_graph
 
 from onnx_builders import build, check_against_ort, rand
 from recurrent_models import cell_weights
+from test_backend_s8 import needs_gcc
 
 STEPS, INPUTS = 12, 5
 
@@ -47,3 +48,30 @@ def test_float_peepholes_match_onnxruntime(initial):
     from qcc.frontend import load_onnx
     x = rand(STEPS, 1, INPUTS, seed=3)
     assert np.abs(run_graph(load_onnx(model), {"X": x})["Y"] - run_graph(g, {"X": x})["Y"]).max() > 1e-2
+
+
+# ---------------------------------------------------------------- Qm.n
+def _sqnr(ref, got) -> float:
+    ref = np.asarray(ref, np.float64)
+    return 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum())
+
+
+@needs_gcc
+@pytest.mark.parametrize("bits, min_db", [(8, 30.0), (16, 55.0)])   # measured 35.5 and 58.8 dB at worst
+def test_qmn_peepholes_follow_float_and_the_c_equals_the_simulator(tmp_path, bits, min_db):
+    from test_backend_cmsis import compile_and_compare
+    from test_qmn import quantize
+    xs = np.stack([rand(STEPS, 1, INPUTS, seed=30 + k) for k in range(16)])
+    onnx.save(peephole_model(hidden=7, initial=True), tmp_path / "lstm.onnx")
+    np.savez(tmp_path / "calib.npz", X=xs)
+    fl, _, q = quantize(tmp_path / "lstm.onnx", f"qmn{{bits={bits}}}", tmp_path / "calib.npz")
+    (op,) = q.find("qnn.lstm")
+    assert len(op.operands) == 7 and op.operands[6].type.dtype == "i16"
+    for name in q.output_names:
+        want = np.stack([run_graph(fl, {"X": x})[name] for x in xs])
+        got = np.stack([run_graph(q, {"X": x})[name] for x in xs])
+        print(f"q{bits - 1} {name}: {_sqnr(want, got):.1f} dB")
+        assert _sqnr(want, got) > min_db, (name, _sqnr(want, got))
+    gen, out = compile_and_compare(q, tmp_path, {"X": xs[:4]})
+    assert b"qcc_gate_peep_q12(" in gen.files["net.c"]
+    assert all(len(np.unique(v)) > 10 for v in out.quantized)
