@@ -15,6 +15,7 @@ norm, ``quantize_lstm`` in its converter):
     LSTM cell state: int16 at 2^p, p = ceil(log2(max |c|)) - 15 over every step of the
         calibration data (the float kernel's trace); forget mult 2^-15, input-to-cell
         2^(-30 - p), output 2^-30 / s_h; cell_clip 32767 (ONNX has no clip here)
+    LSTM peepholes: symmetric int16 per gate, s_p[k] = max|P_k| / 32767; mult s_p[k] 2^p / 2^-12
     GRU biases: round(Wb_k / (s_x s_w[k])) on the input path, round(Rb_k / (s_h s_r[k]))
         on the recurrent path; output mult 2^-30 / s_h (qcc/ir/ops/qnn_s8_recurrent.py)
 
@@ -113,6 +114,18 @@ def _cell_power(cmax: float) -> int:
     if not cmax > 0 or not math.isfinite(cmax):
         return -15
     return int(min(2, max(-30, math.ceil(math.log2(cmax)) - 15)))
+
+
+def _peepholes(p: np.ndarray, hidden: int, cell_power: int):
+    """TFLite's cell-to-gate weights: each gate's vector (i, o, f) symmetric int16 at max|p_k| / 32767,
+    and its product with the cell state (2^cell_power) brought to the gate's 2^-12."""
+    qs, mults = [], []
+    for k in range(3):
+        pk = p[k * hidden:(k + 1) * hidden]
+        scale = float(np.abs(pk).max(initial=0.0)) / 32767 or 1.0
+        qs.append(np.clip(round_half_away(pk / scale), -32767, 32767).astype(np.int16))
+        mults.append(_mult(scale * 2.0 ** cell_power / GATE_SCALE))
+    return np.concatenate(qs), mults
 
 
 @register_pass
@@ -219,6 +232,10 @@ class QuantizeRecurrent(Pass):
                          input_to_cell_multiplier=im, input_to_cell_shift=is_)
             operands += [graph.add_const(bias, name=f"{op.name}.b.q"), graph.add_const(h0_q, name=f"{op.name}.h0.q"),
                          graph.add_const(c0_q, name=f"{op.name}.c0.q")]
+            if len(op.operands) > 6:
+                p_q, mults = _peepholes(np.asarray(op.operands[6].constant(), np.float64), hidden, p)
+                attrs.update(peephole_multiplier=[m for m, _ in mults], peephole_shift=[s for _, s in mults])
+                operands.append(graph.add_const(p_q, name=f"{op.name}.p.q"))
             types = [TensorType(op.results[0].shape, "i8", qh), TensorType((1, hidden), "i8", qh),
                      TensorType((1, hidden), "i16", UniformQuant(2.0 ** p, 0))]
         else:

@@ -3,8 +3,16 @@
 * float: nn.lstm's ``peepholes`` attribute, the interpreter against onnxruntime;
 * Qm.n: qnn.lstm's int16 peepholes, the product with the cell state shifted into the gate's Q3.12;
   close to float, the C equal to the simulator (host gcc with sanitizers);
+* int8: s8.lstm's peepholes as TFLite's integer LSTM has them (symmetric int16 cell-to-gate weights,
+  the product with the int16 cell state requantized into the gate's int16 pre-activation); close to
+  float, the C equal to the simulator on the host and, with the Q15 cell, in QEMU (Cortex-M4).
+  No external vectors exist for it (CMSIS-NN's LSTM has no peepholes): the simulator states
+  TFLite's reference arithmetic (lstm_eval.cc, VectorBatchVectorCwiseProductAccumulate).
 """
 from __future__ import annotations
+
+import shutil
+import subprocess
 
 import numpy as np
 import onnx
@@ -15,7 +23,7 @@ from qcc.sim.interpreter import run_graph
 
 from onnx_builders import build, check_against_ort, rand
 from recurrent_models import cell_weights
-from test_backend_s8 import needs_gcc
+from test_backend_s8 import needs_gcc, needs_qemu
 
 STEPS, INPUTS = 12, 5
 
@@ -75,3 +83,68 @@ def test_qmn_peepholes_follow_float_and_the_c_equals_the_simulator(tmp_path, bit
     gen, out = compile_and_compare(q, tmp_path, {"X": xs[:4]})
     assert b"qcc_gate_peep_q12(" in gen.files["net.c"]
     assert all(len(np.unique(v)) > 10 for v in out.quantized)
+
+
+# ---------------------------------------------------------------- int8 (TFLite's integer LSTM with peepholes)
+def _int8(tmp_path, model, xs):
+    import qcc
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, tmp_path / "lstm.onnx")
+    np.save(tmp_path / "calib.npy", xs)
+    g = qcc.load_onnx(tmp_path / "lstm.onnx")
+    qcc.PassManager.parse(f"int8-calibrated{{data={tmp_path / 'calib.npy'}}}").run(g)
+    return qcc.load_onnx(tmp_path / "lstm.onnx"), g
+
+
+def _int8_inputs(n: int = 24):
+    return np.stack([rand(STEPS, 1, INPUTS, seed=60 + k) for k in range(n)])
+
+
+@needs_gcc
+def test_int8_peepholes_follow_float_and_the_c_equals_the_simulator(tmp_path):
+    from test_backend_s8 import _run_and_compare
+    xs = _int8_inputs()
+    fl, g = _int8(tmp_path, peephole_model(hidden=7, initial=True, outputs=("Y", "Y_h")), xs)
+    (op,) = g.find("s8.lstm")
+    assert op.operands[6].type.dtype == "i16" and len(op.attrs["peephole_multiplier"]) == 3
+    assert np.abs(op.operands[6].constant()).max() == 32767   # symmetric int16, per gate
+    for name in g.output_names:
+        want = np.stack([run_graph(fl, {"X": x})[name] for x in xs])
+        got = np.stack([run_graph(g, {"X": x})[name] for x in xs])
+        print(f"int8 {name}: {_sqnr(want, got):.1f} dB")
+        assert _sqnr(want, got) > 33.0, (name, _sqnr(want, got))   # 41.3 and 39.4 dB; 19.7 without peepholes
+    out = _run_and_compare(tmp_path, g, {"X": xs[:6]}, "cortex-m4", "host")
+    assert all(len(np.unique(v)) > 10 for v in out.quantized)
+
+
+@needs_qemu
+def test_peephole_kernels_on_qemu_m4(tmp_path):
+    """The int8 and the Q15 peephole cells on a Cortex-M4 (DSP path) equal the simulator."""
+    from test_backend_s8 import _run_and_compare
+    from test_qmn import quantize
+    xs = _int8_inputs(8)
+    _, g = _int8(tmp_path / "s8", peephole_model(hidden=7, initial=True, outputs=("Y", "Y_h")), xs)
+    _run_and_compare(tmp_path / "s8", g, {"X": xs[:3]}, "cortex-m4", "qemu")
+    onnx.save(peephole_model(hidden=7, initial=True), tmp_path / "lstm.onnx")
+    np.savez(tmp_path / "calib.npz", X=xs)
+    _, _, q = quantize(tmp_path / "lstm.onnx", "qmn{bits=16}", tmp_path / "calib.npz")
+    _run_and_compare(tmp_path / "q15", q, {"X": xs[:3]}, "cortex-m4", "qemu")
+
+
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("make") is None,
+                    reason="arm-none-eabi-gcc or make not installed")
+def test_peephole_kernels_build_warning_free_on_every_core(tmp_path):
+    from qcc.backend_registry import get_backend
+    from qcc.fileio import write_files
+    from test_qmn import quantize
+    xs = _int8_inputs(8)
+    _, g = _int8(tmp_path / "s8", peephole_model(hidden=7, initial=True, outputs=("Y", "Y_h")), xs)
+    onnx.save(peephole_model(hidden=7, initial=True), tmp_path / "lstm.onnx")
+    np.savez(tmp_path / "calib.npz", X=xs)
+    _, _, q = quantize(tmp_path / "lstm.onnx", "qmn{bits=8}", tmp_path / "calib.npz")
+    for graph, kind in ((g, "s8"), (q, "q7")):
+        for target in ("cortex-m0plus", "cortex-m4", "cortex-m7", "cortex-m55"):
+            folder = tmp_path / f"{kind}-{target}"
+            write_files({folder / k: v for k, v in get_backend("cmsis").generate(graph, "net", target).files.items()})
+            done = subprocess.run(["make", "-s", "-C", str(folder), "all"], capture_output=True, text=True)
+            assert done.returncode == 0, f"{kind} {target}: {done.stdout}{done.stderr}"
