@@ -7,7 +7,8 @@ norm, ``quantize_lstm`` in its converter):
 
     x: the int8 parameters quantize-affine chose (s_x, zp_x)
     h (= every row of y): y's int8 parameters (s_h, zp_h); a used final h is
-        rescaled (s8.requantize) to its own calibrated parameters when they differ
+        rescaled (s8.requantize) to its own calibrated parameters when they differ; a read final
+        cell state (ONNX Y_c) is the kernel's int16 cell state at 2^p, dequantized to float
     weights: symmetric int8 per gate matrix, s_w[k] = max|W_k| / 127 (likewise R_k)
     gate inputs: Q3.12 (2^-12), so input_mult[k] = s_x s_w[k] / 2^-12,
         recurrent_mult[k] = s_h s_r[k] / 2^-12; gate outputs Q0.15
@@ -83,6 +84,24 @@ def _read(graph: Graph, v: Value) -> bool:
     if graph.is_output(v):
         return True
     return any(u.opname not in ("q.quantize", "q.dequantize") or _read(graph, u.result) for u in graph.users(v))
+
+
+MOVES = ("nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose")
+
+
+def _read_as_float(graph: Graph, v: Value) -> bool:
+    """Is ``v`` read only through layout ops ending in q.dequantize (a float output)?"""
+    if graph.is_output(v):
+        return False
+    return all(u.opname == "q.dequantize" or (u.opname in MOVES and _read_as_float(graph, u.result))
+               for u in graph.users(v))
+
+
+def _retype_moves(graph: Graph, v: Value, dtype: str, quant) -> None:
+    for u in graph.users(v):
+        if u.opname in MOVES:
+            u.result.type = TensorType(u.result.shape, dtype, quant)
+            _retype_moves(graph, u.result, dtype, quant)
 
 
 def _erase_unread(graph: Graph, v: Value):
@@ -169,9 +188,10 @@ class QuantizeRecurrent(Pass):
         for r in op.results[1:]:
             if graph.users(r) and _sole_quantize(graph, r) is None:
                 return "a final state is used in float"
-        if op.opname == "nn.lstm" and _read(graph, op.results[2]):
-            return ("its final cell state (ONNX Y_c) is read: the int8 LSTM keeps its int16 cell state inside "
-                    "the kernel; use Y or Y_h")
+        q_c = _sole_quantize(graph, op.results[2]) if op.opname == "nn.lstm" else None
+        if q_c is not None and not _read_as_float(graph, q_c.result):
+            return ("its final cell state (ONNX Y_c) feeds integer layers: Y_c keeps the int16 cell state's "
+                    "scale, which only a float output (or a layout op before one) reads")
         return ""
 
     # ------------------------------------------------------------ calibration of the cell state
@@ -248,9 +268,23 @@ class QuantizeRecurrent(Pass):
         graph.replace_all_uses(q_y.result, new.results[0])
         graph.erase_op(q_y)
         self._final_h(graph, op, new)
+        if lstm:
+            self._final_c(graph, op, new)
         for res in op.results:   # the Q/DQ pairs of final states nothing reads
             _erase_unread(graph, res)
         graph.erase_op(op)
+
+    @staticmethod
+    def _final_c(graph: Graph, op: Op, new: Op):
+        """A read Y_c: the kernel's int16 cell state at 2^p, dequantized where the graph reads it
+        (in place of the int8 format quantize-affine gave it: exact, and no int16 -> int8 op needed)."""
+        q = _sole_quantize(graph, op.results[2])
+        if q is None or not _read(graph, q.result):
+            return
+        c = new.results[2]
+        _retype_moves(graph, q.result, c.type.dtype, c.type.quant)
+        graph.replace_all_uses(q.result, c)
+        graph.erase_op(q)
 
     @staticmethod
     def _final_h(graph: Graph, op: Op, new: Op):

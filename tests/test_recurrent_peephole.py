@@ -39,7 +39,10 @@ def peephole_model(hidden: int = 6, seed: int = 0, outputs=("Y", "Y_h", "Y_c"), 
         inits["h0"] = rng.uniform(-0.5, 0.5, (1, 1, hidden)).astype(np.float32)
         inits["c0"] = rng.uniform(-1, 1, (1, 1, hidden)).astype(np.float32)
         names[5:7] = ["h0", "c0"]
-    node = helper.make_node("LSTM", names, list(outputs), hidden_size=hidden, name="lstm_p")
+    outs = [o if o in outputs else "" for o in ("Y", "Y_h", "Y_c")]
+    while not outs[-1]:
+        outs.pop()
+    node = helper.make_node("LSTM", names, outs, hidden_size=hidden, name="lstm_p")
     return build([node], {"X": [STEPS, 1, INPUTS]}, list(outputs), inits, opset=14)
 
 
@@ -148,3 +151,39 @@ def test_peephole_kernels_build_warning_free_on_every_core(tmp_path):
             write_files({folder / k: v for k, v in get_backend("cmsis").generate(graph, "net", target).files.items()})
             done = subprocess.run(["make", "-s", "-C", str(folder), "all"], capture_output=True, text=True)
             assert done.returncode == 0, f"{kind} {target}: {done.stdout}{done.stderr}"
+
+
+# ---------------------------------------------------------------- Y_c under int8
+@needs_gcc
+def test_int8_final_cell_state_is_the_int16_cell(tmp_path):
+    """Y_c read under int8: the kernel's int16 cell state at 2^p, dequantized; close to float, C == simulator."""
+    from test_backend_s8 import _run_and_compare
+    xs = _int8_inputs()
+    fl, g = _int8(tmp_path, peephole_model(hidden=5, outputs=("Y_h", "Y_c")), xs)
+    (op,) = g.find("s8.lstm")
+    cell = op.results[2]
+    assert cell.type.dtype == "i16" and cell.type.quant.scale == 2.0 ** op.attrs["cell_scale_power"]
+    assert [u.opname for u in g.users(cell)] == ["nn.reshape"]
+    want = np.stack([run_graph(fl, {"X": x})["Y_c"] for x in xs])
+    got = np.stack([run_graph(g, {"X": x})["Y_c"] for x in xs])
+    print(f"int8 Y_c: {_sqnr(want, got):.1f} dB")
+    assert _sqnr(want, got) > 40.0
+    out = _run_and_compare(tmp_path, g, {"X": xs[:4]}, "cortex-m4", "host")
+    assert out.quantized[1].dtype == np.int16 and len(np.unique(out.quantized[1])) > 10
+
+
+def test_int8_final_cell_state_feeding_a_layer_is_refused(tmp_path, capsys):
+    from qcc.tools.compile import main as qcc_main
+    model = peephole_model(hidden=5, outputs=("Y_h", "Y_c"))
+    rng = np.random.default_rng(1)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal((5, 2)).astype(np.float32),
+                                                                "fc_w"))
+    model.graph.node.append(helper.make_node("MatMul", ["Y_c", "fc_w"], ["z"], name="fc"))
+    model.graph.output[1].CopyFrom(helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None))
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "calib.npy", _int8_inputs(4))
+    code = qcc_main([str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out" / "net.c"), "--target", "cortex-m4",
+                     "--scheme", "int8", "--calib", str(tmp_path / "calib.npy")])
+    err = capsys.readouterr().err
+    assert code == 2 and 'node "lstm_p" (LSTM)' in err and "final cell state (Y_c) feeds other layers" in err, err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
