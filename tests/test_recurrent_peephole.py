@@ -187,3 +187,26 @@ def test_int8_final_cell_state_feeding_a_layer_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and 'node "lstm_p" (LSTM)' in err and "final cell state (Y_c) feeds other layers" in err, err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- --stream-state
+@pytest.mark.parametrize("scheme", ["qmn", "int8"])
+def test_peephole_cell_streams(tmp_path, scheme):
+    """One frame per call (stream-state: h and c kept, the peepholes stay a constant) == the whole sequence."""
+    import copy
+    from qcc.sim.recurrent import run_stream
+    from qcc.transforms.passmanager import PassManager
+    from test_qmn import quantize
+    xs = _int8_inputs(8)
+    model = peephole_model(hidden=5, outputs=("Y_h",))
+    if scheme == "int8":
+        _, g = _int8(tmp_path, model, xs)
+    else:
+        onnx.save(model, tmp_path / "lstm.onnx")
+        np.savez(tmp_path / "calib.npz", X=xs)
+        _, _, g = quantize(tmp_path / "lstm.onnx", "qmn{bits=16}", tmp_path / "calib.npz")
+    s = copy.deepcopy(g)
+    PassManager.parse("stream-state{frames=1}").run(s)
+    assert len(s.find("qcc.state")) == 2
+    outs = run_stream(s, [{"X": f[None]} for f in xs[0]])
+    np.testing.assert_array_equal(outs[-1]["Y_h"], run_graph(g, {"X": xs[0]})["Y_h"])
