@@ -31,7 +31,7 @@ from onnx import AttributeProto, GraphProto, helper
 
 from qcc.errors import UnsupportedModelError
 from qcc.frontend.importer import _node_key, tensor_array
-from qcc.frontend.lifters import _SHAPE_CHAIN_ONNX, LIFTERS, _check_node, _constant_value, lift_node, lifter
+from qcc.frontend.lifters import LIFTERS, _check_node, _constant_value, _static_value, lift_node, lifter
 
 MAX_UNROLLED_NODES = 200_000  # iterations x body nodes: past this the import (and the C) would only grow useless
 # Ops never folded: their results are data, or random, or graphs of their own.
@@ -45,17 +45,10 @@ FOLDED_ONLY = ("Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal", "And
 
 
 # ---------------------------------------------------------------- checking
-def static_at_import(imp, name: str, extra: Set[str] = frozenset(), depth: int = 0) -> bool:
-    """Whether an outer-graph value is computable at import time from constants and static shapes."""
-    if not name or name in extra or imp.const(name) is not None:
-        return True
-    node = imp.producers.get(name)
-    if node is None or depth > 50:
-        return False
-    if node.op_type == "Shape":
-        return imp.shape(node.input[0]) is not None
-    return (node.op_type in _SHAPE_CHAIN_ONNX or node.op_type in FOLDED_ONLY) \
-        and all(static_at_import(imp, n, extra, depth + 1) for n in node.input)
+def static_at_import(imp, name: str, extra: Set[str] = frozenset()) -> bool:
+    """Whether a value is computable at import time: from constants and static shapes in the outer
+    graph, or one of ``extra`` (an enclosing loop body's import-time values)."""
+    return name in extra or _static_value(imp, name)
 
 
 def _check_folded_only(imp, node, a) -> Optional[str]:
