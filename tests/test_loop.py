@@ -222,3 +222,21 @@ def test_rnn_loop_compiles_under_qmn(tmp_path, bits):
         got = np.stack([run_graph(q, {"X": x})[name] for x in xs])
         assert _sqnr(want, got) > (25.0 if bits == 8 else 50.0), name
     compile_and_compare(q, tmp_path, {"X": xs[:4]})
+
+
+def test_a_false_initial_condition_runs_no_iteration():
+    """cond = false: the carried values come out as they went in (onnxruntime agrees)."""
+    m = rnn_loop_model()
+    m.graph.initializer[[i.name for i in m.graph.initializer].index("cond")].CopyFrom(
+        numpy_helper.from_array(np.array(False), "cond"))
+    del m.graph.output[1]   # Y would be empty; nothing reads it
+    g = check_against_ort(m, {"X": rand(T, 1, I, seed=11)})
+    assert not [op for op in g.ops if op.opname == "nn.tanh"]
+
+
+def test_a_boolean_of_run_time_data_is_refused():
+    node = helper.make_node("Less", ["X", "zero"], ["neg"], name="sign")
+    model = build([node, helper.make_node("Cast", ["neg"], ["y"], to=TP.FLOAT, name="to_float")],
+                  {"X": [2, 3]}, ["y"], {"zero": np.zeros((2, 3), np.float32)})
+    with pytest.raises(UnsupportedModelError, match=r'node "sign" \(Less\): it computes a boolean from run-time'):
+        load_onnx(model)

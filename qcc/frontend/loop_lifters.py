@@ -369,7 +369,7 @@ def _loop(imp, node, a):
             else:
                 imp.values[out] = imp.value(v)
     for k, out in enumerate(node.output[n_carried:]):
-        if out:
+        if out and (stacked[k] or imp.is_used(out)):  # an unread scan output may be empty (no iteration)
             _stack(imp, node, out, stacked[k], f"{name}/output{k}")
 
 
