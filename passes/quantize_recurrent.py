@@ -139,9 +139,12 @@ def _peepholes(p: np.ndarray, hidden: int, cell_power: int):
     """TFLite's cell-to-gate weights: each gate's vector (i, o, f) symmetric int16 at max|p_k| / 32767,
     and its product with the cell state (2^cell_power) brought to the gate's 2^-12."""
     qs, mults = [], []
+    # A product of two int16 reaches 2^30: its multiplier must stay below 1 (no left shift), so a
+    # peephole that large against the cell scale takes a coarser scale (its term saturates the gate anyway).
+    coarsest = 0.999 * GATE_SCALE / 2.0 ** cell_power
     for k in range(3):
         pk = p[k * hidden:(k + 1) * hidden]
-        scale = float(np.abs(pk).max(initial=0.0)) / 32767 or 1.0
+        scale = min(float(np.abs(pk).max(initial=0.0)) / 32767, coarsest) or 1.0
         qs.append(np.clip(round_half_away(pk / scale), -32767, 32767).astype(np.int16))
         mults.append(_mult(scale * 2.0 ** cell_power / GATE_SCALE))
     return np.concatenate(qs), mults

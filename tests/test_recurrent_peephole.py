@@ -210,3 +210,43 @@ def test_peephole_cell_streams(tmp_path, scheme):
     assert len(s.find("qcc.state")) == 2
     outs = run_stream(s, [{"X": f[None]} for f in xs[0]])
     np.testing.assert_array_equal(outs[-1]["Y_h"], run_graph(g, {"X": xs[0]})["Y_h"])
+
+
+# ---------------------------------------------------------------- the ops: text form, verifiers, scales
+def test_peephole_ops_round_trip_and_verify(tmp_path):
+    import copy
+    from qcc.errors import OpError
+    from qcc.ir.parser import parse
+    from qcc.ir.printer import print_graph
+    from test_qmn import quantize
+    xs = _int8_inputs(8)
+    _, g = _int8(tmp_path, peephole_model(hidden=3, outputs=("Y", "Y_h")), xs)
+    onnx.save(peephole_model(hidden=3), tmp_path / "q.onnx")
+    np.savez(tmp_path / "calib.npz", X=xs)
+    _, _, q = quantize(tmp_path / "q.onnx", "qmn{bits=8}", tmp_path / "calib.npz")
+    for graph, opname in ((g, "s8.lstm"), (q, "qnn.lstm")):
+        text = print_graph(graph, elide_over=None)
+        again = parse(text)
+        again.verify()
+        assert print_graph(again, elide_over=None) == text
+        bad = copy.deepcopy(graph)
+        (op,) = bad.find(opname)
+        if opname == "s8.lstm":
+            op.attrs["peephole_shift"] = [0, 0]
+            with pytest.raises(OpError, match="'peephole_multiplier' and 'peephole_shift' need 3 entries"):
+                op.opdef.verify(op)
+        else:
+            from qcc.ir.types import FixedPoint, TensorType
+            op.operands[6].type = TensorType((9,), "i8", FixedPoint(7))
+            with pytest.raises(OpError, match="peepholes p must be i16"):
+                op.opdef.verify(op)
+
+
+def test_int8_peephole_scale_keeps_the_product_inside_int32():
+    """A peephole so large against the cell scale that TFLite's multiplier would exceed 1 takes a coarser
+    scale: no left shift of the 2^30 product, values past the clip saturate the gate either way."""
+    import importlib
+    quantize_recurrent = importlib.import_module("qcc.passes.quantize_recurrent")
+    p_q, mults = quantize_recurrent._peepholes(np.array([50.0, -0.01, 1.0] * 3), 3, 2)
+    assert all(s <= 0 for _, s in mults)
+    assert p_q[0] == 32767 and p_q[1] == -round(0.01 / (0.999 * 2.0 ** -14))
