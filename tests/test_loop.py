@@ -110,6 +110,33 @@ def nested_loop_model():
     return build(nodes, {"X": [3, 2, 4]}, ["Y"], inits, opset=13)
 
 
+def strided_read_loop_model():
+    """tf2onnx's while loop over x[i] (a TF strided slice): no M, the condition And(Less(i + 1, n), ...)
+    carried with the counter; x itself carried unchanged; x[i] read by Slice with computed bounds."""
+    body = helper.make_graph(
+        [helper.make_node("Unsqueeze", ["k", "axes0"], ["start"], name="start"),
+         helper.make_node("Add", ["start", "one1"], ["end"], name="end"),
+         helper.make_node("Slice", ["x", "start", "end", "axes0"], ["xs"], name="read"),
+         helper.make_node("Squeeze", ["xs", "axes0"], ["x_k"], name="squeeze"),
+         helper.make_node("Mul", ["acc", "half"], ["decay"], name="decay"),
+         helper.make_node("Add", ["decay", "x_k"], ["acc2"], name="accumulate"),
+         helper.make_node("Add", ["k", "one"], ["k2"], name="count"),
+         helper.make_node("Less", ["k2", "n"], ["more"], name="less"),
+         helper.make_node("Less", ["i", "big"], ["sane"], name="guard"),
+         helper.make_node("And", ["more", "sane"], ["c2"], name="and")],
+        "body", [_vi("i", TP.INT64, []), _vi("c", TP.BOOL, []), _vi("k", TP.INT64, []), _vi("acc"), _vi("x")],
+        [_vi("c2", TP.BOOL, []), _vi("k2", TP.INT64, []), _vi("acc2"), _vi("x")],
+        [numpy_helper.from_array(np.array(1, np.int64), "one"), numpy_helper.from_array(np.array([1], np.int64), "one1"),
+         numpy_helper.from_array(np.array([0], np.int64), "axes0"), numpy_helper.from_array(np.array(0.5, np.float32),
+                                                                                             "half"),
+         numpy_helper.from_array(np.array(1000, np.int64), "big")])
+    inits = {"zero": np.array(0, np.int64), "n": np.array(5, np.int64), "acc0": np.zeros((1, 3), np.float32)}
+    nodes = [helper.make_node("Less", ["zero", "n"], ["go"], name="while/cond"),
+             helper.make_node("Loop", ["", "go", "zero", "acc0", "X"], ["k_end", "acc", "x_end"], body=body,
+                              name="while")]
+    return build(nodes, {"X": [5, 1, 3]}, ["acc"], inits, opset=13)
+
+
 # ---------------------------------------------------------------- float: onnxruntime
 @pytest.mark.parametrize("cond, trip_count", [("counter", True), ("identity", True), ("counter", False)])
 def test_rnn_loop_matches_onnxruntime(cond, trip_count):
@@ -141,6 +168,13 @@ def test_accumulating_loop_with_a_trip_count_from_the_shape():
     assert [op.opname for op in g.ops].count("nn.add") == 7
     index = next(op for op in g.ops if op.opname == "qcc.const" and op.results[0].shape == (7,))
     np.testing.assert_array_equal(index.results[0].constant(), np.arange(7, dtype=np.float32))
+
+
+def test_tf2onnx_strided_read_loop_matches_onnxruntime():
+    g = check_against_ort(strided_read_loop_model(), {"X": rand(5, 1, 3, seed=12)})
+    kinds = [op.opname for op in g.ops]
+    # one read per iteration; the first decay of the constant initial sum folds away
+    assert kinds.count("nn.slice") == 5 and kinds.count("nn.mul") == 4
 
 
 def test_nested_loops_read_outer_scopes():
