@@ -250,3 +250,29 @@ def test_int8_peephole_scale_keeps_the_product_inside_int32():
     p_q, mults = quantize_recurrent._peepholes(np.array([50.0, -0.01, 1.0] * 3), 3, 2)
     assert all(s <= 0 for _, s in mults)
     assert p_q[0] == 32767 and p_q[1] == -round(0.01 / (0.999 * 2.0 ** -14))
+
+
+@needs_gcc
+def test_int8_peephole_cell_streams_in_c(tmp_path):
+    """The streamed int8 peephole cell in C (host, sanitizers): one frame per call, the state kept in the
+    arena, equals the simulator's stream call by call (and so the whole sequence)."""
+    import copy
+    from qcc.backends.cmsis import harness
+    from qcc.backends.cmsis.generate import generate
+    from qcc.fileio import write_files
+    from qcc.sim.recurrent import run_stream
+    from qcc.transforms.passmanager import PassManager
+    xs = _int8_inputs(8)
+    _, g = _int8(tmp_path, peephole_model(hidden=5, outputs=("Y_h",)), xs)
+    s = copy.deepcopy(g)
+    PassManager.parse("stream-state{frames=1}").run(s)
+    gen = generate(s, "net", "cortex-m4")
+    folder = tmp_path / "stream"
+    write_files({folder / k: v for k, v in gen.files.items()})
+    frames = {"X": xs[0].reshape(STEPS, 1, 1, INPUTS)}
+    count = harness.write_samples(folder / "in.bin", s, frames)
+    harness.run_host(harness.build_host(folder, gen.name), folder / "in.bin", folder / "out.bin")
+    got = harness.read_outputs(folder / "out.bin", gen, count)
+    want = run_stream(s, [{"X": f} for f in frames["X"]])
+    np.testing.assert_array_equal(got.floats[0], np.stack([w["Y_h"] for w in want]))
+    np.testing.assert_array_equal(got.floats[0][-1], run_graph(g, {"X": xs[0]})["Y_h"])
