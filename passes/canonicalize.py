@@ -8,14 +8,17 @@ Identities (exact in float arithmetic, so numerics do not change):
 * a chain of ``nn.reshape``/``nn.flatten``/``nn.squeeze``/``nn.unsqueeze`` ->
   one ``nn.reshape`` to the final shape (none at all if the shape is unchanged);
 * ``transpose(transpose(x, p), q)`` -> ``transpose(x, r)`` with ``r[i] = p[q[i]]``,
-  dropped when ``r`` is the identity permutation.
+  dropped when ``r`` is the identity permutation;
+* ``nn.slice`` of a run-time ``x`` with constant parameters -> one constant-index
+  ``nn.gather`` per axis it narrows (``x`` itself when it narrows none).
 
 Dense layers (``nn.dense(x, w, b) = x @ w.T + b`` with ``w`` [N, K]):
 
 * ``nn.matmul(x, W)`` with constant ``W`` [K, N] -> ``nn.dense(x, W.T)``;
 * ``nn.add(nn.dense(x, w), b)`` with constant ``b`` of N elements -> ``nn.dense(x, w, b)``;
 * ``nn.gemm(a, B, c)`` (ONNX Gemm: ``alpha * a @ op(B) + beta * c``) with constant
-  ``B`` and ``c`` -> ``nn.dense(a, alpha * op(B).T, beta * c)``;
+  ``B`` and ``c`` -> ``nn.dense(a, alpha * op(B).T, beta * c)``; with ``c`` computed at run
+  time and ``beta = 1`` -> ``nn.add(nn.dense(a, alpha * op(B).T), c)``;
 * the QDQ form of the same Gemm, ``B = dequantize(Bq)`` of a quantized constant (or of
   ``quantize(W)``, W constant, when ``trans_b``) and ``c``
   one value per output feature, ``alpha = beta = 1`` -> ``nn.dense(a, dequantize(op(Bq).T), c)``
@@ -31,6 +34,7 @@ from typing import List, Optional
 import numpy as np
 
 from qcc.ir.graph import Op, Value
+from qcc.ir.ops.nn_shape import slice_indices, slice_params
 from qcc.transforms.passmanager import register_pass
 from qcc.transforms.rewriter import PatternPass, RewritePattern
 
@@ -144,6 +148,37 @@ def _bias_vector(c: Optional[np.ndarray], n: int, out_rank: int) -> Optional[np.
     return None
 
 
+class SliceToGather(RewritePattern):
+    """nn.slice of a run-time x with constant starts/ends/axes/steps -> one constant-index nn.gather per
+    axis it narrows (none: x itself). Keras's ``x[:, -1]`` (tf2onnx's strided_slice) then lowers like
+    any gather in both integer schemes."""
+
+    op_names = ("nn.slice",)
+
+    def match_and_rewrite(self, op, rewriter):
+        if op.operands[0].is_constant():
+            return rewriter.notify_match_failure(op, "x is a constant (const-fold folds it)")
+        params = slice_params(op)
+        if params is None:
+            return rewriter.notify_match_failure(op, "starts, ends, axes or steps are computed at run time")
+        value, base = op.operands[0], op.name or "slice"
+        for axis, start, end, step in params:
+            dim = value.type.shape[axis]
+            idx = slice_indices(dim, start, end, step)
+            if idx.size == 0:
+                return rewriter.notify_match_failure(op, f"it selects nothing on axis {axis}")
+            if idx.size == dim and np.array_equal(idx, np.arange(dim)):
+                continue
+            indices = rewriter.create_const(idx, name=f"{base}/indices{axis}")
+            shape = list(value.type.shape)
+            shape[axis] = idx.size
+            gather = rewriter.create_op("nn.gather", [value, indices], {"axis": axis},
+                                        [value.type.with_shape(tuple(shape))], name=f"{base}/axis{axis}")
+            value = gather.results[0]
+        rewriter.replace_op(op, value)
+        return True
+
+
 class MatMulToDense(RewritePattern):
     """nn.matmul(x, W) with constant W [K, N] -> nn.dense(x, W.T)."""
 
@@ -218,12 +253,19 @@ class GemmToDense(RewritePattern):
         alpha, beta = op.attrs["alpha"], op.attrs["beta"]
         w = bc if op.attrs["trans_b"] else bc.T  # dense wants [N, K]
         n = w.shape[0]
-        vec = None
+        vec, run_time_c = None, False
         if c is not None and beta != 0.0:
-            vec = _bias_vector(c.constant(), n, 2)
-            if vec is None:
-                return rewriter.notify_match_failure(
-                    op, f"C is not a constant that adds one value per output feature ({n})")
+            if not c.is_constant():
+                # A run-time C (Keras's GRU with reset_after=False adds the input projection this way):
+                # dense(a, B) then an elementwise add, exact for beta = 1.
+                if beta != 1.0:
+                    return rewriter.notify_match_failure(op, "C is computed at run time and beta is not 1")
+                run_time_c = True
+            else:
+                vec = _bias_vector(c.constant(), n, 2)
+                if vec is None:
+                    return rewriter.notify_match_failure(
+                        op, f"C is not a constant that adds one value per output feature ({n})")
         operands: List[Value] = [a]
         if alpha != 1.0:
             w = (w * np.asarray(alpha, dtype=w.dtype)).astype(w.dtype)
@@ -233,6 +275,14 @@ class GemmToDense(RewritePattern):
                 vec = (vec * np.asarray(beta, dtype=vec.dtype)).astype(vec.dtype)
             operands.append(c if (c.type.shape == (n,) and beta == 1.0)
                             else rewriter.create_const(np.ascontiguousarray(vec), name=c.producer.name))
+        if run_time_c:
+            shape = tuple(a.type.shape[:-1]) + (n,)
+            dense = rewriter.create_op("nn.dense", operands, {}, [op.results[0].type.with_shape(shape)],
+                                       name=op.name)
+            add = rewriter.create_op("nn.add", [dense.results[0], c], {}, [op.results[0].type],
+                                     name=f"{op.name or 'gemm'}/add_c")
+            rewriter.replace_op(op, add)
+            return True
         dense = rewriter.create_op("nn.dense", operands, {}, [op.results[0].type], name=op.name)
         rewriter.replace_op(op, dense)
         return True
@@ -282,7 +332,7 @@ class DequantizedGemmToDense(RewritePattern):
 def populate_canonicalize_patterns() -> List[RewritePattern]:
     """The canonicalization patterns, for reuse by other pattern passes."""
     return [RemoveNeutralOperand(), RemoveIdentity(), CollapseReshapes(), ComposeTransposes(),
-            MatMulToDense(), DenseAddBias(), GemmToDense(), DequantizedGemmToDense()]
+            MatMulToDense(), DenseAddBias(), GemmToDense(), DequantizedGemmToDense(), SliceToGather()]
 
 
 @register_pass

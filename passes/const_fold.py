@@ -4,8 +4,10 @@ An op ``y = f(c1, ..., cn)`` with every ``ci`` a ``qcc.const`` becomes
 ``y = qcc.const f(c1, ..., cn)``, computed by the float interpreter's own
 kernel (``qcc.sim.interpreter.run_op``), so folding gives bit for bit what running
 the graph would have. ``nn.shape x`` folds for any ``x``: shapes are static.
-Only the elementwise arithmetic and data-movement ops listed in ``FOLDABLE``
-fold; arithmetic on quantized values is left to the quantized lowering.
+Only the elementwise arithmetic, data-movement, dense-layer and activation ops
+listed in ``FOLDABLE`` fold (a recurrent cell's first step from a zero initial
+state computes ``h0 @ R`` on constants); arithmetic on quantized values is left
+to the quantized lowering.
 
 A reshape whose target shape is a constant operand gets the resolved shape
 as its ``shape`` attribute instead (ONNX's 0 and -1 are resolved by the shape
@@ -22,7 +24,9 @@ from qcc.transforms.rewriter import PatternPass, RewritePattern
 ARITHMETIC = ("nn.add", "nn.sub", "nn.mul", "nn.div")
 DATA_MOVEMENT = ("nn.reshape", "nn.transpose", "nn.gather", "nn.cast", "nn.slice", "nn.concat",
                  "nn.squeeze", "nn.unsqueeze", "nn.flatten", "nn.identity", "nn.expand")
-FOLDABLE = ARITHMETIC + DATA_MOVEMENT
+# A layer or activation on constants only: an RNN's first step from a zero initial state (h0 @ R).
+LAYERS = ("nn.dense", "nn.matmul", "nn.gemm", "nn.sigmoid", "nn.tanh", "nn.relu", "nn.clip")
+FOLDABLE = ARITHMETIC + DATA_MOVEMENT + LAYERS
 
 
 class FoldConstantOp(RewritePattern):
@@ -37,7 +41,7 @@ class FoldConstantOp(RewritePattern):
         not_const = [i for i, v in enumerate(op.operands) if not v.is_constant()]
         if not_const:
             return rewriter.notify_match_failure(op, f"operand {not_const[0]} is not a constant")
-        if op.opname in ARITHMETIC and any(v.type.is_quantized for v in op.operands + op.results):
+        if op.opname not in DATA_MOVEMENT and any(v.type.is_quantized for v in op.operands + op.results):
             return rewriter.notify_match_failure(op, "arithmetic on quantized values is not folded")
         if op.opname not in interpreter.KERNELS:
             return rewriter.notify_match_failure(op, "the interpreter has no kernel for it")
