@@ -163,10 +163,21 @@ def float_epilogue(graph: Graph) -> List:
 
 def is_lowered(graph: Graph) -> bool:
     """True when only integer ops remain between q.quantize and q.dequantize (plus a float epilogue:
-    softmax/sigmoid/tanh after an output's final q.dequantize, as ``qmn{float_output=true}`` leaves)."""
+    softmax/sigmoid/tanh after an output's final q.dequantize, as ``qmn{float_output=true}`` leaves;
+    float layers ``f32.*`` with the shape ops between them, as ``--float-layers`` leaves)."""
     trailing = set(float_epilogue(graph))
-    return all(op.opname.startswith(("qnn.", "s8.")) or op.opname in BOUNDARY_OPS or op in trailing
-               or (op.opname in INTEGER_SHAPE_OPS and not op.result.type.is_float) for op in graph.ops)
+    # f32.* ops are float layers kept on purpose (--float-layers); their edges are q.dequantize / q.quantize
+    return all(op.opname.startswith(("qnn.", "s8.", "f32.")) or op.opname in BOUNDARY_OPS or op in trailing
+               or (op.opname in INTEGER_SHAPE_OPS and (not op.result.type.is_float or _between_float_layers(op)))
+               for op in graph.ops)
+
+
+def _between_float_layers(op) -> bool:
+    """A float reshape/flatten/squeeze/unsqueeze on a float layer's result (--float-layers chains)."""
+    v = op.operands[0]
+    while v.producer is not None and v.producer.opname in INTEGER_SHAPE_OPS:
+        v = v.producer.operands[0]
+    return v.producer is not None and v.producer.opname.startswith("f32.")
 
 
 def parse_act_max(specs: Sequence[str]) -> Dict[str, float]:
