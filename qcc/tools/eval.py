@@ -66,6 +66,8 @@ def build_parser(prog: str = "qcc-eval") -> argparse.ArgumentParser:
                    help="8 (default), 16, or mixed (8 or 16 per layer, as qcc --bits mixed) for --scheme qmn")
     p.add_argument("--act-max", metavar="NAME=V", action="append", default=[],
                    help="force the range of tensor NAME to [-V, V] (repeatable)")
+    p.add_argument("--float-layers", metavar="NAME,...", action="append", default=[],
+                   help="keep these layers in float32 as qcc --float-layers does (measure what it buys)")
     p.add_argument("--target", choices=TARGET_NAMES, default="cortex-m4",
                    help="the core the device row builds for (default cortex-m4)")
     p.add_argument("--device", choices=DEVICES, help="also run the generated C on an emulated device")
@@ -117,7 +119,11 @@ class Progress:
 
 def lower_like_qcc(graph: Graph, args: argparse.Namespace) -> str:
     """Lower ``graph`` in place as ``qcc`` would; returns a label of what ran (e.g. ``qmn q7``)."""
-    from qcc.tools.compile import is_lowered, is_qdq, lower, lower_qdq, parse_act_max
+    from qcc.tools.compile import is_lowered, is_qdq, lower, lower_qdq, parse_act_max, parse_float_layers
+    float_layers = parse_float_layers(getattr(args, "float_layers", []))
+    if float_layers and (is_lowered(graph) or is_qdq(graph)):
+        raise InputError(f"--float-layers applies to a float model (calibrated with --calib); {args.model} is "
+                         f"{'already lowered' if is_lowered(graph) else 'a QDQ model'}")
     if is_lowered(graph):
         return "already lowered"
     if is_qdq(graph):
@@ -128,10 +134,11 @@ def lower_like_qcc(graph: Graph, args: argparse.Namespace) -> str:
     if bits == "mixed" and scheme != "qmn":
         raise InputError("--bits mixed chooses 8 or 16 bits per layer with --scheme qmn only")
     lower(graph, calib=args.calib, bits=bits, scheme=scheme, act_max=parse_act_max(args.act_max),
-          model_path=args.model, float_output=getattr(args, "float_output", False))
+          model_path=args.model, float_output=getattr(args, "float_output", False), float_layers=float_layers)
+    kept = f" + {len(float_layers)} float layer{'s' if len(float_layers) != 1 else ''}" if float_layers else ""
     if bits == "mixed":
-        return "qmn mixed q7/q15"
-    return f"qmn q{bits - 1}" if scheme == "qmn" else "int8 per-channel"
+        return "qmn mixed q7/q15" + kept
+    return (f"qmn q{bits - 1}" if scheme == "qmn" else "int8 per-channel") + kept
 
 
 def read_labels(path: str, key: str, count: int, total: int) -> np.ndarray:
