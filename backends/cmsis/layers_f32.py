@@ -127,7 +127,8 @@ def _quantize(op: Op) -> dict:
     q = t.quant
     ctx = {"size": t.size, "yt": INT_TYPES[t.dtype],
            "qmin": int(info.min), "qmax": int(info.max), "clamp": c_float(QUANTIZE_CLAMP),
-           "clamp_i": int(QUANTIZE_CLAMP)}
+           "clamp_i": int(QUANTIZE_CLAMP), "rt": "int64_t" if t.dtype == "i32" else "int32_t",
+           "suffix": "LL" if t.dtype == "i32" else ""}
     if isinstance(q, FixedPoint):   # exact: scaling by a power of two
         ctx.update(zp=0, scale_op="*", scale=c_float(2.0 ** q.frac_bits))
     elif isinstance(q, UniformQuant):  # the simulator divides in float32
