@@ -27,7 +27,7 @@ import pytest
 from onnx import helper
 
 from qcc.backends.cmsis import generate, harness
-from qcc.errors import InputError, UnsupportedModelError
+from qcc.errors import QccError
 from qcc.fileio import write_files
 from qcc.frontend import load_onnx
 from qcc.ir.graph import Graph
@@ -285,19 +285,22 @@ def test_all_float_layers_track_the_float_model(tmp_path, scheme):
 
 
 def test_unknown_name_lists_close_matches(tmp_path):
-    with pytest.raises(InputError, match=r"no layer named 'dw2' \(close matches: 'dw'"):
+    with pytest.raises(QccError, match=r"no layer named 'dw2' \(close matches: 'dw'") as e:
         lower_small(tmp_path, "qmn", 8, "dw2")
+    assert e.value.exit_code == 1
 
 
 def test_fused_node_is_named_as_such(tmp_path):
-    with pytest.raises(InputError, match=r'node "relu1" \(Relu\) is no longer a layer of its own'):
+    with pytest.raises(QccError, match=r'node "relu1" \(Relu\) is no longer a layer of its own') as e:
         lower_small(tmp_path, "int8", 8, "relu1")
+    assert e.value.exit_code == 1
 
 
 def test_unsupported_op_is_refused_naming_it(tmp_path):
-    """A float layer needs a float C kernel: a reshape/flatten has none (it is not a compute layer)."""
-    with pytest.raises(UnsupportedModelError, match=r'"flatten" .*nn.flatten.*no float32 C kernel'):
+    """A float layer needs a float C kernel: a Flatten (a reshape here) is no compute layer."""
+    with pytest.raises(QccError, match=r'node "flatten" \(Flatten\) is nn.reshape, which has no float32 C kernel') as e:
         lower_small(tmp_path, "qmn", 8, "flatten")
+    assert e.value.exit_code == 2
 
 
 def test_qcc_command_and_errors(tmp_path, capsys):
