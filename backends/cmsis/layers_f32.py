@@ -12,7 +12,12 @@ Boundaries between integer and float tensors inside the graph:
     q.dequantize   y = (float)(q - zp) * scale      (exact: scale 2^-n, or the stored f32 scale)
     q.quantize     the simulator's rounding: NaN -> zp, clamp to [-1e9, 1e9], round half away, + zp, saturate
 
-Float tensors take 4 bytes per element in the arena (plan.py counts them so).
+Fused edges: a dequantize read only by one float layer, and a quantize of a
+float layer's result read by nothing else, run inside that layer's kernel
+(each element dequantized as it is loaded, quantized as it is stored: the
+same per-element arithmetic, so the same bits), so a lone float layer needs
+no float buffer. Float tensors between chained float layers take 4 bytes per
+element in the arena (plan.py counts them so).
 """
 from __future__ import annotations
 
@@ -45,6 +50,50 @@ F32_KINDS = {"f32.conv2d": "f32_conv2d", "f32.dense": "f32_dense", "f32.add": "f
              "q.quantize": "f32_quantize", "q.dequantize": "f32_dequantize"}
 INT_TYPES = {"i8": "int8_t", "i16": "int16_t", "i32": "int32_t"}
 QUANTIZE_CLAMP = 1.0e9  # qcc.sim.qmn.QUANTIZE_CLAMP: the scaled value is clamped first
+
+
+def fused_dequantize(graph, v):
+    """The integer tensor behind ``v`` when ``v`` is a q.dequantize result read only by one float layer (the
+    layer then dequantizes as it loads); None otherwise."""
+    d = v.producer
+    if d is None or d.opname != "q.dequantize" or d.operands[0].is_constant() or graph.is_output(v):
+        return None
+    users = graph.users(v)
+    if not users or any(u is not users[0] for u in users) or not users[0].opname.startswith("f32."):
+        return None
+    return d.operands[0]
+
+
+def fused_quantize(graph, op: Op):
+    """The q.quantize result a float layer stores directly (its result's only use), or None."""
+    if graph.is_output(op.result):
+        return None
+    users = graph.users(op.result)
+    if len(users) != 1 or users[0].opname != "q.quantize" or len(graph.uses(op.result)) != 1:
+        return None
+    return users[0].result
+
+
+def step_values(graph, op: Op):
+    """(data inputs, output) of a float layer's step, fused edges applied."""
+    data = op.operands[:1] if op.opname in ("f32.conv2d", "f32.dense") else list(op.operands)
+    data = [fused_dequantize(graph, v) or v for v in data]
+    return data, fused_quantize(graph, op) or op.result
+
+
+def _io(op: Op, data, out) -> dict:
+    """The load helpers (one per data input) and the store of a float layer's kernel."""
+    loads = []
+    for k, v in enumerate(data):
+        ld = {"fn": f"ld{k}", "ct": "float" if v.type.is_float else INT_TYPES[v.type.dtype],
+              "int": not v.type.is_float}
+        if ld["int"]:
+            ld["zp"], ld["scale"] = _scale(op, v.type.quant)
+        loads.append(ld)
+    st = {"ct": "float", "int": False}
+    if not out.type.is_float:
+        st = {**_quantize(op, out.type), "ct": INT_TYPES[out.type.dtype], "int": True}
+    return {"loads": loads, "st": st, "xt": loads[0]["ct"], "yt": st["ct"]}
 
 
 def c_float(x: float) -> str:
@@ -84,11 +133,17 @@ def build_f32(builder, op: Op, fn: str) -> dict:
     """The template context of float layer or boundary ``op`` (``builder``: layers.LayerBuilder)."""
     kind = op.opname.split(".", 1)[1]
     if op.opname == "q.quantize":
-        return _quantize(op)
+        return {"size": op.result.type.size, **_quantize(op, op.result.type)}
     if op.opname == "q.dequantize":
         q = op.operands[0].type.quant
         zp, scale = _scale(op, q)
         return {"xt": INT_TYPES[op.operands[0].type.dtype], "size": op.result.type.size, "zp": zp, "scale": scale}
+    ctx = _io(op, *step_values(op.graph, op))
+    ctx.update(_layer(builder, op, fn, kind))
+    return ctx
+
+
+def _layer(builder, op: Op, fn: str, kind: str) -> dict:
     if kind == "conv2d":
         return _conv2d(builder, op, fn)
     if kind == "dense":
@@ -121,11 +176,10 @@ def _scale(op: Op, q):
     raise UnsupportedModelError(f"{op.describe()}: a float layer boundary needs one scale per tensor, got {q}")
 
 
-def _quantize(op: Op) -> dict:
-    t = op.result.type
+def _quantize(op: Op, t) -> dict:
     info = np.iinfo(t.np_dtype)
     q = t.quant
-    ctx = {"size": t.size, "yt": INT_TYPES[t.dtype],
+    ctx = {"yt": INT_TYPES[t.dtype],
            "qmin": int(info.min), "qmax": int(info.max), "clamp": c_float(QUANTIZE_CLAMP),
            "clamp_i": int(QUANTIZE_CLAMP), "rt": "int64_t" if t.dtype == "i32" else "int32_t",
            "suffix": "LL" if t.dtype == "i32" else ""}

@@ -39,6 +39,7 @@ from qcc.errors import QccError, UnsupportedModelError
 from qcc.ir.graph import Graph, Op, Value
 from qcc.ir.types import TensorType
 
+from .layers_f32 import fused_dequantize, fused_quantize, step_values
 from .inplace import INPLACE_OPS, max_displacement, min_displacement_reversed
 from .stream import (Chain, candidate_segments, chain_lifetimes, chain_units, make_chain, op_macs, out_rows,
                      replay_chain, sink_displacement)
@@ -292,8 +293,19 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True,
     inputs, outputs, boundary = find_io(graph)
     bad = []
     steps: List[Step] = []
+    # Dequantize/quantize edges a float layer's kernel runs itself (layers_f32.py): no float buffer for them.
+    fused = set()
     for op in graph.ops:
-        if op in boundary or op.opname in ("qcc.const", "qcc.state"):
+        if op.opname.startswith("f32."):
+            fused.update(v.producer for v in op.operands if fused_dequantize(graph, v) is not None)
+            if fused_quantize(graph, op) is not None:
+                fused.add(graph.users(op.result)[0])
+    for op in graph.ops:
+        if op in boundary or op in fused or op.opname in ("qcc.const", "qcc.state"):
+            continue
+        if op.opname.startswith("f32."):
+            data, out = step_values(graph, op)
+            steps.append(Step(op.opname, op, data, out))
             continue
         if op.opname in ALIAS_OPS:
             if len(op.operands) > 1 and not op.operands[1].is_constant():
