@@ -64,6 +64,20 @@ def _from_float_layer(v: Value) -> bool:
     return v.producer is not None and v.producer.opname.startswith("f32.")
 
 
+def _kernel_limit(op) -> str:
+    """Why the float32 C kernel does not cover this instance ('' when it does)."""
+    act = op.attrs.get("act", "none")
+    if act not in ("none", "relu", "relu6", "leaky_relu"):
+        return f"the fused activation '{act}' has no float32 C kernel"
+    if op.opname in ("nn.add", "nn.sub", "nn.mul") and not (
+            op.operands[0].shape == op.operands[1].shape == op.result.shape):
+        return (f"a float {op.opname[3:]} needs operands of one shape ({list(op.operands[0].shape)} vs "
+                f"{list(op.operands[1].shape)}); broadcasting float layers are not built")
+    if op.opname in ("nn.conv2d", "nn.dense") and not all(v.is_constant() for v in op.operands[1:]):
+        return "the weights/bias are computed at run time, not constants"
+    return ""
+
+
 @register_pass
 @dataclass
 class FloatLayers(Pass):
@@ -102,6 +116,9 @@ class FloatLayers(Pass):
                     raise UnsupportedModelError(
                         f"--float-layers: {graph.source_name(op)} is {op.opname}, which has no float32 C kernel; "
                         f"float layers can be {', '.join(o.split('.', 1)[1] for o in FLOAT_LAYER_OPS)}")
+                why = _kernel_limit(op)
+                if why:
+                    raise UnsupportedModelError(f"--float-layers: {graph.source_name(op)}: {why}")
                 new = graph.add_op(f32_name(op.opname), list(op.operands), dict(op.attrs),
                                    [r.type for r in op.results], name=op.name)
                 graph.move_after_seq(new, op)  # prints where the layer was

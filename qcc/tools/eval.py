@@ -22,6 +22,8 @@ the float output ``f``::
     top-1 agreement = #{argmax y_i == argmax f_i} / N
     SQNR            = 10 log10(sum f^2 / sum (f - y)^2) dB    (inf when y == f)
     bit-exact       = #{stored integers of every output of sample i equal the simulator's}
+                      (with --float-layers a difference is reported, not an error: float layers
+                      agree with the simulator within float rounding only)
 
 The exit status is 1 when the device differs from the simulator on any sample.
 """
@@ -317,7 +319,12 @@ def _command(args: argparse.Namespace) -> int:
         print("(no float row: " + ("onnxruntime is not installed" if Path(args.model).suffix == ".onnx"
                                    else "the model is not an ONNX file") + ")")
     print(f"qcc-eval: {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    if not exact_all:
+    if not exact_all and any(op.opname.startswith("f32.") for op in graph.ops):
+        # float layers (--float-layers) agree within float rounding, so an integer after one may differ
+        # by a step where its float value sits on a rounding boundary: reported, not an error
+        print("qcc-eval: note: the device differs from the simulator on some samples; the model has float "
+              "layers (--float-layers), which are outside the bit-exact contract", file=sys.stderr)
+    elif not exact_all:
         print("qcc-eval: error: the device differs from the simulator (a qcc bug: please report it)",
               file=sys.stderr)
         return 1
