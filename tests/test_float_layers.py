@@ -316,13 +316,16 @@ def test_unsupported_op_is_refused_naming_it(tmp_path):
     assert e.value.exit_code == 2
 
 
-def test_qcc_command_and_errors(tmp_path, capsys):
+def test_qcc_command_and_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("QCC_REPORT_CYCLES", "0")
     model = tmp_path / "m.onnx"
     model.write_bytes(small_cnn().SerializeToString())
     np.save(tmp_path / "calib.npy", np.random.default_rng(0).normal(0, 1, (8, 1, 2, 9, 8)).astype(np.float32))
     base = [str(model), "--target", "cortex-m4", "--calib", str(tmp_path / "calib.npy")]
     assert qcc_main(base + ["-o", str(tmp_path / "ok" / "net.c"), "--float-layers", "dw",
-                            "--float-layers", "fc,softmax"]) == 0
+                            "--float-layers", "fc,softmax", "--report", str(tmp_path / "report.md")]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "Float layers (--float-layers" in report and "`dw` (f32.conv2d)" in report and "`fc` (f32.dense)" in report
     c = (tmp_path / "ok" / "net.c").read_text()
     assert "fused q.dequantize" in c and "fused q.quantize" in c and c.count("float32 (--float-layers") == 3
     assert qcc_main(base + ["-o", str(tmp_path / "bad" / "net.c"), "--float-layers", "nope"]) == 1
