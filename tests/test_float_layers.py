@@ -357,3 +357,18 @@ def test_kws_worst_layer_in_float(tmp_path):
     # the float conv dequantizes as it loads and quantizes as it stores: no float buffer, the arena holds
     # its int8 input and output (the integer layers around it no longer stream through it)
     assert gen.plan.arena_size <= 2 * 25 * 5 * 64
+
+
+def test_every_float_layer_op_has_a_kernel_honouring_its_attributes():
+    """Each f32 op mirrors its nn op, has the interpreter's kernel, and the back end honours every attribute."""
+    from qcc.backends.cmsis.layers import HANDLED_ATTRS
+    from qcc.ir.ops.f32 import FLOAT_LAYER_OPS, f32_name
+    from qcc.ir.registry import get_op, registered_ops
+    from qcc.sim.interpreter import KERNELS
+    f32_ops = sorted(n for n in registered_ops() if n.startswith("f32."))
+    assert f32_ops == sorted(f32_name(n) for n in FLOAT_LAYER_OPS)
+    for name in f32_ops:
+        nn = "nn." + name[4:]
+        assert get_op(name).attrs == get_op(nn).attrs and get_op(name).operands == get_op(nn).operands
+        assert KERNELS[name] is KERNELS[nn]
+        assert set(get_op(name).attrs) == HANDLED_ATTRS[name], name
