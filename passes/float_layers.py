@@ -109,13 +109,16 @@ class FloatLayers(Pass):
             raise InputError("--float-layers: " + "; ".join(self._unknown(graph, n, list(by_name)) for n in missing))
         kept = 0
         for n in dict.fromkeys(names):
-            for op in by_name[n]:
+            # A name may also label helper ops (a layout transpose keeps its layer's name): keep the layer.
+            layers = [op for op in by_name[n] if op.opname in FLOAT_LAYER_OPS or op.opname.startswith("f32.")]
+            if not layers:
+                op = by_name[n][0]
+                raise UnsupportedModelError(
+                    f"--float-layers: {graph.source_name(op)} is {op.opname}, which has no float32 C kernel; "
+                    f"float layers can be {', '.join(o.split('.', 1)[1] for o in FLOAT_LAYER_OPS)}")
+            for op in layers:
                 if op.opname.startswith("f32."):
                     continue
-                if op.opname not in FLOAT_LAYER_OPS:
-                    raise UnsupportedModelError(
-                        f"--float-layers: {graph.source_name(op)} is {op.opname}, which has no float32 C kernel; "
-                        f"float layers can be {', '.join(o.split('.', 1)[1] for o in FLOAT_LAYER_OPS)}")
                 why = _kernel_limit(op)
                 if why:
                     raise UnsupportedModelError(f"--float-layers: {graph.source_name(op)}: {why}")

@@ -249,15 +249,18 @@ def lower_small(tmp_path, scheme, bits, layers, seed=0):
     pm = PassManager.parse(f'{pipeline}{{bits={bits},float_layers="{layers}"}}')
     for p in pm.passes:
         p.context = {"calib": str(tmp_path / "calib.npy"), "act_max": {}}
-    pm.run(graph)
+    report = pm.run(graph)
+    stats = next(r.result.stats for r in report.records if r.pass_.name == "float-layers")
     # test samples from the calibration set: no input beyond the calibrated range (no saturation)
-    return load_onnx(model), graph, {"x": calib[:10]}
+    return load_onnx(model), graph, {"x": calib[:10]}, stats
 
 
 @needs_gcc
 @pytest.mark.parametrize("scheme,bits", [("qmn", 8), ("qmn", 16), ("int8", 8), ("int8", 16)])
 def test_pipeline_keeps_layers_float_and_c_matches(tmp_path, scheme, bits):
-    float_graph, graph, samples = lower_small(tmp_path, scheme, bits, "dw,pool,fc")
+    float_graph, graph, samples, stats = lower_small(tmp_path, scheme, bits, "dw,pool,fc")
+    # three layers kept; one range removed (pool -> flatten -> fc chains in float)
+    assert stats == {"float_layers": 3, "float_edges": 1}
     kinds = [op.opname for op in graph.ops]
     assert {k for k in kinds if k.startswith("f32.")} == {"f32.conv2d", "f32.global_avgpool", "f32.dense"}
     # the chain pool -> flatten -> fc stays float: no quantize between its layers
@@ -290,7 +293,8 @@ def _sqnr(ref, got):
 def test_all_float_layers_track_the_float_model(tmp_path, scheme):
     """With every compute layer float, only the quantized input and output remain: the simulator's result is
     the float model's up to those two roundings (the float layers run the interpreter's float32 kernels)."""
-    float_graph, graph, samples = lower_small(tmp_path, scheme, 16, "conv1,dw,residual,pool,fc,softmax")
+    float_graph, graph, samples, stats = lower_small(tmp_path, scheme, 16, "conv1,dw,residual,pool,fc,softmax")
+    assert stats["float_layers"] == 6
     assert not any(op.opname.startswith(("qnn.", "s8.")) for op in graph.ops)
     ref = [run_graph(float_graph, {"x": x})["y"] for x in samples["x"]]
     got = [run_graph(graph, {"x": x})["y"] for x in samples["x"]]
