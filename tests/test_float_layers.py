@@ -376,3 +376,27 @@ def test_every_float_layer_op_has_a_kernel_honouring_its_attributes():
         assert get_op(name).attrs == get_op(nn).attrs and get_op(name).operands == get_op(nn).operands
         assert KERNELS[name] is KERNELS[nn]
         assert set(get_op(name).attrs) == HANDLED_ATTRS[name], name
+
+
+def test_emit_onnx_exports_float_layers_as_float_ops(tmp_path, monkeypatch):
+    """--emit-onnx writes a float layer as its float ONNX op between DequantizeLinear and QuantizeLinear;
+    onnxruntime runs it."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx_builders import run_ort
+    model = tmp_path / "m.onnx"
+    model.write_bytes(small_cnn().SerializeToString())
+    calib = np.random.default_rng(0).normal(0, 1, (8, 1, 2, 9, 8)).astype(np.float32)
+    np.save(tmp_path / "calib.npy", calib)
+    assert qcc_main([str(model), "--target", "cortex-m4", "--calib", str(tmp_path / "calib.npy"), "-o",
+                     str(tmp_path / "c" / "net.c"), "--float-layers", "dw,fc", "--emit-onnx", str(tmp_path / "q.onnx"),
+                     "--emit-ir", str(tmp_path / "net.qir")]) == 0
+    exported = onnx.load(str(tmp_path / "q.onnx"))
+    kinds = {n.name: n.op_type for n in exported.graph.node}
+    assert kinds.get("dw") == "Conv" and kinds.get("fc") in ("Gemm", "MatMul")
+    from qcc.ir.parser import parse_file
+    graph = parse_file(tmp_path / "net.qir")
+    for x in calib[:4]:
+        got = run_ort(exported, {"x": x})["y"]
+        want = run_graph(graph, {"x": x})["y"]
+        assert np.argmax(got) == np.argmax(want)
