@@ -215,8 +215,8 @@ class CheckLegal(Pass):
         problems: List[str] = []
         qmn_would = True
         for op in graph.ops:
-            if op.opname == "qcc.const" or op.opname.startswith(("q.", "qnn.", "s8.")):
-                continue
+            if op.opname == "qcc.const" or op.opname.startswith(("q.", "qnn.", "s8.", "f32.")):
+                continue  # f32.*: float layers kept on purpose (--float-layers), legal in both schemes
             if op.operands and all(v.is_constant() for v in op.operands):
                 continue
             if not any(v.type.is_float for v in op.operands):

@@ -111,6 +111,8 @@ class LowerQuantized(ElementwiseLowerings, RecurrentLowerings, Pass):
             return 0
         if name == "q.quantize":
             return self._quantize(op)
+        if name.startswith("f32."):
+            return 0  # a float layer (--float-layers): it reads the dequantized values
         if not any(id(v) in self.twin for v in op.operands):
             return 0
         handler = getattr(self, "_" + name.replace(".", "_"), None)

@@ -9,7 +9,8 @@ expands to::
 
     canonicalize, fold-batchnorm, fuse-activation, legalize-pool, to-nhwc, legalize-qmn, const-fold,
     canonicalize, dce (those registered), check-legal{scheme=qmn, float_output},
-    calibrate{method, p, bits, data}, calibrate-recurrent{data}, insert-qdq{bits, weight_bits, per_channel},
+    calibrate{method, p, bits, data}, calibrate-recurrent{data}, [float-layers{layers=float_layers}],
+    insert-qdq{bits, weight_bits, per_channel},
     propagate-scales, [mixed-bits{target_sqnr, max_flash, max_ram, unit=mixed_unit, ...} with mixed=true],
     assign-qmn{search, per_channel, data, samples, objective},
     correct-bias{search, per_channel, data, samples} (with correct_bias=true),
@@ -29,7 +30,8 @@ FLOAT_CLEANUP = ("canonicalize", "fold-batchnorm", "fuse-activation", "legalize-
 DEFAULTS: Dict[str, Any] = {"bits": 8, "method": "percentile", "p": 99.99, "weight_bits": 0,
                             "per_channel": True, "search": True, "float_output": False, "data": "",
                             "samples": 64, "objective": "output", "correct_bias": False, "mixed": False,
-                            "target_sqnr": 0.0, "max_flash": 0, "max_ram": 0, "mixed_unit": "tensor"}
+                            "target_sqnr": 0.0, "max_flash": 0, "max_ram": 0, "mixed_unit": "tensor",
+                            "float_layers": ""}
 
 
 def _build(options: Dict[str, Any]) -> List:
@@ -50,6 +52,8 @@ def _build(options: Dict[str, Any]) -> List:
         calibrate["data"] = o["data"]
     passes.append(make_pass("calibrate", calibrate))
     passes.append(make_pass("calibrate-recurrent", {"data": o["data"]} if o["data"] else {}))
+    if o["float_layers"]:  # kept float after calibration, so the integer tensors around them keep ranges
+        passes.append(make_pass("float-layers", {"layers": o["float_layers"]}))
     passes.append(make_pass("insert-qdq", {"bits": str(o["bits"]), "weight_bits": str(o["weight_bits"]),
                                            "per_channel": str(o["per_channel"])}))
     passes.append("propagate-scales")
@@ -75,4 +79,5 @@ register_pipeline(
     "qmn", _build, "Quantize to Qm.n fixed point (q7/q15) and lower to integer qnn ops.",
     {"bits": int, "method": str, "p": float, "weight_bits": int, "per_channel": bool, "search": bool,
      "float_output": bool, "data": str, "samples": int, "objective": str, "correct_bias": bool, "mixed": bool,
-     "target_sqnr": float, "max_flash": int, "max_ram": int, "mixed_unit": str})
+     "target_sqnr": float, "max_flash": int, "max_ram": int, "mixed_unit": str,
+     "float_layers": str})

@@ -345,7 +345,7 @@ class QuantizeAffine(Pass):
 FLOAT_CLEANUP = ("canonicalize", "fold-batchnorm", "canonicalize", "fuse-activation", "legalize-affine",
                  "legalize-pool", "to-nhwc", "const-fold", "dce")
 DEFAULTS = {"bits": 8, "method": "minmax", "p": 99.99, "per_channel": True, "data": "", "fc_rounding": "double",
-            "float_output": False}
+            "float_output": False, "float_layers": ""}
 
 
 def _build(options) -> List:
@@ -364,6 +364,8 @@ def _build(options) -> List:
     if o["data"]:
         calibrate["data"] = o["data"]
     passes.append(make_pass("calibrate", calibrate))
+    if o["float_layers"]:  # kept float after calibration, so the integer tensors around them keep ranges
+        passes.append(make_pass("float-layers", {"layers": o["float_layers"]}))
     passes.append(make_pass("quantize-affine", {"per_channel": str(o["per_channel"]),
                                                 "float_output": str(o["float_output"]), "bits": str(o["bits"])}))
     # nn.lstm / nn.gru -> s8.lstm / s8.gru (the LSTM's cell scale from the calibration data's trace)
@@ -377,7 +379,7 @@ register_pipeline(
     "int8-calibrated", _build,
     "Quantize a float model with calibrated TFLite-style affine int8 and lower it to s8 ops",
     {"bits": int, "method": str, "p": float, "per_channel": bool, "data": str, "fc_rounding": str,
-     "float_output": bool})
+     "float_output": bool, "float_layers": str})
 
 
 def _float_constant(v: Value) -> bool:

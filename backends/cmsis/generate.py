@@ -238,11 +238,12 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
                "text": format_values(c.values)} for c in builder.consts]
     # Zero bytes at start-up are the initial state unless some initial value is not zero.
     reset_at_start = any(np.any(v.producer.attrs["value"]) for v in plan.states)
+    float_layers = any(s.kind.startswith("f32.") for s in plan.steps)  # --float-layers: float32 C, <math.h>
     common = {"name": name, "NAME": NAME, "resets": resets, "reset_at_start": reset_at_start, "version": version,
               "target": target,
               "model_comment": c_comment(f"@{graph.name}"), "inputs": inputs, "outputs": outputs,
               "run_params": ", ".join(params), "arena_size": plan.arena_size, "float_output": float_output,
-              "consts": consts, "epilogues": epilogues}
+              "consts": consts, "epilogues": epilogues, "float_layers": float_layers}
     env.globals["ctypes"] = SHORT_CTYPES
     helpers = str(env.get_template("helpers.j2").module.helpers(sorted(builder.dots)))
     kinds = [s.kind for s in plan.steps] + [op.opname for s in plan.steps if s.chain for op in s.chain.ops]
@@ -263,7 +264,7 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
         f"{name}_weights.c": env.get_template("weights.c.j2").render(common),
         "Makefile": env.get_template("Makefile.j2").render(
             common, cpu_flags=" ".join(tgt.cpu_flags), qemu_machine=tgt.qemu_machine,
-            linker_script=tgt.linker_script, cmsis_nn=nn is not None, libm=bool(epilogues)),
+            linker_script=tgt.linker_script, cmsis_nn=nn is not None, libm=bool(epilogues) or float_layers),
         f"firmware/{name}_main.c": env.get_template("main.c.j2").render(common, in_floats=max(offset, 1)),
     }
     files = {k: v.encode("ascii") for k, v in files.items()}
@@ -430,4 +431,4 @@ def _epilogues(env, name: str, plan: Plan, outputs: List[dict], float_output: bo
     return texts, warnings
 
 
-_NP = {"int8_t": np.int8, "int16_t": np.int16, "int32_t": np.int32, "int64_t": np.int64, "uint8_t": np.uint8, "uint16_t": np.uint16}
+_NP = {"float": np.float32, "int8_t": np.int8, "int16_t": np.int16, "int32_t": np.int32, "int64_t": np.int64, "uint8_t": np.uint8, "uint16_t": np.uint16}

@@ -24,8 +24,9 @@ from qcc.sim.qmn import rshift_round
 from .naming import c_comment, c_identifier
 from .layers_s8 import S8_CONTEXTS, S8_HANDLED_ATTRS, build_s8, im2col_length, padded_rows, window_segments
 from .layers_recurrent import RECURRENT_HANDLED_ATTRS, build_recurrent
+from .layers_f32 import F32_HANDLED_ATTRS, F32_KINDS, build_f32, c_float
 
-C_TYPES = {"i8": "int8_t", "i16": "int16_t", "i32": "int32_t", "i64": "int64_t", "u8": "uint8_t", "u16": "uint16_t"}
+C_TYPES = {"f32": "float", "i8": "int8_t", "i16": "int16_t", "i32": "int32_t", "i64": "int64_t", "u8": "uint8_t", "u16": "uint16_t"}
 SHORT = {"i8": "s8", "i16": "s16", "i32": "s32"}
 INT32_MAX = (1 << 31) - 1
 _REQ = {"out_shift", "act_min", "act_max"}
@@ -51,6 +52,7 @@ HANDLED_ATTRS = {
 }
 HANDLED_ATTRS.update(S8_HANDLED_ATTRS)  # affine int8 kernels: layers_s8.py
 HANDLED_ATTRS.update(RECURRENT_HANDLED_ATTRS)  # Qm.n LSTM / GRU: layers_recurrent.py
+HANDLED_ATTRS.update(F32_HANDLED_ATTRS)  # float layers (--float-layers) and their boundaries: layers_f32.py
 
 
 def ctype(v: Value) -> str:
@@ -71,7 +73,7 @@ class ConstArray:
 
 
 def format_values(values, per_line: int = 16) -> str:
-    items = [str(int(v)) for v in values]
+    items = [c_float(v) if isinstance(v, float) else str(int(v)) for v in values]
     lines = [", ".join(items[i:i + per_line]) for i in range(0, len(items), per_line)]
     return ",\n    ".join(lines)
 
@@ -90,7 +92,9 @@ class LayerBuilder:
 
     # ------------------------------------------------------------ constants
     def add_const(self, symbol: str, dtype: str, values, comment: str) -> str:
-        ints = [int(v) for v in np.ravel(values)]
+        # float32 constants (float layers) keep their values; everything else is integers
+        ints = ([float(v) for v in np.ravel(np.asarray(values, np.float32))] if dtype == "f32"
+                else [int(v) for v in np.ravel(values)])
         key = (C_TYPES[dtype], tuple(ints))
         if self.sharing and key in self._shared:
             return self._shared[key]
@@ -117,6 +121,8 @@ class LayerBuilder:
         kind, fn = ctx["kind"], ctx["fn"]
         if op.opname in S8_CONTEXTS:
             ctx.update(build_s8(self, op, fn))
+        elif op.opname in F32_KINDS:
+            ctx.update(build_f32(self, op, fn))
         elif op.opname in RECURRENT_HANDLED_ATTRS:
             ctx.update(build_recurrent(self, op, fn))
         else:
@@ -125,7 +131,8 @@ class LayerBuilder:
 
     def base_context(self, index: int, op: Op) -> dict:
         """kind, function name and comment of a step (also used by cmsis_nn.py's kernels)."""
-        kind = op.opname.replace(".", "_") if op.opname in S8_CONTEXTS else op.opname.split(".")[1]
+        kind = op.opname.replace(".", "_") if op.opname in S8_CONTEXTS else \
+            F32_KINDS.get(op.opname) or op.opname.split(".")[1]
         fn = f"l{index}_{c_identifier(op.name or kind, fallback=kind, max_len=32)}"
         shapes = " x ".join("[" + ",".join(map(str, v.shape)) + "]" for v in op.operands)
         return {"kind": kind, "fn": fn, "index": index,

@@ -39,6 +39,7 @@ from qcc.errors import QccError, UnsupportedModelError
 from qcc.ir.graph import Graph, Op, Value
 from qcc.ir.types import TensorType
 
+from .layers_f32 import fused_dequantize, fused_quantize, step_values
 from .inplace import INPLACE_OPS, max_displacement, min_displacement_reversed
 from .stream import (Chain, candidate_segments, chain_lifetimes, chain_units, make_chain, op_macs, out_rows,
                      replay_chain, sink_displacement)
@@ -57,6 +58,14 @@ COMPUTE_OPS = COMPUTE_OPS | S8_OPS
 RECURRENT_OPS = frozenset({"qnn.lstm", "qnn.gru", "s8.lstm", "s8.gru"})
 S8_RECURRENT_BIAS = 3
 COMPUTE_OPS = COMPUTE_OPS | RECURRENT_OPS
+# Float layers (--float-layers, layers_f32.py) and the dequantize/quantize at their edges inside the graph:
+# float tensors live in the arena like the others, 4 bytes per element.
+F32_WEIGHTED = ("f32.conv2d", "f32.dense")
+FLOAT_LAYER_OPS = frozenset({"f32.conv2d", "f32.dense", "f32.add", "f32.sub", "f32.mul", "f32.relu", "f32.clip",
+                             "f32.leaky_relu", "f32.sigmoid", "f32.tanh", "f32.softmax", "f32.maxpool",
+                             "f32.avgpool", "f32.global_avgpool", "f32.global_maxpool", "q.quantize",
+                             "q.dequantize"})
+COMPUTE_OPS = COMPUTE_OPS | FLOAT_LAYER_OPS
 STATE_OPERAND = 4  # the first initial-state operand of a recurrent op
 
 
@@ -284,8 +293,19 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True,
     inputs, outputs, boundary = find_io(graph)
     bad = []
     steps: List[Step] = []
+    # Dequantize/quantize edges a float layer's kernel runs itself (layers_f32.py): no float buffer for them.
+    fused = set()
     for op in graph.ops:
-        if op in boundary or op.opname in ("qcc.const", "qcc.state"):
+        if op.opname.startswith("f32."):
+            fused.update(v.producer for v in op.operands if fused_dequantize(graph, v) is not None)
+            if fused_quantize(graph, op) is not None:
+                fused.add(graph.users(op.result)[0])
+    for op in graph.ops:
+        if op in boundary or op in fused or op.opname in ("qcc.const", "qcc.state"):
+            continue
+        if op.opname.startswith("f32."):
+            data, out = step_values(graph, op)
+            steps.append(Step(op.opname, op, data, out))
             continue
         if op.opname in ALIAS_OPS:
             if len(op.operands) > 1 and not op.operands[1].is_constant():
@@ -294,13 +314,14 @@ def make_plan(graph: Graph, float_output: bool = False, inplace: bool = True,
         if op.opname not in COMPUTE_OPS:
             bad.append(op.describe())
             continue
-        data = op.operands[:1] if op.opname in WEIGHTED_OPS else op.operands
+        weighted = op.opname in WEIGHTED_OPS or op.opname in F32_WEIGHTED
+        data = op.operands[:1] if weighted else op.operands
         if op.opname in ("s8.lstm", "s8.gru"):
             data = [v for i, v in enumerate(op.operands) if i != S8_RECURRENT_BIAS]
-        if any(v.type.is_float for v in list(data) + list(op.results)):
+        if op.opname not in FLOAT_LAYER_OPS and any(v.type.is_float for v in list(data) + list(op.results)):
             bad.append(f"{op.describe()} (float tensors)")
             continue
-        if op.opname in WEIGHTED_OPS and not all(v.is_constant() for v in op.operands[1:]):
+        if weighted and not all(v.is_constant() for v in op.operands[1:]):
             bad.append(f"{op.describe()} (weights/bias are not constants)")
             continue
         step = Step(op.opname, op, list(data), op.results[0], extra=list(op.results[1:]))

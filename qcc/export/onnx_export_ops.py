@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
+from qcc.ir.ops.f32 import FLOAT_LAYER_OPS, f32_name
 from qcc.errors import UnsupportedModelError
 from qcc.ir.graph import Op
 from qcc.ir.types import FixedPoint
@@ -155,6 +156,9 @@ _FLOAT_OPS = {
     "nn.global_maxpool": _nn_global_pool("GlobalMaxPool"),
     "nn.reduce_mean": _nn_reduce_mean,
 }
+# Float layers (--float-layers) export as the float ONNX op they mirror, between their DequantizeLinear and
+# QuantizeLinear (a float island; qcc reads such a QDQ model back only as a float layer's graph, not as int8).
+_FLOAT_OPS.update({f32_name(k): _FLOAT_OPS[k] for k in FLOAT_LAYER_OPS})
 
 
 # ---------------------------------------------------------------- integer ops in QDQ form

@@ -122,6 +122,10 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
                    help="NAME_run returns float outputs (dequantized in C) instead of quantized ones; with "
                         "a float model a trailing softmax/sigmoid/tanh then runs in float C after the "
                         "dequantize (a float epilogue, not bit-exact); a QDQ model keeps its own integer one")
+    p.add_argument("--float-layers", metavar="NAME,...", action="append", default=[],
+                   help="keep these layers (ONNX node names, or the layer names of --report) in float32: "
+                        "float C between an exact dequantize and a quantize, outside the bit-exact contract; "
+                        "conv, dense, add/sub/mul, activations, pools, softmax (repeatable)")
     p.add_argument("--kernels", choices=KERNEL_CHOICES, default="qcc",
                    help="qcc (own specialized C, the default) or cmsis-nn: the affine int8 layers call the "
                         "CMSIS-NN library (the Makefile builds it from CMSIS_NN_DIR)")
@@ -163,10 +167,29 @@ def float_epilogue(graph: Graph) -> List:
 
 def is_lowered(graph: Graph) -> bool:
     """True when only integer ops remain between q.quantize and q.dequantize (plus a float epilogue:
-    softmax/sigmoid/tanh after an output's final q.dequantize, as ``qmn{float_output=true}`` leaves)."""
+    softmax/sigmoid/tanh after an output's final q.dequantize, as ``qmn{float_output=true}`` leaves;
+    float layers ``f32.*`` with the shape ops between them, as ``--float-layers`` leaves)."""
     trailing = set(float_epilogue(graph))
-    return all(op.opname.startswith(("qnn.", "s8.")) or op.opname in BOUNDARY_OPS or op in trailing
-               or (op.opname in INTEGER_SHAPE_OPS and not op.result.type.is_float) for op in graph.ops)
+    # f32.* ops are float layers kept on purpose (--float-layers); their edges are q.dequantize / q.quantize
+    return all(op.opname.startswith(("qnn.", "s8.", "f32.")) or op.opname in BOUNDARY_OPS or op in trailing
+               or (op.opname in INTEGER_SHAPE_OPS and (not op.result.type.is_float or _between_float_layers(op)))
+               for op in graph.ops)
+
+
+def _between_float_layers(op) -> bool:
+    """A float reshape/flatten/squeeze/unsqueeze on a float layer's result (--float-layers chains)."""
+    v = op.operands[0]
+    while v.producer is not None and v.producer.opname in INTEGER_SHAPE_OPS:
+        v = v.producer.operands[0]
+    return v.producer is not None and v.producer.opname.startswith("f32.")
+
+
+def parse_float_layers(specs: Sequence[str]) -> List[str]:
+    """``--float-layers a,b --float-layers c`` -> ``["a", "b", "c"]``."""
+    names = [n.strip() for spec in specs for n in spec.split(",") if n.strip()]
+    if specs and not names:
+        raise InputError("--float-layers takes layer names separated by commas, got none")
+    return list(dict.fromkeys(names))
 
 
 def parse_act_max(specs: Sequence[str]) -> Dict[str, float]:
@@ -192,11 +215,14 @@ FLOAT_PIPELINES = {"qmn": "qmn", "int8": "int8-calibrated"}
 def lower(graph: Graph, *, calib: Optional[str], bits, scheme: str, act_max: Dict[str, float],
           model_path: str, jobs: int = 1, float_output: bool = False, method: Optional[str] = None,
           per_tensor: bool = False, mixed: Optional[Dict[str, float]] = None,
-          calib_samples: Optional[int] = None, format_search: Optional[str] = None) -> Optional[Graph]:
+          calib_samples: Optional[int] = None, format_search: Optional[str] = None,
+          float_layers: Sequence[str] = ()) -> Optional[Graph]:
     """Run the quantization pipeline on a float graph in place.
 
     ``float_output`` keeps a trailing softmax/sigmoid/tanh in float after the
     final dequantize (``qmn{float_output=true}`` / ``int8-calibrated{float_output=true}``).
+    ``float_layers`` (op names) stay float32 between an exact dequantize and a quantize
+    (the ``float-layers`` pass, ``qmn{float_layers=...}`` / ``int8-calibrated{float_layers=...}``).
     Returns the float graph as it was just before calibration (the per-layer
     report's reference).
     """
@@ -220,6 +246,10 @@ def lower(graph: Graph, *, calib: Optional[str], bits, scheme: str, act_max: Dic
         if scheme != "qmn":
             raise InputError(f"--format-search applies to --scheme qmn, not {scheme}")
         options += f",objective={format_search}"
+    if float_layers:
+        if any('"' in n for n in float_layers):
+            raise InputError("--float-layers: a layer name holds a double quote; rename the node")
+        options += f',float_layers="{",".join(float_layers)}"'
     pm = PassManager.parse(f"{FLOAT_PIPELINES[scheme]}{{{options}}}")
     with tempfile.TemporaryDirectory() as tmp:
         if calib_samples is not None:
@@ -356,12 +386,14 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                   target_sqnr: Optional[float] = None, max_flash: Optional[int] = None,
                   max_ram: Optional[int] = None, stream_state: int = 0,
                   calib_samples: Optional[int] = None, format_search: Optional[str] = None,
-                  optimize: str = "speed", max_recompute: Optional[float] = None):
+                  optimize: str = "speed", max_recompute: Optional[float] = None,
+                  float_layers: Sequence[str] = ()):
     """Compile ``model`` and write every output file; returns the backend's GeneratedModel.
 
     ``bits`` is 8, 16 or "mixed" (``target_sqnr``, ``max_flash``, ``max_ram`` steer the mixed search).
     ``stream_state`` > 0: recurrent state kept between calls, that many frames per call (stream-state).
     ``max_recompute``: the fraction of MACs row-streamed chains may repeat (None: the backend's default).
+    ``float_layers``: op names kept in float32 (float C between an exact dequantize and a quantize).
     """
     out = Path(output)
     if out.suffix != ".c":
@@ -408,6 +440,9 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
                             ("--round-scales", round_scales and (scheme != "qmn" or is_lowered(graph)))):
             if given:
                 notes.append(f"ignoring {flag}: {model} is {what}")
+        if float_layers:
+            raise InputError(f"--float-layers keeps layers of a float model in float while the rest is "
+                             f"calibrated; {model} is {what} (compile its float model with --calib instead)")
         if not is_lowered(graph):
             notes += lower_qdq(graph, scheme=scheme or "int8", model_path=model, round_scales=round_scales,
                                float_output=float_output)
@@ -416,7 +451,7 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
             notes.append(f"ignoring --round-scales: {model} is a float model (it applies to QDQ models)")
         float_graph = lower(graph, calib=calib, bits=bits or 8, scheme=scheme or "qmn", act_max=act_max or {},
                             method=method, per_tensor=per_tensor, mixed=mixed, calib_samples=calib_samples,
-                            format_search=format_search,
+                            format_search=format_search, float_layers=float_layers,
                             model_path=model, jobs=jobs, float_output=float_output)
     notes += graph.notes
     if float_epilogue(graph) and not float_output:
@@ -699,7 +734,8 @@ def _command(args: argparse.Namespace) -> int:
                         round_scales=args.round_scales, method=args.method, per_tensor=args.per_tensor,
                         stream_state=args.stream_state, calib_samples=args.calib_samples,
                         format_search=args.format_search, optimize=args.optimize,
-                        max_recompute=parse_max_recompute(args.max_recompute))
+                        max_recompute=parse_max_recompute(args.max_recompute),
+                        float_layers=parse_float_layers(args.float_layers))
     folder = Path(args.output).parent
     for w in gen.warnings:
         print(f"qcc: warning: {w}", file=sys.stderr)

@@ -278,8 +278,13 @@ def quantization_report(float_graph: Graph, quant_graph: Graph, calib: str, samp
                         title: str = "Quantization report") -> str:
     """The Markdown per-layer table over the first ``samples`` calibration inputs (see ``report_samples``)."""
     inputs, provided = report_samples(float_graph, calib, samples)
-    return format_report(layer_report(float_graph, quant_graph, inputs), title,
+    text = format_report(layer_report(float_graph, quant_graph, inputs), title,
                          samples_note(len(inputs), provided, samples))
+    kept = [op for op in quant_graph.ops if op.opname.startswith("f32.")]
+    if kept:  # --float-layers: float32 layers, not in the integer table
+        text += ("\nFloat layers (--float-layers; float32 between an exact dequantize and a quantize, outside "
+                 "the bit-exact contract): " + ", ".join(f"`{op.name}` ({op.opname})" for op in kept) + ".\n")
+    return text
 
 
 def output_sqnr(float_graph: Graph, quant_graph: Graph, calib: str, limit: Optional[int] = None) -> float:
