@@ -41,6 +41,7 @@ FUNCTIONS = ("logistic", "tanh", "leaky_relu")
 OUTPUT_SCALE = 2.0 ** -15      # TFLite's fixed int16 sigmoid/tanh output scale (zero point 0)
 MAX_MULTIPLIER = 32767         # x * multiplier + round stays inside int32 (TFLM DCHECKs the same bound)
 MAX_SHIFT = 30
+MAX_LEAKY_LEFT_SHIFT = 15  # x * 2^shift of an int16 x stays inside int32
 
 
 def checked_log2(x: float):
@@ -74,6 +75,9 @@ def leaky_relu_params(s_in: float, s_out: float, alpha: float):
     f32 = np.float32
     m_id, e_id = quantize_multiplier(float(f32(s_in) / f32(s_out)))
     m_a, e_a = _signed_multiplier(float(f32(f32(s_in) * f32(alpha)) / f32(s_out)))
+    if max(e_id, e_a) > MAX_LEAKY_LEFT_SHIFT:   # TFLite's x * 2^shift would leave int32
+        raise ValueError(f"int16 leaky_relu: output scale {s_out} is more than 2^15 times finer than the "
+                         f"input's {s_in} (TFLite's int32 left shift would overflow)")
     return [m_id, m_a], [e_id, e_a]
 
 
