@@ -570,6 +570,7 @@ def _activation16(builder, op: Op, fn: str) -> dict:
         mult, shift = 3 << shift, 0
     tanh = a["function"] == "tanh"
     return dict(ctx, mult=mult, shift=shift, round=(1 << (shift - 1)) if shift else 0, frac=8 if tanh else 9,
+                mask=0xFF if tanh else 0x1FF,
                 saturated="0xFFFFu << 8" if tanh else "0x7FFFu << 10", table=_sigmoid_table(builder))
 
 
