@@ -136,6 +136,19 @@ def test_text_form_round_trips():
     assert "s8.activation16" in text and print_graph(parse(text, "t.qir")) == text
 
 
+def test_onnx_export_is_the_float_function():
+    """--emit-onnx writes s8.activation16 as ONNX Sigmoid / Tanh / LeakyRelu between int16 Q/DQ: onnxruntime's
+    result is within 3 codes of the integer kernel on every int16 code (measured 1, 3 and 1)."""
+    import onnxruntime as ort
+    from qcc.export.onnx_export import export_qdq_onnx
+    for body, so in [("nn.sigmoid %0", 2.0 ** -15), ("nn.tanh %0", 2.0 ** -15), ("nn.leaky_relu %0 {alpha = -0.25}", 0.0009)]:
+        g = _lowered(0.001, body, so)
+        sess = ort.InferenceSession(export_qdq_onnx(g).SerializeToString(), providers=["CPUExecutionProvider"])
+        y = sess.run(None, {sess.get_inputs()[0].name: CODES})[0]
+        diff = np.abs(y.astype(np.int64) - run_graph(g, {"a": CODES})["y"].astype(np.int64))
+        assert y.dtype == np.int16 and diff.max() <= 3, (body, diff.max())
+
+
 # ---------------------------------------------------------------- C == simulator
 def activation_graph(size: int) -> Graph:
     """One int16 input (codes: input scale 1) through activations of many parameter sets, each an output."""
@@ -245,4 +258,5 @@ def test_float_model_with_gates_compiles_16x8_end_to_end(tmp_path):
     assert sqnr > SQNR_FLOOR_DB, sqnr
 
 
-SQNR_FLOOR_DB = 50.0   # provisional; set from the measured value with margin
+# Measured 38.0 dB (the same model with --bits 8: 33.1 dB; the int8 weights dominate what is left).
+SQNR_FLOOR_DB = 35.0
