@@ -183,7 +183,7 @@ class SinkTransposeThroughPointwise(RewritePattern):
     """s8.lut / s8.requantize (transpose(x, p)) -> transpose(op(x), p): a per-element map commutes with any
     layout, so the transposes a lowered NCHW model leaves meet and cancel (canonicalize)."""
 
-    op_names = ("s8.lut", "s8.requantize")
+    op_names = ("s8.lut", "s8.requantize", "s8.activation16")
 
     def match_and_rewrite(self, op, rewriter):
         t = op.operands[0].producer
