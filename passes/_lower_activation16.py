@@ -16,9 +16,10 @@ from qcc.ir.types import TensorType, UniformQuant
 from qcc.sim import s16_activation
 from qcc.sim.s8 import quantize_multiplier
 
-REFUSED = {"hard_swish": "TFLite Micro has no int16 HARD_SWISH kernel (its Eval refuses int16); use --bits 8",
-           "hard_sigmoid": "TFLite has no HardSigmoid kernel to follow on int16 (its int8 table is qcc's own); "
-                           "use --bits 8"}
+REFUSED = {"hard_swish": "TFLite Micro has no int16 HARD_SWISH kernel (its Eval refuses int16); give it int8 "
+                         "activations (--bits 8)",
+           "hard_sigmoid": "TFLite has no HardSigmoid kernel to follow on int16 (its int8 table is qcc's own); give it "
+                           "int8 activations (--bits 8)"}
 FULL16 = (-32768, 32767)
 
 

@@ -296,3 +296,25 @@ def test_onnxruntime_16x8_qdq_model_with_gates(tmp_path):
     ref = np.concatenate([sess.run(None, {"x": t})[0] for t in test]).reshape(-1)
     y = want.floats[0].reshape(-1)
     assert 10 * np.log10(np.sum(ref ** 2) / np.sum((y - ref) ** 2)) > SQNR_FLOOR_DB
+
+
+def _qdq_activation_model(path, op_type: str, scale: float):
+    """x -> Q/DQ int16 (scale) -> op -> Q/DQ int16 (2^-15)."""
+    inits = [numpy_helper.from_array(np.array(scale, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int16), "z"),
+             numpy_helper.from_array(np.array(2.0 ** -15, np.float32), "so")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+             helper.make_node(op_type, ["d"], ["a"], name="act"), helper.make_node("QuantizeLinear", ["a", "so", "z"], ["q2"]),
+             helper.make_node("DequantizeLinear", ["q2", "so", "z"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)]), path)
+
+
+@pytest.mark.parametrize("op_type, scale, message", [
+    ("Sigmoid", 10.0, "int16 logistic: input scale 10.0 is outside what TFLite's int16 kernel handles"),
+    ("HardSwish", 0.001, "no int16 HARD_SWISH kernel")])
+def test_qdq_models_qcc_cannot_match_are_refused_by_node(tmp_path, op_type, scale, message):
+    _qdq_activation_model(tmp_path / "m.onnx", op_type, scale)
+    rc, err = run_qcc(tmp_path, ["m.onnx", "-o", "c/net.c", "--target", "cortex-m4"])
+    assert rc == 2 and f'node "act" ({op_type})' in err and message in err, err
+    assert "Traceback" not in err and not (tmp_path / "c").exists()
