@@ -141,7 +141,8 @@ def test_onnx_export_is_the_float_function():
     result is within 3 codes of the integer kernel on every int16 code (measured 1, 3 and 1)."""
     import onnxruntime as ort
     from qcc.export.onnx_export import export_qdq_onnx
-    for body, so in [("nn.sigmoid %0", 2.0 ** -15), ("nn.tanh %0", 2.0 ** -15), ("nn.leaky_relu %0 {alpha = -0.25}", 0.0009)]:
+    for body, so in [("nn.sigmoid %0", 2.0 ** -15), ("nn.tanh %0", 2.0 ** -15),
+                     ("nn.leaky_relu %0 {alpha = -0.25}", 0.0009)]:
         g = _lowered(0.001, body, so)
         sess = ort.InferenceSession(export_qdq_onnx(g).SerializeToString(), providers=["CPUExecutionProvider"])
         y = sess.run(None, {sess.get_inputs()[0].name: CODES})[0]
@@ -300,10 +301,13 @@ def test_onnxruntime_16x8_qdq_model_with_gates(tmp_path):
 
 def _qdq_activation_model(path, op_type: str, scale: float):
     """x -> Q/DQ int16 (scale) -> op -> Q/DQ int16 (2^-15)."""
-    inits = [numpy_helper.from_array(np.array(scale, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int16), "z"),
+    inits = [numpy_helper.from_array(np.array(scale, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.int16), "z"),
              numpy_helper.from_array(np.array(2.0 ** -15, np.float32), "so")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
-             helper.make_node(op_type, ["d"], ["a"], name="act"), helper.make_node("QuantizeLinear", ["a", "so", "z"], ["q2"]),
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+             helper.make_node(op_type, ["d"], ["a"], name="act"),
+             helper.make_node("QuantizeLinear", ["a", "so", "z"], ["q2"]),
              helper.make_node("DequantizeLinear", ["q2", "so", "z"], ["y"])]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits)
