@@ -84,6 +84,23 @@ def test_lowered_activations_equal_tflite_micro_on_every_int16_code(s_in):
         assert len(np.unique(got)) > 4   # a curve, not a saturated constant (scale 2.0: 7 tanh values)
 
 
+def test_leaky_relu_equals_tflite_micro_over_random_parameters():
+    """LEAKY_RELU int16 for random slopes in (-3, 3) (negative, above 1) and scales, plus ties where the
+    multiplier's float64 arithmetic and TFLM's negation of a negative slope decide the rounding."""
+    tflite, tb = _tflm()
+    rng = np.random.default_rng(1)
+    cases = [(-1.0, 0.0005, 0.004), (0.37, 0.01, 0.0002), (-2.5, 0.0005, 0.004), (0.0, 0.001, 0.001)]
+    cases += [(rng.uniform(-3, 3), rng.uniform(1e-4, 1e-2), rng.uniform(1e-4, 1e-2)) for _ in range(10)]
+    shape = (1, 65536)
+    for alpha, s_in, so in cases:
+        alpha, s_in, so = (float(np.float32(v)) for v in (alpha, s_in, so))
+        g = _lowered(s_in, f"nn.leaky_relu %0 {{alpha = {alpha!r}}}", so)
+        model = tb.one_op_model(tflite.BuiltinOperator.LEAKY_RELU, [(shape, s_in, 0)], (shape, so, 0),
+                                tb.options("LeakyRelu", Alpha=alpha), dtype="int16")
+        np.testing.assert_array_equal(run_graph(g, {"a": CODES})["y"], tb.run_tflm(model, [CODES], np.int16),
+                                      err_msg=f"alpha {alpha}, scales {s_in} -> {so}")
+
+
 def test_other_output_scale_is_tflite_logistic_then_quantize():
     """A QDQ output scale TFLite would not give a LOGISTIC (here 1/20000) is its int16 LOGISTIC followed by
     QUANTIZE int16 -> int16; onnxruntime's 1/32767 reads as 2^-15 (TFLite's CheckedLog2), no requantize."""

@@ -553,18 +553,14 @@ def _s16_softmax(builder, op: Op, fn: str) -> dict:
 S16_CONTEXTS = {"s8.conv2d": _s16_conv2d, "s8.dense": _s16_dense, "s8.softmax": _s16_softmax}
 
 
-def _c_int32(v: int) -> str:
-    """An int32 C literal (-2^31 cannot be written directly)."""
-    return "(-2147483647 - 1)" if v == -(1 << 31) else str(int(v))
-
-
 def _activation16(builder, op: Op, fn: str) -> dict:
     """s8.activation16 (qcc/sim/s16_activation.py): the multiplier/shift as constants; sigmoid/tanh read the
     shared sigmoid(i/24) table (s8_activation16.j2)."""
     a = op.attrs
     ctx = {"size": op.result.type.size, "function": a["function"], "act_min": a["act_min"], "act_max": a["act_max"]}
     if a["function"] == "leaky_relu":
-        return dict(ctx, mult=[_c_int32(m) for m in a["multiplier"]], shift=a["shift"])
+        m_id, m_a = a["multiplier"]   # -m_a: a negative slope, negated after the multiply (TFLM)
+        return dict(ctx, mult=[m_id, abs(m_a)], shift=a["shift"], negate=m_a < 0)
     mult, shift = a["multiplier"][0], a["shift"][0]
     if mult == 0:   # TFLite's power-of-two form
         mult, shift = 3 << shift, 0

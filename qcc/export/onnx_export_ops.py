@@ -219,7 +219,7 @@ def _requantize(ex, op, xs, name, out):
 
 def _activation16(ex, op, xs, name, out):
     """TFLite's int16 sigmoid/tanh/leaky ReLU as the float function (within the table's interpolation error);
-    the leaky slope is the ratio of the two multipliers, alpha = (m_a 2^e_a) / (m_id 2^e_id)."""
+    the leaky slope is the ratio of the two (signed) multipliers, alpha = (m_a 2^e_a) / (m_id 2^e_id)."""
     a = op.attrs
     if a["function"] == "leaky_relu":
         (m_id, m_a), (e_id, e_a) = a["multiplier"], a["shift"]

@@ -15,12 +15,17 @@ Eval, per int16 x (int32 arithmetic, arithmetic right shift):
     y = interpolate16(v): linear interpolation in the 256-entry uint16 table of sigmoid(i/24)
         (qcc/sim/s8_recurrent.py states it: the same arithmetic as CMSIS-NN's arm_nn_activation_s16)
 
-LEAKY_RELU int16 (TFLM ``leaky_relu_common.cc``, reference_ops::QuantizeLeakyRelu<int16_t>): the
-int8 formula (qcc/sim/s8_lut.py) on int16 codes with zero points 0:
+LEAKY_RELU int16 (TFLM ``leaky_relu_common.cc`` Prepare, micro reference_ops::QuantizeLeakyRelu<int16_t>),
+zero points 0, multipliers from the float32 scales and alpha in float64 arithmetic; a negative slope
+multiplies by |alpha| and negates (TFLM keeps MultiplyByQuantizedMultiplier's multiplier >= 0):
 
-    (m_id, e_id) = QuantizeMultiplier(f32(s_in / s_out))
-    (m_a, e_a)   = QuantizeMultiplier(f32(f32(s_in * alpha) / s_out))
-    y = clamp16(x >= 0 ? mbqm(x, m_id, e_id) : mbqm(x, m_a, e_a))
+    (m_id, e_id) = QuantizeMultiplier(f64(s_in) / f64(s_out))
+    (m_a, e_a)   = QuantizeMultiplier(|f64(s_in) * f64(alpha) / f64(s_out)|)
+    y = clamp16(x >= 0 ? mbqm(x, m_id, e_id) : sign(alpha) * mbqm(x, m_a, e_a))
+
+(The PyPI interpreter's outputs pin these choices: float32 division or a signed alpha multiplier
+each differ from it on some parameter sets, tests/test_activation16.py.) ``s8.activation16`` stores
+the alpha multiplier with the slope's sign: -m_a for a negative alpha.
 
 ``s8.activation16`` carries (function, multiplier, shift) exactly as TFLM's OpData holds them, and a
 clamp (a fused ReLU) applied last. HARD_SWISH has no int16 kernel in TFLM (its Eval refuses
@@ -33,7 +38,7 @@ import math
 import numpy as np
 
 from qcc.sim.interpreter import kernel
-from qcc.sim.s8_lut import _mbqm, _signed_multiplier
+from qcc.sim.s8_lut import _mbqm
 from qcc.sim.s8 import quantize_multiplier
 from qcc.sim.s8_recurrent import interpolate16
 
@@ -71,10 +76,13 @@ def logistic_tanh_params(s_in: float, function: str):
 
 
 def leaky_relu_params(s_in: float, s_out: float, alpha: float):
-    """([m_id, m_alpha], [e_id, e_alpha]) of TFLM's LEAKY_RELU Prepare (float32 arithmetic)."""
-    f32 = np.float32
-    m_id, e_id = quantize_multiplier(float(f32(s_in) / f32(s_out)))
-    m_a, e_a = _signed_multiplier(float(f32(f32(s_in) * f32(alpha)) / f32(s_out)))
+    """([m_id, +-m_alpha], [e_id, e_alpha]) of TFLM's LEAKY_RELU Prepare (float64 arithmetic on the float32
+    scales and alpha); the alpha multiplier carries the slope's sign."""
+    s_in, s_out, alpha = (float(np.float32(v)) for v in (s_in, s_out, alpha))
+    m_id, e_id = quantize_multiplier(s_in / s_out)
+    real_alpha = s_in * alpha / s_out
+    m_a, e_a = quantize_multiplier(abs(real_alpha)) if real_alpha else (0, 0)
+    m_a = -m_a if real_alpha < 0 else m_a
     if max(e_id, e_a) > MAX_LEAKY_LEFT_SHIFT:   # TFLite's x * 2^shift would leave int32
         raise ValueError(f"int16 leaky_relu: output scale {s_out} is more than 2^15 times finer than the "
                          f"input's {s_in} (TFLite's int32 left shift would overflow)")
@@ -92,7 +100,9 @@ def logistic_tanh16(x, multiplier: int, left_shift: int, function: str) -> np.nd
 
 def leaky_relu16(x, multipliers, shifts) -> np.ndarray:
     x = np.asarray(x, np.int64)
-    return np.where(x >= 0, _mbqm(x, multipliers[0], shifts[0]), _mbqm(x, multipliers[1], shifts[1]))
+    m_a = multipliers[1]
+    below = _mbqm(x, abs(m_a), shifts[1])
+    return np.where(x >= 0, _mbqm(x, multipliers[0], shifts[0]), -below if m_a < 0 else below)
 
 
 def activation16(x, function: str, multipliers, shifts, act_min: int = -32768, act_max: int = 32767):

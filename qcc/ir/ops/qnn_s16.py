@@ -5,9 +5,9 @@
 ``function`` "logistic" / "tanh": multiplier = [m], shift = [ls], TFLM's int16 Prepare output
 (m = 0 marks its power-of-two form: 3 << ls); v = (x * m + 2^(ls-1)) >> ls, then linear
 interpolation in the 256-entry table of sigmoid(i/24); output scale 2^-15, zero point 0.
-``function`` "leaky_relu": multiplier = [m_id, m_alpha], shift = [e_id, e_alpha] (TFLite
-QuantizeMultiplier pairs, m_alpha negative for a negative slope); y = mbqm(x, id) for x >= 0,
-mbqm(x, alpha) below. Both end with clamp(y, act_min, act_max). qcc/sim/s16_activation.py states
+``function`` "leaky_relu": multiplier = [m_id, +-m_alpha], shift = [e_id, e_alpha] (TFLite
+QuantizeMultiplier pairs; -m_alpha marks a negative slope); y = mbqm(x, m_id, e_id) for x >= 0,
+sign * mbqm(x, |m_alpha|, e_alpha) below (TFLM negates rather than multiply by a negative multiplier). Both end with clamp(y, act_min, act_max). qcc/sim/s16_activation.py states
 the arithmetic and its source. Zero points are 0 throughout (TFLite's 16x8 mode).
 """
 from __future__ import annotations
@@ -35,8 +35,9 @@ def _verify(op):
         if mult[0] == 0 and shift[0] > 1:
             raise OpError(f"the power-of-two form (multiplier 0) takes shift 0 or 1, got {shift[0]}")
     else:
-        if any(not -2 ** 31 < m < 2 ** 31 for m in mult) or not 0 <= mult[0]:
-            raise OpError("leaky_relu multipliers must be int32 (the identity one >= 0)")
+        if not 0 <= mult[0] < 2 ** 31 or not -2 ** 31 < mult[1] < 2 ** 31:
+            raise OpError("leaky_relu multipliers must be int32 (the identity one >= 0; -m_alpha for a negative "
+                          "slope, |m_alpha| < 2^31)")
         if any(not -31 <= s <= 15 for s in shift):   # x * 2^shift of an int16 x stays inside int32
             raise OpError(f"shifts must lie in [-31, 15], got {shift}")
     if not -32768 <= a["act_min"] <= a["act_max"] <= 32767:
