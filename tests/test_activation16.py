@@ -101,6 +101,20 @@ def test_leaky_relu_equals_tflite_micro_over_random_parameters():
                                       err_msg=f"alpha {alpha}, scales {s_in} -> {so}")
 
 
+def test_int8_leaky_relu_table_takes_the_same_prepare():
+    """The int8 s8.lut LeakyReLU table shares the Prepare above: parameter sets where a float32 multiplier or a
+    signed alpha multiplier differed from TFLM on some of the 256 codes (16, 3 and 8 before) now match."""
+    from qcc.sim import s8_lut
+    tflite, tb = _tflm()
+    codes = np.arange(-128, 128, dtype=np.int8).reshape(1, 256)
+    for alpha, s_in, so, zi, zo in [(-1.0, 0.0005, 0.004, 0, 0), (0.37, 0.01, 0.0002, 0, 0),
+                                    (-2.5, 0.0005, 0.004, 0, 0), (-0.7, 0.02, 0.03, 17, -40)]:
+        model = tb.one_op_model(tflite.BuiltinOperator.LEAKY_RELU, [((1, 256), s_in, zi)], ((1, 256), so, zo),
+                                tb.options("LeakyRelu", Alpha=alpha))
+        np.testing.assert_array_equal(s8_lut.leaky_relu_table(s_in, zi, so, zo, alpha),
+                                      tb.run_tflm(model, [codes]).reshape(-1), err_msg=str((alpha, s_in, so)))
+
+
 def test_other_output_scale_is_tflite_logistic_then_quantize():
     """A QDQ output scale TFLite would not give a LOGISTIC (here 1/20000) is its int16 LOGISTIC followed by
     QUANTIZE int16 -> int16; onnxruntime's 1/32767 reads as 2^-15 (TFLite's CheckedLog2), no requantize."""

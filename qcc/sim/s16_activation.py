@@ -38,8 +38,7 @@ import math
 import numpy as np
 
 from qcc.sim.interpreter import kernel
-from qcc.sim.s8_lut import _mbqm
-from qcc.sim.s8 import quantize_multiplier
+from qcc.sim import s8_lut
 from qcc.sim.s8_recurrent import interpolate16
 
 FUNCTIONS = ("logistic", "tanh", "leaky_relu")
@@ -78,11 +77,7 @@ def logistic_tanh_params(s_in: float, function: str):
 def leaky_relu_params(s_in: float, s_out: float, alpha: float):
     """([m_id, +-m_alpha], [e_id, e_alpha]) of TFLM's LEAKY_RELU Prepare (float64 arithmetic on the float32
     scales and alpha); the alpha multiplier carries the slope's sign."""
-    s_in, s_out, alpha = (float(np.float32(v)) for v in (s_in, s_out, alpha))
-    m_id, e_id = quantize_multiplier(s_in / s_out)
-    real_alpha = s_in * alpha / s_out
-    m_a, e_a = quantize_multiplier(abs(real_alpha)) if real_alpha else (0, 0)
-    m_a = -m_a if real_alpha < 0 else m_a
+    (m_id, m_a), (e_id, e_a) = s8_lut.leaky_relu_params(s_in, s_out, alpha)
     if max(e_id, e_a) > MAX_LEAKY_LEFT_SHIFT:   # TFLite's x * 2^shift would leave int32
         raise ValueError(f"int16 leaky_relu: output scale {s_out} is more than 2^15 times finer than the "
                          f"input's {s_in} (TFLite's int32 left shift would overflow)")
@@ -98,17 +93,10 @@ def logistic_tanh16(x, multiplier: int, left_shift: int, function: str) -> np.nd
     return interpolate16(v, "sigmoid" if function == "logistic" else "tanh")
 
 
-def leaky_relu16(x, multipliers, shifts) -> np.ndarray:
-    x = np.asarray(x, np.int64)
-    m_a = multipliers[1]
-    below = _mbqm(x, abs(m_a), shifts[1])
-    return np.where(x >= 0, _mbqm(x, multipliers[0], shifts[0]), -below if m_a < 0 else below)
-
-
 def activation16(x, function: str, multipliers, shifts, act_min: int = -32768, act_max: int = 32767):
     """``s8.activation16`` on int16 codes ``x``."""
     if function == "leaky_relu":
-        y = leaky_relu16(x, multipliers, shifts)
+        y = s8_lut.leaky_relu(x, multipliers, shifts)
     else:
         y = logistic_tanh16(x, multipliers[0], shifts[0], function)
     return np.clip(y, act_min, act_max).astype(np.int16)
