@@ -4,10 +4,13 @@
   TFLite Micro's own interpreter (PyPI tflite-micro, its reference kernels) running one-op int16
   LOGISTIC / TANH / LEAKY_RELU models, for power-of-two and other input scales (TFLite's two Prepare
   paths); an output scale other than TFLite's 2^-15 equals TFLM's LOGISTIC then QUANTIZE int16 -> int16.
+  LEAKY_RELU over random slopes and scales pins TFLM's Prepare (float64 multipliers, a negative slope
+  negated), which the int8 s8.lut table now shares (it differed from TFLM on some parameter sets).
 * The C kernel equals the simulator on every int16 code (host gcc, ASan/UBSan) and in one QEMU Cortex-M4
   firmware; it builds with -Werror for cortex-m0plus, m4, m7 and m55.
 * A float model with sigmoid, tanh and LeakyReLU between dense layers compiles with
-  ``--scheme int8 --bits 16``: every layer 16x8, C == simulator, SQNR against the float model asserted.
+  ``--scheme int8 --bits 16`` (and onnxruntime's int16 QDQ form of it), as does an NCHW conv block with
+  a sigmoid gate: every layer 16x8, C == simulator, SQNR against the float model asserted.
 * HardSwish (no int16 kernel in TFLM) is refused by name (tests/test_int16_qdq.py).
 """
 from __future__ import annotations
