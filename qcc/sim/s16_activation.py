@@ -41,7 +41,6 @@ from qcc.sim.interpreter import kernel
 from qcc.sim import s8_lut
 from qcc.sim.s8_recurrent import interpolate16
 
-FUNCTIONS = ("logistic", "tanh", "leaky_relu")
 OUTPUT_SCALE = 2.0 ** -15      # TFLite's fixed int16 sigmoid/tanh output scale (zero point 0)
 MAX_MULTIPLIER = 32767         # x * multiplier + round stays inside int32 (TFLM DCHECKs the same bound)
 MAX_SHIFT = 30
