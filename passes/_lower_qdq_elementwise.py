@@ -16,6 +16,7 @@ scales, in float64, then ``QuantizeMultiplier``:
                 (qcc/sim/s8_lut.py); TFLite fixes the sigmoid output at (1/256, -128) and tanh at
                 (1/128, 0): other output parameters (a QDQ model's) add TFLite's QUANTIZE, folded
                 into the same table. hard_sigmoid (no TFLite kernel): the real function per code.
+                On int16 (16x8): sigmoid, tanh, leaky_relu -> s8.activation16 (passes/_lower_activation16.py).
 
 add, sub and mul broadcast (TFLite's 4-D slow paths). The two patterns here move
 the transposes an NCHW model's lowering leaves through concat and per-element
@@ -28,6 +29,7 @@ import numpy as np
 from qcc.ir.graph import Value
 from qcc.ir.types import TensorType
 from qcc.sim import s8_lut
+from qcc.passes._lower_activation16 import lower_activation16
 from qcc.sim.s8 import quantize_multiplier
 from qcc.transforms.rewriter import RewritePattern
 
@@ -141,11 +143,11 @@ class ElementwiseLowerings:
 
     def _lut(self, op, out_q, clamp, rewriter, function, make_table):
         """A pointwise TFLite kernel as its 256-entry table (qcc.sim.s8_lut), the clamp folded into it."""
-        if self.act_dtype != "i8":
-            return f"{function} on int16 has no kernel (s8.lut tables int8 codes)"
         x, in_q = self._input(op.operands[0])
         if x is None:
             return "the input is not a dequantized per-tensor i8 tensor"
+        if self.act_dtype == "i16":   # TFLite Micro's int16 kernels, not tables (passes/_lower_activation16.py)
+            return lower_activation16(op, x, in_q, out_q, clamp, rewriter, function)
         try:
             table = make_table(in_q)
         except ValueError as e:
@@ -181,7 +183,7 @@ class SinkTransposeThroughPointwise(RewritePattern):
     """s8.lut / s8.requantize (transpose(x, p)) -> transpose(op(x), p): a per-element map commutes with any
     layout, so the transposes a lowered NCHW model leaves meet and cancel (canonicalize)."""
 
-    op_names = ("s8.lut", "s8.requantize")
+    op_names = ("s8.lut", "s8.requantize", "s8.activation16")
 
     def match_and_rewrite(self, op, rewriter):
         t = op.operands[0].producer

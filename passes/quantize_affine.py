@@ -99,7 +99,7 @@ def symmetric16_params(lo: float, hi: float) -> UniformQuant:
     return UniformQuant(float(np.float32(amax / np.float32(32767))), 0)
 
 
-# TFLite's fixed int16 output parameters (softmax; logistic and tanh, which qcc does not lower on int16).
+# TFLite's fixed int16 output parameters (softmax, logistic, tanh).
 FIXED_OUTPUT_QUANT16 = {"nn.softmax": UniformQuant(1.0 / 32768, 0), "nn.sigmoid": UniformQuant(1.0 / 32768, 0),
                         "nn.tanh": UniformQuant(1.0 / 32768, 0)}
 ACT_DTYPE = {8: "i8", 16: "i16"}

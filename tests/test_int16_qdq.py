@@ -156,16 +156,18 @@ def test_asymmetric_int16_is_refused_with_the_fix(tmp_path):
 
 
 def test_16x8_refuses_table_activations_before_calibration(tmp_path):
-    """--scheme int8 --bits 16 names the sigmoid (s8.lut is int8-only) before calibrating: exit 2, no output."""
+    """--scheme int8 --bits 16 names the hard swish (TFLite Micro has no int16 HARD_SWISH) before calibrating:
+    exit 2, no output."""
     w = onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32), "w")
     g = onnx.helper.make_graph(
         [onnx.helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
-         onnx.helper.make_node("Sigmoid", ["h"], ["y"], name="sig")], "g",
+         onnx.helper.make_node("HardSwish", ["h"], ["y"], name="hsw")], "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], [w])
-    onnx.save(onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 13)]), tmp_path / "m.onnx")
+    onnx.save(onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 14)]), tmp_path / "m.onnx")
     np.savez(tmp_path / "calib.npz", x=np.ones((2, 1, 8), np.float32))
     rc, err = run_qcc(tmp_path, ["m.onnx", "-o", "c/net.c", "--target", "cortex-m4", "--scheme", "int8", "--bits", "16",
                                  "--calib", "calib.npz"])
-    assert rc == 2 and 'node "sig" (Sigmoid): no 16x8' in err and "--scheme int8 --bits 16" in err
+    assert rc == 2 and 'node "hsw" (HardSwish): no 16x8' in err and "--scheme int8 --bits 16" in err
+    assert "HARD_SWISH" in err
     assert not (tmp_path / "c").exists()

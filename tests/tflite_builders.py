@@ -1,4 +1,4 @@
-"""Helpers for tests: one-op int8 TFLite models, run in TensorFlow Lite Micro's own interpreter.
+"""Helpers for tests: one-op int8 (or int16) TFLite models, run in TensorFlow Lite Micro's own interpreter.
 
 ``one_op_model`` writes a .tflite flatbuffer (schema classes of the PyPI ``tflite``
 package) with int8 per-tensor quantized inputs and output; ``run_tflm`` runs it in
@@ -17,8 +17,9 @@ def _vec(b, start, items, kind):
     return b.EndVector()
 
 
-def one_op_model(opcode, inputs, output, options=None) -> bytes:
-    """inputs/output: (shape, scale, zero_point); options: (BuiltinOptions type, builder fn(b) -> offset)."""
+def one_op_model(opcode, inputs, output, options=None, dtype: str = "int8") -> bytes:
+    """inputs/output: (shape, scale, zero_point); options: (BuiltinOptions type, builder fn(b) -> offset);
+    ``dtype`` "int8" or "int16": every tensor's type (TFLite's 16x8 activations are int16)."""
     import flatbuffers
     import tflite
     b = flatbuffers.Builder(1024)
@@ -35,7 +36,7 @@ def one_op_model(opcode, inputs, output, options=None) -> bytes:
         sh = _vec(b, tflite.TensorStartShapeVector, list(shape), "i")
         tflite.TensorStart(b)
         tflite.TensorAddShape(b, sh)
-        tflite.TensorAddType(b, tflite.TensorType.INT8)
+        tflite.TensorAddType(b, getattr(tflite.TensorType, dtype.upper()))
         tflite.TensorAddBuffer(b, 0)
         tflite.TensorAddName(b, name)
         tflite.TensorAddQuantization(b, q)
@@ -93,11 +94,12 @@ def options(kind: str, **fields):
     return getattr(tflite.BuiltinOptions, kind + "Options"), build
 
 
-def run_tflm(model: bytes, arrays) -> np.ndarray:
-    """Output 0 of ``model`` on int8 ``arrays`` in TFLite Micro."""
+def run_tflm(model: bytes, arrays, dtype=np.int8) -> np.ndarray:
+    """Output 0 of ``model`` on ``arrays`` (int8, or ``dtype``) in TFLite Micro."""
     from tflite_micro.python.tflite_micro import runtime
-    it = runtime.Interpreter.from_bytes(model)
+    size = sum(np.asarray(a).nbytes for a in arrays)
+    it = runtime.Interpreter.from_bytes(model, arena_size=max(16384, 4 * size + 16384) if size > 2048 else None)
     for i, a in enumerate(arrays):
-        it.set_input(np.asarray(a, np.int8), i)
+        it.set_input(np.asarray(a, dtype), i)
     it.invoke()
     return it.get_output(0)

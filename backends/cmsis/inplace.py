@@ -25,7 +25,7 @@ output reads). The C of such a layer drops ``restrict`` (the two pointers now
 alias), and the template loop orders this module relies on are those of
 conv2d.j2 (n, oy, ox, oc), maxpool.j2 / avgpool.j2 (n, oy, ox, c) and the
 flat loops of requantize/add/lut/lut_interp.j2, and their affine int8 twins
-s8_conv2d.j2, s8_maxpool.j2 / s8_avgpool.j2, s8_requantize.j2, s8_lut.j2, and s8_add.j2 / s8_mul.j2
+s8_conv2d.j2, s8_maxpool.j2 / s8_avgpool.j2, s8_requantize.j2, s8_lut.j2, s8_activation16.j2, and s8_add.j2 / s8_mul.j2
 (which read ``a[ia]`` and ``b[ib]`` before storing ``y[o]``, output order; only an operand of the
 result's size, read at ``ia = o``, is a candidate: D = 0).
 
@@ -53,7 +53,7 @@ from qcc.ir.graph import Op
 from .layers_s8 import is_s16_depthwise, is_s8_depthwise
 
 ELEMENTWISE = frozenset({"qnn.requantize", "qnn.lut", "qnn.lut_interp", "qnn.add", "s8.requantize", "s8.add",
-                         "s8.sub", "s8.mul", "s8.lut"})
+                         "s8.sub", "s8.mul", "s8.lut", "s8.activation16"})
 CONVS = frozenset({"qnn.conv2d", "s8.conv2d"})
 WINDOWED = CONVS | {"qnn.maxpool", "qnn.avgpool", "s8.maxpool", "s8.avgpool"}
 INPLACE_OPS = ELEMENTWISE | WINDOWED

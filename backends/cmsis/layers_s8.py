@@ -61,6 +61,7 @@ S8_HANDLED_ATTRS = {
     "s8.avgpool": set(_WINDOW),
     "s8.maxpool": set(_WINDOW),
     "s8.softmax": {"multiplier", "shift", "diff_min"},
+    "s8.activation16": {"function", "multiplier", "shift", "act_min", "act_max"},
 }
 _RECURRENT = {"hidden_size", "input_zp", "output_zp", "input_multiplier", "input_shift", "recurrent_multiplier",
               "recurrent_shift", "output_multiplier", "output_shift"}
@@ -552,9 +553,26 @@ def _s16_softmax(builder, op: Op, fn: str) -> dict:
 S16_CONTEXTS = {"s8.conv2d": _s16_conv2d, "s8.dense": _s16_dense, "s8.softmax": _s16_softmax}
 
 
+def _activation16(builder, op: Op, fn: str) -> dict:
+    """s8.activation16 (qcc/sim/s16_activation.py): the multiplier/shift as constants; sigmoid/tanh read the
+    shared sigmoid(i/24) table (s8_activation16.j2)."""
+    a = op.attrs
+    ctx = {"size": op.result.type.size, "function": a["function"], "act_min": a["act_min"], "act_max": a["act_max"]}
+    if a["function"] == "leaky_relu":
+        m_id, m_a = a["multiplier"]   # -m_a: a negative slope, negated after the multiply (TFLM)
+        return dict(ctx, mult=[m_id, abs(m_a)], shift=a["shift"], negate=m_a < 0)
+    mult, shift = a["multiplier"][0], a["shift"][0]
+    if mult == 0:   # TFLite's power-of-two form
+        mult, shift = 3 << shift, 0
+    tanh = a["function"] == "tanh"
+    return dict(ctx, mult=mult, shift=shift, round=(1 << (shift - 1)) if shift else 0, frac=8 if tanh else 9,
+                mask=0xFF if tanh else 0x1FF,
+                saturated="0xFFFFu << 8" if tanh else "0x7FFFu << 10", table=_sigmoid_table(builder))
+
+
 S8_CONTEXTS = {"s8.conv2d": _conv2d, "s8.dense": _dense, "s8.requantize": _requantize, "s8.add": _add,
                "s8.sub": _add, "s8.mul": _mul, "s8.lut": _lut, "s8.avgpool": _pool, "s8.maxpool": _pool, "s8.softmax": _softmax,
-               "s8.lstm": _recurrent, "s8.gru": _recurrent}
+               "s8.lstm": _recurrent, "s8.gru": _recurrent, "s8.activation16": _activation16}
 
 
 def build_s8(builder, op: Op, fn: str) -> dict:

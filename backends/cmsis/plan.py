@@ -50,7 +50,7 @@ COMPUTE_OPS = frozenset({
     "qnn.lut_interp", "qnn.softmax", "nn.transpose", "nn.concat", "nn.pad", "nn.gather", "qnn.sub", "qnn.mul"})
 # Affine int8 kernels (layers_s8.py); conv/dense take constant weights and bias like qnn.
 S8_OPS = frozenset({"s8.conv2d", "s8.dense", "s8.add", "s8.sub", "s8.mul", "s8.lut", "s8.requantize", "s8.maxpool",
-                    "s8.avgpool", "s8.softmax"})
+                    "s8.avgpool", "s8.softmax", "s8.activation16"})
 COMPUTE_OPS = COMPUTE_OPS | S8_OPS
 # Recurrent cells (layers_recurrent.py, layers_s8.py): several results (y, then the final states), operands
 # (x, w, r, b, h0[, c0]); the final state results 1.. match the initial-state operands 4.. (streaming).

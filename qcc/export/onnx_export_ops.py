@@ -221,6 +221,17 @@ def _requantize(ex, op, xs, name, out):
     return xs[0]  # the clamp and the QuantizeLinear into the new format are the whole op
 
 
+def _activation16(ex, op, xs, name, out):
+    """TFLite's int16 sigmoid/tanh/leaky ReLU as the float function (within the table's interpolation error);
+    the leaky slope is the ratio of the two (signed) multipliers, alpha = (m_a 2^e_a) / (m_id 2^e_id)."""
+    a = op.attrs
+    if a["function"] == "leaky_relu":
+        (m_id, m_a), (e_id, e_a) = a["multiplier"], a["shift"]
+        alpha = m_a * 2.0 ** e_a / (m_id * 2.0 ** e_id) if m_id else 0.0
+        return ex.node("LeakyRelu", xs, name, [out], alpha=float(alpha))
+    return ex.node("Sigmoid" if a["function"] == "logistic" else "Tanh", xs, name, [out])
+
+
 _INTEGER_OPS = {
     "qnn.conv2d": _integer_conv,
     "qnn.dense": (lambda ex, op, xs, name, out: ex.dense(op, xs, name, out)),
@@ -241,4 +252,5 @@ _INTEGER_OPS = {
     "s8.maxpool": _integer_pool("MaxPool"),
     "s8.avgpool": _integer_pool("AveragePool"),
     "s8.softmax": _softmax,
+    "s8.activation16": _activation16,
 }

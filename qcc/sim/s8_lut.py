@@ -8,10 +8,11 @@ element in C. Notation: ``srdhm`` = gemmlowp SaturatingRoundingDoublingHighMul,
 ``rdiv_pot`` = RoundingDivideByPOT, ``mbqm(x, m, e)`` = TFLite
 MultiplyByQuantizedMultiplier = ``rdiv_pot(srdhm(x * 2^max(e,0), m), max(-e,0))``.
 
-``leaky_relu_table`` -- TFLM ``LEAKY_RELU`` (reference_ops::QuantizeLeakyRelu):
-    (m_id, e_id) = QuantizeMultiplier(f32(s_in / s_out))
-    (m_a, e_a)   = QuantizeMultiplier(f32(f32(s_in * alpha) / s_out))     (float32 arithmetic)
-    y = clamp(zp_out + (x - zp_in >= 0 ? mbqm(x - zp_in, m_id, e_id) : mbqm(x - zp_in, m_a, e_a)))
+``leaky_relu_table`` -- TFLM ``LEAKY_RELU`` (micro reference_ops::QuantizeLeakyRelu; int16 too):
+    (m_id, e_id) = QuantizeMultiplier(f64(s_in) / f64(s_out))
+    (m_a, e_a)   = QuantizeMultiplier(|f64(s_in) * f64(alpha) / f64(s_out)|)   (float64 of the float32 values)
+    d = x - zp_in;  y = clamp(zp_out + (d >= 0 ? mbqm(d, m_id, e_id) : sign(alpha) * mbqm(d, m_a, e_a)))
+    (TFLM negates for a negative slope rather than multiply by a negative multiplier: the rounding differs)
 
 ``logistic_table`` -- TFLM ``LOGISTIC`` int8 (reference_integer_ops::Logistic); output
 s = 1/256, zp = -128:
@@ -66,13 +67,21 @@ def _mbqm(x, mult: int, shift: int):
     return rounding_divide_by_pot(srdhm(v, mult), max(-shift, 0))
 
 
-def _signed_multiplier(m: float):
-    """TFLite QuantizeMultiplier, which also takes a negative multiplier (a negative LeakyReLU slope)."""
-    if m >= 0:
-        return quantize_multiplier(m)
-    q, e = math.frexp(m)
-    mult = -int(math.floor(-q * 2.0 ** 31 + 0.5))
-    return (0, 0) if e < -31 else (mult, e)
+def leaky_relu_params(s_in: float, s_out: float, alpha: float):
+    """([m_id, +-m_alpha], [e_id, e_alpha]) of TFLM's LEAKY_RELU Prepare; -m_alpha marks a negative slope."""
+    s_in, s_out, alpha = (float(np.float32(v)) for v in (s_in, s_out, alpha))
+    m_id, e_id = quantize_multiplier(s_in / s_out)
+    real_alpha = s_in * alpha / s_out
+    m_a, e_a = quantize_multiplier(abs(real_alpha)) if real_alpha else (0, 0)
+    return [m_id, -m_a if real_alpha < 0 else m_a], [e_id, e_a]
+
+
+def leaky_relu(d, multipliers, shifts) -> np.ndarray:
+    """TFLM's QuantizeLeakyRelu on ``d = x - zp_in`` (before the output zero point and the clamp)."""
+    d = np.asarray(d, np.int64)
+    m_a = multipliers[1]
+    below = _mbqm(d, abs(m_a), shifts[1])
+    return np.where(d >= 0, _mbqm(d, multipliers[0], shifts[0]), -below if m_a < 0 else below)
 
 
 def _clamp(y) -> np.ndarray:
@@ -80,11 +89,7 @@ def _clamp(y) -> np.ndarray:
 
 
 def leaky_relu_table(s_in: float, zp_in: int, s_out: float, zp_out: int, alpha: float) -> np.ndarray:
-    f32 = np.float32
-    m_id, e_id = quantize_multiplier(float(f32(s_in) / f32(s_out)))
-    m_a, e_a = _signed_multiplier(float(f32(f32(s_in) * f32(alpha)) / f32(s_out)))
-    d = CODES - zp_in
-    return _clamp(zp_out + np.where(d >= 0, _mbqm(d, m_id, e_id), _mbqm(d, m_a, e_a)))
+    return _clamp(zp_out + leaky_relu(CODES - zp_in, *leaky_relu_params(s_in, s_out, alpha)))
 
 
 def _q4_input(s_in: float, zp_in: int):

@@ -48,6 +48,13 @@ def activation16(x, left_shift: int, kind: str) -> np.ndarray:
     mult = 3 << left_shift if left_shift > 0 else 3
     rs = -left_shift if left_shift < 0 else 0
     v = (x * mult + ((1 << (rs - 1)) if rs else 0)) >> rs
+    return interpolate16(v, kind)
+
+
+def interpolate16(v, kind: str) -> np.ndarray:
+    """The table step shared with TFLite's int16 LOGISTIC/TANH: ``v`` (scaled input, 2^-12 / 3 per unit
+    for the sigmoid) -> int16 Q0.15 sigmoid or tanh."""
+    v = np.asarray(v, np.int64)
     a = np.abs(v)
     s, lowmask, sat = (9, 0x1FF, 0x7FFF << 10) if kind == "sigmoid" else (8, 0xFF, 0xFFFF << 8)
     u = a >> s

@@ -93,7 +93,7 @@ which equals CMSIS-NN's ``arm_nn_requantize_s64`` ((acc * rm >> (14 - shift)) + 
 add (``left_shift`` 15), sub, mul (int32 product), avgpool and maxpool are the int8 formulas on
 int16 values (``arm_elementwise_add_s16`` / ``mul_s16``, ``arm_avgpool_s16``, ``arm_max_pool_s16``).
 ``act_min``/``act_max`` default to the int8 range, so a 16x8 op states its clamp (lower-qdq and
-quantize-affine always do). ``s8.lut`` stays int8 only. ``s8.softmax`` on int16 (TFLite's SoftmaxInt16, CMSIS-NN
+quantize-affine always do). ``s8.lut`` stays int8 only (int16 sigmoid/tanh/leaky ReLU: ``s8.activation16``, qnn_s16.py). ``s8.softmax`` on int16 (TFLite's SoftmaxInt16, CMSIS-NN
 ``arm_softmax_s16``; output scale 1/32768, zero point 0; ``diff_min`` unused, 0), per row, with
 ``lut(T, v)`` = TFLite's int16 table lookup ``T[256 + (v >> 7)] + (((T[i+1] - T[i]) * (v & 127) + 64) >> 7)``
 on the 513-entry tables ``EXP`` (exp on [-10, 0]) and ``RECIP`` (1/(1+x) on [0, 1]) that TFLite's
