@@ -167,7 +167,7 @@ class LowerQuantizedIsland(ElementwiseLowerings, RewritePattern):
         stored = core.operands[:1] if core.opname == "q.dequantize" else list(map(_dequantized, core.operands))
         mixed = {x.type.dtype for x in stored
                  if x is not None and not x.is_constant() and x.type.dtype in ACT_RANGES} - {self.act_dtype}
-        if mixed:
+        if mixed and core.opname != "q.dequantize":  # Q_i16(DQ x_i8) is the width change itself
             return rewriter.notify_match_failure(op, (
                 f"reads {'/'.join(sorted(mixed))} activations but writes {self.act_dtype}: qcc has no int8 <-> int16 "
                 "conversion kernel (quantize every activation to one of them)"))

@@ -212,7 +212,7 @@ def lower(graph: Graph, *, calib: Optional[str], bits, scheme: str, act_max: Dic
     if bits == "mixed":
         if not calib:
             raise InputError("--bits mixed scores its choices on calibration data; pass --calib DATA")
-        # The search starts all-8-bit; its options ride on the qmn pipeline (mixed-bits pass).
+        # The search starts all-8-bit; its options ride on the pipeline (mixed-bits / mixed-bits-affine).
         bits = "8,mixed=true" + "".join(f",{k}={v}" for k, v in (mixed or {}).items() if v is not None)
     options = f"bits={bits}" + (",float_output=true" if float_output else "") + \
         (f",method={method}" if method else "") + (",per_channel=false" if per_tensor else "")
@@ -369,9 +369,6 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     if bits is not None and bits not in (8, 16, "mixed"):
         raise InputError(f"--bits must be 8, 16 or mixed, got {bits}")
     mixed = _mixed_options(bits, target_sqnr, max_flash, max_ram)
-    if mixed is not None and scheme == "int8":
-        raise InputError("--bits mixed chooses 8 or 16 bits per layer with --scheme qmn only; affine "
-                         "int8/int16 mixed precision is not built yet")
     if report and Path(report).suffix not in (".md", ".json", ".html"):
         raise InputError(f"--report writes HTML (.html), Markdown (.md) or JSON (.json), got '{report}'")
     if report_samples is not None and report_samples < 0:
