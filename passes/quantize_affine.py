@@ -190,7 +190,8 @@ class QuantizeAffine(Pass):
         self.ranges: Dict[int, tuple] = {}  # id(stored value) -> its calibrated (min, max)
         stats = {"activations": 0, "shared": 0, "weights": 0, "shape_ops": 0}
         for op in graph.ops:
-            if self.widths and not op.opname.startswith("q.") and op.opname != "qcc.const" \
+            # (a concat converts its inputs itself: one s8.requantize each, to the output's parameters)
+            if self.widths and not op.opname.startswith("q.") and op.opname not in ("qcc.const", "nn.concat") \
                     and op.opname not in INTEGER_SHAPE_OPS:
                 self._convert_inputs(graph, op, stats)
             if op.opname == "q.range" and self._keeps_float(graph, op):
