@@ -143,14 +143,14 @@ class MixedBitsAffine(MixedBits):
         return total
 
     def ram(self, chosen: FrozenSet[int]) -> int:
-        """Peak of the activation bytes alive at once, in graph order (each range's tensor until its
-        last reader, through integer moves)."""
-        u = self.units
+        """Peak of the activation bytes alive at once, in graph order: each range's tensor until its last
+        reader (through integer moves), and each width conversion's copy until the layer reading it."""
         ops = self.graph.ops
         pos = {id(op): i for i, op in enumerate(ops)}
-        wide = {id(r) for k, r in enumerate(u.ranges) if k in chosen}
+        widths = self._widths(chosen)
         live = np.zeros(len(ops) + 1, np.int64)
         for r in (op for op in ops if op.opname == "q.range"):
+            bits = widths.get(r.seq, 8)
             last = pos[id(r)]
             stack = [r.result]
             while stack:
@@ -159,7 +159,17 @@ class MixedBitsAffine(MixedBits):
                     last = max(last, pos[id(user)])
                     if user.opname in _MOVES:
                         stack.append(user.result)
+                    elif self._layer_bits(user, widths) not in (None, bits):  # a converted copy
+                        live[pos[id(r)]:pos[id(user)] + 1] += self._layer_bits(user, widths) // 8 * \
+                            int(r.result.type.size)
                 if self.graph.is_output(v):
                     last = len(ops)
-            live[pos[id(r)]:last + 1] += (2 if id(r) in wide else 1) * int(r.result.type.size)
+            live[pos[id(r)]:last + 1] += bits // 8 * int(r.result.type.size)
         return int(live.max(initial=0))
+
+    def _layer_bits(self, op: Op, widths: Dict[int, int]):
+        """A layer's width (that of the range on its result), None for an op without one."""
+        if not op.results or op.opname == "nn.concat":
+            return None
+        rng = next((u for u in self.graph.users(op.result) if u.opname == "q.range"), None)
+        return None if rng is None else widths.get(rng.seq, 8)

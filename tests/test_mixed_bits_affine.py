@@ -135,3 +135,84 @@ def test_forced_widths_on_qemu_m4(tmp_path):
     count = harness.write_samples(tmp_path / "in.bin", g, samples)
     harness.run_qemu(tmp_path, tmp_path / "in.bin", tmp_path / "out.bin")
     assert_same_outputs(harness.read_outputs(tmp_path / "out.bin", gen, count), harness.simulate(g, gen, samples))
+
+
+# ---------------------------------------------------------------- the search, end to end
+@pytest.fixture(scope="module")
+def dnn(tmp_path_factory):
+    """ML-KWS's DNN-S shape (seeded weights) with calibration data, and its all-int8 / all-int16 builds."""
+    from kws_models import dnn as kws_dnn
+    folder = tmp_path_factory.mktemp("dnn")
+    onnx.save(kws_dnn(144, seed=3), folder / "dnn.onnx")
+    np.save(folder / "calib.npy", np.random.default_rng(1).normal(0, 1, (16, 1, 49, 10, 1)).astype(np.float32))
+    model, calib = str(folder / "dnn.onnx"), str(folder / "calib.npy")
+    builds = {bits: compile_model(model, str(folder / f"b{bits}" / "net.c"), "cortex-m4", calib=calib, scheme="int8",
+                                  bits=bits, optimize="size") for bits in (8, 16)}
+    full = compile_model(model, str(folder / "full" / "net.c"), "cortex-m4", calib=calib, scheme="int8", bits="mixed",
+                         optimize="size").mixed_bits
+    return model, calib, builds, full
+
+
+def test_default_target_is_within_one_db_of_all16(dnn):
+    m = dnn[3]
+    assert m["sqnr_db"] >= m["all16_sqnr_db"] - 1.0 and m["target_sqnr_db"] == pytest.approx(m["all16_sqnr_db"] - 1)
+    # measured: all-8 26.68 dB, all-16 28.59 dB, chosen 27.86 dB (integer simulator 27.86 dB)
+    assert m["verified_sqnr_db"] > m["all8_sqnr_db"] + 0.5
+    assert {layer["bits"] for layer in m["layers"]} == {8, 16}
+
+
+@pytest.fixture(scope="module")
+def ram_build(dnn, tmp_path_factory):
+    model, calib, builds, full = dnn
+    out = tmp_path_factory.mktemp("ram")
+    budget = (full["all8_ram_bytes"] + full["all16_ram_bytes"]) // 2
+    code = qcc_main([model, "-o", str(out / "net.c"), "--target", "cortex-m4", "--calib", calib, "--scheme", "int8",
+                     "--bits", "mixed", "--max-ram", str(budget), "--optimize", "size", "--report", str(out / "r.json"),
+                     "--emit-ir", str(out / "net.qir")])
+    assert code == 0
+    import json
+    return out, budget, json.loads((out / "r.json").read_text())["mixed_bits"]
+
+
+def test_ram_budget_buys_sqnr_for_less_than_all16(dnn, ram_build):
+    _, _, builds, _ = dnn
+    out, budget, m = ram_build
+    # measured: 27.72 dB (all-8 26.68) in a 640-byte arena (all-16: 1,272), biases 576 bytes below all-16
+    assert m["verified_sqnr_db"] > m["all8_sqnr_db"] + 0.5
+    assert m["ram_bytes"] <= budget and m["arena_bytes"] <= budget < builds[16].plan.arena_size
+    assert m["flash_bytes"] < m["all16_flash_bytes"]
+    assert {layer["bits"] for layer in m["layers"]} == {8, 16}
+
+
+@needs_gcc
+def test_searched_mix_matches_simulator_on_host(ram_build):
+    from qcc.ir.parser import parse_file
+    out = ram_build[0]
+    graph = parse_file(str(out / "net.qir"))
+    widths = {op.result.type.dtype for op in graph.ops if op.opname in ("s8.dense", "s8.softmax")}
+    assert widths == {"i8", "i16"}
+    gen = generate(graph, "net", "cortex-m4", optimize="size")
+    assert gen.files["net.c"] == (out / "net.c").read_bytes()
+    samples = {"input_1": np.random.default_rng(4).normal(0, 1, (4, 1, 49, 10, 1)).astype(np.float32)}
+    count = harness.write_samples(out / "in.bin", graph, samples)
+    harness.run_host(harness.build_host(out, "net"), out / "in.bin", out / "out.bin")
+    assert_same_outputs(harness.read_outputs(out / "out.bin", gen, count), harness.simulate(graph, gen, samples))
+
+
+def test_same_inputs_give_identical_c(dnn, ram_build, tmp_path):
+    model, calib, _, _ = dnn
+    out, budget, _ = ram_build
+    compile_model(model, str(tmp_path / "net.c"), "cortex-m4", calib=calib, scheme="int8", bits="mixed",
+                  max_ram=budget, optimize="size")
+    for f in ("net.c", "net_weights.c", "net.h"):
+        assert (tmp_path / f).read_bytes() == (out / f).read_bytes()
+
+
+def test_unreachable_target_is_refused(dnn, tmp_path, capsys):
+    model, calib, _, _ = dnn
+    out = tmp_path / "out"
+    rc = qcc_main([model, "-o", str(out / "net.c"), "--target", "cortex-m4", "--calib", calib, "--scheme", "int8",
+                   "--bits", "mixed", "--target-sqnr", "80"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--target-sqnr 80 dB cannot be met: the best reachable is" in err and "Traceback" not in err
+    assert not out.exists()
