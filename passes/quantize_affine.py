@@ -227,7 +227,9 @@ class QuantizeAffine(Pass):
             stored = v.producer.operands[0]
             lo, hi = self._range_of(stored)
             quant = (asymmetric_params if bits == 8 else symmetric16_params)(lo, hi)
-            q = graph.add_op("q.quantize", [v], {}, [TensorType(v.shape, dtype, quant)], name=op.name)
+            # its own dequantize: lower-qdq lowers Q(DQ x) only where the DQ feeds nothing else
+            own = graph.add_op("q.dequantize", [stored], {}, [TensorType(v.shape, "f32")], name=op.name).result
+            q = graph.add_op("q.quantize", [own], {}, [TensorType(v.shape, dtype, quant)], name=op.name)
             dq = graph.add_op("q.dequantize", [q.result], {}, [TensorType(v.shape, "f32")], name=op.name)
             graph.set_operand(op, i, dq.result)
             self.ranges[id(q.result)] = (lo, hi)
