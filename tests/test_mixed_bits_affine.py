@@ -58,10 +58,10 @@ def boundary_model(seed: int) -> onnx.ModelProto:
     return build(nodes, {"x": [1, 2, 8, 8]}, ["probs"], inits)
 
 
-def forced_graph(tmp_path, seed: int, widths=WIDTHS):
-    """The boundary model through int8-calibrated with ``widths`` in place of the search's choice."""
-    onnx.save(boundary_model(seed), tmp_path / "m.onnx")
-    calib = np.random.default_rng(seed + 10).normal(0, 1, (16, 1, 2, 8, 8)).astype(np.float32)
+def forced_graph(tmp_path, seed: int, widths=WIDTHS, model=None, shape=(1, 2, 8, 8)):
+    """The boundary model (or ``model``) through int8-calibrated with ``widths`` in place of the search's choice."""
+    onnx.save(model or boundary_model(seed), tmp_path / "m.onnx")
+    calib = np.random.default_rng(seed + 10).normal(0, 1, (16,) + shape).astype(np.float32)
     np.save(tmp_path / "calib.npy", calib)
     graph = load_model(str(tmp_path / "m.onnx"))
     pm = PassManager.parse("int8-calibrated")
@@ -220,3 +220,18 @@ def test_unreachable_target_is_refused(dnn, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and "--target-sqnr 80 dB cannot be met: the best reachable is" in err and "Traceback" not in err
     assert not out.exists()
+
+
+@needs_gcc
+def test_int16_layers_inside_a_streamed_chain(tmp_path):
+    """int16 convs run only inside a row-streamed chain (int8 after it): the 16x8 helpers are emitted."""
+    from test_mixed_bits import small_kws
+    widths = {"x": 16, "conv1": 16, "dw": 16, "pw": 16, "pool": 8, "fc": 8, "softmax": 8}
+    g = forced_graph(tmp_path, 0, widths, small_kws(0), (1, 1, 12, 6))
+    gen = generate(g, "net", "cortex-m4")
+    streamed = [op for s in gen.plan.steps if s.chain for op in s.chain.ops]
+    assert any(op.opname == "s8.conv2d" and op.result.type.dtype == "i16" for op in streamed)
+    assert not any(s.op is not None and s.op.opname == "s8.conv2d" and s.op.result.type.dtype == "i16"
+                   for s in gen.plan.steps if not s.chain)
+    samples = {"x": np.random.default_rng(6).normal(0, 1.2, (6, 1, 1, 12, 6)).astype(np.float32)}
+    compile_and_compare(g, tmp_path, samples)
