@@ -235,3 +235,16 @@ def test_int16_layers_inside_a_streamed_chain(tmp_path):
                    for s in gen.plan.steps if not s.chain)
     samples = {"x": np.random.default_rng(6).normal(0, 1.2, (6, 1, 1, 12, 6)).astype(np.float32)}
     compile_and_compare(g, tmp_path, samples)
+
+
+@needs_qemu
+def test_forced_widths_build_with_werror_on_every_core(tmp_path):
+    """The generated Makefile (-Wall -Wextra -Werror) builds the mixed graph for M0+, M4, M7 and M55."""
+    import subprocess
+    g = forced_graph(tmp_path, 0)
+    for target in ("cortex-m0plus", "cortex-m4", "cortex-m7", "cortex-m55"):
+        folder = tmp_path / target
+        write_files({folder / k: v for k, v in generate(g, "net", target).files.items()})
+        done = subprocess.run(["make", "-s", "-C", str(folder), "all"], capture_output=True, text=True)
+        assert done.returncode == 0, f"{target}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+        assert (folder / "libnet.a").stat().st_size > 0
