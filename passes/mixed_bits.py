@@ -219,7 +219,7 @@ class MixedBits(Pass):
                                         (self.max_ram, "--max-ram", ram8, "RAM")):
             if budget and need > budget:
                 raise InputError(f"{key} {budget} bytes cannot be met: the all-8-bit build already needs about "
-                                 f"{need} bytes of {what} (the smallest qcc can reach with Qm.n)")
+                                 f"{need} bytes of {what} (the smallest qcc can reach)")
         chosen, cur = all8, s8
         steps = []
         priority = {k: self._gain(all8, k) for k in range(u.count)}

@@ -216,7 +216,7 @@ class QuantizeAffine(Pass):
     def _convert_inputs(self, graph: Graph, op: Op, stats: Dict[str, int]):
         """Mixed widths: give ``op`` its inputs at its own width (that of the range on its result)."""
         rng = next((u for u in graph.users(op.result) if u.opname == "q.range"), None) if op.results else None
-        if rng is None:
+        if rng is None or self._keeps_float(graph, rng):  # a float epilogue reads the dequantized input as is
             return
         bits = self._bits_of(rng)
         dtype = ACT_DTYPE[bits]
