@@ -77,8 +77,8 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     p.add_argument("--bits", choices=("8", "16", "mixed"),
                    help="activation/weight bits of a float model: 8 (q7, the default), 16 (q15; with "
                         "--scheme int8, TFLite's 16x8 mode: int16 activations, int8 weights), or mixed "
-                        "(--scheme qmn: 8 or 16 per layer, chosen by output SQNR gained per byte; see "
-                        "--target-sqnr, --max-flash, --max-ram)")
+                        "(8 or 16 per layer, chosen by output SQNR gained per byte; with --scheme int8 each layer "
+                        "int8 or 16x8; see --target-sqnr, --max-flash, --max-ram)")
     p.add_argument("--target-sqnr", type=float, metavar="DB",
                    help="with --bits mixed: promote layers to 16 bits until the output SQNR (fake-quant "
                         "simulation vs float on the calibration data) reaches DB (default: within 1 dB of "
