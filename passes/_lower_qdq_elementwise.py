@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from qcc.ir.graph import Value
-from qcc.ir.types import TensorType
+from qcc.ir.types import TensorType, UniformQuant
 from qcc.sim import s8_lut
 from qcc.passes._lower_activation16 import lower_activation16
 from qcc.sim.s8 import quantize_multiplier
@@ -111,10 +111,13 @@ class ElementwiseLowerings:
     def _q_dequantize(self, dq, q, out_q, clamp, rewriter):
         """Q(act(DQ x)) with no layer between: TFLite's int8 RELU / RELU6 / RELU_N1_TO_1 (a clip) or QUANTIZE
         (no activation): y = clamp(requant(x - zp_in, s_in / s_out) + zp_out), i.e. s8.requantize."""
-        x, in_q = self._input(dq.result)
-        if x is None:
+        x = dq.operands[0]
+        # i8, or i16 with zero point 0, of either width (TFLite's QUANTIZE int8 <-> int16)
+        in_q = x.type.quant if x.type.dtype in ("i8", "i16") and isinstance(x.type.quant, UniformQuant) \
+            and (x.type.dtype == "i8" or x.type.quant.zero_point == 0) else None
+        if in_q is None:
             return "quantizes a dequantized tensor that is not per-tensor i8"
-        if in_q == out_q and clamp == ((-128, 127) if self.act_dtype == "i8" else (-32768, 32767)):
+        if in_q == out_q and x.type.dtype == self.act_dtype and clamp == ((-128, 127) if self.act_dtype == "i8" else (-32768, 32767)):
             return x
         mult, shift = multipliers([in_q.scale / out_q.scale], "double")
         return rewriter.create_op("s8.requantize", [x], dict(

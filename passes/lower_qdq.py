@@ -167,10 +167,11 @@ class LowerQuantizedIsland(ElementwiseLowerings, RewritePattern):
         stored = core.operands[:1] if core.opname == "q.dequantize" else list(map(_dequantized, core.operands))
         mixed = {x.type.dtype for x in stored
                  if x is not None and not x.is_constant() and x.type.dtype in ACT_RANGES} - {self.act_dtype}
-        if mixed:
+        if mixed and core.opname != "q.dequantize":  # Q_i16(DQ x_i8) is the width change itself
             return rewriter.notify_match_failure(op, (
-                f"reads {'/'.join(sorted(mixed))} activations but writes {self.act_dtype}: qcc has no int8 <-> int16 "
-                "conversion kernel (quantize every activation to one of them)"))
+                f"reads {'/'.join(sorted(mixed))} activations but writes {self.act_dtype}: a layer computes at one "
+                "width; convert its inputs first (a DequantizeLinear -> QuantizeLinear pair to its width, which "
+                "qcc lowers to an int8 <-> int16 requantization)"))
         lower = getattr(self, "_" + core.opname.replace(".", "_"), None)
         if lower is None:
             return rewriter.notify_match_failure(op, f"no int8 lowering for {core.describe()}")

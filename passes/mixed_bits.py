@@ -205,7 +205,7 @@ class MixedBits(Pass):
         if not path:
             raise InputError("mixed-bits needs calibration data to score the bit choices (the 'data' option "
                              "or --calib)")
-        self.graph, self.units = graph, _Units(graph, self.unit == "tensor")
+        self.graph, self.units = graph, self._make_units(graph)
         self.samples_in = load_samples(graph, path, self.eval_samples)
         self.reference = self._float_outputs()
         self.signal = sum(float(np.sum(np.square(r.astype(np.float64)))) for r in self.reference)
@@ -219,7 +219,7 @@ class MixedBits(Pass):
                                         (self.max_ram, "--max-ram", ram8, "RAM")):
             if budget and need > budget:
                 raise InputError(f"{key} {budget} bytes cannot be met: the all-8-bit build already needs about "
-                                 f"{need} bytes of {what} (the smallest qcc can reach with Qm.n)")
+                                 f"{need} bytes of {what} (the smallest qcc can reach)")
         chosen, cur = all8, s8
         steps = []
         priority = {k: self._gain(all8, k) for k in range(u.count)}
@@ -260,6 +260,11 @@ class MixedBits(Pass):
             ctx["mixed_bits"] = summary
         return PassResult(True, {"units": u.count, "promoted": len(chosen), "evaluations": len(self.scores),
                                  "sqnr_db": round(cur, 2)})
+
+    def _make_units(self, graph: Graph):
+        """The units of promotion (a subclass for another scheme gives its own, with the same fields:
+        count, names, weight_elems, act_elems; and its own _score, _apply, flash, ram)."""
+        return _Units(graph, self.unit == "tensor")
 
     # ------------------------------------------------------------ scoring
     def _gain(self, chosen: FrozenSet[int], k: int) -> float:

@@ -43,6 +43,14 @@ bit-exact integer contract), as ``qmn{float_output=true}`` does.
 zero point 0 (softmax output 1/32768), weights int8 as above, biases int64 (clamped to 2^47);
 ``lower-qdq`` lowers the result to the s8 ops on int16.
 
+Mixed widths (``int8-calibrated{mixed=true}``, ``qcc --scheme int8 --bits mixed``): the pipeline
+context's ``affine_widths`` maps q.range ops (by ``seq``) to 8 or 16 (``passes/mixed_bits_affine.py``
+chooses them); a range not in the map takes ``bits``. A layer runs at its output's width, inputs
+included, as in TFLite: an input of the other width is first converted, ``Q_w(DQ(x))`` with the
+parameters its calibrated range has at width w (int8 asymmetric, int16 symmetric), which
+``lower-qdq`` turns into an ``s8.requantize`` between widths (TFLite's QUANTIZE int8 <-> int16).
+A layer's bias is int64 when its input is int16, int32 otherwise.
+
 The pipeline ``int8-calibrated`` (float model -> s8 ops) is registered here.
 """
 from __future__ import annotations
@@ -177,8 +185,15 @@ class QuantizeAffine(Pass):
         if self.bits not in ACT_DTYPE:
             raise InputError(f"quantize-affine: bits must be 8 or 16, got {self.bits}")
         self.dtype = ACT_DTYPE[self.bits]
+        ctx = getattr(self, "context", None)
+        self.widths = (ctx.get("affine_widths") if isinstance(ctx, dict) else None) or {}
+        self.ranges: Dict[int, tuple] = {}  # id(stored value) -> its calibrated (min, max)
         stats = {"activations": 0, "shared": 0, "weights": 0, "shape_ops": 0}
         for op in graph.ops:
+            # (a concat converts its inputs itself: one s8.requantize each, to the output's parameters)
+            if self.widths and not op.opname.startswith("q.") and op.opname not in ("qcc.const", "nn.concat") \
+                    and op.opname not in INTEGER_SHAPE_OPS:
+                self._convert_inputs(graph, op, stats)
             if op.opname == "q.range" and self._keeps_float(graph, op):
                 graph.replace_all_uses(op.result, op.operands[0])
                 graph.erase_op(op)
@@ -194,6 +209,43 @@ class QuantizeAffine(Pass):
         changed = any(stats.values())
         return PassResult(changed, stats)
 
+    # ------------------------------------------------------------ widths
+    def _bits_of(self, rng: Op) -> int:
+        return self.widths.get(rng.seq, self.bits)
+
+    def _convert_inputs(self, graph: Graph, op: Op, stats: Dict[str, int]):
+        """Mixed widths: give ``op`` its inputs at its own width (that of the range on its result)."""
+        rng = next((u for u in graph.users(op.result) if u.opname == "q.range"), None) if op.results else None
+        if rng is None or self._keeps_float(graph, rng):  # a float epilogue reads the dequantized input as is
+            return
+        bits = self._bits_of(rng)
+        dtype = ACT_DTYPE[bits]
+        for i, v in enumerate(op.operands):
+            in_q = _dq_input_quant(v)
+            if in_q is None or v.producer.operands[0].type.dtype == dtype:
+                continue
+            stored = v.producer.operands[0]
+            lo, hi = self._range_of(stored)
+            quant = (asymmetric_params if bits == 8 else symmetric16_params)(lo, hi)
+            # its own dequantize: lower-qdq lowers Q(DQ x) only where the DQ feeds nothing else
+            own = graph.add_op("q.dequantize", [stored], {}, [TensorType(v.shape, "f32")], name=op.name).result
+            q = graph.add_op("q.quantize", [own], {}, [TensorType(v.shape, dtype, quant)], name=op.name)
+            dq = graph.add_op("q.dequantize", [q.result], {}, [TensorType(v.shape, "f32")], name=op.name)
+            graph.set_operand(op, i, dq.result)
+            self.ranges[id(q.result)] = (lo, hi)
+            stats["conversions"] = stats.get("conversions", 0) + 1
+
+    def _range_of(self, stored: Value) -> tuple:
+        """The calibrated range behind a stored tensor (through integer shape ops), else its type's range."""
+        v = stored
+        while id(v) not in self.ranges and v.producer is not None and v.producer.opname in INTEGER_SHAPE_OPS:
+            v = v.producer.operands[0]
+        if id(v) in self.ranges:
+            return self.ranges[id(v)]
+        q = stored.type.quant
+        lo, hi = ACT_RANGE[8 if stored.type.dtype == "i8" else 16]
+        return float(q.scale) * (lo - q.zero_point), float(q.scale) * (hi - q.zero_point)
+
     # ------------------------------------------------------------ activations
     def _keeps_float(self, graph: Graph, rng: Op) -> bool:
         """With float_output: is ``rng`` the range of a trailing softmax/sigmoid/tanh (left float)?"""
@@ -204,18 +256,22 @@ class QuantizeAffine(Pass):
     def _quantize_range(self, graph: Graph, rng: Op, stats: Dict[str, int]):
         x = rng.operands[0]
         producer = x.producer
+        bits = self._bits_of(rng)
+        dtype = ACT_DTYPE[bits]
         quant = None
         if producer is not None and producer.opname in SHARES_INPUT_QUANT:
             quant = _dq_input_quant(producer.operands[0])  # TFLite: pooling keeps s and zp
             stats["shared"] += quant is not None
         elif producer is not None and producer.opname in FIXED_OUTPUT_QUANT:
-            quant = (FIXED_OUTPUT_QUANT if self.bits == 8 else FIXED_OUTPUT_QUANT16)[producer.opname]
+            quant = (FIXED_OUTPUT_QUANT if bits == 8 else FIXED_OUTPUT_QUANT16)[producer.opname]
         if quant is None:
-            quant = (asymmetric_params if self.bits == 8 else symmetric16_params)(rng.attrs["min"], rng.attrs["max"])
-        if producer is not None and producer.opname == "nn.concat" and self._integer_concat(graph, rng, quant):
+            quant = (asymmetric_params if bits == 8 else symmetric16_params)(rng.attrs["min"], rng.attrs["max"])
+        if producer is not None and producer.opname == "nn.concat" and \
+                self._integer_concat(graph, rng, quant, bits):
             stats["concats"] = stats.get("concats", 0) + 1
             return
-        q = graph.add_op("q.quantize", [x], {}, [TensorType(x.shape, self.dtype, quant)], name=rng.name)
+        q = graph.add_op("q.quantize", [x], {}, [TensorType(x.shape, dtype, quant)], name=rng.name)
+        self.ranges[id(q.result)] = (float(rng.attrs["min"]), float(rng.attrs["max"]))
         dq = graph.add_op("q.dequantize", [q.result], {}, [TensorType(x.shape, "f32")], name=rng.name)
         graph.replace_all_uses(rng.result, dq.result)
         graph.erase_op(rng)
@@ -224,7 +280,7 @@ class QuantizeAffine(Pass):
             graph.move_after_seq(dq, q)
         stats["activations"] += 1
 
-    def _integer_concat(self, graph: Graph, rng: Op, out_q: UniformQuant) -> bool:
+    def _integer_concat(self, graph: Graph, rng: Op, out_q: UniformQuant, bits: int) -> bool:
         """Q(concat(DQ(x_i))) -> DQ(concat(requantize(x_i))): TFLite gives every concat input the
         output's parameters, rescaling (s8.requantize, m = s_i / s_out) the inputs that differ; a float
         constant input is stored with the output's parameters."""
@@ -234,27 +290,28 @@ class QuantizeAffine(Pass):
                 or graph.is_output(concat.result):
             return False
         stored = []
-        lo, hi = ACT_RANGE[self.bits]
+        lo, hi = ACT_RANGE[bits]
+        dtype = ACT_DTYPE[bits]
         for v in concat.operands:
             if _float_constant(v):  # a constant part (a zero initial state, say): stored with the output's parameters
                 c = np.asarray(v.constant(), np.float64)
                 q = np.clip(round_half_away(c / np.float64(np.float32(out_q.scale))) + out_q.zero_point, lo, hi)
-                kc = graph.add_const(q.astype(np.int8 if self.bits == 8 else np.int16),
+                kc = graph.add_const(q.astype(np.int8 if bits == 8 else np.int16),
                                      name=(v.producer.name or v.name or "k") + ".q", quant=out_q)
                 kc.name = kc.producer.name
                 stored.append(kc)
                 continue
             x = v.producer.operands[0]
             in_q = x.type.quant
-            if in_q != out_q:
+            if in_q != out_q or x.type.dtype != dtype:
                 mult, shift = quantize_multiplier(in_q.scale / out_q.scale)
                 x = graph.add_op("s8.requantize", [x], dict(
                     input_zp=in_q.zero_point, output_zp=out_q.zero_point, multiplier=[mult], shift=[shift],
-                    act_min=ACT_RANGE[self.bits][0], act_max=ACT_RANGE[self.bits][1]),
-                    [TensorType(x.shape, self.dtype, out_q)], name=concat.name).result
+                    act_min=lo, act_max=hi),
+                    [TensorType(x.shape, dtype, out_q)], name=concat.name).result
             stored.append(x)
         cat = graph.add_op("nn.concat", stored, dict(concat.attrs),
-                           [TensorType(concat.result.shape, self.dtype, out_q)],
+                           [TensorType(concat.result.shape, dtype, out_q)],
                            name=concat.name)
         dq = graph.add_op("q.dequantize", [cat.result], {}, [concat.result.type], name=concat.name)
         graph.replace_all_uses(rng.result, dq.result)
@@ -273,7 +330,7 @@ class QuantizeAffine(Pass):
         if op.opname == "nn.pad":  # TFLite PAD / PADV2: the pad value quantized with the tensor's parameters
             q = stored.type.quant
             value = round_half_away(np.float64(attrs["value"]) / np.float64(np.float32(q.scale))) + q.zero_point
-            lo, hi = ACT_RANGE[self.bits]
+            lo, hi = ACT_RANGE[8 if stored.type.dtype == "i8" else 16]
             if not lo <= value <= hi:
                 return
             attrs["value"] = float(value)
@@ -296,10 +353,11 @@ class QuantizeAffine(Pass):
             if c is None or not k.type.is_float or _dq_input_quant(other) is None:
                 continue
             c = np.asarray(c, np.float32)
-            quant = (asymmetric_params if self.bits == 8 else symmetric16_params)(float(c.min()), float(c.max()))
-            lo, hi = ACT_RANGE[self.bits]
+            bits = 8 if other.producer.operands[0].type.dtype == "i8" else 16  # the layer's width
+            quant = (asymmetric_params if bits == 8 else symmetric16_params)(float(c.min()), float(c.max()))
+            lo, hi = ACT_RANGE[bits]
             stored = np.clip(round_half_away(c.astype(np.float64) / np.float64(np.float32(quant.scale)))
-                             + quant.zero_point, lo, hi).astype(np.int8 if self.bits == 8 else np.int16)
+                             + quant.zero_point, lo, hi).astype(np.int8 if bits == 8 else np.int16)
             kc = graph.add_const(stored, name=(k.producer.name or k.name or "k") + ".q", quant=quant)
             kc.name = kc.producer.name
             graph.set_operand(op, i, QuantizeAffine._dequantize(graph, kc, k.type))
@@ -326,10 +384,11 @@ class QuantizeAffine(Pass):
                                 f"const-fold before it")
             s_b = (np.float64(in_q.scale) * s_w.astype(np.float64))
             # int32, or int64 in the 16x8 mode (bounded by 2^47, TFLite's int16 accumulator limit)
-            lo, hi = (INT32_MIN, INT32_MAX) if self.bits == 8 else (-(1 << 47), (1 << 47) - 1)
+            wide = op.operands[0].producer.operands[0].type.dtype == "i16"
+            lo, hi = (-(1 << 47), (1 << 47) - 1) if wide else (INT32_MIN, INT32_MAX)
             b_q = np.clip(round_half_away(np.asarray(b, np.float64).reshape(-1) / s_b), lo, hi)
             b_quant = PerAxisQuant(0, tuple(float(s) for s in s_b), (0,) * len(s_b))
-            bc = graph.add_const(b_q.astype(np.int32 if self.bits == 8 else np.int64).reshape(b_v.shape),
+            bc = graph.add_const(b_q.astype(np.int64 if wide else np.int32).reshape(b_v.shape),
                                  name=(b_v.producer.name or b_v.name or "b") + ".q", quant=b_quant)
             bc.name = bc.producer.name
             graph.set_operand(op, b_index, self._dequantize(graph, bc, b_v.type))
@@ -345,13 +404,16 @@ class QuantizeAffine(Pass):
 FLOAT_CLEANUP = ("canonicalize", "fold-batchnorm", "canonicalize", "fuse-activation", "legalize-affine",
                  "legalize-pool", "to-nhwc", "const-fold", "dce")
 DEFAULTS = {"bits": 8, "method": "minmax", "p": 99.99, "per_channel": True, "data": "", "fc_rounding": "double",
-            "float_output": False, "float_layers": ""}
+            "float_output": False, "float_layers": "", "mixed": False, "target_sqnr": 0.0, "max_flash": 0,
+            "max_ram": 0}
 
 
 def _build(options) -> List:
     o = {**DEFAULTS, **options}
     if o["bits"] not in (8, 16):  # 16: TFLite's 16x8 mode (int16 activations, int8 weights)
         raise InputError(f"int8-calibrated quantizes to 8 or 16 bits (16x8), got bits={o['bits']}")
+    if o["mixed"] and o["bits"] != 8:  # the search starts all-8 and promotes layers to 16x8
+        raise InputError(f"int8-calibrated{{mixed=true}} starts from bits=8, got bits={o['bits']}")
     known = registered_passes()
     passes: List = [name for name in FLOAT_CLEANUP if name in known]
     # Every op must have an int8 kernel before calibration spends any time.
@@ -366,6 +428,10 @@ def _build(options) -> List:
     passes.append(make_pass("calibrate", calibrate))
     if o["float_layers"]:  # kept float after calibration, so the integer tensors around them keep ranges
         passes.append(make_pass("float-layers", {"layers": o["float_layers"]}))
+    if o["mixed"]:  # per-layer int8/int16 (passes/mixed_bits_affine.py), handed to quantize-affine
+        search = {k: str(o[k]) for k in ("target_sqnr", "max_flash", "max_ram") if o[k]}
+        passes.append(make_pass("mixed-bits-affine", dict(search, per_channel=str(o["per_channel"]),
+                                                          **({"data": o["data"]} if o["data"] else {}))))
     passes.append(make_pass("quantize-affine", {"per_channel": str(o["per_channel"]),
                                                 "float_output": str(o["float_output"]), "bits": str(o["bits"])}))
     # nn.lstm / nn.gru -> s8.lstm / s8.gru (the LSTM's cell scale from the calibration data's trace)
@@ -379,7 +445,8 @@ register_pipeline(
     "int8-calibrated", _build,
     "Quantize a float model with calibrated TFLite-style affine int8 and lower it to s8 ops",
     {"bits": int, "method": str, "p": float, "per_channel": bool, "data": str, "fc_rounding": str,
-     "float_output": bool, "float_layers": str})
+     "float_output": bool, "float_layers": str, "mixed": bool, "target_sqnr": float, "max_flash": int,
+     "max_ram": int})
 
 
 def _float_constant(v: Value) -> bool:

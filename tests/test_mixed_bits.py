@@ -240,7 +240,6 @@ def test_same_inputs_give_identical_c(kws, budget, mixed_build, tmp_path):
     (["--target-sqnr", "400"], "--target-sqnr 400 dB cannot be met: the best reachable is", 1),
     (["--target-sqnr", "-3"], "--target-sqnr takes a positive number of dB, got -3", 1),
     (["--max-flash", "0"], "--max-flash takes a positive number of bytes, got 0", 1),
-    (["--scheme", "int8"], "--bits mixed chooses 8 or 16 bits per layer with --scheme qmn only", 1),
     (["--target-sqnr", "nan"], "--target-sqnr takes a positive number of dB, got nan", 1),
 ])
 def test_bad_mixed_options_are_refused(kws, tmp_path, capsys, args, message, code):

@@ -253,7 +253,9 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
         helpers += str(env.get_template("ops/recurrent_common.j2").module.recurrent_common())
     if any(s.kind in ("s8.lstm", "s8.gru") for s in plan.steps):  # int16 sigmoid/tanh (s8_lstm.j2)
         helpers += str(env.get_template("ops/s8_lstm.j2").module.s8_recurrent_common())
-    if any(s.kind.startswith("s8.") and s.op.results[0].type.dtype == "i16" for s in plan.steps):  # 16x8 kernels
+    # 16x8 kernels, whole-tensor or inside a row-streamed chain (a mixed int8/int16 graph streams either)
+    step_ops = [s.op for s in plan.steps if not s.chain] + [op for s in plan.steps if s.chain for op in s.chain.ops]
+    if any(op is not None and op.opname.startswith("s8.") and op.results[0].type.dtype == "i16" for op in step_ops):
         helpers += str(env.get_template("ops/s16_common.j2").module.s16_common())
     if nn is not None:
         helpers += str(env.get_template("ops/cmsisnn_common.j2").module.cmsisnn_common(

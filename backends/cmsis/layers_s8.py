@@ -323,7 +323,9 @@ def _dense(builder, op: Op, fn: str) -> dict:
 
 
 def _requantize(builder, op: Op, fn: str) -> dict:
-    ctx = {"size": op.result.type.size, "izp": op.attrs["input_zp"]}
+    # The result's own C type: a requantize may change width (int8 <-> int16 between mixed-width layers).
+    ctx = {"size": op.result.type.size, "izp": op.attrs["input_zp"],
+           "yt": "int16_t" if op.result.type.dtype == "i16" else "int8_t"}
     ctx.update(_epilogue(builder, op, fn, 1, "0"))
     return ctx
 

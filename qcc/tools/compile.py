@@ -77,8 +77,8 @@ def build_parser(prog: str = "qcc") -> argparse.ArgumentParser:
     p.add_argument("--bits", choices=("8", "16", "mixed"),
                    help="activation/weight bits of a float model: 8 (q7, the default), 16 (q15; with "
                         "--scheme int8, TFLite's 16x8 mode: int16 activations, int8 weights), or mixed "
-                        "(--scheme qmn: 8 or 16 per layer, chosen by output SQNR gained per byte; see "
-                        "--target-sqnr, --max-flash, --max-ram)")
+                        "(8 or 16 per layer, chosen by output SQNR gained per byte; with --scheme int8 each layer "
+                        "int8 or 16x8; see --target-sqnr, --max-flash, --max-ram)")
     p.add_argument("--target-sqnr", type=float, metavar="DB",
                    help="with --bits mixed: promote layers to 16 bits until the output SQNR (fake-quant "
                         "simulation vs float on the calibration data) reaches DB (default: within 1 dB of "
@@ -238,7 +238,7 @@ def lower(graph: Graph, *, calib: Optional[str], bits, scheme: str, act_max: Dic
     if bits == "mixed":
         if not calib:
             raise InputError("--bits mixed scores its choices on calibration data; pass --calib DATA")
-        # The search starts all-8-bit; its options ride on the qmn pipeline (mixed-bits pass).
+        # The search starts all-8-bit; its options ride on the pipeline (mixed-bits / mixed-bits-affine).
         bits = "8,mixed=true" + "".join(f",{k}={v}" for k, v in (mixed or {}).items() if v is not None)
     options = f"bits={bits}" + (",float_output=true" if float_output else "") + \
         (f",method={method}" if method else "") + (",per_channel=false" if per_tensor else "")
@@ -401,9 +401,6 @@ def compile_model(model: str, output: str, target: str, *, calib: Optional[str] 
     if bits is not None and bits not in (8, 16, "mixed"):
         raise InputError(f"--bits must be 8, 16 or mixed, got {bits}")
     mixed = _mixed_options(bits, target_sqnr, max_flash, max_ram)
-    if mixed is not None and scheme == "int8":
-        raise InputError("--bits mixed chooses 8 or 16 bits per layer with --scheme qmn only; affine "
-                         "int8/int16 mixed precision is not built yet")
     if report and Path(report).suffix not in (".md", ".json", ".html"):
         raise InputError(f"--report writes HTML (.html), Markdown (.md) or JSON (.json), got '{report}'")
     if report_samples is not None and report_samples < 0:

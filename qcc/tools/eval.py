@@ -65,7 +65,7 @@ def build_parser(prog: str = "qcc-eval") -> argparse.ArgumentParser:
     p.add_argument("--calib", metavar="DATA", help="calibration inputs (a float model needs them)")
     p.add_argument("--scheme", choices=SCHEMES, help="qmn (default for float models) or int8")
     p.add_argument("--bits", choices=("8", "16", "mixed"),
-                   help="8 (default), 16, or mixed (8 or 16 per layer, as qcc --bits mixed) for --scheme qmn")
+                   help="8 (default), 16, or mixed (8 or 16 per layer, as qcc --bits mixed; both schemes)")
     p.add_argument("--act-max", metavar="NAME=V", action="append", default=[],
                    help="force the range of tensor NAME to [-V, V] (repeatable)")
     p.add_argument("--float-layers", metavar="NAME,...", action="append", default=[],
@@ -133,13 +133,11 @@ def lower_like_qcc(graph: Graph, args: argparse.Namespace) -> str:
         return "int8, the model's own scales"
     scheme, bits = args.scheme or "qmn", args.bits or "8"
     bits = "mixed" if bits == "mixed" else int(bits)
-    if bits == "mixed" and scheme != "qmn":
-        raise InputError("--bits mixed chooses 8 or 16 bits per layer with --scheme qmn only")
     lower(graph, calib=args.calib, bits=bits, scheme=scheme, act_max=parse_act_max(args.act_max),
           model_path=args.model, float_output=getattr(args, "float_output", False), float_layers=float_layers)
     kept = f" + {len(float_layers)} float layer{'s' if len(float_layers) != 1 else ''}" if float_layers else ""
     if bits == "mixed":
-        return "qmn mixed q7/q15" + kept
+        return ("qmn mixed q7/q15" if scheme == "qmn" else "affine mixed int8/int16 (16x8)") + kept
     return (f"qmn q{bits - 1}" if scheme == "qmn" else "int8 per-channel") + kept
 
 

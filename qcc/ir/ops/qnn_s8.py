@@ -56,7 +56,9 @@ code (``qcc.sim.s8_lut`` states each: LEAKY_RELU, LOGISTIC, TANH, HARD_SWISH), s
 the table is that kernel, bit for bit; ``function`` names which one. ``hard_sigmoid``
 has no TFLite int8 kernel: its table is the real function rounded per code.
 
-``s8.requantize``: y = clamp(requant(x - input_zp, multiplier[0], shift[0]) + output_zp, act_min, act_max)
+``s8.requantize``: y = clamp(requant(x - input_zp, multiplier[0], shift[0]) + output_zp, act_min, act_max);
+x and y may differ in width (i8 -> i16, i16 -> i8: TFLite's QUANTIZE between int8 and int16 tensors,
+``reference_ops::Requantize``, double rounding), the clamp inside y's range
 
 ``s8.avgpool`` (input and output share scale and zero point): over the window's
 in-bounds elements (``count`` of them), ``s = sum(x)`` of the stored values, then
@@ -298,19 +300,30 @@ register_op(OpDef(
 
 
 def _verify_requantize(op):
-    _check_i8(op, list(op.operands) + list(op.results))
+    # The one s8 op whose input and result may differ in width: TFLite's QUANTIZE int8 <-> int16, the
+    # boundary between layers of different widths (--scheme int8 --bits mixed).
+    x, y = op.operands[0].type.dtype, op.results[0].type.dtype
+    if x not in ACT_RANGE or y not in ACT_RANGE:
+        raise OpError(f"works on i8 or i16 tensors, got {x} -> {y}")
     if op.attrs["rounding"] == "s64":
         raise OpError("rounding 's64' is for conv2d and dense")
-    _check_zp(op, "input_zp")
-    _check_zp(op, "output_zp")
-    _check_clamp(op)
+    for key, dtype in (("input_zp", x), ("output_zp", y)):
+        zp = op.attrs[key]
+        if dtype == "i16" and zp != 0:
+            raise OpError(f"'{key}' {zp} must be 0 for i16 activations (TFLite's 16x8 mode)")
+        if dtype == "i8" and not -128 <= zp <= 127:
+            raise OpError(f"'{key}' {zp} lies outside the i8 range")
+    lo, hi = op.attrs["act_min"], op.attrs["act_max"]
+    tlo, thi = ACT_RANGE[y]
+    if not tlo <= lo <= hi <= thi:
+        raise OpError(f"clamp [{lo}, {hi}] must be an ordered range inside [{tlo}, {thi}]")
     _check_requant(op, 1)
 
 
 register_op(OpDef(
     "s8.requantize", operands=["x"], attrs=attrs(*_REQUANT),
     infer=_same_rule, verify_fn=_verify_requantize,
-    summary="Change the scale/zero point of an i8 tensor."))
+    summary="Change the scale/zero point (and width, i8 <-> i16) of an i8 or i16 tensor."))
 
 
 def _verify_pool(op):
