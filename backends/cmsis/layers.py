@@ -26,6 +26,7 @@ from .layers_s8 import S8_CONTEXTS, S8_HANDLED_ATTRS, build_s8, im2col_length, p
 from .layers_recurrent import RECURRENT_HANDLED_ATTRS, build_recurrent
 
 C_TYPES = {"i8": "int8_t", "i16": "int16_t", "i32": "int32_t", "i64": "int64_t", "u8": "uint8_t", "u16": "uint16_t"}
+SHARED_MIN_ELEMENTS = 64  # equal constant arrays at least this long share one symbol
 SHORT = {"i8": "s8", "i16": "s16", "i32": "s32"}
 INT32_MAX = (1 << 31) - 1
 _REQ = {"out_shift", "act_min", "act_max"}
@@ -91,12 +92,12 @@ class LayerBuilder:
     # ------------------------------------------------------------ constants
     def add_const(self, symbol: str, dtype: str, values, comment: str) -> str:
         ints = [int(v) for v in np.ravel(values)]
-        key = (C_TYPES[dtype], tuple(ints))
-        if self.sharing and key in self._shared:
+        key = (C_TYPES[dtype], np.array(ints, dtype=np.int64).tobytes())
+        # Large equal tables (a Scan unrolled per step keeps one weight matrix per step) are stored once.
+        if (self.sharing or len(ints) >= SHARED_MIN_ELEMENTS) and key in self._shared:
             return self._shared[key]
         self.consts.append(ConstArray(symbol, C_TYPES[dtype], ints, c_comment(comment)))
-        if self.sharing:
-            self._shared[key] = symbol
+        self._shared.setdefault(key, symbol)
         return symbol
 
     def const_value(self, v: Value, what: str) -> str:
