@@ -175,7 +175,7 @@ def _lift_cells(imp, node, body, n: int, in_axes, out_axes) -> bool:
         return False
     cells, outputs = found
     seqs = [imp.value(v) for v in node.input[n:]]
-    states = [imp.value(v) for v in node.input[:n]]
+    states = {i: imp.value(node.input[i]) for c in cells for i in (c.h_index, c.c_index) if i >= 0}
     axes = [_axis(ax, len(s.shape)) for ax, s in zip(in_axes, seqs)]
     # Batch 1 only: each step slice [1, I]; states hold H values; scan outputs stack on axis 0 or 1.
     for seq, axis in zip(seqs, axes):

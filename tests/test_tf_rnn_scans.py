@@ -1,0 +1,113 @@
+"""tf2onnx's dynamic_rnn Scans, as in ARM's ML-KWS models (tests/recurrent_models.py:tf2onnx_rnn_model):
+BasicLSTMCell, LSTMCell with peepholes and a projection, GRUCell, and a CRNN (conv + two stacked
+GRUCells in one Scan), each with tf2onnx's int32 time counter as a state and outer-scope weights.
+
+The import matches onnxruntime; the TF cells are recognised as one nn.lstm / nn.gru each
+(qcc/frontend/tf_cells.py) and anything else stays unrolled; every form compiles under int8, q15 and
+q7, with host C (sanitizers) == simulator bit for bit.
+"""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import qcc
+from qcc.tools.compile import lower
+
+from onnx_builders import check_against_ort, run_ort
+from recurrent_models import tf2onnx_rnn_model
+from test_backend_cmsis import compile_and_compare, needs_gcc
+
+# cell -> the recurrent ops its Scan becomes
+FUSED = {"basic_lstm": {"nn.lstm": 1}, "gru": {"nn.gru": 1}, "crnn": {"nn.gru": 2}, "lstm": {}}
+SMALL = {"steps": 8, "hidden": 8, "proj": 4}
+
+
+def _inputs(model, n: int, seed: int = 0) -> np.ndarray:
+    size = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    # MFCC-like: a few units of spread, smooth across features
+    return (np.random.default_rng(seed).standard_normal((n, 1, size)) * 2).astype(np.float32)
+
+
+def _counts(graph):
+    return collections.Counter(op.opname for op in graph.ops)
+
+
+@pytest.mark.parametrize("cell", sorted(FUSED))
+def test_import_matches_onnxruntime_and_recognises_cells(cell):
+    model = tf2onnx_rnn_model(cell, seed=3)
+    x = _inputs(model, 1, seed=1)[0]
+    graph = check_against_ort(model, {"Reshape:0": x}, rtol=1e-4, atol=1e-6)
+    counts = _counts(graph)
+    assert {k: counts[k] for k in ("nn.lstm", "nn.gru") if counts[k]} == FUSED[cell]
+    if FUSED[cell]:  # nothing of the cell is left per step; the time counter is gone
+        assert not counts["nn.sigmoid"] and not counts["nn.tanh"]
+        assert not [op for op in graph.ops if op.results[0].type.dtype == "i32"]
+    else:  # peepholes and a projection: unrolled, 3 sigmoids per step
+        assert counts["nn.sigmoid"] == 3 * 12
+
+
+def _with_scan_output(model, body_value: str):
+    """The model with one more Scan output (the per-step ``body_value``) read as a graph output."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    scan = next(n for n in model.graph.node if n.op_type == "Scan")
+    body = scan.attribute[0].g
+    body.node.append(helper.make_node("Identity", [body_value], ["y_t"], name="y"))
+    body.output.append(helper.make_tensor_value_info("y_t", onnx.TensorProto.FLOAT, None))
+    scan.output.append("Y")
+    model.graph.output.append(helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None))
+    return model
+
+
+@pytest.mark.parametrize("cell, value, fused", [("basic_lstm", "h_out", True), ("gru", "h0_out", True),
+                                                ("gru", "rnn/while/multi_rnn_cell/cell_0/gru_cell/u", False)])
+def test_scan_outputs(cell, value, fused):
+    """A stacked per-step h is the fused op's y; a gate read outside the cell keeps the Scan unrolled.
+    Both match onnxruntime."""
+    model = _with_scan_output(tf2onnx_rnn_model(cell, **SMALL), value)
+    x = _inputs(model, 1, seed=2)[0]
+    graph = check_against_ort(model, {"Reshape:0": x}, rtol=1e-4, atol=1e-6)
+    counts = _counts(graph)
+    assert bool(counts["nn.lstm"] + counts["nn.gru"]) == fused
+    assert run_ort(model, {"Reshape:0": x})["Y"].shape == (8, 1, 8)
+
+
+def test_read_counter_keeps_the_scan_unrolled():
+    """A state no cell computes (the time counter) read by the model: not fused, still correct."""
+    model = tf2onnx_rnn_model("gru", **SMALL)
+    model.graph.node.append(helper.make_node("Cast", ["t_last"], ["t_float"], to=onnx.TensorProto.FLOAT,
+                                             name="count"))
+    model.graph.node.append(helper.make_node("Mul", ["labels_softmax:0", "t_float"], ["scaled"], name="scale"))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("scaled", onnx.TensorProto.FLOAT, None))
+    graph = check_against_ort(model, {"Reshape:0": _inputs(model, 1)[0]}, rtol=1e-4, atol=1e-6)
+    assert not _counts(graph)["nn.gru"] and _counts(graph)["nn.sigmoid"] == 8
+
+
+@needs_gcc
+@pytest.mark.parametrize("cell", sorted(FUSED))
+@pytest.mark.parametrize("scheme, bits", [("int8", 8), ("qmn", 16), ("qmn", 8)])
+def test_compiles_and_c_matches_simulator(tmp_path, cell, scheme, bits):
+    """Each form under int8, q15 and q7: the fused cells become s8/qnn lstm/gru kernels, the output
+    follows float (top-1 on most of 16 random MFCC-like inputs), host C == simulator."""
+    model = tf2onnx_rnn_model(cell, **dict(SMALL, steps=4 if cell == "lstm" else 8))  # unrolled: kept short
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    xs = _inputs(model, 16)
+    np.save(tmp_path / "calib.npy", xs)
+    graph = qcc.load_onnx(path)
+    lower(graph, calib=str(tmp_path / "calib.npy"), bits=bits, scheme=scheme, act_max={}, model_path=str(path))
+    kinds = _counts(graph)
+    prefix = "s8." if scheme == "int8" else "qnn."
+    for op, n in FUSED[cell].items():
+        assert kinds[prefix + op[3:]] == n, kinds
+    assert not [k for k in kinds if k.startswith("nn.") and k not in
+                ("nn.reshape", "nn.gather", "nn.concat", "nn.squeeze", "nn.unsqueeze", "nn.transpose")], kinds
+    want = np.concatenate([run_ort(model, {"Reshape:0": x})["labels_softmax:0"] for x in xs])
+    got = np.concatenate([qcc.sim.interpreter.run_graph(graph, {"Reshape:0": x})["labels_softmax:0"] for x in xs])
+    assert np.mean(want.argmax(-1) == got.argmax(-1)) >= (0.6 if bits == 8 and not FUSED[cell] else 0.8)
+    compile_and_compare(graph, tmp_path / "c", {"Reshape:0": xs[:3]})
