@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Dict, List
 
@@ -55,29 +54,6 @@ def _constant_values(graph: Graph) -> set:
 def _is_ranged(graph: Graph, v: Value) -> bool:
     return ((v.producer is not None and v.producer.opname == "q.range")
             or any(u.opname == "q.range" for u in graph.users(v)))
-
-
-# An op of step t of an unrolled Scan (qcc/frontend/scan_lifters.py names it SCAN/t<t>/<body node>).
-_STEP_NAME = re.compile(r"^(.*)/t\d+/(.*)$")
-
-
-def _tie_unrolled_steps(values: List[Value], ranges: Dict[int, tuple]) -> None:
-    """Give every step's copy of one Scan body value the union of their ranges.
-
-    A recurrent body has one tensor per value whatever the step (TFLite's while loop gives it one
-    scale); ranges fitted per step on a few calibration clips are narrower than what other inputs
-    reach at that step, and equal ranges let the quantized steps share their bias and multiplier
-    tables (the back end stores equal tables once)."""
-    groups: Dict[tuple, List[Value]] = {}
-    for v in values:
-        m = _STEP_NAME.match(v.producer.name) if v.producer is not None and id(v) in ranges else None
-        if m:
-            groups.setdefault((m.group(1), m.group(2), v.producer.results.index(v)), []).append(v)
-    for group in groups.values():
-        lo = min(ranges[id(v)][0] for v in group)
-        hi = max(ranges[id(v)][1] for v in group)
-        for v in group:
-            ranges[id(v)] = (lo, hi)
 
 
 def range_targets(graph: Graph) -> List[Value]:
@@ -198,7 +174,6 @@ class Calibrate(Pass):
             samples = stats[0].count // max(1, int(np.prod(need[0].shape)))
             opts = self._method_options()
             ranges = {id(v): compute_range(s, self.method, **opts) for v, s in zip(need, stats)}
-            _tie_unrolled_steps(need, ranges)
         for v in targets:
             lo, hi = (-forced[id(v)], forced[id(v)]) if id(v) in forced else ranges[id(v)]
             self._insert_range(graph, v, lo, hi)

@@ -9,7 +9,6 @@ q7, with host C (sanitizers) == simulator bit for bit.
 from __future__ import annotations
 
 import collections
-import re
 
 import numpy as np
 import onnx
@@ -108,13 +107,6 @@ def test_compiles_and_c_matches_simulator(tmp_path, cell, scheme, bits):
         assert kinds[prefix + op[3:]] == n, kinds
     assert not [k for k in kinds if k.startswith("nn.") and k not in
                 ("nn.reshape", "nn.gather", "nn.concat", "nn.squeeze", "nn.unsqueeze", "nn.transpose")], kinds
-    if scheme == "int8" and not FUSED[cell]:  # calibrate ties the steps' ranges: one scale per body value
-        per_body = collections.defaultdict(set)
-        for op in graph.ops:
-            step = re.match(r"^(.*)/t\d+/(.*)$", op.name)
-            if step and op.opname == "s8.dense":
-                per_body[step.group(2)].add(str(op.results[0].type))
-        assert len(per_body) == 2 and all(len(types) == 1 for types in per_body.values()), per_body
     want = np.concatenate([run_ort(model, {"Reshape:0": x})["labels_softmax:0"] for x in xs])
     got = np.concatenate([qcc.sim.interpreter.run_graph(graph, {"Reshape:0": x})["labels_softmax:0"] for x in xs])
     assert np.mean(want.argmax(-1) == got.argmax(-1)) >= (0.6 if bits == 8 and not FUSED[cell] else 0.8)
