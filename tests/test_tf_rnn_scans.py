@@ -111,3 +111,54 @@ def test_compiles_and_c_matches_simulator(tmp_path, cell, scheme, bits):
     got = np.concatenate([qcc.sim.interpreter.run_graph(graph, {"Reshape:0": x})["labels_softmax:0"] for x in xs])
     assert np.mean(want.argmax(-1) == got.argmax(-1)) >= (0.6 if bits == 8 and not FUSED[cell] else 0.8)
     compile_and_compare(graph, tmp_path / "c", {"Reshape:0": xs[:3]})
+
+
+@pytest.mark.parametrize("form", ["lstm", "gru"])
+def test_concat_with_h_first(form):
+    """[h, x] instead of [x, h] before the gate product: the kernel's rows split the other way."""
+    from recurrent_models import scan_gru_model, scan_lstm_model
+    model = scan_lstm_model(steps=5, inputs=3, hidden=4) if form == "lstm" else scan_gru_model(steps=5, inputs=3,
+                                                                                                hidden=4)
+    for node in model.graph.node[0].attribute[0].g.node:
+        if node.op_type == "Concat":
+            parts = list(node.input)
+            del node.input[:]
+            node.input.extend(parts[::-1])
+    x = np.random.default_rng(0).standard_normal((5, 1, 3)).astype(np.float32)
+    graph = check_against_ort(model, {"input": x}, rtol=1e-4, atol=1e-5)
+    assert len(graph.find("nn." + form)) == 1
+
+
+def test_stacked_basic_lstm_cells():
+    """MultiRNNCell of two BasicLSTMCells in one Scan (states c0, h0, c1, h1, then the counter): two
+    nn.lstm, the second reading the first's y."""
+    from recurrent_models import _tf_lstm_body
+    vi = helper.make_tensor_value_info
+    steps, features, hidden = 6, 5, 4
+    rng = np.random.default_rng(7)
+    body_nodes, inits, x = [], {}, "x_t"
+    for layer in range(2):
+        p = f"cell_{layer}/"
+        size = features if layer == 0 else hidden
+        inits.update({p + "kernel": rng.uniform(-0.5, 0.5, (size + hidden, 4 * hidden)).astype(np.float32),
+                      p + "bias": rng.uniform(-0.1, 0.1, 4 * hidden).astype(np.float32),
+                      p + "forget_bias": np.array(1.0, np.float32)})
+        body_nodes += _tf_lstm_body(p, x, f"h{layer}_in", f"c{layer}_in", f"h{layer}_out", f"c{layer}_out",
+                                    False, False)
+        x = f"h{layer}_out"
+    body_nodes.append(helper.make_node("Add", ["t_in", "one_step"], ["t_out"], name="while/add"))
+    states = [(f"{s}{layer}", hidden) for layer in range(2) for s in ("c", "h")]
+    body = helper.make_graph(body_nodes, "body",
+                             [vi(f"{s}_in", 1, [1, n]) for s, n in states] + [vi("t_in", 6, []),
+                                                                               vi("x_t", 1, [1, features])],
+                             [vi(f"{s}_out", 1, [1, n]) for s, n in states] + [vi("t_out", 6, [])])
+    inits.update({"zeros": np.zeros((1, hidden), np.float32), "time": np.array(0, np.int32),
+                  "one_step": np.array(1, np.int32)})
+    from onnx_builders import build
+    scan = helper.make_node("Scan", ["zeros"] * 4 + ["time", "input"], ["c0", "h0", "c1", "h1", "t"], body=body,
+                            num_scan_inputs=1, name="rnn")
+    model = build([scan], {"input": [steps, 1, features]}, ["h1", "c0"], inits, opset=13)
+    x = np.random.default_rng(1).standard_normal((steps, 1, features)).astype(np.float32)
+    graph = check_against_ort(model, {"input": x}, rtol=1e-4, atol=1e-5)
+    cells = graph.find("nn.lstm")
+    assert len(cells) == 2 and cells[1].operands[0] is cells[0].results[0]
