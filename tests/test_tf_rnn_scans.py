@@ -162,3 +162,21 @@ def test_stacked_basic_lstm_cells():
     graph = check_against_ort(model, {"input": x}, rtol=1e-4, atol=1e-5)
     cells = graph.find("nn.lstm")
     assert len(cells) == 2 and cells[1].operands[0] is cells[0].results[0]
+
+
+def test_assign_qmn_search_budget(tmp_path, monkeypatch):
+    """Past SEARCH_BUDGET (8-bit groups x ops; an unrolled 25-step LSTMCell is ~1.25 M) assign-qmn scores
+    each group by its own values instead of the quadratic consumer/output searches, and says so."""
+    import qcc.passes.assign_qmn as assign_qmn
+    model = tf2onnx_rnn_model("gru", **SMALL)
+    onnx.save(model, tmp_path / "model.onnx")
+    np.save(tmp_path / "calib.npy", _inputs(model, 8))
+    whys, default = {}, assign_qmn.SEARCH_BUDGET
+    for budget in (default, 10):
+        monkeypatch.setattr(assign_qmn, "SEARCH_BUDGET", budget)
+        graph = qcc.load_onnx(tmp_path / "model.onnx")
+        lower(graph, calib=str(tmp_path / "calib.npy"), bits=8, scheme="qmn", act_max={},
+              model_path=str(tmp_path / "model.onnx"))
+        whys[budget] = [c["why"] for c in graph.qmn_choices if c["bits"] == 8 and not c["why"].startswith("pinned")]
+    assert whys[10] and all("search skipped" in w for w in whys[10])
+    assert whys[default] and not any("search skipped" in w for w in whys[default])
