@@ -242,7 +242,8 @@ def _tf_lstm_body(p: str, x: str, h: str, c: str, h_out: str, c_out: str, peepho
     writes them: Concat -> Gemm -> Split(i, j, f, o), in the operand orders of ML-KWS's frozen graphs."""
     n = helper.make_node
     nodes = [n("Concat", [x, h], [p + "concat"], axis=1, name=p + "concat"),
-             n("Gemm", [p + "concat", p + "kernel", p + "bias"], [p + "gates"], transA=0, transB=0, name=p + "MatMul_Gemm"),
+             n("Gemm", [p + "concat", p + "kernel", p + "bias"], [p + "gates"], transA=0, transB=0,
+               name=p + "MatMul_Gemm"),
              n("Split", [p + "gates"], [p + "i", p + "j", p + "f", p + "o"], axis=1, name=p + "split"),
              n("Add", [p + "f", p + "forget_bias"], [p + "f1"], name=p + "add"),
              n("Tanh", [p + "j"], [p + "tj"], name=p + "Tanh")]
@@ -354,7 +355,8 @@ def tf2onnx_rnn_model(cell: str = "basic_lstm", steps: int = 12, features: int =
         body_in, body_out = [], []
         for layer in range(layers):
             p = f"rnn/while/multi_rnn_cell/cell_{layer}/gru_cell/"
-            inits.update({p + "gates/kernel": u(k, (size + hidden, 2 * hidden)), p + "gates/bias": np.ones(2 * hidden, np.float32),
+            inits.update({p + "gates/kernel": u(k, (size + hidden, 2 * hidden)),
+                          p + "gates/bias": np.ones(2 * hidden, np.float32),
                           p + "candidate/kernel": u(k, (size + hidden, hidden)), p + "candidate/bias": u(0.1, hidden),
                           p + "one": np.array(1.0, np.float32)})
             body_nodes += _tf_gru_body(p, x, f"h{layer}_in", f"h{layer}_out")
@@ -374,7 +376,8 @@ def tf2onnx_rnn_model(cell: str = "basic_lstm", steps: int = 12, features: int =
     inits.update({"W_o": u(3 / np.sqrt(out), (out, classes)), "b_o": u(0.1, classes)})
     if cell == "crnn":
         inits.update({"fcw": u(1 / np.sqrt(out), (out, 32)), "fcb": u(0.1, 32)})
-        nodes += [n("Gemm", [last, "fcw", "fcb"], ["fc1"], name="MatMul_Gemm"), n("Relu", ["fc1"], ["fc1r"], name="Relu_1")]
+        nodes += [n("Gemm", [last, "fcw", "fcb"], ["fc1"], name="MatMul_Gemm"),
+                  n("Relu", ["fc1"], ["fc1r"], name="Relu_1")]
         inits["W_o"] = u(3 / np.sqrt(32), (32, classes))
         last = "fc1r"
     nodes += [n("Gemm", [last, "W_o", "b_o"], ["logits"], name="Output-Layer/MatMul_Gemm"),
