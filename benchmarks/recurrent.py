@@ -31,14 +31,25 @@ import run as bench  # noqa: E402  (benchmarks/run.py: the shared build-and-coun
 SCHEMES = {"q7": ["--bits", "8"], "q15": ["--bits", "16"], "int8": ["--scheme", "int8"]}
 
 
-def measure(kind: str, hidden: int, scheme: str, workdir: Path, clips: np.ndarray) -> dict:
+def with_peepholes(model: onnx.ModelProto, hidden: int, seed: int = 3) -> onnx.ModelProto:
+    """The classifier's LSTM with random peepholes P (uniform +-1/sqrt(H), PyTorch's scale)."""
+    bound = 1 / np.sqrt(hidden)
+    p = np.random.default_rng(seed).uniform(-bound, bound, (1, 3 * hidden)).astype(np.float32)
+    node = next(n for n in model.graph.node if n.op_type == "LSTM")
+    node.input.extend([""] * (7 - len(node.input)) + ["P"])
+    model.graph.initializer.append(onnx.numpy_helper.from_array(p, "P"))
+    return model
+
+
+def measure(kind: str, hidden: int, scheme: str, workdir: Path, clips: np.ndarray, peepholes: bool = False) -> dict:
     from recurrent_models import classifier_model
-    name = f"{kind.lower()}{hidden}_{scheme}"
+    name = f"{kind.lower()}{'p' if peepholes else ''}{hidden}_{scheme}"
     folder = workdir / name
     folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(classifier_model(kind, hidden=hidden, linear_before_reset=1), folder / "model.onnx")
+    model = classifier_model(kind, hidden=hidden, linear_before_reset=1)
+    onnx.save(with_peepholes(model, hidden) if peepholes else model, folder / "model.onnx")
     np.save(folder / "calib.npy", clips)
-    row = {"model": f"{kind} H={hidden}", "scheme": scheme, "steps": 49}
+    row = {"model": f"{kind}{' + peepholes' if peepholes else ''} H={hidden}", "scheme": scheme, "steps": 49}
     for mode, extra in (("whole", []), ("stream", ["--stream-state"])):
         out = folder / mode
         cmd = [*bench._qcc_command(), str(folder / "model.onnx"), "-o", str(out / f"{name}.c"), "--target",
@@ -80,9 +91,11 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("-o", "--output", help="also write the table here")
     p.add_argument("--schemes", default="q7,q15,int8", help="comma-separated: q7, q15, int8")
+    p.add_argument("--peepholes", action="store_true", help="only the LSTM, with peepholes (ONNX input P)")
     args = p.parse_args(argv)
     clips = np.load(bench.MODELS / "kws_dscnn" / "mfcc_real_float.npy").reshape(22, 1, 49, 10).astype(np.float32)
-    rows = [measure(kind, args.hidden, scheme, Path(args.workdir), clips) for kind in ("LSTM", "GRU")
+    kinds = ("LSTM",) if args.peepholes else ("LSTM", "GRU")
+    rows = [measure(kind, args.hidden, scheme, Path(args.workdir), clips, args.peepholes) for kind in kinds
             for scheme in args.schemes.split(",")]
     table = render(rows)
     print(table)

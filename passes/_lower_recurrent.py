@@ -18,6 +18,7 @@ Formats (qcc/ir/ops/qnn_recurrent.py states the integer math):
     c        int16 Q.n_c, n_c = min(12, 15 - ceil(log2 max|c|)) from the calibrated range of the
              cell result, which ``calibrate-recurrent`` widens to every step's cell state
     h0, c0   constants quantized to the state formats; run-time values requantized to them
+    p        the LSTM's peepholes: int16 Q.n_p from max|p| (the product with c shifted to Q.12)
 
 The y, h, c results then meet their own fake-quant formats through qnn.requantize
 where those differ (``_quantize``).
@@ -88,7 +89,7 @@ class RecurrentLowerings:
 
     def _recurrent(self, op: Op, gates: int) -> List[Value]:
         x = self._x(op, 0)
-        for i in (1, 2, 3):
+        for i in [1, 2, 3] + ([6] if len(op.operands) > 6 else []):
             if not op.operands[i].is_constant():
                 raise UnsupportedModelError(f"lower-quantized: weights of {op.describe()} are not constant")
         bits = bits_of(x.type.dtype)
@@ -121,6 +122,10 @@ class RecurrentLowerings:
             operands.append(self._state(op, 5, ct))
             attrs["cell_frac"] = frac_bits(ct)
             types.append(ct)
+            if len(op.operands) > 6:  # peepholes: int16, the shift to Q.12 kept inside [-31, 31]
+                p = np.asarray(op.operands[6].constant(), np.float64)
+                n_p = min(frac_bits_for(float(np.abs(p).max(initial=0.0)), 16), 31 + GATE_FRAC - frac_bits(ct))
+                operands.append(self._quant_const(p, fixed_type(p.shape, "i16", n_p), f"{op.name}.p", op))
             opname = "qnn.lstm"
         else:
             attrs["linear_before_reset"] = op.attrs["linear_before_reset"]

@@ -126,11 +126,20 @@ def _int8_pool(op: Op) -> Optional[str]:
     return _window(op)
 
 
+LAYOUT_MOVES = ("nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose")
+
+
+def _only_to_outputs(graph, v) -> bool:
+    """Is ``v`` read only by graph outputs, through layout ops?"""
+    return all(u.opname in LAYOUT_MOVES and _only_to_outputs(graph, u.result) for u in graph.users(v))
+
+
 def _recurrent_int8(op: Op) -> Optional[str]:
     if not all(v.is_constant() for v in op.operands[1:]):
         return "its weights, bias or initial states are computed at run time, not constants"
-    if op.opname == "nn.lstm" and (op.graph.users(op.results[2]) or op.graph.is_output(op.results[2])):
-        return "its final cell state (Y_c) is read; the int8 LSTM keeps its int16 cell state inside the kernel"
+    if op.opname == "nn.lstm" and not _only_to_outputs(op.graph, op.results[2]):
+        return ("its final cell state (Y_c) feeds other layers; under int8 Y_c is the kernel's int16 cell "
+                "state, read only as a graph output")
     return None
 
 

@@ -203,6 +203,10 @@ class CheckQuantized(Pass):
             if a[key + "_shift"] > 0:
                 raise PassError(f"{op.describe()}: '{key}_shift' {a[key + '_shift']} > 0 would shift a 2^30 "
                                 f"product out of int32 (the hidden-state scale is too small for the gates)")
+        for k, s in enumerate(a.get("peephole_shift", [])):   # int16 peephole x int16 cell: also up to 2^30
+            if s > 0:
+                raise PassError(f"{op.describe()}: 'peephole_shift'[{k}] {s} > 0 would shift a 2^30 product "
+                                f"out of int32")
 
     def _add(self, op: Op):
         a, b = op.operands[0].type, op.operands[1].type

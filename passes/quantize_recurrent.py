@@ -7,7 +7,8 @@ norm, ``quantize_lstm`` in its converter):
 
     x: the int8 parameters quantize-affine chose (s_x, zp_x)
     h (= every row of y): y's int8 parameters (s_h, zp_h); a used final h is
-        rescaled (s8.requantize) to its own calibrated parameters when they differ
+        rescaled (s8.requantize) to its own calibrated parameters when they differ; a read final
+        cell state (ONNX Y_c) is the kernel's int16 cell state at 2^p, dequantized to float
     weights: symmetric int8 per gate matrix, s_w[k] = max|W_k| / 127 (likewise R_k)
     gate inputs: Q3.12 (2^-12), so input_mult[k] = s_x s_w[k] / 2^-12,
         recurrent_mult[k] = s_h s_r[k] / 2^-12; gate outputs Q0.15
@@ -15,6 +16,7 @@ norm, ``quantize_lstm`` in its converter):
     LSTM cell state: int16 at 2^p, p = ceil(log2(max |c|)) - 15 over every step of the
         calibration data (the float kernel's trace); forget mult 2^-15, input-to-cell
         2^(-30 - p), output 2^-30 / s_h; cell_clip 32767 (ONNX has no clip here)
+    LSTM peepholes: symmetric int16 per gate, s_p[k] = max|P_k| / 32767; mult s_p[k] 2^p / 2^-12
     GRU biases: round(Wb_k / (s_x s_w[k])) on the input path, round(Rb_k / (s_h s_r[k]))
         on the recurrent path; output mult 2^-30 / s_h (qcc/ir/ops/qnn_s8_recurrent.py)
 
@@ -84,6 +86,24 @@ def _read(graph: Graph, v: Value) -> bool:
     return any(u.opname not in ("q.quantize", "q.dequantize") or _read(graph, u.result) for u in graph.users(v))
 
 
+MOVES = ("nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose")
+
+
+def _read_as_float(graph: Graph, v: Value) -> bool:
+    """Is ``v`` read only through layout ops ending in q.dequantize (a float output)?"""
+    if graph.is_output(v):
+        return False
+    return all(u.opname == "q.dequantize" or (u.opname in MOVES and _read_as_float(graph, u.result))
+               for u in graph.users(v))
+
+
+def _retype_moves(graph: Graph, v: Value, dtype: str, quant) -> None:
+    for u in graph.users(v):
+        if u.opname in MOVES:
+            u.result.type = TensorType(u.result.shape, dtype, quant)
+            _retype_moves(graph, u.result, dtype, quant)
+
+
 def _erase_unread(graph: Graph, v: Value):
     for u in graph.users(v):
         for r in u.results:
@@ -113,6 +133,21 @@ def _cell_power(cmax: float) -> int:
     if not cmax > 0 or not math.isfinite(cmax):
         return -15
     return int(min(2, max(-30, math.ceil(math.log2(cmax)) - 15)))
+
+
+def _peepholes(p: np.ndarray, hidden: int, cell_power: int):
+    """TFLite's cell-to-gate weights: each gate's vector (i, o, f) symmetric int16 at max|p_k| / 32767,
+    and its product with the cell state (2^cell_power) brought to the gate's 2^-12."""
+    qs, mults = [], []
+    # A product of two int16 reaches 2^30: its multiplier must stay below 1 (no left shift), so a
+    # peephole that large against the cell scale takes a coarser scale (its term saturates the gate anyway).
+    coarsest = 0.999 * GATE_SCALE / 2.0 ** cell_power
+    for k in range(3):
+        pk = p[k * hidden:(k + 1) * hidden]
+        scale = min(float(np.abs(pk).max(initial=0.0)) / 32767, coarsest) or 1.0
+        qs.append(np.clip(round_half_away(pk / scale), -32767, 32767).astype(np.int16))
+        mults.append(_mult(scale * 2.0 ** cell_power / GATE_SCALE))
+    return np.concatenate(qs), mults
 
 
 @register_pass
@@ -156,9 +191,10 @@ class QuantizeRecurrent(Pass):
         for r in op.results[1:]:
             if graph.users(r) and _sole_quantize(graph, r) is None:
                 return "a final state is used in float"
-        if op.opname == "nn.lstm" and _read(graph, op.results[2]):
-            return ("its final cell state (ONNX Y_c) is read: the int8 LSTM keeps its int16 cell state inside "
-                    "the kernel; use Y or Y_h")
+        q_c = _sole_quantize(graph, op.results[2]) if op.opname == "nn.lstm" else None
+        if q_c is not None and not _read_as_float(graph, q_c.result):
+            return ("its final cell state (ONNX Y_c) feeds integer layers: Y_c keeps the int16 cell state's "
+                    "scale, which only a float output (or a layout op before one) reads")
         return ""
 
     # ------------------------------------------------------------ calibration of the cell state
@@ -219,6 +255,10 @@ class QuantizeRecurrent(Pass):
                          input_to_cell_multiplier=im, input_to_cell_shift=is_)
             operands += [graph.add_const(bias, name=f"{op.name}.b.q"), graph.add_const(h0_q, name=f"{op.name}.h0.q"),
                          graph.add_const(c0_q, name=f"{op.name}.c0.q")]
+            if len(op.operands) > 6:
+                p_q, mults = _peepholes(np.asarray(op.operands[6].constant(), np.float64), hidden, p)
+                attrs.update(peephole_multiplier=[m for m, _ in mults], peephole_shift=[s for _, s in mults])
+                operands.append(graph.add_const(p_q, name=f"{op.name}.p.q"))
             types = [TensorType(op.results[0].shape, "i8", qh), TensorType((1, hidden), "i8", qh),
                      TensorType((1, hidden), "i16", UniformQuant(2.0 ** p, 0))]
         else:
@@ -231,9 +271,23 @@ class QuantizeRecurrent(Pass):
         graph.replace_all_uses(q_y.result, new.results[0])
         graph.erase_op(q_y)
         self._final_h(graph, op, new)
+        if lstm:
+            self._final_c(graph, op, new)
         for res in op.results:   # the Q/DQ pairs of final states nothing reads
             _erase_unread(graph, res)
         graph.erase_op(op)
+
+    @staticmethod
+    def _final_c(graph: Graph, op: Op, new: Op):
+        """A read Y_c: the kernel's int16 cell state at 2^p, dequantized where the graph reads it
+        (in place of the int8 format quantize-affine gave it: exact, and no int16 -> int8 op needed)."""
+        q = _sole_quantize(graph, op.results[2])
+        if q is None or not _read(graph, q.result):
+            return
+        c = new.results[2]
+        _retype_moves(graph, q.result, c.type.dtype, c.type.quant)
+        graph.replace_all_uses(q.result, c)
+        graph.erase_op(q)
 
     @staticmethod
     def _final_h(graph: Graph, op: Op, new: Op):

@@ -51,12 +51,13 @@ LAYOUT_OPS = ("nn.reshape", "nn.squeeze", "nn.unsqueeze", "nn.flatten", "nn.tran
 
 def is_recurrent(op: Op) -> bool:
     """The recurrent operand/result shape (see the module docstring)."""
-    n = len(op.operands) - STATE_OPERAND
-    if n not in (1, 2) or len(op.results) != 1 + n or len(op.operands[0].shape) != 2:
+    n = len(op.results) - 1  # h, or h and c; an LSTM's peepholes may follow its states
+    if n not in (1, 2) or len(op.operands) < STATE_OPERAND + n or len(op.operands[0].shape) != 2:
         return False
     steps, hidden = op.results[0].shape if len(op.results[0].shape) == 2 else (None, None)
     return (steps == op.operands[0].shape[0]
-            and all(v.shape == (1, hidden) for v in list(op.operands[STATE_OPERAND:]) + list(op.results[1:])))
+            and all(v.shape == (1, hidden) for v in list(op.operands[STATE_OPERAND:STATE_OPERAND + n])
+                    + list(op.results[1:])))
 
 
 def _keeps_order(op: Op) -> bool:
@@ -105,7 +106,7 @@ class StreamState(Pass):
         rw = Rewriter(graph)
         states = 0
         for op in cells:
-            for i in range(STATE_OPERAND, len(op.operands)):
+            for i in range(STATE_OPERAND, STATE_OPERAND + len(op.results) - 1):
                 v = op.operands[i]
                 if v.is_constant():
                     s = rw.create_op("qcc.state", [], {"value": v.constant().copy()}, [v.type],

@@ -121,7 +121,7 @@ def test_unsupported_attributes_are_refused(kind, extra, match):
     _refused(model, match)
 
 
-def test_batch_sequence_lens_and_peepholes_are_refused():
+def test_batch_sequence_lens_and_run_time_peepholes_are_refused():
     w, r, b = cell_weights("LSTM", 2, 2)
     inits = {"W": w, "R": r, "B": b}
     node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y"], hidden_size=2, name="lstm1")
@@ -130,8 +130,8 @@ def test_batch_sequence_lens_and_peepholes_are_refused():
     _refused(build([node], {"X": [3, 1, 2], "lens": [1]}, ["Y"], inits, opset=14,
                    in_types={"lens": 6}), "sequence_lens")
     node = helper.make_node("LSTM", ["X", "W", "R", "B", "", "", "", "P"], ["Y"], hidden_size=2, name="lstm1")
-    _refused(build([node], {"X": [3, 1, 2]}, ["Y"], {**inits, "P": np.ones((1, 6), np.float32)}, opset=14),
-             "peephole")
+    _refused(build([node], {"X": [3, 1, 2], "P": [1, 6]}, ["Y"], inits, opset=14),
+             "peephole weights P ('P') must be a constant")
     node = helper.make_node("LSTM", ["X", "Wx", "R", "B"], ["Y"], hidden_size=2, name="lstm1")
     _refused(build([node], {"X": [3, 1, 2], "Wx": [1, 8, 2]}, ["Y"], inits, opset=14), "must be a constant")
 

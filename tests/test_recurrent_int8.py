@@ -273,7 +273,7 @@ def test_check_quantized_proves_the_recurrent_accumulators(kind, change, message
 
 
 @pytest.mark.parametrize("kind, initial, outputs, message", [
-    ("LSTM", "absent", ("Y", "Y_h", "Y_c"), 'node "lstm1" (LSTM): its final cell state (Y_c) is read'),
+    ("LSTM", "input", ("Y", "Y_h"), 'node "lstm1" (LSTM): its weights, bias or initial states are computed at run'),
     ("GRU", "input", ("Y",), 'node "gru1" (GRU): its weights, bias or initial states are computed at run time'),
 ])
 def test_refusals_name_the_node_before_calibration(tmp_path, capsys, kind, initial, outputs, message):

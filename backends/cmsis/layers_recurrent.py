@@ -9,7 +9,7 @@ scratch buffer (plan.scratch_bytes). The sigmoid and tanh tables
 from __future__ import annotations
 
 from qcc.ir.graph import Op
-from qcc.ir.ops.qnn_recurrent import SIGMOID_Q12, TANH_Q12
+from qcc.ir.ops.qnn_recurrent import SIGMOID_Q12, TANH_Q12, peephole_shift
 
 RECURRENT_HANDLED_ATTRS = {
     "qnn.lstm": {"hidden_size", "x_shift", "h_shift", "cell_frac"},
@@ -38,4 +38,5 @@ def build_recurrent(builder, op: Op, fn: str) -> dict:
     return {"steps": steps, "inputs": inputs, "hidden": a["hidden_size"], "xs": xs, "hs": hs,
             "xt": C_TYPES[x.type.dtype], "ht": C_TYPES[h0.type.dtype], "x_shift": a["x_shift"],
             "h_shift": a["h_shift"], "cell_frac": a.get("cell_frac", 12), "lbr": a.get("linear_before_reset", 0),
-            "h_frac": h0.type.quant.frac_bits, "hmin": info_lo, "hmax": info_hi, "sig": sig, "tanh": tanh}
+            "h_frac": h0.type.quant.frac_bits, "hmin": info_lo, "hmax": info_hi, "sig": sig, "tanh": tanh,
+            "peep": len(op.operands) > 6, "p_shift": peephole_shift(op) if len(op.operands) > 6 else 0}

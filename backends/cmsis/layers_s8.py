@@ -65,7 +65,8 @@ S8_HANDLED_ATTRS = {
 _RECURRENT = {"hidden_size", "input_zp", "output_zp", "input_multiplier", "input_shift", "recurrent_multiplier",
               "recurrent_shift", "output_multiplier", "output_shift"}
 S8_HANDLED_ATTRS["s8.lstm"] = _RECURRENT | {"cell_scale_power", "cell_clip", "forget_multiplier", "forget_shift",
-                                            "input_to_cell_multiplier", "input_to_cell_shift"}
+                                            "input_to_cell_multiplier", "input_to_cell_shift",
+                                            "peephole_multiplier", "peephole_shift"}
 S8_HANDLED_ATTRS["s8.gru"] = _RECURRENT | {"linear_before_reset"}
 S8_HANDLED_ATTRS["s8.sub"] = S8_HANDLED_ATTRS["s8.add"]
 REQUANT_FN = {"double": "qcc_s8_requant", "single": "qcc_s8_requant_single"}
@@ -456,7 +457,8 @@ def _recurrent(builder, op: Op, fn: str) -> dict:
     if op.opname == "s8.lstm":
         ctx.update(fm=a["forget_multiplier"],
                    fs=a["forget_shift"], im=a["input_to_cell_multiplier"], is_=a["input_to_cell_shift"],
-                   clip=a["cell_clip"], cell_ls=a["cell_scale_power"] + 12)
+                   clip=a["cell_clip"], cell_ls=a["cell_scale_power"] + 12, peep=len(op.operands) > 6,
+                   pm=a["peephole_multiplier"], ps=a["peephole_shift"])
     elif not lbr:
         # r * (h - zp) is already centred: the n rows take the raw recurrent bias and an int16 x int8 dot
         builder.dots.add(("s16", "s8"))

@@ -457,7 +457,9 @@ def _reduce_mean(imp, node, a):
 
 # ---------------------------------------------------------------- shapes and data movement
 _SHAPE_CHAIN_ONNX = {"Gather", "Concat", "Unsqueeze", "Squeeze", "Slice", "Cast", "Reshape", "Identity", "Add",
-                     "Sub", "Mul", "Div", "Flatten", "Constant"}
+                     "Sub", "Mul", "Div", "Flatten", "Constant",
+                     # a Loop's condition (loop_lifters.py folds these at import)
+                     "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal", "And", "Or", "Not", "Xor"}
 
 
 def _static_value(imp, name: str, depth: int = 0) -> bool:

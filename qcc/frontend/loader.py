@@ -12,7 +12,7 @@ import onnx
 from onnx import shape_inference
 
 from qcc.errors import InputError, OpError, UnsupportedModelError
-from qcc.frontend import lifters, qdq_lifters, recurrent_lifters, scan_lifters  # noqa: F401  (QDQ, LSTM/GRU, Scan/Split)
+from qcc.frontend import lifters, loop_lifters, qdq_lifters, recurrent_lifters, scan_lifters  # noqa: F401
 from qcc.frontend.importer import ONNX_DTYPES, Importer, _default_opset, _pin_input_shapes, _read, _value_type
 from qcc.ir.graph import Graph
 from qcc.ir.types import TensorType

@@ -10,9 +10,10 @@ are removed with reshapes around the op; the node's outputs get them back:
     W [1, G*H, I] -> w [G*H, I],  R [1, G*H, H] -> r,  B [1, 2*G*H] -> b
     y [T, H] -> Y [T, 1, 1, H] (layout 0) or [1, T, 1, H];  h, c [1, H] -> Y_h, Y_c [1, 1, H]
 
-Anything else (reverse or bidirectional, peepholes, clip, input_forget,
-other activations, batch > 1) is refused with the node named: a cell that
-needs one of them would compute different numbers.
+Constant LSTM peepholes P become nn.lstm's operand p ([3H]). Anything
+else (reverse or bidirectional, clip, input_forget, other activations,
+batch > 1) is refused with the node named: a cell that needs one of them
+would compute different numbers.
 """
 from __future__ import annotations
 
@@ -82,8 +83,10 @@ def _check_recurrent(imp, node, a) -> Optional[str]:
             got = list(imp.shape(name)) if imp.shape(name) is not None else "unknown"
             return f"initial state '{name}' has shape {got}; expected a static [1, 1, {hidden}]"
     peep = _inp(node, 7) if op == "LSTM" else ""
-    if peep and (imp.const(peep) is None or np.any(imp.const(peep))):
-        return "peephole connections (input P) are not supported"
+    if peep and imp.const(peep) is None:
+        return f"peephole weights P ('{peep}') must be a constant (initializer or Constant)"
+    if peep and imp.const(peep).shape != (1, 3 * hidden):
+        return f"P has shape {list(imp.const(peep).shape)}; expected [1, {3 * hidden}] (one direction)"
     for k, name in enumerate(node.output):
         if name and imp.shape(name) is not None and k < 3:
             want = [(steps, 1, 1, hidden) if not a.get("layout", 0) else (1, steps, 1, hidden),
@@ -114,6 +117,9 @@ def _lift_recurrent(imp, node, a):
         else:
             operands.append(imp.emit("nn.reshape", [imp.value(src)], {"shape": [1, hidden]}, node,
                                      name=f"{name}/{state}", outputs=[]))
+    peep = imp.const(_inp(node, 7)) if op == "LSTM" else None
+    if peep is not None and np.any(peep):  # all-zero peepholes are the plain cell
+        operands.append(imp.add_const(peep.reshape(-1).astype(np.float32), f"{name}.p"))
     attrs = {"hidden_size": hidden}
     if op == "GRU":
         attrs["linear_before_reset"] = int(a.get("linear_before_reset", 0))

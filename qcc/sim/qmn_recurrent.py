@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qcc.ir.ops.qnn_recurrent import SIGMOID_Q12, TANH_Q12
+from qcc.ir.ops.qnn_recurrent import SIGMOID_Q12, TANH_Q12, peephole_shift
 from qcc.sim.interpreter import kernel
 from qcc.sim.qmn import _check_int32, _interp, rshift_round
 
@@ -37,19 +37,25 @@ def _frac(v) -> int:
 
 
 @kernel("qnn.lstm")
-def _qlstm(op, x, w, r, b, h0, c0):
+def _qlstm(op, x, w, r, b, h0, c0, p=None):
     a = op.attrs
     hidden, xs, hs, nc = a["hidden_size"], a["x_shift"], a["h_shift"], a["cell_frac"]
     hdt, n_h = op.results[0].type.np_dtype, _frac(op.results[0])
     h, c = h0.reshape(-1).astype(np.int64), c0.reshape(-1).astype(np.int64)
     b = b.astype(np.int64)
+    peep = np.zeros(3 * hidden, np.int64) if p is None else np.asarray(p, np.int64)
+    ps = peephole_shift(op) if p is not None else 0
+    p_i, p_o, p_f = (peep[k * hidden:(k + 1) * hidden] for k in range(3))
     ys = np.zeros((x.shape[0], hidden), np.int64)
     for t in range(x.shape[0]):
-        pre = _sat(rshift_round(_dots(op, x[t], w, "input accumulator"), xs)
-                   + rshift_round(_dots(op, h, r, "recurrent accumulator"), hs) + b, np.int16)
-        pi, po, pf, pg = (pre[k * hidden:(k + 1) * hidden] for k in range(4))
-        i, o, f, g = lut_q12(_SIG, pi), lut_q12(_SIG, po), lut_q12(_SIG, pf), lut_q12(_TANH, pg)
+        acc = (rshift_round(_dots(op, x[t], w, "input accumulator"), xs)
+               + rshift_round(_dots(op, h, r, "recurrent accumulator"), hs) + b)
+        ai, ao, af, ag = (acc[k * hidden:(k + 1) * hidden] for k in range(4))
+        i = lut_q12(_SIG, _sat(ai + rshift_round(p_i * c, ps), np.int16))
+        f = lut_q12(_SIG, _sat(af + rshift_round(p_f * c, ps), np.int16))
+        g = lut_q12(_TANH, _sat(ag, np.int16))
         c = _sat(rshift_round(f * c, 15) + rshift_round(i * g, 30 - nc), np.int16)
+        o = lut_q12(_SIG, _sat(ao + rshift_round(p_o * c, ps), np.int16))
         th = lut_q12(_TANH, _sat(rshift_round(c, nc - 12), np.int16))
         h = _sat(rshift_round(o * th, 30 - n_h), hdt)
         ys[t] = h

@@ -33,19 +33,25 @@ def _stack(trace: Optional[dict]):
             trace[key] = np.stack(trace[key]) if isinstance(trace[key], list) else trace[key]
 
 
-def lstm_float(x, w, r, b, h0, c0, trace: Optional[dict] = None):
-    """(y [T, H], h [1, H], c [1, H]) of an ONNX LSTM (gates i, o, f, c) run forward over x [T, I]."""
+def lstm_float(x, w, r, b, h0, c0, p=None, trace: Optional[dict] = None):
+    """(y [T, H], h [1, H], c [1, H]) of an ONNX LSTM (gates i, o, f, c) run forward over x [T, I];
+    ``p`` the peepholes [3H] (i, o, f) as ONNX's P, or None."""
     f32 = np.float32
     x, w, r, b = (np.asarray(a, f32) for a in (x, w, r, b))
     hidden = r.shape[1]
     bias = b[:4 * hidden] + b[4 * hidden:]
     h, c = np.asarray(h0, f32).reshape(hidden), np.asarray(c0, f32).reshape(hidden)
+    peep = np.asarray(p if p is not None else np.zeros(3 * hidden), f32).reshape(-1)
+    p_i, p_o, p_f = (peep[k * hidden:(k + 1) * hidden] for k in range(3))
     ys = []
     for t in range(x.shape[0]):
         pre = w @ x[t] + r @ h + bias
         pi, po, pf, pg = (pre[k * hidden:(k + 1) * hidden] for k in range(4))
-        i, o, f, g = _sigmoid(pi), _sigmoid(po), _sigmoid(pf), np.tanh(pg)
+        pi, pf = pi + p_i * c, pf + p_f * c
+        i, f, g = _sigmoid(pi), _sigmoid(pf), np.tanh(pg)
         c = (f * c + i * g).astype(f32)
+        po = po + p_o * c
+        o = _sigmoid(po)
         h = (o * np.tanh(c)).astype(f32)
         ys.append(h)
         _record(trace, {"pre_i": pi, "pre_o": po, "pre_f": pf, "pre_g": pg, "i": i, "o": o, "f": f, "g": g, "c": c})
@@ -85,8 +91,8 @@ def gru_float(x, w, r, b, h0, linear_before_reset: int = 0, trace: Optional[dict
 
 
 @kernel("nn.lstm")
-def _lstm(op, x, w, r, b, h0, c0):
-    return list(lstm_float(x, w, r, b, h0, c0))
+def _lstm(op, x, w, r, b, h0, c0, p=None):
+    return list(lstm_float(x, w, r, b, h0, c0, p))
 
 
 @kernel("nn.gru")

@@ -87,24 +87,31 @@ def _gate_matmuls(op, x, w, r, b_in, b_rec, gates: int):
 
 
 @kernel("s8.lstm")
-def _lstm(op, x, w, r, b, h0, c0):
+def _lstm(op, x, w, r, b, h0, c0, p=None):
     a = op.attrs
     hs = a["hidden_size"]
     zp = a["output_zp"]
     px, recurrent = _gate_matmuls(op, x, w, r, np.asarray(b, np.int64), np.zeros(4 * hs, np.int64), 4)
     h = np.asarray(h0, np.int64).reshape(hs)
     c = np.asarray(c0, np.int64).reshape(hs)
+
+    def peephole(pre, k, cell):  # TFLite's VectorBatchVectorCwiseProductAccumulate (k: 0 i, 1 o, 2 f)
+        if p is None:
+            return pre
+        pk = np.asarray(p, np.int64)[k * hs:(k + 1) * hs]
+        return _sat16(pre + requantize(pk * cell, a["peephole_multiplier"][k], a["peephole_shift"][k], op))
     ys = []
     for t in range(px.shape[0]):
         pre = _sat16(_sat16(px[t]) + recurrent(h - zp))
         gi, go, gf, gc = (pre[k * hs:(k + 1) * hs] for k in range(4))
+        gi, gf = peephole(gi, 0, c), peephole(gf, 2, c)
         f = activation16(gf, 0, "sigmoid")
         c = _sat16(requantize(f * c, a["forget_multiplier"], a["forget_shift"], op))
         i = activation16(gi, 0, "sigmoid")
         g = activation16(gc, 0, "tanh")
         clip = a["cell_clip"]
         c = np.clip(requantize(i * g, a["input_to_cell_multiplier"], a["input_to_cell_shift"], op) + c, -clip, clip)
-        o = activation16(go, 0, "sigmoid")
+        o = activation16(peephole(go, 1, c), 0, "sigmoid")
         th = activation16(c, a["cell_scale_power"] + 12, "tanh")
         h = np.clip(requantize(o * th, a["output_multiplier"], a["output_shift"], op) + zp, -128, 127)
         ys.append(h)

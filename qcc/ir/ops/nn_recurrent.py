@@ -4,11 +4,14 @@
 direction dims removed: x ``[T, I]``, w ``[4H, I]``, r ``[4H, H]``, b ``[8H]``
 (ONNX's Wb then Rb), h0 ``[1, H]``, c0 ``[1, H]``; y ``[T, H]`` holds every
 step's hidden state, h and c the last ones. Gates in ONNX order (i, o, f, c),
-default activations, no peepholes, no clip. For t = 0 .. T-1::
+default activations, no clip. The optional operand p ``[3H]`` (ONNX's
+peepholes P, in the order i, o, f) adds p * c to three gates: the previous
+cell state to i and f, the new one to o (p = 0 without it). For t = 0 .. T-1::
 
-    i = sigmoid(W_i x_t + R_i h + Wb_i + Rb_i)      o, f likewise
+    i = sigmoid(W_i x_t + R_i h + Wb_i + Rb_i + p_i * c)      f likewise
     g = tanh(W_c x_t + R_c h + Wb_c + Rb_c)
     c = f * c + i * g
+    o = sigmoid(W_o x_t + R_o h + Wb_o + Rb_o + p_o * c)     (the new c)
     h = o * tanh(c)
 
 ``nn.gru(x, w, r, b, h0) -> (y, h)``: w ``[3H, I]``, r ``[3H, H]``, b ``[6H]``,
@@ -53,13 +56,20 @@ def _recurrent_rule(gates: int, states: int):
     return rule
 
 
+def check_peepholes(op):
+    """The optional peephole operand p (operand 6) of an LSTM: [3H]."""
+    if len(op.operands) > 6 and op.operands[6].shape != (3 * op.attrs["hidden_size"],):
+        raise OpError(f"operand 'p' (peepholes i, o, f) must have shape [{3 * op.attrs['hidden_size']}], "
+                      f"got {list(op.operands[6].shape)}")
+
+
 def _verify_gru(op):
     if op.attrs["linear_before_reset"] not in (0, 1):
         raise OpError(f"linear_before_reset must be 0 or 1, got {op.attrs['linear_before_reset']}")
 
 
-register_op(OpDef("nn.lstm", operands=["x", "w", "r", "b", "h0", "c0"], attrs=attrs(attr("hidden_size", "int")),
-                  infer=_recurrent_rule(4, 2), num_results=3,
+register_op(OpDef("nn.lstm", operands=["x", "w", "r", "b", "h0", "c0", "p?"], attrs=attrs(attr("hidden_size", "int")),
+                  infer=_recurrent_rule(4, 2), verify_fn=check_peepholes, num_results=3,
                   summary="LSTM over a sequence (ONNX gates i, o, f, c): (y [T, H], h [1, H], c [1, H])"))
 register_op(OpDef("nn.gru", operands=["x", "w", "r", "b", "h0"],
                   attrs=attrs(attr("hidden_size", "int"), attr("linear_before_reset", "int", 0)),

@@ -22,7 +22,10 @@ dot product reading the previous step's h::
     c[j] = sat16(rs(f * c[j], 15) + rs(i * g, 30 - cell_frac))
     y[t][j] = sat_h(rs(o * tanh(sat16(c[j] << (12 - cell_frac))), 30 - n_h))
 
-and h = y[T-1] at the end.
+and h = y[T-1] at the end. With the optional peepholes p (operand 6: int16 Q.n_p, [3H] in
+the order i, o, f) the i and f pre-activations add ``rs(p_k[j] * c[j], p_shift)`` with the
+previous c, and o adds it with the new c, inside the sat16; ``p_shift = n_p + cell_frac - 12``
+brings the product to the gate's Q.12.
 
 ``qnn.gru(x, w, r, b, h0) -> (y, h)``, rows (z, r, h); b has 4H entries
 [Wb_z + Rb_z, Wb_r + Rb_r, Wb_h, Rb_h]::
@@ -42,6 +45,7 @@ import numpy as np
 
 from qcc.ir.types import TensorType
 from qcc.ir.registry import OpDef, OpError, attr, attrs, register_op
+from qcc.ir.ops.nn_recurrent import check_peepholes
 from qcc.ir.ops.qnn_softmax import lut_interp_table
 
 GATE_FRAC = 12
@@ -96,6 +100,11 @@ def _verify(op):
     for key in ("x_shift", "h_shift"):
         if not -31 <= op.attrs[key] <= 31:
             raise OpError(f"'{key}' must lie in [-31, 31], got {op.attrs[key]}")
+    if op.opname == "qnn.lstm" and len(op.operands) > 6:
+        check_peepholes(op)
+        p = op.operands[6]
+        if p.type.dtype != "i16" or not -31 <= peephole_shift(op) <= 31:
+            raise OpError("peepholes p must be i16 with n_p + cell_frac - 12 in [-31, 31]")
     if op.opname == "qnn.lstm":
         c0 = op.operands[5]
         if c0.type.dtype != "i16" or not 0 <= op.attrs["cell_frac"] <= GATE_FRAC or _frac(c0) != op.attrs["cell_frac"]:
@@ -104,8 +113,13 @@ def _verify(op):
         raise OpError("linear_before_reset must be 0 or 1")
 
 
+def peephole_shift(op) -> int:
+    """The right shift that brings p * c (Q.n_p times Q.cell_frac) to the gates' Q.12."""
+    return _frac(op.operands[6]) + op.attrs["cell_frac"] - GATE_FRAC
+
+
 _COMMON = (attr("hidden_size", "int"), attr("x_shift", "int"), attr("h_shift", "int"))
-register_op(OpDef("qnn.lstm", operands=["x", "w", "r", "b", "h0", "c0"],
+register_op(OpDef("qnn.lstm", operands=["x", "w", "r", "b", "h0", "c0", "p?"],
                   attrs=attrs(*_COMMON, attr("cell_frac", "int")), infer=_rule(4, 2), verify_fn=_verify,
                   num_results=3, summary="Qm.n LSTM over a sequence: (y, h, c); see qcc/ir/ops/qnn_recurrent.py"))
 register_op(OpDef("qnn.gru", operands=["x", "w", "r", "b", "h0"],

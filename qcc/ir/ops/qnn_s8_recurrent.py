@@ -37,6 +37,14 @@ LSTM, per step t (all per element j of the H outputs; gate k of {i, o, f, c}):
                     + output_zp, -128, 127)
 
 (``cell_clip`` in [1, 32767]; TFLite's converter uses 32767 when the model has no clip.)
+Peepholes (optional operand p, i16 [3H] in the order i, o, f, each gate's vector symmetric at
+its own scale s_p[k]; TFLite's ``cell_to_gate_weights`` through
+``VectorBatchVectorCwiseProductAccumulate``): after the two products, i and f add the
+previous cell state's term and o, computed after the cell update, the new one's:
+
+    pre_k = sat16(pre_k + requant(p_k * c, peephole_multiplier[k], peephole_shift[k]))  k = i, o, f
+
+with ``peephole_multiplier/shift[k]`` = s_p[k] 2^cell_scale_power / 2^-12 (both lists empty without p).
 With the recurrent weights' zero point folded as ``-output_zp * sum(r_k)``, this is
 ``arm_nn_lstm_step_s8`` exactly, including its first step without a hidden state
 (h0 = output_zp: the recurrent term is requant(0) = 0).
@@ -120,6 +128,11 @@ def _lstm_rule(op):
 def _verify_lstm(op):
     _verify_common(op, 4, 4 * op.attrs["hidden_size"])
     _expect(op.operands[5], "c0", "i16", (1, op.attrs["hidden_size"]))
+    if len(op.operands) > 6:
+        _expect(op.operands[6], "p", "i16", (3 * op.attrs["hidden_size"],))
+        _check_pairs(op, "peephole", 3)
+    elif op.attrs["peephole_multiplier"] or op.attrs["peephole_shift"]:
+        raise OpError("'peephole_multiplier' / 'peephole_shift' are for an LSTM with peepholes (operand p)")
     for key in ("forget", "input_to_cell"):
         _check_mults(op, key, op.attrs[key + "_multiplier"], op.attrs[key + "_shift"])
     if not 1 <= op.attrs["cell_clip"] <= 32767:
@@ -135,10 +148,11 @@ _COMMON = (attr("hidden_size", "int"), attr("input_zp", "int", 0), attr("output_
            attr("output_multiplier", "int"), attr("output_shift", "int"))
 
 register_op(OpDef(
-    "s8.lstm", operands=["x", "w", "r", "b", "h0", "c0"],
+    "s8.lstm", operands=["x", "w", "r", "b", "h0", "c0", "p?"],
     attrs=attrs(*_COMMON, attr("cell_scale_power", "int"), attr("cell_clip", "int", 32767),
                 attr("forget_multiplier", "int"), attr("forget_shift", "int"),
-                attr("input_to_cell_multiplier", "int"), attr("input_to_cell_shift", "int")),
+                attr("input_to_cell_multiplier", "int"), attr("input_to_cell_shift", "int"),
+                attr("peephole_multiplier", "ints", []), attr("peephole_shift", "ints", [])),
     infer=_lstm_rule, verify_fn=_verify_lstm, num_results=3,
     summary="Int8 LSTM (TFLite integer LSTM / CMSIS-NN arm_lstm_unidirectional_s8): int16 gates and cell."))
 
