@@ -272,7 +272,7 @@ def _tf_lstm_body(p: str, x: str, h: str, c: str, h_out: str, c_out: str, peepho
         nodes += [n("Mul", [p + "so", p + "tc"], [p + "m"], name=p + "mul_5"),
                   n("MatMul", [p + "m", p + "projection"], [h_out], name=p + "MatMul_1")]
     else:
-        nodes.append(n("Mul", [p + "tc", p + "so"], [h_out], name=p + "mul_2"))
+        nodes.append(n("Mul", [p + "tc", p + "so"], [h_out], name=p + ("mul_5" if peephole else "mul_2")))
     return nodes
 
 
@@ -302,7 +302,8 @@ def tf2onnx_rnn_model(cell: str = "basic_lstm", steps: int = 12, features: int =
     input [1, T*F] -> Reshape [T, 1, F] -> Scan(dynamic_rnn) -> last h -> Gemm -> Softmax.
 
     ``cell``: "basic_lstm" (BasicLSTMCell; one zero tensor feeds both states), "lstm" (LSTMCell with
-    peepholes and num_proj; the body declares h as [1, unk__47]), "gru" (GRUCell in a MultiRNNCell), or
+    peepholes and num_proj; the body declares h as [1, unk__47]), "peephole_lstm" (the same without
+    num_proj), "gru" (GRUCell in a MultiRNNCell), or
     "crnn" (Conv 10x4 stride 2x1 + ReLU over a [1, 1, 49, 10] image, then two stacked GRUCells in
     one Scan, Gemm + ReLU + Gemm; ``steps``/``features`` are ignored). Each body carries tf2onnx's int32
     time counter as a state (declared [], never read), and the cell weights are outer-scope
@@ -330,15 +331,17 @@ def tf2onnx_rnn_model(cell: str = "basic_lstm", steps: int = 12, features: int =
     counter = [n("Add", ["t_in", "one_step"], ["t_out"], name="rnn/while/add")]
     t_vi = (vi("t_in", 6, []), vi("t_out", 6, []))
     k = 1 / np.sqrt(hidden)
-    if cell in ("basic_lstm", "lstm"):
+    if cell in ("basic_lstm", "lstm", "peephole_lstm"):
         p = "rnn/while/cell/"
         out = proj if cell == "lstm" else hidden
         inits.update({p + "kernel": u(k, (features + out, 4 * hidden)), p + "bias": u(0.1, 4 * hidden),
                       p + "forget_bias": np.array(1.0, np.float32)})
-        if cell == "lstm":
+        if cell != "basic_lstm":
             inits.update({p + "w_i_diag": u(0.3, hidden), p + "w_f_diag": u(0.3, hidden),
-                          p + "w_o_diag": u(0.3, hidden), p + "projection": u(k, (hidden, proj))})
-        body_nodes = _tf_lstm_body(p, "x_t", "h_in", "c_in", "h_out", "c_out", cell == "lstm", cell == "lstm")
+                          p + "w_o_diag": u(0.3, hidden)})
+        if cell == "lstm":
+            inits[p + "projection"] = u(k, (hidden, proj))
+        body_nodes = _tf_lstm_body(p, "x_t", "h_in", "c_in", "h_out", "c_out", cell != "basic_lstm", cell == "lstm")
         if cell == "basic_lstm":  # states (c, t, h) from one zero tensor, as BasicLSTMCellZeroState gives
             inits["zeros"] = np.zeros((1, hidden), np.float32)
             scan_in, outs, last = ["zeros", "time", "zeros", "seq"], ["c_last", "t_last", "h_last"], "h_last"

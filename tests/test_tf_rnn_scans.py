@@ -1,5 +1,5 @@
 """tf2onnx's dynamic_rnn Scans, as in ARM's ML-KWS models (tests/recurrent_models.py:tf2onnx_rnn_model):
-BasicLSTMCell, LSTMCell with peepholes and a projection, GRUCell, and a CRNN (conv + two stacked
+BasicLSTMCell, LSTMCell with peepholes (with and without a projection), GRUCell, and a CRNN (conv + two stacked
 GRUCells in one Scan), each with tf2onnx's int32 time counter as a state and outer-scope weights.
 
 The import matches onnxruntime; the TF cells are recognised as one nn.lstm / nn.gru each
@@ -23,7 +23,8 @@ from recurrent_models import tf2onnx_rnn_model
 from test_backend_cmsis import compile_and_compare, needs_gcc
 
 # cell -> the recurrent ops its Scan becomes
-FUSED = {"basic_lstm": {"nn.lstm": 1}, "gru": {"nn.gru": 1}, "crnn": {"nn.gru": 2}, "lstm": {}}
+FUSED = {"basic_lstm": {"nn.lstm": 1}, "peephole_lstm": {"nn.lstm": 1}, "gru": {"nn.gru": 1}, "crnn": {"nn.gru": 2},
+         "lstm": {}}
 SMALL = {"steps": 8, "hidden": 8, "proj": 4}
 
 
@@ -44,10 +45,12 @@ def test_import_matches_onnxruntime_and_recognises_cells(cell):
     graph = check_against_ort(model, {"Reshape:0": x}, rtol=1e-4, atol=1e-6)
     counts = _counts(graph)
     assert {k: counts[k] for k in ("nn.lstm", "nn.gru") if counts[k]} == FUSED[cell]
+    if cell == "peephole_lstm":  # TF's w_i, w_f, w_o diagonals as ONNX P (i, o, f)
+        assert len(graph.find("nn.lstm")[0].operands) == 7
     if FUSED[cell]:  # nothing of the cell is left per step; the time counter is gone
         assert not counts["nn.sigmoid"] and not counts["nn.tanh"]
         assert not [op for op in graph.ops if op.results[0].type.dtype == "i32"]
-    else:  # peepholes and a projection: unrolled, 3 sigmoids per step
+    else:  # a projection: unrolled, 3 sigmoids per step
         assert counts["nn.sigmoid"] == 3 * 12
 
 

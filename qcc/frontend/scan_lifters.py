@@ -207,6 +207,8 @@ def _lift_cells(imp, node, body, n: int, in_axes, out_axes) -> bool:
             operands.append(init if init.shape == (1, cell.hidden) else
                             imp.emit("nn.reshape", [init], {"shape": [1, cell.hidden]}, node,
                                      name=f"{prefix}/{state}", outputs=[]))
+        if cell.p is not None:
+            operands.append(imp.add_const(cell.p, f"{prefix}.p"))
         attrs = {"hidden_size": cell.hidden, **({"linear_before_reset": 0} if cell.kind == "GRU" else {})}
         results[id(cell)] = imp.emit("nn." + cell.kind.lower(), operands, attrs, node, name=prefix,
                                      outputs=[]).producer.results

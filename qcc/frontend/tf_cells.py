@@ -7,14 +7,16 @@ nothing else that the model reads), the Scan becomes one ``nn.lstm`` /
 cell state and gate pre-activations get the recurrent kernels' formats
 (Q3.12 gates, an int16 cell) instead of one 8-bit scale per primitive op.
 
-BasicLSTMCell, and LSTMCell without peepholes, projection or clipping
+BasicLSTMCell, and LSTMCell without a projection or clipping
 (``[x, h] @ K + b`` split into i, j, f, o)::
 
     c' = c * sigmoid(f + forget_bias) + sigmoid(i) * tanh(j)
     h' = tanh(c') * sigmoid(o)
 
 is ONNX's LSTM with W = K[:I].T and R = K[I:].T re-ordered i, o, f, c(=j) and
-Wb = b (i, o, f + forget_bias, j), Rb = 0. GRUCell
+Wb = b (i, o, f + forget_bias, j), Rb = 0. LSTMCell with peepholes adds
+``w_i_diag * c`` and ``w_f_diag * c`` to i and f and ``w_o_diag * c'`` to o:
+ONNX's P = [w_i, w_o, w_f] (nn.lstm's operand p). GRUCell
 (``r, u = split(sigmoid([x, h] @ Kg + bg))``)::
 
     n  = tanh([x, r * h] @ Kc + bc)
@@ -27,9 +29,11 @@ product may be a Gemm or a MatMul plus an Add; the concat may put h first.
 
 Cells may be stacked (MultiRNNCell: a cell's x is the previous cell's h'),
 and the body may also carry states the model never reads (tf2onnx's int32
-time counter): those are dropped. Anything else (peepholes, a projection,
+time counter): those are dropped. Anything else (a projection,
 cell clipping, another activation, a body value read outside the cells)
-leaves the Scan to be unrolled op by op, as before.
+leaves the Scan to be unrolled op by op. A projection (num_proj) is inside the
+recurrence (h = m @ P feeds the next step's gates), which nn.lstm does not
+compute, so ML-KWS's LSTM models (peepholes and a projection) stay unrolled.
 """
 from __future__ import annotations
 
@@ -57,6 +61,7 @@ class Cell:
     c_index: int = -1
     x_index: int = -1
     below: Optional["Cell"] = None
+    p: Optional[np.ndarray] = None  # peepholes [3H] (ONNX P order i, o, f), nn.lstm's operand p
 
     @property
     def hidden(self) -> int:
@@ -196,6 +201,39 @@ def _split_parts(body: _Body, split, n: int) -> bool:
     return sizes is None or len(set(int(s) for s in np.ravel(sizes))) == 1
 
 
+def _gate_input(body: _Body, name: str, act: str, hidden: int):
+    """Follow a gate from its split part through Adds to its ``act`` (Sigmoid/Tanh): a constant added
+    (the forget bias) and at most one peephole ``c * diag`` (``Mul`` of a value by a constant [H]).
+    Returns (activation node, added bias [H], (c value, diag [H]) or None, Add/Mul nodes) or None."""
+    bias, peephole, nodes = np.zeros(hidden, np.float32), None, []
+    while True:
+        users = body.only_users(name, "Add") or body.only_users(name, act)
+        if len(users) != 1:
+            return None
+        node = users[0]
+        if node.op_type == act:
+            return node, bias, peephole, nodes
+        other = body.other(node, name)
+        const = body.const(other) if other is not None else None
+        if const is not None and const.size in (1, hidden):
+            bias = bias + np.broadcast_to(np.asarray(const, np.float32).reshape(-1), (hidden,))
+        else:
+            mul = body.node(other, "Mul") if other is not None else None
+            diag = None
+            if mul is not None:
+                for c, d in ((mul.input[0], mul.input[1]), (mul.input[1], mul.input[0])):
+                    diag = body.const(d)
+                    if diag is not None and diag.size == hidden and body.const(c) is None:
+                        break
+                else:
+                    diag = None
+            if diag is None or peephole is not None:
+                return None
+            peephole, nodes = (c, np.asarray(diag, np.float32).reshape(-1)), nodes + [mul]
+        nodes.append(node)
+        name = node.output[0]
+
+
 def _match_lstm(body: _Body, split) -> Optional[Cell]:
     if not _split_parts(body, split, 4):
         return None
@@ -204,19 +242,12 @@ def _match_lstm(body: _Body, split) -> Optional[Cell]:
         return None
     parts, k, b, nodes = prod
     hidden = k.shape[1] // 4
-    i, j, f, o = split.output
-    sig_i, tanh_j, sig_o = body.user(i, "Sigmoid"), body.user(j, "Tanh"), body.user(o, "Sigmoid")
-    forget_bias, add_f = np.zeros(hidden, np.float32), body.user(f, "Add")
-    if add_f is not None:
-        fb = body.const(body.other(add_f, f))
-        if fb is None or fb.size not in (1, hidden):
-            return None
-        forget_bias = np.broadcast_to(np.asarray(fb, np.float32).reshape(-1), (hidden,))
-        sig_f = body.user(add_f.output[0], "Sigmoid")
-    else:
-        sig_f = body.user(f, "Sigmoid")
-    if None in (sig_i, tanh_j, sig_o, sig_f):
+    gates = [_gate_input(body, part, act, hidden)
+             for part, act in zip(split.output, ("Sigmoid", "Tanh", "Sigmoid", "Sigmoid"))]
+    if None in gates:
         return None
+    (sig_i, bias_i, peep_i, n_i), (tanh_j, bias_j, peep_j, n_j), (sig_f, bias_f, peep_f, n_f), \
+        (sig_o, bias_o, peep_o, n_o) = gates
     mul_ij, mul_fc = body.user(sig_i.output[0], "Mul"), body.user(sig_f.output[0], "Mul")
     if mul_ij is None or mul_fc is None or not body.same(body.other(mul_ij, sig_i.output[0]) or "", tanh_j.output[0]):
         return None
@@ -236,18 +267,26 @@ def _match_lstm(body: _Body, split) -> Optional[Cell]:
     rows = _split_rows(k, parts, h_prev, body, hidden) if h_prev else None
     if rows is None or body.skip_identity(c_prev) not in body.states:
         return None
+    # Peepholes (TF use_peepholes): i and f read the previous cell state, o the new one; all or none.
+    peepholes = (peep_i, peep_o, peep_f)
+    if peep_j is not None or (any(peepholes) and not all(peepholes)):
+        return None
+    if all(peepholes) and not (body.same(peep_i[0], c_prev) and body.same(peep_f[0], c_prev)
+                               and body.same(peep_o[0], c_new)):
+        return None
     x, kx, kh = rows
-    # TF blocks i, j, f, o -> ONNX i, o, f, c
+    # TF blocks i, j, f, o -> ONNX i, o, f, c; constants added before the activations join the bias
     blocks = [slice(g * hidden, (g + 1) * hidden) for g in (0, 3, 2, 1)]
-    bias = b.copy()
-    bias[2 * hidden:3 * hidden] += forget_bias
+    bias = b.copy() + np.concatenate([bias_i, bias_j, bias_f, bias_o])
     w = np.concatenate([kx[:, s].T for s in blocks])
     r = np.concatenate([kh[:, s].T for s in blocks])
     wb = np.concatenate([bias[s] for s in blocks])
-    used = nodes + [split, sig_i, tanh_j, sig_o, sig_f, mul_ij, mul_fc, add_c, tanh_c[0], mul_h] \
-        + ([add_f] if add_f is not None else [])
-    return Cell("LSTM", x, h_prev, mul_h.output[0], w, r, np.concatenate([wb, np.zeros_like(wb)]),
+    used = nodes + [split, sig_i, tanh_j, sig_o, sig_f, mul_ij, mul_fc, add_c, tanh_c[0], mul_h] + n_i + n_j + n_f + n_o
+    cell = Cell("LSTM", x, h_prev, mul_h.output[0], w, r, np.concatenate([wb, np.zeros_like(wb)]),
                 c_prev, c_new, used)
+    if all(peepholes):
+        cell.p = np.concatenate([p[1] for p in peepholes])  # ONNX P order: i, o, f
+    return cell
 
 
 def _match_gru(body: _Body, split) -> Optional[Cell]:
