@@ -22,6 +22,10 @@ option decides among nearby n (ties keep the smaller n):
   ``sum (x - clamp(round(x * 2^n)) * 2^-n)^2``.
 * ``range``: the range rule alone (as ``search=false``).
 
+``output``, ``consumer`` and ``input`` cost about (8-bit groups) x (graph ops)
+kernel runs; past ``SEARCH_BUDGET`` (a Scan unrolled over many steps) the
+groups take ``tensor`` instead, and the report says so.
+
 The consumer searches score 8-bit groups; 16-bit groups use ``tensor``. The
 input of a softmax/sigmoid/tanh is scored after the function under
 ``tensor``, ``sum (f(x) - f(fq(x)))^2`` over ``n0-1 .. n0+4``. Outputs of
@@ -65,6 +69,9 @@ INT32_MAX = (1 << 31) - 1
 # squared error, or not at all (the range rule n = W-1 - ceil(log2(max|x|))).
 # The output sweep moves a format only when the output error drops below this fraction of the current
 # one (~1 dB): smaller gains on a few calibration samples did not carry over to unseen ones (README).
+# 8-bit groups x graph ops past which the consumer/output searches give way to ``tensor``
+# (ML-KWS / MLPerf Tiny CNNs: ~2,000; a 25-step unrolled LSTMCell Scan: ~1,250,000).
+SEARCH_BUDGET = 200_000
 OUTPUT_MARGIN = 0.8
 OBJECTIVES = ("output", "consumer", "input", "tensor", "range")
 
@@ -169,6 +176,14 @@ class AssignQmn(Pass):
         searching = self.search and self.objective != "range"
         path = (self.data or context_value(self, graph, "calib")) if searching else None
         consumer = bool(path) and self.objective in ("output", "consumer", "input")
+        self.budget_note = ""
+        work = sum(bits_of(g[0].result.type.dtype) == 8 for g in groups) * len(graph.ops)
+        if consumer and work > SEARCH_BUDGET:
+            # The consumer/output searches run part of the graph per candidate of every group: quadratic
+            # in the graph's size. A Scan unrolled over 25+ steps makes thousands of ops (hours of search),
+            # so past the budget each group takes the cheap tensor objective instead.
+            consumer = False
+            self.budget_note = f"; {self.objective} search skipped ({work:,} group x op units > {SEARCH_BUDGET:,})"
         acts = self._activations(graph, groups, path) if path and not consumer else {}
         changed = 0
         weights = 0
@@ -199,6 +214,7 @@ class AssignQmn(Pass):
                     n, why = self._consumer_choice(run, group, n0)
                 else:
                     n, why = self._tensor_choice(run, acts, group, n0, bits, fn)
+                    why += self.budget_note
                 if bits == 16 and fn is None:
                     n -= 1  # a guard bit: resolution is plentiful, inputs beyond the calibration range are not
                     why += "; one guard bit (16-bit)"

@@ -64,7 +64,9 @@ class FoldShape(RewritePattern):
 def _replace_with_constants(op, rewriter, arrays) -> bool:
     # Errors from the kernel (a bad gather index, say) are the op's and surface as such.
     results = interpreter.run_op(op, arrays)
-    values = [rewriter.create_op("qcc.const", [], {"value": np.ascontiguousarray(a)}, [r.type],
+    # np.array(order="C"), not np.ascontiguousarray: the latter turns a 0-d result (a Scan's
+    # scalar time counter) into shape [1].
+    values = [rewriter.create_op("qcc.const", [], {"value": np.array(a, order="C")}, [r.type],
                                  name=op.name).result
               for r, a in zip(op.results, results)]
     rewriter.replace_op(op, values)

@@ -246,6 +246,158 @@ def crnn_model(cells=(("GRU", 0),), hidden: int = 32, classes: int = 12, seed: i
     return build(nodes, {"input": [1, 1, 49, 10]}, ["logits"], inits, opset=14)
 
 
+# ---------------------------------------------------------------- tf2onnx's dynamic_rnn Scans (ML-KWS forms)
+def _tf_lstm_body(p: str, x: str, h: str, c: str, h_out: str, c_out: str, peephole: bool, proj: bool):
+    """The body nodes of a TF1 BasicLSTMCell (or LSTMCell with peepholes and a projection) as tf2onnx
+    writes them: Concat -> Gemm -> Split(i, j, f, o), in the operand orders of ML-KWS's frozen graphs."""
+    n = helper.make_node
+    nodes = [n("Concat", [x, h], [p + "concat"], axis=1, name=p + "concat"),
+             n("Gemm", [p + "concat", p + "kernel", p + "bias"], [p + "gates"], transA=0, transB=0,
+               name=p + "MatMul_Gemm"),
+             n("Split", [p + "gates"], [p + "i", p + "j", p + "f", p + "o"], axis=1, name=p + "split"),
+             n("Add", [p + "f", p + "forget_bias"], [p + "f1"], name=p + "add"),
+             n("Tanh", [p + "j"], [p + "tj"], name=p + "Tanh")]
+    if peephole:
+        nodes += [n("Mul", [c, p + "w_i_diag"], [p + "pi"], name=p + "mul_2"),
+                  n("Mul", [c, p + "w_f_diag"], [p + "pf"], name=p + "mul"),
+                  n("Add", [p + "i", p + "pi"], [p + "i1"], name=p + "add_2"),
+                  n("Add", [p + "f1", p + "pf"], [p + "f2"], name=p + "add_1"),
+                  n("Sigmoid", [p + "i1"], [p + "si"], name=p + "Sigmoid_1"),
+                  n("Sigmoid", [p + "f2"], [p + "sf"], name=p + "Sigmoid"),
+                  n("Mul", [p + "sf", c], [p + "cf"], name=p + "mul_1"),
+                  n("Mul", [p + "si", p + "tj"], [p + "ij"], name=p + "mul_3"),
+                  n("Add", [p + "cf", p + "ij"], [c_out], name=p + "add_3"),
+                  n("Mul", [c_out, p + "w_o_diag"], [p + "po"], name=p + "mul_4"),
+                  n("Add", [p + "o", p + "po"], [p + "o1"], name=p + "add_4"),
+                  n("Sigmoid", [p + "o1"], [p + "so"], name=p + "Sigmoid_2")]
+    else:
+        nodes += [n("Sigmoid", [p + "f1"], [p + "sf"], name=p + "Sigmoid"),
+                  n("Mul", [c, p + "sf"], [p + "cf"], name=p + "mul"),
+                  n("Sigmoid", [p + "o"], [p + "so"], name=p + "Sigmoid_2"),
+                  n("Sigmoid", [p + "i"], [p + "si"], name=p + "Sigmoid_1"),
+                  n("Mul", [p + "si", p + "tj"], [p + "ij"], name=p + "mul_1"),
+                  n("Add", [p + "cf", p + "ij"], [c_out], name=p + "add_1")]
+    nodes.append(n("Tanh", [c_out], [p + "tc"], name=p + "Tanh_1"))
+    if proj:
+        nodes += [n("Mul", [p + "so", p + "tc"], [p + "m"], name=p + "mul_5"),
+                  n("MatMul", [p + "m", p + "projection"], [h_out], name=p + "MatMul_1")]
+    else:
+        nodes.append(n("Mul", [p + "tc", p + "so"], [h_out], name=p + ("mul_5" if peephole else "mul_2")))
+    return nodes
+
+
+def _tf_gru_body(p: str, x: str, h: str, h_out: str):
+    """A TF1 GRUCell as tf2onnx writes it: r, u = Split(sigmoid([x, h] @ Kg + bg));
+    n = tanh([x, r * h] @ Kc + bc); h' = u * h + (1 - u) * n."""
+    n = helper.make_node
+    return [n("Concat", [x, h], [p + "concat"], axis=1, name=p + "concat"),
+            n("Gemm", [p + "concat", p + "gates/kernel", p + "gates/bias"], [p + "g"], transA=0, transB=0,
+              name=p + "MatMul_Gemm"),
+            n("Sigmoid", [p + "g"], [p + "sg"], name=p + "Sigmoid"),
+            n("Split", [p + "sg"], [p + "r", p + "u"], axis=1, name=p + "split"),
+            n("Sub", [p + "one", p + "u"], [p + "nu"], name=p + "sub"),
+            n("Mul", [p + "u", h], [p + "uh"], name=p + "mul_1"),
+            n("Mul", [p + "r", h], [p + "rh"], name=p + "mul"),
+            n("Concat", [x, p + "rh"], [p + "concat_1"], axis=1, name=p + "concat_1"),
+            n("Gemm", [p + "concat_1", p + "candidate/kernel", p + "candidate/bias"], [p + "cg"], transA=0,
+              transB=0, name=p + "MatMul_1_Gemm"),
+            n("Tanh", [p + "cg"], [p + "cand"], name=p + "Tanh"),
+            n("Mul", [p + "nu", p + "cand"], [p + "nc"], name=p + "mul_2"),
+            n("Add", [p + "uh", p + "nc"], [h_out], name=p + "add")]
+
+
+def tf2onnx_rnn_model(cell: str = "basic_lstm", steps: int = 12, features: int = 10, hidden: int = 16,
+                      proj: int = 8, classes: int = 6, seed: int = 0):
+    """What tf2onnx 1.17 makes of ARM ML-KWS's frozen graphs (input cut at the flat MFCCs):
+    input [1, T*F] -> Reshape [T, 1, F] -> Scan(dynamic_rnn) -> last h -> Gemm -> Softmax.
+
+    ``cell``: "basic_lstm" (BasicLSTMCell; one zero tensor feeds both states), "lstm" (LSTMCell with
+    peepholes and num_proj; the body declares h as [1, unk__47]), "peephole_lstm" (the same without
+    num_proj), "gru" (GRUCell in a MultiRNNCell), or
+    "crnn" (Conv 10x4 stride 2x1 + ReLU over a [1, 1, 49, 10] image, then two stacked GRUCells in
+    one Scan, Gemm + ReLU + Gemm; ``steps``/``features`` are ignored). Each body carries tf2onnx's int32
+    time counter as a state (declared [], never read), and the cell weights are outer-scope
+    initializers, as in the real files. Weights are random, scaled like trained ones (kernels
+    +-1/sqrt(H), forget bias 1, peepholes +-0.3)."""
+    rng = np.random.default_rng(seed)
+    n, vi = helper.make_node, helper.make_tensor_value_info
+    inits, nodes = {}, []
+    u = lambda k, shape: rng.uniform(-k, k, shape).astype(np.float32)  # noqa: E731
+    if cell == "crnn":
+        steps, features, chans = 20, 16 * 7, 16
+        inits.update({"conv_shape": np.array([1, 1, 49, 10], np.int64), "W": u(0.3, (chans, 1, 10, 4)),
+                      "conv_b": u(0.1, chans), "seq_shape": np.array([steps, 1, features], np.int64)})
+        nodes += [n("Reshape", ["Reshape:0", "conv_shape"], ["img"], name="Conv2D__25"),
+                  n("Conv", ["img", "W", "conv_b"], ["conv"], kernel_shape=[10, 4], strides=[2, 1], name="Conv__28"),
+                  n("Relu", ["conv"], ["relu"], name="Relu"),
+                  n("Transpose", ["relu"], ["nhwc"], perm=[0, 2, 3, 1], name="Conv2D__26"),
+                  n("Reshape", ["nhwc", "seq_shape"], ["seq"], name="transpose")]
+        in_size = 490
+    else:
+        inits["seq_shape"] = np.array([steps, 1, features], np.int64)
+        nodes.append(n("Reshape", ["Reshape:0", "seq_shape"], ["seq"], name="lstm/transpose"))
+        in_size = steps * features
+    inits.update({"time": np.array(0, np.int32), "one_step": np.array(1, np.int32)})
+    counter = [n("Add", ["t_in", "one_step"], ["t_out"], name="rnn/while/add")]
+    t_vi = (vi("t_in", 6, []), vi("t_out", 6, []))
+    k = 1 / np.sqrt(hidden)
+    if cell in ("basic_lstm", "lstm", "peephole_lstm"):
+        p = "rnn/while/cell/"
+        out = proj if cell == "lstm" else hidden
+        inits.update({p + "kernel": u(k, (features + out, 4 * hidden)), p + "bias": u(0.1, 4 * hidden),
+                      p + "forget_bias": np.array(1.0, np.float32)})
+        if cell != "basic_lstm":
+            inits.update({p + "w_i_diag": u(0.3, hidden), p + "w_f_diag": u(0.3, hidden),
+                          p + "w_o_diag": u(0.3, hidden)})
+        if cell == "lstm":
+            inits[p + "projection"] = u(k, (hidden, proj))
+        body_nodes = _tf_lstm_body(p, "x_t", "h_in", "c_in", "h_out", "c_out", cell != "basic_lstm", cell == "lstm")
+        if cell == "basic_lstm":  # states (c, t, h) from one zero tensor, as BasicLSTMCellZeroState gives
+            inits["zeros"] = np.zeros((1, hidden), np.float32)
+            scan_in, outs, last = ["zeros", "time", "zeros", "seq"], ["c_last", "t_last", "h_last"], "h_last"
+            body_in = [vi("c_in", 1, [1, hidden]), t_vi[0], vi("h_in", 1, [1, hidden]), vi("x_t", 1, [1, features])]
+            body_out = [vi("c_out", 1, [1, hidden]), t_vi[1], vi("h_out", 1, [1, hidden])]
+        else:  # states (h, t, c); h declared [1, ?] as tf2onnx writes it for num_proj
+            inits.update({"zeros_h": np.zeros((1, out), np.float32), "zeros_c": np.zeros((1, hidden), np.float32)})
+            scan_in, outs, last = ["zeros_h", "time", "zeros_c", "seq"], ["h_last", "t_last", "c_last"], "h_last"
+            body_in = [vi("h_in", 1, [1, "unk__47"]), t_vi[0], vi("c_in", 1, [1, hidden]), vi("x_t", 1, [1, features])]
+            body_out = [vi("h_out", 1, [1, out]), t_vi[1], vi("c_out", 1, [1, hidden])]
+    else:
+        layers = 2 if cell == "crnn" else 1
+        body_nodes, size, x = [], features, "x_t"
+        body_in, body_out = [], []
+        for layer in range(layers):
+            p = f"rnn/while/multi_rnn_cell/cell_{layer}/gru_cell/"
+            inits.update({p + "gates/kernel": u(k, (size + hidden, 2 * hidden)),
+                          p + "gates/bias": np.ones(2 * hidden, np.float32),
+                          p + "candidate/kernel": u(k, (size + hidden, hidden)), p + "candidate/bias": u(0.1, hidden),
+                          p + "one": np.array(1.0, np.float32)})
+            body_nodes += _tf_gru_body(p, x, f"h{layer}_in", f"h{layer}_out")
+            body_in.append(vi(f"h{layer}_in", 1, [1, hidden]))
+            body_out.append(vi(f"h{layer}_out", 1, [1, hidden]))
+            size, x = hidden, f"h{layer}_out"
+        inits["zeros"] = np.zeros((1, hidden), np.float32)
+        if cell == "gru":  # states (t, h)
+            scan_in, outs, last = ["time", "zeros", "seq"], ["t_last", "h_last"], "h_last"
+            body_in, body_out = [t_vi[0]] + body_in + [vi("x_t", 1, [1, features])], [t_vi[1]] + body_out
+        else:  # states (h0, h1, t)
+            scan_in, outs, last = ["zeros", "zeros", "time", "seq"], ["h0_last", "h_last", "t_last"], "h_last"
+            body_in, body_out = body_in + [t_vi[0], vi("x_t", 1, [1, features])], body_out + [t_vi[1]]
+        out = hidden
+    body = helper.make_graph(counter + body_nodes, "body", body_in, body_out)
+    nodes.append(n("Scan", scan_in, outs, body=body, num_scan_inputs=1, name="custom_rnn_scan_Scan"))
+    inits.update({"W_o": u(3 / np.sqrt(out), (out, classes)), "b_o": u(0.1, classes)})
+    if cell == "crnn":
+        inits.update({"fcw": u(1 / np.sqrt(out), (out, 32)), "fcb": u(0.1, 32)})
+        nodes += [n("Gemm", [last, "fcw", "fcb"], ["fc1"], name="MatMul_Gemm"),
+                  n("Relu", ["fc1"], ["fc1r"], name="Relu_1")]
+        inits["W_o"] = u(3 / np.sqrt(32), (32, classes))
+        last = "fc1r"
+    nodes += [n("Gemm", [last, "W_o", "b_o"], ["logits"], name="Output-Layer/MatMul_Gemm"),
+              n("Softmax", ["logits"], ["labels_softmax:0"], axis=1, name="labels_softmax")]
+    return build(nodes, {"Reshape:0": [1, in_size]}, ["labels_softmax:0"], inits, opset=13)
+
+
 GOLDEN_INPUTS = {  # tests/golden/inputs/<name>.onnx, imported by tests/golden/import-recurrent.qir
     "lstm": lambda: recurrent_node_model("LSTM", steps=3, inputs=2, hidden=2),
     "lstm-states": lambda: recurrent_node_model("LSTM", steps=3, inputs=2, hidden=2, initial="input", layout=1,

@@ -145,8 +145,9 @@ def test_recurrent_kernels_build_with_werror_on_every_core(tmp_path, mfcc, bits)
 @pytest.mark.parametrize("form, bits, min_db", [("scan", 16, 45.0), ("scan-proj", 8, 15.0), ("unrolled", 8, 15.0),
                                                 ("scan-gru", 16, 45.0)])
 def test_tf_cell_forms_compile_and_c_matches_simulator(tmp_path, mfcc, form, bits, min_db):
-    """tf2onnx's Scan (with and without num_proj) and unrolled LSTMCell forms compile as per-step Qm.n ops
-    (not folded into one qnn.lstm: dense, gathers for the gate split, tables, mul, add per step).
+    """tf2onnx's Scan (with and without num_proj) and unrolled LSTMCell forms compile under Qm.n: the
+    plain LSTMCell and GRUCell Scans as one qnn.lstm / qnn.gru (qcc/frontend/tf_cells.py), the projected
+    Scan and the unrolled cells as per-step ops (dense, gathers for the gate split, tables, mul, add).
     Small (6 / 4 steps, 8 units, 8 clips scaled by 1/30) to stay cheap; on 20 / 8 steps, 16 units and 22
     clips we measured: scan q7 20.1 dB / q15 60.6 dB, with projection q7 26.2 / q15 69.5, unrolled
     q7 21.5 / q15 61.7; a GRUCell Scan (12 steps) q7 16.6 / q15 63.5."""

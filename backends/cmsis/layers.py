@@ -27,6 +27,7 @@ from .layers_recurrent import RECURRENT_HANDLED_ATTRS, build_recurrent
 from .layers_f32 import F32_HANDLED_ATTRS, F32_KINDS, build_f32, c_float
 
 C_TYPES = {"f32": "float", "i8": "int8_t", "i16": "int16_t", "i32": "int32_t", "i64": "int64_t", "u8": "uint8_t", "u16": "uint16_t"}
+SHARED_MIN_ELEMENTS = 64  # equal constant arrays at least this long share one symbol
 SHORT = {"i8": "s8", "i16": "s16", "i32": "s32"}
 INT32_MAX = (1 << 31) - 1
 _REQ = {"out_shift", "act_min", "act_max"}
@@ -93,14 +94,18 @@ class LayerBuilder:
     # ------------------------------------------------------------ constants
     def add_const(self, symbol: str, dtype: str, values, comment: str) -> str:
         # float32 constants (float layers) keep their values; everything else is integers
-        ints = ([float(v) for v in np.ravel(np.asarray(values, np.float32))] if dtype == "f32"
-                else [int(v) for v in np.ravel(values)])
-        key = (C_TYPES[dtype], tuple(ints))
-        if self.sharing and key in self._shared:
+        if dtype == "f32":
+            ints = [float(v) for v in np.ravel(np.asarray(values, np.float32))]
+            raw = np.array(ints, dtype=np.float32).tobytes()
+        else:
+            ints = [int(v) for v in np.ravel(values)]
+            raw = np.array(ints, dtype=np.int64).tobytes()
+        key = (C_TYPES[dtype], raw)
+        # Large equal tables (a Scan unrolled per step keeps one weight matrix per step) are stored once.
+        if (self.sharing or len(ints) >= SHARED_MIN_ELEMENTS) and key in self._shared:
             return self._shared[key]
         self.consts.append(ConstArray(symbol, C_TYPES[dtype], ints, c_comment(comment)))
-        if self.sharing:
-            self._shared[key] = symbol
+        self._shared.setdefault(key, symbol)
         return symbol
 
     def const_value(self, v: Value, what: str) -> str:

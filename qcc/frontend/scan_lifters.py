@@ -24,6 +24,7 @@ from onnx import helper
 
 from qcc.frontend.importer import _node_key, tensor_array
 from qcc.frontend.lifters import LIFTERS, _axis, _check_node, _constant_value, _inp, lift_node, lifter
+from qcc.frontend.tf_cells import match_cells
 
 
 # ---------------------------------------------------------------- Split
@@ -115,6 +116,8 @@ def _scan(imp, node, a):
     in_axes = list(a.get("scan_input_axes", [0] * m))
     out_axes = list(a.get("scan_output_axes", [0] * k_out))
     name = imp.node_name(node)
+    if _lift_cells(imp, node, body, n, in_axes, out_axes):
+        return
     states = [imp.value(v) for v in node.input[:n]]
     seqs = [imp.value(v) for v in node.input[n:]]
     in_axes = [_axis(ax, len(s.shape)) for ax, s in zip(in_axes, seqs)]
@@ -163,3 +166,62 @@ def _scan(imp, node, a):
         parts = [imp.emit("nn.unsqueeze", [v], {"axes": [axis]}, node, name=f"{name}/t{t}/stack{k}", outputs=[])
                  for t, v in enumerate(stacked[k])]
         imp.emit("nn.concat", parts, {"axis": axis}, node, name=f"{name}/output{k}", outputs=[out])
+
+
+def _lift_cells(imp, node, body, n: int, in_axes, out_axes) -> bool:
+    """A body of TF cells (qcc/frontend/tf_cells.py) as one nn.lstm / nn.gru per cell; False if it is not."""
+    found = match_cells(imp, node, body, n, [i.name for i in body.input[n:]])
+    if found is None:
+        return False
+    cells, outputs = found
+    seqs = [imp.value(v) for v in node.input[n:]]
+    states = {i: imp.value(node.input[i]) for c in cells for i in (c.h_index, c.c_index) if i >= 0}
+    axes = [_axis(ax, len(s.shape)) for ax, s in zip(in_axes, seqs)]
+    # Batch 1 only: each step slice [1, I]; states hold H values; scan outputs stack on axis 0 or 1.
+    for seq, axis in zip(seqs, axes):
+        if len(seq.shape) != 3 or [d for k, d in enumerate(seq.shape) if k != axis][0] != 1:
+            return False
+    for cell in cells:
+        if any(states[i].type.size != cell.hidden for i in (cell.h_index, cell.c_index) if i >= 0):
+            return False
+        if cell.x_index >= 0 and seqs[cell.x_index].shape[2] != cell.w.shape[1]:
+            return False
+    if any(kind == "y" and _axis(out_axes[k - n], 3) == 2 for k, (_, kind) in outputs.items()):
+        return False
+    name, results = imp.node_name(node), {}
+    for c, cell in enumerate(cells):
+        prefix = f"{name}/{cell.kind.lower()}{c}"
+        if cell.x_index >= 0:
+            seq, axis = seqs[cell.x_index], axes[cell.x_index]
+            if axis != 0:
+                seq = imp.emit("nn.transpose", [seq], {"perm": [axis] + [k for k in range(3) if k != axis]}, node,
+                               name=f"{prefix}/x_time_major", outputs=[])
+            x = imp.emit("nn.reshape", [seq], {"shape": [seq.shape[0], cell.w.shape[1]]}, node,
+                         name=f"{prefix}/x", outputs=[])
+        else:
+            x = results[id(cell.below)][0]
+        operands = [x, imp.add_const(cell.w, f"{prefix}.w"), imp.add_const(cell.r, f"{prefix}.r"),
+                    imp.add_const(cell.b, f"{prefix}.b")]
+        for state, i in (("h0", cell.h_index), ("c0", cell.c_index))[:2 if cell.kind == "LSTM" else 1]:
+            init = states[i]
+            operands.append(init if init.shape == (1, cell.hidden) else
+                            imp.emit("nn.reshape", [init], {"shape": [1, cell.hidden]}, node,
+                                     name=f"{prefix}/{state}", outputs=[]))
+        if cell.p is not None:
+            operands.append(imp.add_const(cell.p, f"{prefix}.p"))
+        attrs = {"hidden_size": cell.hidden, **({"linear_before_reset": 0} if cell.kind == "GRU" else {})}
+        results[id(cell)] = imp.emit("nn." + cell.kind.lower(), operands, attrs, node, name=prefix,
+                                     outputs=[]).producer.results
+    for k, (cell, kind) in sorted(outputs.items()):
+        if k >= len(node.output) or not node.output[k]:
+            continue
+        y, h = results[id(cell)][0], results[id(cell)][1]
+        if kind == "y":  # stacked h: [T, 1, H] on axis 0, [1, T, H] on axis 1
+            shape = [y.shape[0], 1, cell.hidden] if _axis(out_axes[k - n], 3) == 0 else [1, y.shape[0], cell.hidden]
+            value, what = y, f"output{k - n}"
+        else:  # a final state keeps its initial value's shape (the body may declare another)
+            value, shape, what = h if kind == "h" else results[id(cell)][2], list(states[k].shape), f"state{k}"
+        # outputs=[]: the ONNX types tf2onnx declares for Scan results can be wrong ([1, 0])
+        imp.values[node.output[k]] = imp.emit("nn.reshape", [value], {"shape": shape}, node, name=f"{name}/{what}",
+                                              outputs=[])
+    return True
