@@ -132,6 +132,27 @@ def _feeds_unit(graph: Graph, group):
     return None
 
 
+def _top_cap(ranges, bits: int):
+    """The largest n that still holds the calibrated maximum of a softmax's input (None: no maximum > 0).
+
+    The largest logits decide the top-1 class: saturating them makes near-equal classes tie and
+    changes probabilities near 1. Clipping the low end only loses classes with probability ~0, so
+    a softmax input may trade its negative range for resolution but never its positive one.
+    """
+    hi = max((r[1] for r in ranges), default=0.0)
+    return frac_bits_for(hi, bits) if hi > 0 else None
+
+
+def _capped(candidates, top):
+    """The candidate n at most ``top`` (the smallest candidate if none is)."""
+    kept = [c for c in candidates if top is None or c <= top]
+    return kept or [min(candidates)]
+
+
+def _cap_note(top) -> str:
+    return "" if top is None else f"; at most n={top}, which holds the largest calibrated logit"
+
+
 def _unit_output(graph: Graph, q: Op) -> bool:
     v = q.operands[0]
     if v.producer is not None and v.producer.opname == "q.range":
@@ -194,11 +215,12 @@ class AssignQmn(Pass):
                 m = max((max(abs(lo), abs(hi)) for lo, hi in ranges), default=0.0)
                 n0 = n = frac_bits_for(m, bits)
                 fn = _feeds_unit(graph, group)
+                top = _top_cap(ranges, bits) if fn is UNIT_FNS["nn.softmax"] else None
                 if run is not None and bits == 8 and (self.objective != "input" or _reads_input(graph, group)):
                     run.advance(min(run.index[id(q)] for q in group))
-                    n, why = self._consumer_choice(run, group, n0)
+                    n, why = self._consumer_choice(run, group, n0, top)
                 else:
-                    n, why = self._tensor_choice(run, acts, group, n0, bits, fn)
+                    n, why = self._tensor_choice(run, acts, group, n0, bits, fn, top)
                 if bits == 16 and fn is None:
                     n -= 1  # a guard bit: resolution is plentiful, inputs beyond the calibration range are not
                     why += "; one guard bit (16-bit)"
@@ -252,9 +274,9 @@ class AssignQmn(Pass):
         return changed
 
     @staticmethod
-    def _tensor_choice(run, acts, group, n0: int, bits: int, fn):
+    def _tensor_choice(run, acts, group, n0: int, bits: int, fn, top=None):
         """The n with the least squared error of the group's own values (after the softmax/sigmoid/tanh
-        they feed, if any); the range rule's n0 without data."""
+        they feed, if any; at most ``top``, see ``_top_cap``); the range rule's n0 without data."""
         if run is not None:  # 16-bit under the consumer objective: values as the formats so far make them
             run.advance(max(run.index[id(q)] for q in group))
             xs = [run.cur[id(q.operands[0])] for q in group]
@@ -262,8 +284,8 @@ class AssignQmn(Pass):
             xs = [acts[id(q)] for q in group if id(q) in acts]
         if xs and fn is not None:
             x = xs[0].astype(np.float64)
-            return (min(range(n0 - 1, n0 + 5), key=lambda c: (unit_output_error(x, c, bits, fn), c)),
-                    "least error after the softmax/sigmoid/tanh")
+            return (min(_capped(range(n0 - 1, n0 + 5), top), key=lambda c: (unit_output_error(x, c, bits, fn), c)),
+                    "least error after the softmax/sigmoid/tanh" + _cap_note(top))
         if xs:
             x = np.concatenate([a.ravel() for a in xs]).astype(np.float64)
             return (min(range(n0 - 1, n0 + 3), key=lambda c: (fake_quant_error(x, c, bits), c)),
@@ -271,8 +293,9 @@ class AssignQmn(Pass):
         return n0, "range rule (no calibration data or no search)"
 
     @staticmethod
-    def _consumer_choice(run, group, n0: int):
-        """The n in n0-1 .. n0+3 with the least relative error at the group's consumers (see _qmn_search)."""
+    def _consumer_choice(run, group, n0: int, top=None):
+        """The n in n0-1 .. n0+3 (at most ``top``) with the least relative error at the group's consumers
+        (see _qmn_search)."""
         last, measured = run.horizon(group)
         dtype = group[0].result.type.dtype
 
@@ -280,14 +303,13 @@ class AssignQmn(Pass):
             for q in group:
                 q.result.type = fixed_type(q.result.shape, dtype, c)
 
-        costs = {c: run.cost(group, set_n, c, last, measured) for c in range(n0 - 1, n0 + 4)}
+        costs = {c: run.cost(group, set_n, c, last, measured) for c in _capped(range(n0 - 1, n0 + 4), top)}
         n = min(costs, key=lambda c: (costs[c], c))
         set_n(n)
-        rule = costs[n0]
-        gain = "" if n == n0 else f" (range rule n={n0}: {_db(rule)})"
+        gain = "" if n == n0 or n0 not in costs else f" (range rule n={n0}: {_db(costs[n0])})"
         where = ", ".join(sorted({_value_name(v) for v in measured}))
         where = where if len(where) <= 60 else where[:57] + "..."
-        return n, f"least error at consumers ({where}): {_db(costs[n])}{gain}"
+        return n, f"least error at consumers ({where}): {_db(costs[n])}{gain}{_cap_note(top)}"
 
     def _activations(self, graph: Graph, groups, path: str) -> Dict[int, np.ndarray]:
         """Real values entering each activation quantize op on the calibration samples."""
