@@ -38,6 +38,14 @@ Biases: i32 at the accumulator precision ``n_x + n_c``; when a bias would not
 fit int32 there, it is stored ``s_c`` bits coarser and shifted left by
 ``bias_shift = s_c`` at run time (``n_b = n_x + n_c - s_c``).
 
+Accumulator width: int32 when the worst-case sum fits it at these weight
+formats (check-quantized's proof). Otherwise (a 16-bit input or 16-bit weights
+over a long dot product, e.g. a dense layer reading 3920 features) int32 would
+need n_c lowered until it fits, which on Arm's ML-KWS CNNs left q15 at ~38 dB;
+when that costs a 16-bit weight format more than 6 bits (or an 8-bit one any),
+the layer keeps n_c and accumulates in int64 instead, marked by an ``i64``
+bias (a layer without a bias still lowers n_c).
+
 Calibration data come from the ``data`` option or the pipeline context key
 ``calib``; without data the range rule alone decides (``search`` is skipped).
 """
@@ -61,6 +69,12 @@ from qcc.quant.weights import degenerate_channels
 from .insert_qdq import weight_frac_bits
 
 INT32_MAX = (1 << 31) - 1
+# int32 may cost a 16-bit weight format up to 6 bits (at least 10 significant bits stay: per-layer weight
+# noise ~60 dB down, and the blocked SMLAD kernels keep running; DS-CNN's 3x3 and 1x1 layers lose 3-5);
+# beyond that (CNN's 1120- and 3920-long dot products lose 7-9), or any bit of an 8-bit weight, the layer
+# accumulates in int64 instead.
+WIDE_AFTER_BITS_LOST = {16: 6, 8: 0}
+WIDE_BIAS_MAX = 1 << 46   # an int64-accumulator layer's bias at accumulator precision, far inside int64
 # How activation formats are searched: by the error at their consumers' outputs, by the tensor's own
 # squared error, or not at all (the range rule n = W-1 - ceil(log2(max|x|))).
 # The output sweep moves a format only when the output error drops below this fraction of the current
@@ -372,6 +386,7 @@ class AssignQmn(Pass):
                 n_w = [best] * len(n_w)
         src = dequantized_source(op.operands[0])
         qb = dequantized_source(op.operands[2]) if len(op.operands) > 2 else None
+        wide = False
         if src is not None:
             bias = None
             if qb is not None and qb.operands[0].is_constant():
@@ -380,8 +395,13 @@ class AssignQmn(Pass):
             outs = [u for u in op.graph.users(op.result) if u.opname == "q.quantize"]
             n_y = outs[0].result.type.quant.frac_bits if len(outs) == 1 and \
                 isinstance(outs[0].result.type.quant, FixedPoint) else None
-            n_w = self._fit_accumulator(w, n_w, bits, src.result.type.dtype, bias,
-                                        channel_frac_bits(src.result.type)[0], n_y)
+            fitted = self._fit_accumulator(w, n_w, bits, src.result.type.dtype, bias,
+                                           channel_frac_bits(src.result.type)[0], n_y)
+            # Where int32 would cost weight bits (16-bit input or weights over a long dot product), the
+            # layer keeps them and accumulates in int64 instead: an i64 bias says so (qcc/ir/ops/qnn.py).
+            lost = max((a - b for a, b in zip(n_w, fitted)), default=0)
+            wide = bias is not None and lost > WIDE_AFTER_BITS_LOST.get(bits, 0)
+            n_w = list(n_w) if wide else fitted
         new_t = per_channel_type(w.shape, qw.result.type.dtype, n_w)
         if new_t != qw.result.type:
             qw.result.type = new_t
@@ -390,12 +410,13 @@ class AssignQmn(Pass):
             n_x = channel_frac_bits(src.result.type)[0]
             b = np.abs(np.asarray(qb.operands[0].constant(), np.float64))
             n_b = []
+            limit = WIDE_BIAS_MAX if wide else INT32_MAX // 4  # int32 headroom: weights take up to 2^30
             for bc, nc in zip(b, n_w):
                 n = n_x + nc
-                while bc * 2.0 ** n > INT32_MAX // 4 and n > -31:  # headroom: weights take up to 2^30
+                while bc * 2.0 ** n > limit and n > -31:
                     n -= 1
                 n_b.append(n)
-            new_b = per_channel_type(b.shape, "i32", n_b)
+            new_b = per_channel_type(b.shape, "i64" if wide else "i32", n_b)
             if new_b != qb.result.type:
                 qb.result.type = new_b
                 changed += 1
