@@ -162,3 +162,16 @@ def test_bits16_widens_only_long_dot_products(tmp_path, k, wide):
     sqnr = 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2))
     assert sqnr > 60, sqnr
     gen, _ = compile_and_compare(g, tmp_path / "host", {g.inputs[0].name: x})
+
+
+@needs_qemu
+def test_wide_layers_build_warning_free_on_every_core_class(tmp_path):
+    """The Makefile's -Wall -Wextra -Werror on M0+ (portable loop) and M55 (DSP + MVE): SMLALD only on the M55."""
+    import subprocess
+    for target, smlald in (("cortex-m0plus", False), ("cortex-m55", True)):
+        gen = generate(wide_graph(0), "net", target)
+        write_files({tmp_path / target / k: v for k, v in gen.files.items()})
+        subprocess.run(["make", "-s", "-C", str(tmp_path / target), "all"], check=True, capture_output=True)
+        dis = subprocess.run(["arm-none-eabi-objdump", "-d", str(tmp_path / target / "libnet.a")], check=True,
+                             capture_output=True, text=True).stdout
+        assert ("smlald" in dis) == smlald, target
