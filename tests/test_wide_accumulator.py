@@ -175,3 +175,15 @@ def test_wide_layers_build_warning_free_on_every_core_class(tmp_path):
         dis = subprocess.run(["arm-none-eabi-objdump", "-d", str(tmp_path / target / "libnet.a")], check=True,
                              capture_output=True, text=True).stdout
         assert ("smlald" in dis) == smlald, target
+
+
+def test_qdq_round_trip_keeps_the_int64_accumulator(tmp_path):
+    """--emit-onnx of a wide layer, compiled back with --scheme qmn: the same C (qdq-to-qmn widens the bias)."""
+    model, calib = _long_dense(tmp_path, 2000)
+    assert qcc_main([str(model), "-o", str(tmp_path / "a" / "net.c"), "--target", "cortex-m4", "--calib", str(calib),
+                     "--bits", "16", "--emit-onnx", str(tmp_path / "q.onnx")]) == 0
+    assert qcc_main([str(tmp_path / "q.onnx"), "-o", str(tmp_path / "b" / "net.c"), "--target", "cortex-m4",
+                     "--scheme", "qmn"]) == 0
+    assert "int64_t acc" in (tmp_path / "a" / "net.c").read_text()
+    for f in ("net.c", "net_weights.c"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
