@@ -9,8 +9,8 @@ Data: the 22 real speech MFCC clips (mfcc_real_float.npy), used both to calibrat
 Per build: top-1 agreement of the integer simulator with the float model over the 22 clips,
 output SQNR (dB, softmax outputs), flash = text + data of libNAME.a built by the generated Makefile
 (arm-none-eabi-gcc -O3, cortex-m4: code + weights), and the planned arena. Builds: --bits 8, 16,
-mixed (default target: within 1 dB of all-16), and mixed with --max-flash at 75% of the all-16
-estimate the search reports.
+mixed (default: the knee of the promotion curve, at most within 1 dB of all-16), and mixed with
+--max-flash at 75% of the all-16 estimate the search reports.
 """
 from __future__ import annotations
 

@@ -42,6 +42,14 @@ Biases: i32 at the accumulator precision ``n_x + n_c``; when a bias would not
 fit int32 there, it is stored ``s_c`` bits coarser and shifted left by
 ``bias_shift = s_c`` at run time (``n_b = n_x + n_c - s_c``).
 
+Accumulator width: int32 when the worst-case sum fits it at these weight
+formats (check-quantized's proof). Otherwise (a 16-bit input or 16-bit weights
+over a long dot product, e.g. a dense layer reading 3920 features) int32 would
+need n_c lowered until it fits, which on Arm's ML-KWS CNNs left q15 at ~38 dB;
+when that costs a 16-bit weight format more than 6 bits (or an 8-bit one any),
+the layer keeps n_c and accumulates in int64 instead, marked by an ``i64``
+bias (a layer without a bias still lowers n_c).
+
 Calibration data come from the ``data`` option or the pipeline context key
 ``calib``; without data the range rule alone decides (``search`` is skipped).
 """
@@ -65,6 +73,12 @@ from qcc.quant.weights import degenerate_channels
 from .insert_qdq import weight_frac_bits
 
 INT32_MAX = (1 << 31) - 1
+# int32 may cost a 16-bit weight format up to 6 bits (at least 10 significant bits stay: per-layer weight
+# noise ~60 dB down, and the blocked SMLAD kernels keep running; DS-CNN's 3x3 and 1x1 layers lose 3-5);
+# beyond that (CNN's 1120- and 3920-long dot products lose 7-9), or any bit of an 8-bit weight, the layer
+# accumulates in int64 instead.
+WIDE_AFTER_BITS_LOST = {16: 6, 8: 0}
+WIDE_BIAS_MAX = 1 << 46   # an int64-accumulator layer's bias at accumulator precision, far inside int64
 # How activation formats are searched: by the error at their consumers' outputs, by the tensor's own
 # squared error, or not at all (the range rule n = W-1 - ceil(log2(max|x|))).
 # The output sweep moves a format only when the output error drops below this fraction of the current
@@ -139,6 +153,27 @@ def _feeds_unit(graph: Graph, group):
     return None
 
 
+def _top_cap(ranges, bits: int):
+    """The largest n that still holds the calibrated maximum of a softmax's input (None: no maximum > 0).
+
+    The largest logits decide the top-1 class: saturating them makes near-equal classes tie and
+    changes probabilities near 1. Clipping the low end only loses classes with probability ~0, so
+    a softmax input may trade its negative range for resolution but never its positive one.
+    """
+    hi = max((r[1] for r in ranges), default=0.0)
+    return frac_bits_for(hi, bits) if hi > 0 else None
+
+
+def _capped(candidates, top):
+    """The candidate n at most ``top`` (the smallest candidate if none is)."""
+    kept = [c for c in candidates if top is None or c <= top]
+    return kept or [min(candidates)]
+
+
+def _cap_note(top) -> str:
+    return "" if top is None else f"; at most n={top}, which holds the largest calibrated logit"
+
+
 def _unit_output(graph: Graph, q: Op) -> bool:
     v = q.operands[0]
     if v.producer is not None and v.producer.opname == "q.range":
@@ -209,11 +244,12 @@ class AssignQmn(Pass):
                 m = max((max(abs(lo), abs(hi)) for lo, hi in ranges), default=0.0)
                 n0 = n = frac_bits_for(m, bits)
                 fn = _feeds_unit(graph, group)
+                top = _top_cap(ranges, bits) if fn is UNIT_FNS["nn.softmax"] else None
                 if run is not None and bits == 8 and (self.objective != "input" or _reads_input(graph, group)):
                     run.advance(min(run.index[id(q)] for q in group))
-                    n, why = self._consumer_choice(run, group, n0)
+                    n, why = self._consumer_choice(run, group, n0, top)
                 else:
-                    n, why = self._tensor_choice(run, acts, group, n0, bits, fn)
+                    n, why = self._tensor_choice(run, acts, group, n0, bits, fn, top)
                     why += self.budget_note
                 if bits == 16 and fn is None:
                     n -= 1  # a guard bit: resolution is plentiful, inputs beyond the calibration range are not
@@ -268,9 +304,9 @@ class AssignQmn(Pass):
         return changed
 
     @staticmethod
-    def _tensor_choice(run, acts, group, n0: int, bits: int, fn):
+    def _tensor_choice(run, acts, group, n0: int, bits: int, fn, top=None):
         """The n with the least squared error of the group's own values (after the softmax/sigmoid/tanh
-        they feed, if any); the range rule's n0 without data."""
+        they feed, if any; at most ``top``, see ``_top_cap``); the range rule's n0 without data."""
         if run is not None:  # 16-bit under the consumer objective: values as the formats so far make them
             run.advance(max(run.index[id(q)] for q in group))
             xs = [run.cur[id(q.operands[0])] for q in group]
@@ -278,8 +314,8 @@ class AssignQmn(Pass):
             xs = [acts[id(q)] for q in group if id(q) in acts]
         if xs and fn is not None:
             x = xs[0].astype(np.float64)
-            return (min(range(n0 - 1, n0 + 5), key=lambda c: (unit_output_error(x, c, bits, fn), c)),
-                    "least error after the softmax/sigmoid/tanh")
+            return (min(_capped(range(n0 - 1, n0 + 5), top), key=lambda c: (unit_output_error(x, c, bits, fn), c)),
+                    "least error after the softmax/sigmoid/tanh" + _cap_note(top))
         if xs:
             x = np.concatenate([a.ravel() for a in xs]).astype(np.float64)
             return (min(range(n0 - 1, n0 + 3), key=lambda c: (fake_quant_error(x, c, bits), c)),
@@ -287,8 +323,9 @@ class AssignQmn(Pass):
         return n0, "range rule (no calibration data or no search)"
 
     @staticmethod
-    def _consumer_choice(run, group, n0: int):
-        """The n in n0-1 .. n0+3 with the least relative error at the group's consumers (see _qmn_search)."""
+    def _consumer_choice(run, group, n0: int, top=None):
+        """The n in n0-1 .. n0+3 (at most ``top``) with the least relative error at the group's consumers
+        (see _qmn_search)."""
         last, measured = run.horizon(group)
         dtype = group[0].result.type.dtype
 
@@ -296,14 +333,13 @@ class AssignQmn(Pass):
             for q in group:
                 q.result.type = fixed_type(q.result.shape, dtype, c)
 
-        costs = {c: run.cost(group, set_n, c, last, measured) for c in range(n0 - 1, n0 + 4)}
+        costs = {c: run.cost(group, set_n, c, last, measured) for c in _capped(range(n0 - 1, n0 + 4), top)}
         n = min(costs, key=lambda c: (costs[c], c))
         set_n(n)
-        rule = costs[n0]
-        gain = "" if n == n0 else f" (range rule n={n0}: {_db(rule)})"
+        gain = "" if n == n0 or n0 not in costs else f" (range rule n={n0}: {_db(costs[n0])})"
         where = ", ".join(sorted({_value_name(v) for v in measured}))
         where = where if len(where) <= 60 else where[:57] + "..."
-        return n, f"least error at consumers ({where}): {_db(costs[n])}{gain}"
+        return n, f"least error at consumers ({where}): {_db(costs[n])}{gain}{_cap_note(top)}"
 
     def _activations(self, graph: Graph, groups, path: str) -> Dict[int, np.ndarray]:
         """Real values entering each activation quantize op on the calibration samples."""
@@ -366,6 +402,7 @@ class AssignQmn(Pass):
                 n_w = [best] * len(n_w)
         src = dequantized_source(op.operands[0])
         qb = dequantized_source(op.operands[2]) if len(op.operands) > 2 else None
+        wide = False
         if src is not None:
             bias = None
             if qb is not None and qb.operands[0].is_constant():
@@ -374,8 +411,13 @@ class AssignQmn(Pass):
             outs = [u for u in op.graph.users(op.result) if u.opname == "q.quantize"]
             n_y = outs[0].result.type.quant.frac_bits if len(outs) == 1 and \
                 isinstance(outs[0].result.type.quant, FixedPoint) else None
-            n_w = self._fit_accumulator(w, n_w, bits, src.result.type.dtype, bias,
-                                        channel_frac_bits(src.result.type)[0], n_y)
+            fitted = self._fit_accumulator(w, n_w, bits, src.result.type.dtype, bias,
+                                           channel_frac_bits(src.result.type)[0], n_y)
+            # Where int32 would cost weight bits (16-bit input or weights over a long dot product), the
+            # layer keeps them and accumulates in int64 instead: an i64 bias says so (qcc/ir/ops/qnn.py).
+            lost = max((a - b for a, b in zip(n_w, fitted)), default=0)
+            wide = bias is not None and lost > WIDE_AFTER_BITS_LOST.get(bits, 0)
+            n_w = list(n_w) if wide else fitted
         new_t = per_channel_type(w.shape, qw.result.type.dtype, n_w)
         if new_t != qw.result.type:
             qw.result.type = new_t
@@ -384,12 +426,13 @@ class AssignQmn(Pass):
             n_x = channel_frac_bits(src.result.type)[0]
             b = np.abs(np.asarray(qb.operands[0].constant(), np.float64))
             n_b = []
+            limit = WIDE_BIAS_MAX if wide else INT32_MAX // 4  # int32 headroom: weights take up to 2^30
             for bc, nc in zip(b, n_w):
                 n = n_x + nc
-                while bc * 2.0 ** n > INT32_MAX // 4 and n > -31:  # headroom: weights take up to 2^30
+                while bc * 2.0 ** n > limit and n > -31:
                     n -= 1
                 n_b.append(n)
-            new_b = per_channel_type(b.shape, "i32", n_b)
+            new_b = per_channel_type(b.shape, "i64" if wide else "i32", n_b)
             if new_b != qb.result.type:
                 qb.result.type = new_b
                 changed += 1

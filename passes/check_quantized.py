@@ -9,6 +9,8 @@ For each integer layer:
 
       bound[c] = xmax * sum_k |w[c, k]| + |bias[c] << bias_shift[c]| + 2^(out_shift[c]-1)  <  2^31
 
+  (< 2^62 for a layer with an ``i64`` bias: its accumulator is int64);
+
 * add: ``xmax_a << a_shift + xmax_b << b_shift + rounding < 2^31``;
 * affine int8 conv/dense (``s8.*``), per output channel c, with the input's
   worst offset value ``dmax = max(|-128 - zp_in|, |127 - zp_in|)``::
@@ -45,6 +47,7 @@ from qcc.ir.types import storage_range
 
 LIMIT = 1 << 31
 LIMIT_S64 = 1 << 47   # TFLite's int16 (16x8) accumulator bound
+LIMIT_WIDE = 1 << 62  # a qnn conv/dense with an i64 bias (int64 accumulator)
 INTEGER_SHAPE_OPS = ("nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze", "nn.transpose", "nn.concat",
                      "nn.pad", "nn.gather")
 
@@ -124,6 +127,11 @@ class CheckQuantized(Pass):
             raise PassError(f"{op.describe()}: weights and bias must be constants")
         bound = accumulator_bound(op)
         c = int(np.argmax(bound))
+        if len(op.operands) > 2 and op.operands[2].type.dtype == "i64":  # an int64 accumulator
+            if bound[c] >= LIMIT_WIDE:
+                raise PassError(f"{op.describe()}: int64 accumulator can reach 2^62 in output channel {c} "
+                                f"(worst case {int(bound[c])})")
+            return
         if bound[c] >= LIMIT:
             raise PassError(
                 f"{op.describe()}: int32 accumulator can overflow in output channel {c}: worst-case "

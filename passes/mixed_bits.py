@@ -27,8 +27,20 @@ element each). Noise powers of independent roundings add, so a unit's gain
 barely depends on the others (a gain in dB would: the noisiest layer masks the
 rest). Take the unit of best priority after re-scoring it against the
 current choice (ties: graph order), until the SQNR
-reaches ``target_sqnr`` (default: the all-16-bit SQNR minus 1 dB) or no unit
-fits the budgets (under a budget, also when the best promotion gains nothing):
+reaches ``target_sqnr`` or no unit fits the budgets (under a budget, also
+when the best promotion gains nothing). With neither a target nor a budget
+the search stops at the knee of its curve of noise removed against bytes
+spent, or at the all-16-bit SQNR minus 1 dB if that comes first: the knee is
+where the best promotion's priority falls below the average of the whole
+way from all-8 to all-16::
+
+    priority(best) < (noise(all-8) - noise(all-16)) / (extra bytes of every unit)
+
+Greedy order makes that curve concave (each step removes less noise per
+byte than the one before), so this is the point farthest above the chord
+from all-8 to all-16: past it, every byte buys less than the average byte
+of an all-16 build. (A fixed dB target below all-16 would promote nearly
+everything on models whose 16-bit build is far better than they need.)
 
     flash = weight bytes + bias bytes (4 per output channel) + code (CODE_BYTES per layer
             kind + CODE_BYTES_FIXED)
@@ -178,7 +190,7 @@ class MixedBits(Pass):
     """
 
     name = "mixed-bits"
-    target_sqnr: float = 0.0   # dB; 0: the all-16-bit SQNR minus 1 dB
+    target_sqnr: float = 0.0   # dB; 0: the knee of the promotion curve, at most the all-16-bit SQNR minus 1 dB
     max_flash: int = 0         # bytes; 0: no budget
     max_ram: int = 0           # bytes; 0: no budget
     per_channel: bool = True
@@ -224,9 +236,16 @@ class MixedBits(Pass):
         steps = []
         priority = {k: self._gain(all8, k) for k in range(u.count)}
         fresh = set(range(u.count))
+        # Default stopping rule (no target, no budget): the knee of the promotion curve, where the next
+        # promotion removes less output noise per byte than going from all-8 to all-16 does on average.
+        knee = not (self.target_sqnr or self.max_flash or self.max_ram)
+        total_bytes = sum(u.weight_elems[k] + u.act_elems[k] for k in range(u.count))
+        average = (self._score(all8) - self._score(all16)) / max(1, total_bytes)
+        stop, stop_priority = "target", None
         while cur < target:
             cands = [k for k in range(u.count) if k not in chosen and self._fits(chosen | {k})]
             if not cands:
+                stop = "budget"
                 break
             while True:
                 best = min(cands, key=lambda k: (-priority[k], k))
@@ -235,11 +254,15 @@ class MixedBits(Pass):
                 priority[best] = self._gain(chosen, best)
                 fresh.add(best)
             if priority[best] <= 0 and (self.max_flash or self.max_ram):
+                stop = "budget"
                 break  # under a budget, bytes that buy no SQNR are better left unspent
+            if knee and priority[best] < average:
+                stop, stop_priority = "knee", priority[best]
+                break
             chosen = chosen | {best}
             before, cur = cur, self._db(chosen)
             steps.append({"layer": u.names[best], "sqnr_db": round(cur, 2), "gain_db": round(cur - before, 2),
-                          "bytes": u.weight_elems[best] + u.act_elems[best]})
+                          "bytes": u.weight_elems[best] + u.act_elems[best], "noise_per_byte": priority[best]})
             fresh = set()
         if self.target_sqnr > 0 and cur < target:
             raise InputError(f"--target-sqnr {self.target_sqnr:g} dB cannot be met"
@@ -247,7 +270,8 @@ class MixedBits(Pass):
                              + f": the best reachable is {cur:.2f} dB ({len(chosen)} of {u.count} units at 16 "
                              f"bits; all-16-bit gives {s16:.2f} dB)")
         self._apply(chosen)
-        summary = {"target_sqnr_db": round(target, 2), "sqnr_db": round(cur, 2),
+        summary = {"target_sqnr_db": round(target, 2), "sqnr_db": round(cur, 2), "stopped_by": stop,
+                   "knee_noise_per_byte": average if knee else None, "stop_noise_per_byte": stop_priority,
                    "all8_sqnr_db": round(s8, 2), "all16_sqnr_db": round(s16, 2),
                    "flash_bytes": self.flash(chosen), "all8_flash_bytes": flash8,
                    "all16_flash_bytes": self.flash(all16),

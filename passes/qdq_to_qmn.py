@@ -57,6 +57,7 @@ from qcc.transforms.passmanager import Pass, PassResult, register_pass, register
 from ._qmn_util import WEIGHTED, channel_frac_bits, per_channel_type
 
 QMN_DTYPES = ("i8", "i16", "i32")
+MOVES = ("nn.reshape", "nn.flatten", "nn.transpose", "nn.squeeze", "nn.unsqueeze")
 BIAS_LIMIT = (2 ** 31 - 1) // 4  # as assign-qmn: the weighted sum may take the rest of int32
 SHAPE_OPS = ("nn.transpose", "nn.reshape", "nn.flatten", "nn.squeeze", "nn.unsqueeze")
 
@@ -104,7 +105,7 @@ class QdqToQmn(Pass):
                 v.type = new
                 changed += 1
         biases = sum(self._quantize_float_bias(graph, op) for op in graph.ops if op.opname in WEIGHTED)
-        changed += biases
+        changed += biases + sum(self._widen_bias(op) for op in graph.ops if op.opname in WEIGHTED)
         return PassResult(bool(changed), {"converted": changed, "biases": biases, "rounded": list(self.rounded)})
 
     @staticmethod
@@ -223,6 +224,39 @@ class QdqToQmn(Pass):
         q = graph.add_op("q.quantize", [b], {}, [qt], name=b.producer.name)
         d = graph.add_op("q.dequantize", [q.result], {}, [TensorType(b.shape)], name=b.producer.name)
         graph.set_operand(op, 2, d.result)
+        return 1
+
+    @staticmethod
+    def _widen_bias(op) -> int:
+        """An int64 accumulator (``i64`` bias) where assign-qmn would have chosen one: the weights at their
+        formats take half of int32 or more for the worst input (assign-qmn keeps every int32 layer
+        below that), as a layer that qcc compiled with an int64 accumulator and exported comes back."""
+        if len(op.operands) < 3:
+            return 0
+        x = op.operands[0]
+        while x.producer is not None and x.producer.opname in MOVES:  # shape ops not yet moved off the integers
+            x = x.producer.operands[0]
+        px, pw, pb = x.producer, op.operands[1].producer, op.operands[2].producer
+        if any(p is None or p.opname != "q.dequantize" for p in (px, pw, pb)):
+            return 0
+        x_t, w, b = px.operands[0].type, pw.operands[0], pb.operands[0]
+        if not isinstance(x_t.quant, FixedPoint) or b.type.dtype != "i32" or x_t.dtype not in ("i8", "i16"):
+            return 0
+        if w.is_constant():
+            w_q = np.asarray(w.constant(), np.int64)
+        elif w.producer is not None and w.producer.opname == "q.quantize" and w.producer.operands[0].is_constant():
+            n_w = np.asarray(channel_frac_bits(w.type), np.float64).reshape((-1,) + (1,) * (w.type.rank - 1))
+            lo, hi = storage_range(w.type.dtype)
+            w_q = np.clip(round_half_away(np.asarray(w.producer.operands[0].constant(), np.float64) * 2.0 ** n_w),
+                          lo, hi)
+        else:
+            return 0
+        xmax = 1 << (15 if x_t.dtype == "i16" else 7)
+        if float(np.abs(w_q).reshape(w_q.shape[0], -1).sum(axis=1).max(initial=0)) * xmax < 2.0 ** 30:
+            return 0
+        if b.is_constant():
+            b.producer.attrs["value"] = np.asarray(b.constant(), np.int64)
+        b.type = TensorType(b.type.shape, "i64", b.type.quant)
         return 1
 
     @staticmethod

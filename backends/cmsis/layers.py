@@ -144,12 +144,13 @@ class LayerBuilder:
                 "comment": c_comment(f"{op.opname} \"{op.name}\": {shapes} -> [{','.join(map(str, op.results[0].shape))}]", 160),
                 "yt": ctype(op.results[0])}
 
-    def _per_channel(self, fn: str, what: str, values: List[int], channels: int, index_var: str, comment: str) -> str:
+    def _per_channel(self, fn: str, what: str, values: List[int], channels: int, index_var: str, comment: str,
+                     dtype: str = "i32") -> str:
         """A literal when every channel shares the value, else a table indexed by ``index_var``."""
         vals = np.broadcast_to(np.asarray(values, np.int64), (channels,))
         if np.all(vals == vals[0]):
-            return str(int(vals[0]))
-        dtype = "i8" if what == "shift" else "i32"
+            return str(int(vals[0])) + ("LL" if dtype == "i64" else "")
+        dtype = "i8" if what == "shift" else dtype
         return self.add_const(f"{self.prefix}_{fn}_{what}", dtype, vals, comment) + f"[{index_var}]"
 
     def _weights_and_bias(self, op: Op, fn: str, channels: int, index_var: str, weights=None) -> dict:
@@ -160,17 +161,18 @@ class LayerBuilder:
         b = op.operands[2].constant() if len(op.operands) > 2 else None
         shifts = np.broadcast_to(np.asarray(op.attrs["bias_shift"], np.int64), (channels,))
         bias = np.zeros(channels, np.int64) if b is None else rshift_round(np.asarray(b, np.int64), -shifts)
-        if np.abs(bias).max(initial=0) > INT32_MAX:
+        wide = len(op.operands) > 2 and op.operands[2].type.dtype == "i64"  # an int64 accumulator
+        if not wide and np.abs(bias).max(initial=0) > INT32_MAX:
             raise UnsupportedModelError(f"{op.describe()}: bias << bias_shift does not fit int32")
         bias_expr = self._per_channel(fn, "b", bias.tolist(), channels, index_var,
-                                      f"{op.name} bias << bias_shift")
+                                      f"{op.name} bias << bias_shift", "i64" if wide else "i32")
         shift = self._per_channel(fn, "shift", op.attrs["out_shift"], channels, index_var,
                                   f"{op.name} output shifts")
         xs, ws = SHORT[op.operands[0].type.dtype], SHORT[op.operands[1].type.dtype]
         self.dots.add((xs, ws))
         # The blocked kernels index bias and shift by other variables: the table symbol (or literal) alone.
         at = lambda expr: expr[:-len(f"[{index_var}]")] if expr.endswith(f"[{index_var}]") else expr
-        return {"w": wsym, "bias": bias_expr, "shift": shift, "dot": f"qcc_dot_{xs}_{ws}",
+        return {"w": wsym, "bias": bias_expr, "shift": shift, "dot": f"qcc_dot_{xs}_{ws}", "wide": wide,
                 "bias_t": at(bias_expr), "bias_tab": bias_expr != at(bias_expr),
                 "shift_t": at(shift), "shift_tab": shift != at(shift), "xs": xs, "ws": ws,
                 "xt": ctype(op.operands[0]), "wt": C_TYPES[wdtype],
@@ -188,6 +190,8 @@ class LayerBuilder:
         # Kernel shape (conv2d.j2): "gemm" blocks 2 pixels x 2 output channels (ungrouped), "depthwise"
         # 4 channels of one pixel (weights re-laid [KH][KW][C]), "generic" one output at a time.
         path = "gemm" if g == 1 else ("depthwise" if cg == 1 and cout == c else "generic")
+        if len(op.operands) > 2 and op.operands[2].type.dtype == "i64":
+            path = "wide"  # int64 accumulator: one output at a time, like "generic"
         flat = path == "gemm" and kh == kw == 1 and (sh, sw) == (1, 1) and not any(op.attrs["pads"])
         # Few input channels: the im2col gemm path (a pixel pair's windows copied contiguous, weights [Cout][Kp]).
         kp = im2col_length(kh, kw, cg, op.operands[0].type.np_dtype.itemsize, flat) if path == "gemm" else 0

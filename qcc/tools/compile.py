@@ -740,8 +740,9 @@ def _command(args: argparse.Namespace) -> int:
     if m:
         wide = sum(1 for layer in m["layers"] if layer["bits"] == 16)
         print(f"qcc: mixed precision: {wide} of {len(m['layers'])} tensors/layers at 16 bits; output SQNR "
-              f"{m['sqnr_db']} dB (all-8 {m['all8_sqnr_db']}, all-16 {m['all16_sqnr_db']}, target "
-              f"{m['target_sqnr_db']}; integer simulator {m.get('verified_sqnr_db', 'not measured')}); flash "
+              f"{m['sqnr_db']} dB (all-8 {m['all8_sqnr_db']}, all-16 {m['all16_sqnr_db']}, "
+              + ("stopped at the knee" if m.get("stopped_by") == "knee" else f"target {m['target_sqnr_db']}")
+              + f"; integer simulator {m.get('verified_sqnr_db', 'not measured')}); flash "
               f"estimate {m['flash_bytes']} bytes (all-16 {m['all16_flash_bytes']})", file=sys.stderr)
     print(f"qcc: wrote {folder / (gen.name + '.c')}, {gen.name}.h, {gen.name}_weights.c, Makefile "
           f"(arena {gen.plan.arena_size} bytes, weights {gen.weight_bytes} bytes)", file=sys.stderr)

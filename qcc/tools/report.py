@@ -311,6 +311,11 @@ def _cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
+STOPPED_BY = {"knee": " (stopped at the knee: the next promotion removed less output noise per byte than "
+                       "the all-8 to all-16 average)",
+              "budget": " (stopped by the flash/RAM budget)"}
+
+
 def mixed_bits_report(m: dict) -> List[str]:
     """Markdown lines for ``qcc --bits mixed``: the bits per layer and what each promotion bought."""
     steps = {s["layer"]: s for s in m["steps"]}
@@ -318,7 +323,8 @@ def mixed_bits_report(m: dict) -> List[str]:
     lines = ["## Mixed precision (--bits mixed)", "",
              f"{wide} of {len(m['layers'])} units at 16 bits. Output SQNR {m['sqnr_db']} dB in the fake-quant "
              f"search ({m.get('verified_sqnr_db', 'not measured')} dB by the integer simulator); all-8-bit "
-             f"{m['all8_sqnr_db']} dB, all-16-bit {m['all16_sqnr_db']} dB, target {m['target_sqnr_db']} dB. "
+             f"{m['all8_sqnr_db']} dB, all-16-bit {m['all16_sqnr_db']} dB, target {m['target_sqnr_db']} dB"
+             + STOPPED_BY.get(m.get("stopped_by"), "") + ". "
              f"Flash estimate {m['flash_bytes']:,} B (all-16 {m['all16_flash_bytes']:,} B), RAM estimate "
              f"{m['ram_bytes']:,} B (all-16 {m['all16_ram_bytes']:,} B; planned arena "
              f"{m.get('arena_bytes', 0):,} B); {m['evaluations']} choices scored on {m['samples']} samples.", "",

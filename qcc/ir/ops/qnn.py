@@ -12,6 +12,10 @@ tensor or one per output channel):
     acc[c] = (bias[c] << bias_shift[c]) + sum(x * w)          (fits int32: checked)
     y      = clamp(rshift_round(acc, out_shift[c]), act_min, act_max)
 
+The accumulator has the bias's width: an ``i32`` bias (or none) means int32,
+an ``i64`` bias int64 (for 16-bit layers whose worst-case sum leaves int32;
+the same formulas, exact in 64 bits).
+
 Zero padding. ``act_min``/``act_max`` are the storage bounds, narrowed by a
 fused ReLU (``[0, max]``) or ReLU6 (``[0, 6 * 2^n]``).
 
@@ -81,9 +85,15 @@ def _conv_rule(op):
     return [TensorType((n, oh, ow, cout), op.results[0].type.dtype if op.results else x.dtype)]
 
 
+def _check_bias(op):
+    if len(op.operands) > 2 and op.operands[2].type.dtype not in ("i32", "i64"):
+        raise OpError(f"bias must be i32 (int32 accumulator) or i64 (int64), got {op.operands[2].type.dtype}")
+
+
 def _verify_conv(op):
     _check_int_io(op)
     _check_shifts(op, op.operands[1].type.shape[0])
+    _check_bias(op)
     if len(op.operands) > 2 and op.operands[2].type.shape != (op.operands[1].type.shape[0],):
         raise OpError("bias must have one entry per output channel")
 
@@ -108,6 +118,7 @@ def _dense_rule(op):
 def _verify_dense(op):
     _check_int_io(op)
     _check_shifts(op, op.operands[1].type.shape[0])
+    _check_bias(op)
 
 
 register_op(OpDef(
