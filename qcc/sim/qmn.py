@@ -130,28 +130,31 @@ def _bias_term(op, b, channels: int) -> np.ndarray:
 QUANTIZE_CLAMP = 1.0e9
 
 
-def _round_clamped(v: np.ndarray) -> np.ndarray:
+def _round_clamped(v: np.ndarray, limit: float = QUANTIZE_CLAMP) -> np.ndarray:
     """round_half_away of a scaled input after NaN -> 0 and clamping to [-1e9, 1e9] (defined for every float)."""
     v = np.asarray(v, dtype=np.float64)
-    v = np.where(np.isnan(v), 0.0, np.clip(v, -QUANTIZE_CLAMP, QUANTIZE_CLAMP))
+    v = np.where(np.isnan(v), 0.0, np.clip(v, -limit, limit))
     return round_half_away(v)
 
 
 def quantize_array(x: np.ndarray, quant, dtype_np) -> np.ndarray:
     """The q.quantize arithmetic for one tensor (also used by passes for weights)."""
     info = np.iinfo(dtype_np)
+    # The 1e9 clamp defines run-time quantization (int8..int32 storage, as the C does); an int64 constant
+    # (the bias of an int64-accumulator layer, quantized only here) keeps values beyond it.
+    limit = QUANTIZE_CLAMP if info.bits <= 32 else 2.0 ** 62
     x = np.asarray(x, dtype=np.float32)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # Inf and NaN are defined below
         if isinstance(quant, FixedPoint):
-            q = _round_clamped(x.astype(np.float64) * 2.0 ** quant.frac_bits)
+            q = _round_clamped(x.astype(np.float64) * 2.0 ** quant.frac_bits, limit)
         elif isinstance(quant, UniformQuant):
-            q = _round_clamped(x / np.float32(quant.scale)) + quant.zero_point
+            q = _round_clamped(x / np.float32(quant.scale), limit) + quant.zero_point
         elif isinstance(quant, PerAxisQuant):
             shape = [1] * x.ndim
             shape[quant.axis] = -1
             scales = np.asarray(quant.scales, np.float32).reshape(shape)
             zps = np.asarray(quant.zero_points, np.int64).reshape(shape)
-            q = _round_clamped(x / scales) + zps
+            q = _round_clamped(x / scales, limit) + zps
         else:
             raise IRError(f"cannot quantize to {quant!r}")
     return saturate(q, int(info.min), int(info.max), dtype_np)
