@@ -141,6 +141,17 @@ def compile_and_compare(graph: Graph, folder: Path, samples, name="net", float_o
     return gen, got
 
 
+def compare_on_qemu(graph: Graph, folder: Path, samples, target="cortex-m4", name="net", **options):
+    """The firmware for ``target`` under QEMU gives the simulator's outputs bit for bit."""
+    gen = generate(graph, name, target, **options)
+    write_files({folder / k: v for k, v in gen.files.items()})
+    count = harness.write_samples(folder / "in.bin", graph, samples)
+    harness.run_qemu(folder, folder / "in.bin", folder / "out.bin")
+    got = harness.read_outputs(folder / "out.bin", gen, count)
+    assert_same_outputs(got, harness.simulate(graph, gen, samples))
+    return gen, got
+
+
 def assert_same_outputs(got, want):
     """Device (or host C) outputs equal the simulator's bit for bit: integers, and floats by their bits."""
     for a, b in zip(got.quantized, want.quantized):
@@ -237,15 +248,7 @@ def test_every_target_compiles_with_werror(tmp_path, target):
 @pytest.mark.parametrize("bits", [8, 16])
 def test_random_graph_on_qemu_m4(tmp_path, bits):
     g = random_graph(bits, 7)
-    samples = random_inputs(g, 8, 7)
-    gen = generate(g, "net", "cortex-m4")
-    write_files({tmp_path / k: v for k, v in gen.files.items()})
-    count = harness.write_samples(tmp_path / "in.bin", g, samples)
-    harness.run_qemu(tmp_path, tmp_path / "in.bin", tmp_path / "out.bin")
-    got = harness.read_outputs(tmp_path / "out.bin", gen, count)
-    want = harness.simulate(g, gen, samples)
-    for a, b in zip(got.quantized + got.floats, want.quantized + want.floats):
-        np.testing.assert_array_equal(a, b)
+    compare_on_qemu(g, tmp_path, random_inputs(g, 8, 7))
 
 
 def test_backend_handles_every_qnn_attribute():

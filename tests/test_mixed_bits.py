@@ -18,13 +18,12 @@ import pytest
 from onnx import helper
 
 from qcc.backends.cmsis import generate, harness
-from qcc.fileio import write_files
 from qcc.ir.graph import Graph
 from qcc.ir.types import FixedPoint, TensorType
 from qcc.tools.compile import compile_model, main as qcc_main
 
 from onnx_builders import build
-from test_backend_cmsis import assert_same_outputs, compile_and_compare
+from test_backend_cmsis import assert_same_outputs, compare_on_qemu, compile_and_compare
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
 needs_qemu = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
@@ -120,12 +119,7 @@ def test_every_width_combination_matches_simulator_on_host(tmp_path):
 @needs_qemu
 def test_every_width_combination_on_qemu_m4(tmp_path):
     g = combo_graph(1)
-    samples = combo_inputs(g, 3, 1)
-    gen = generate(g, "net", "cortex-m4")
-    write_files({tmp_path / k: v for k, v in gen.files.items()})
-    count = harness.write_samples(tmp_path / "in.bin", g, samples)
-    harness.run_qemu(tmp_path, tmp_path / "in.bin", tmp_path / "out.bin")
-    assert_same_outputs(harness.read_outputs(tmp_path / "out.bin", gen, count), harness.simulate(g, gen, samples))
+    compare_on_qemu(g, tmp_path, combo_inputs(g, 3, 1))
 
 
 # ---------------------------------------------------------------- the search, end to end

@@ -18,7 +18,7 @@ import pytest
 from onnx import helper
 
 import qcc
-from qcc.backends.cmsis import generate, harness
+from qcc.backends.cmsis import generate
 from qcc.fileio import write_files
 from qcc.ir.graph import Graph
 from qcc.ir.types import FixedPoint, TensorType
@@ -26,7 +26,7 @@ from qcc.sim.qmn import conv2d_acc, dense_acc
 from qcc.tools.compile import main as qcc_main
 
 from onnx_builders import build
-from test_backend_cmsis import assert_same_outputs, compile_and_compare
+from test_backend_cmsis import compare_on_qemu, compile_and_compare
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
 needs_qemu = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
@@ -106,12 +106,7 @@ def test_wide_layers_match_simulator_on_host(tmp_path):
 @needs_qemu
 def test_wide_layers_on_qemu_m4(tmp_path):
     g = wide_graph(1)
-    samples = wide_inputs(g, 3, 1)
-    gen = generate(g, "net", "cortex-m4")
-    write_files({tmp_path / k: v for k, v in gen.files.items()})
-    count = harness.write_samples(tmp_path / "in.bin", g, samples)
-    harness.run_qemu(tmp_path, tmp_path / "in.bin", tmp_path / "out.bin")
-    assert_same_outputs(harness.read_outputs(tmp_path / "out.bin", gen, count), harness.simulate(g, gen, samples))
+    compare_on_qemu(g, tmp_path, wide_inputs(g, 3, 1))
 
 
 def test_verifier_and_check_quantized():
