@@ -32,6 +32,7 @@ from onnx import AttributeProto, GraphProto, helper
 from qcc.errors import UnsupportedModelError
 from qcc.frontend.importer import _node_key, tensor_array
 from qcc.frontend.lifters import LIFTERS, _check_node, _constant_value, _static_value, lift_node, lifter
+from qcc.frontend.scan_lifters import body_renamer
 
 MAX_UNROLLED_NODES = 200_000  # iterations x body nodes: past this the import (and the C) would only grow useless
 # Ops never folded: their results are data, or random, or graphs of their own.
@@ -319,11 +320,7 @@ def _loop(imp, node, a):
     if limit is not None and limit > budget:
         _refuse(imp, node, f"unrolling {limit} iterations would make more than {MAX_UNROLLED_NODES:,} nodes")
 
-    for init in body.initializer:  # body constants: one copy for every iteration
-        imp.consts[f"{name}/{init.name}"] = tensor_array(init, imp.source)
-        imp.const_op_names[f"{name}/{init.name}"] = f"{name}/{init.name}"
-    body_inits = {init.name for init in body.initializer}
-    inner = {i.name for i in body.input} | {o for nd in body.node for o in nd.output}
+    step_name = body_renamer(imp, name, body)  # body constants: one copy for every iteration
     carried = list(node.input[2:])  # the current value of each carried dependency, by (renamed) name
     stacked = [[] for _ in range(k_out)]
     t = 0
@@ -334,11 +331,7 @@ def _loop(imp, node, a):
         prefix = f"{name}/i{t}"
 
         def rename(v, prefix=prefix):
-            if not v:
-                return v
-            if v in body_inits:
-                return f"{name}/{v}"
-            return f"{prefix}/{v}" if v in inner else v
+            return step_name(v, prefix)
         _set_known(imp, rename(body.input[0].name), np.array(t, np.int64))
         _set_known(imp, rename(body.input[1].name), np.array(going))
         for k, v in enumerate(carried):

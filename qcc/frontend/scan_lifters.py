@@ -100,6 +100,24 @@ def _check_scan(imp, node, a) -> Optional[str]:
     return None
 
 
+def body_renamer(imp, name: str, body):
+    """Register a loop body's constants once (as NAME/INIT) and return ``rename(v, prefix)``: a body
+    value's name in the copy for one step (PREFIX/V), a constant's shared name, or an outer value as is."""
+    for init in body.initializer:
+        imp.consts[f"{name}/{init.name}"] = tensor_array(init, imp.source)
+        imp.const_op_names[f"{name}/{init.name}"] = f"{name}/{init.name}"
+    body_inits = {init.name for init in body.initializer}
+    inner = {i.name for i in body.input} | {o for nd in body.node for o in nd.output}
+
+    def rename(v: str, prefix: str) -> str:
+        if not v:
+            return v
+        if v in body_inits:
+            return f"{name}/{v}"
+        return f"{prefix}/{v}" if v in inner else v
+    return rename
+
+
 def _renamed(node, rename, name: str):
     copy = helper.make_node(node.op_type, [rename(i) for i in node.input], [rename(o) for o in node.output],
                             name=name, domain=node.domain)
@@ -122,21 +140,13 @@ def _scan(imp, node, a):
     seqs = [imp.value(v) for v in node.input[n:]]
     in_axes = [_axis(ax, len(s.shape)) for ax, s in zip(in_axes, seqs)]
     steps = seqs[0].shape[in_axes[0]]
-    inner = {i.name for i in body.input} | {o for nd in body.node for o in nd.output}
-    for init in body.initializer:  # body constants: one copy for every step
-        imp.consts[f"{name}/{init.name}"] = tensor_array(init, imp.source)
-        imp.const_op_names[f"{name}/{init.name}"] = f"{name}/{init.name}"
-    body_inits = {init.name for init in body.initializer}
+    step_name = body_renamer(imp, name, body)  # body constants: one copy for every step
     stacked = [[] for _ in range(k_out)]
     for t in range(steps):
         prefix = f"{name}/t{t}"
 
         def rename(v, prefix=prefix):
-            if not v:
-                return v
-            if v in body_inits:
-                return f"{name}/{v}"
-            return f"{prefix}/{v}" if v in inner else v
+            return step_name(v, prefix)
         for i, v in enumerate(states):
             imp.values[rename(body.input[i].name)] = v
         for j, seq in enumerate(seqs):
