@@ -10,6 +10,9 @@ step exact on the stored integers:
   ``clamp(round(x/s) + z, 0, 255) - 128 = clamp(round(x/s) + z - 128, -128, 127)``
   and ``s * (q - z) = s * ((q - 128) - (z - 128))``. Graph inputs and outputs
   keep their types (they are the C API).
+* int16 activations with a nonzero zero point (onnxruntime's asymmetric
+  default) get the symmetric scale covering their range (``symmetric_int16``):
+  not exact, at most one bit coarser, and said in a note.
 * A per-tensor quantize commutes with layout ops (elementwise rounding):
   ``Q(layout(x)) -> layout(Q(x))`` for Transpose / Reshape / Flatten /
   Squeeze / Unsqueeze whose only user is the quantize. A float input that
@@ -83,6 +86,58 @@ def recenter_uint8(graph: Graph) -> int:
             v.type = TensorType(t.shape, dtype, quant)
             count += 1
     return count
+
+
+def symmetric_int16(graph: Graph) -> List[str]:
+    """Give every i16 activation with a nonzero zero point the symmetric scale covering its range.
+
+    onnxruntime's ``quantize_static`` quantizes int16 activations asymmetrically by default (a ReLU
+    output gets zero point -32768); TFLite's 16x8 mode, CMSIS-NN's s16 kernels and qcc's take zero point 0.
+    A quantize ``s, z`` covers the reals ``s * ([-32768, 32767] - z)``; it becomes ``s' = s * max(32768 + z,
+    32767 - z) / 32767, 0``, which covers them all, at most one bit coarser. Zero point -32768 (a range
+    starting at 0: onnxruntime folds a ReLU into it and removes the node) gets an ``nn.relu`` in front,
+    the clamp it made; other ranges are not clamped below the symmetric one (values outside the
+    calibrated range saturate later, not wrongly). Layout ops and dequantizes follow their operand. This changes the model's rounding (by less than one step of ``s'``), so it is
+    not bit-exact with onnxruntime's run of the QDQ model; the returned names go in a note to the user.
+    An int16 constant with a zero point is requantized likewise, at the symmetric scale of its largest
+    magnitude (rounded half away from zero). Graph inputs and outputs keep their types (the C API).
+    """
+    changed: List[str] = []
+    for op in graph.ops:
+        for v in op.results:
+            t = v.type
+            if t.dtype != "i16" or not isinstance(t.quant, UniformQuant) or t.quant.zero_point == 0 \
+                    or graph.is_output(v):
+                continue
+            if op.opname == "q.quantize":
+                z, s = t.quant.zero_point, np.float32(t.quant.scale)
+                scale = float(s * np.float32(max(32768 + z, 32767 - z)) / np.float32(32767))
+                changed.append(op.name or v.name or "?")
+                x = op.operands[0]
+                if z == -32768 and x.producer is not None and x.producer.opname not in ("q.dequantize",) + LAYOUT_OPS:
+                    # The range starts at 0: a ReLU the quantizer folded into the zero point (onnxruntime
+                    # removes it) is explicit again, and becomes the layer's clamp.
+                    relu = graph.add_op("nn.relu", [x], {}, [x.type], name=f"{op.name}_relu" if op.name else "")
+                    graph.move_after_seq(relu, x.producer)
+                    graph.set_operand(op, 0, relu.result)
+            elif op.opname == "qcc.const":
+                # an int16 constant (onnxruntime quantizes an Add's constant operand like an activation):
+                # its reals again, at the symmetric scale of their largest magnitude
+                z, s = t.quant.zero_point, np.float32(t.quant.scale)
+                real = (np.asarray(op.attrs["value"], np.float32) - np.float32(z)) * s
+                top = float(np.abs(real).max(initial=0.0))
+                scale = float(np.float32(top) / np.float32(32767)) if top > 0 else float(s)
+                q = np.sign(real) * np.floor(np.abs(real) / np.float32(scale) + np.float32(0.5))
+                op.attrs["value"] = np.clip(q, -32767, 32767).astype(np.int16)
+                changed.append(op.name or v.name or "?")
+            elif op.opname in LAYOUT_OPS and op.operands[0].type.dtype == "i16" \
+                    and isinstance(op.operands[0].type.quant, UniformQuant) \
+                    and op.operands[0].type.quant.zero_point == 0:
+                scale = op.operands[0].type.quant.scale
+            else:
+                continue
+            v.type = TensorType(t.shape, t.dtype, UniformQuant(scale, 0))
+    return changed
 
 
 class QuantizeBeforeLayout(RewritePattern):
@@ -189,6 +244,14 @@ class NormalizeQDQ(PatternPass):
 
     def run(self, graph: Graph) -> PassResult:
         recentred = recenter_uint8(graph)
+        symmetric = symmetric_int16(graph)
+        if symmetric:
+            graph.notes.append(
+                f"{len(symmetric)} int16 activation(s) had a nonzero zero point (onnxruntime's default, "
+                f"asymmetric): qcc's 16x8 kernels take zero point 0, so each became the symmetric scale "
+                f"covering its range, at most 1 bit coarser ({', '.join(symmetric[:3])}"
+                f"{', ...' if len(symmetric) > 3 else ''}); extra_options={{'ActivationSymmetric': True}} "
+                f"in quantize_static avoids it")
         result = super().run(graph)
-        return dataclasses.replace(result, modified=result.modified or recentred > 0,
-                                   stats={**result.stats, "recentred": recentred})
+        return dataclasses.replace(result, modified=result.modified or recentred > 0 or bool(symmetric),
+                                   stats={**result.stats, "recentred": recentred, "symmetric_int16": len(symmetric)})

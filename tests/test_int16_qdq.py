@@ -6,8 +6,8 @@ QuantizeLinear/DequantizeLinear with int16 zero points, and its ``com.microsoft`
 both give the same C, every layer (the final int16 softmax included) an s8 op on int16; on all 22
 real-speech clips the host C (ASan/UBSan) equals the simulator bit for bit, top-1 equals the float
 model's, and the outputs stay within 0.03 of the float probabilities (measured 0.020; onnxruntime's
-own run of the QDQ model: 0.022). ORT's default asymmetric int16 is refused with a message naming
-the node and the fix.
+own run of the QDQ model: 0.022). ORT's default asymmetric int16 compiles too, with a note: each
+tensor gets the symmetric scale covering its range (normalize-qdq), the same checks hold.
 """
 from __future__ import annotations
 
@@ -147,12 +147,34 @@ def test_float_dscnn_with_scheme_int8_bits_16(tmp_path):
     assert np.abs(probs - ref).max() < 0.03
 
 
-def test_asymmetric_int16_is_refused_with_the_fix(tmp_path):
+@needs_gcc
+def test_asymmetric_int16_becomes_symmetric_and_keeps_its_clamps(tmp_path):
+    """ORT's default int16 (asymmetric: ReLU outputs at zero point -32768) compiles with a note: each tensor
+    gets the symmetric scale covering its range and the range's clamp (the folded ReLU) as the layer's
+    bounds. C == simulator, top-1 == float on every clip, probabilities as close as the symmetric model's."""
     model = _quantize(tmp_path, False, False)
-    rc, err = run_qcc(tmp_path, [str(model), "-o", "c/net.c", "--target", "cortex-m4"])
-    assert rc == 2
-    assert "int16 activations need zero point 0" in err and "ActivationSymmetric" in err
-    assert '(Conv)' in err and not (tmp_path / "c").exists()
+    m = onnx.load(model)
+    zp_names = {n.input[2] for n in m.graph.node if n.op_type == "QuantizeLinear"}
+    assert -32768 in {int(onnx.numpy_helper.to_array(i)) for i in m.graph.initializer if i.name in zp_names}
+    rc, err = run_qcc(tmp_path, [str(model), "-o", "c/net.c", "--target", "cortex-m4", "--emit-ir", "net.qir"])
+    assert rc == 0, err
+    assert "nonzero zero point" in err and "ActivationSymmetric" in err
+    graph = parse_file(tmp_path / "net.qir")
+    ops = [op for op in graph.ops if op.opname.startswith("s8.")]
+    assert {op.result.type.dtype for op in ops} == {"i16"}
+    assert all(op.result.type.quant.zero_point == 0 for op in ops)
+    # the ReLUs the zero points held are clamps at 0 again
+    assert sum(op.attrs["act_min"] == 0 for op in ops if op.opname == "s8.conv2d") >= 8
+    clips = np.load(shared_model_path("kws_dscnn", "mfcc_real_float.npy")).astype(np.float32)
+    got, want = _host_vs_simulator(tmp_path / "host", graph, clips)
+    assert np.array_equal(got.quantized[0], want.quantized[0]), "host C != simulator"
+    src = shared_model_path("kws_dscnn", "kws_dscnn_float.onnx")
+    sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    iname = sess.get_inputs()[0].name
+    ref = np.concatenate([sess.run(None, {iname: c[None]})[0] for c in clips]).reshape(len(clips), -1)
+    probs = want.floats[0].reshape(len(clips), -1)
+    assert (probs.argmax(1) == ref.argmax(1)).sum() == len(clips)
+    assert np.abs(probs - ref).max() < 0.03
 
 
 def test_16x8_refuses_table_activations_before_calibration(tmp_path):

@@ -30,7 +30,7 @@ from qcc.errors import InputError, UnsupportedModelError
 from qcc.ir.graph import Graph
 from qcc.ir.types import FixedPoint, UniformQuant
 
-from .layers import LayerBuilder, ctype, float_epilogue_context, format_values, storage_min_max
+from .layers import LayerBuilder, ctype, float_epilogue_context, format_values, rows_ranged, storage_min_max
 from .naming import c_comment, c_identifier
 from .plan import DEFAULT_MAX_RECOMPUTE, RECURRENT_OPS, Plan, _nbytes, make_plan
 from .stream import Call, Finish, band_op, call_operands, is_reduction, row_bytes
@@ -310,12 +310,18 @@ def _chain_code(env, builder: LayerBuilder, plan: Plan, step, index: int, name: 
                 items.append(_reduction_item(env, builder, ch, act, index, variants, texts,
                                              lambda v: plan.where(v)[1]))
                 continue
-            clone = band_op(op, act.a, act.c)
-            key = (act.layer, clone.operands[0].shape[1], tuple(clone.attrs.get("pads", ())), act.c - act.a)
+            ins, out = call_operands(ch, act, lambda v: plan.where(v)[1])
+            ranged = rows_ranged(op)
+            if ranged:   # one kernel for every band: the band's rows are arguments (ops/band.j2)
+                clone, key = op, (act.layer,)
+            else:        # a kernel per distinct band shape
+                clone = band_op(op, act.a, act.c)
+                key = (act.layer, clone.operands[0].shape[1], tuple(clone.attrs.get("pads", ())), act.c - act.a)
             if key not in variants:
                 builder.sharing = True   # band kernels share the layer's weight tables
                 try:
-                    ctx = builder.build(f"{index}s{act.layer}v{len(variants)}", clone)
+                    ctx = builder.build(f"{index}s{act.layer}" if ranged else f"{index}s{act.layer}v{len(variants)}",
+                                        clone, ranged=ranged)
                 finally:
                     builder.sharing = False
                 # a layer written over its streamed operand (plan._stream_links) aliases its pointers
@@ -324,9 +330,10 @@ def _chain_code(env, builder: LayerBuilder, plan: Plan, step, index: int, name: 
                 macro = getattr(env.get_template(f"ops/{ctx['kind']}.j2").module, ctx["kind"])
                 texts.append(str(macro(ctx)).strip("\n"))
                 variants[key] = ctx["fn"]
-            ins, out = call_operands(ch, act, lambda v: plan.where(v)[1])
             ptrs = tuple(p for p, *_ in ins) + (out[0],)
             types = tuple("const " + ctype(v) for v in clone.operands[:len(ins)]) + (ctype(op.result),)
+            if ranged:   # the first input row the pointer holds, the output rows [a, c)
+                ptrs, types = ptrs + (ins[0][2], act.a, act.c), types + ("int",) * 3
             items.append(("call", variants[key], tuple(types), tuple(ptrs)))
         bands.append(items)
     lines = [f"/* streamed: {c_comment(ch.describe())} */"]
@@ -402,7 +409,8 @@ def _action_c(name: str, item, delta) -> str:
         return f"{name}_arena + {vals[i]}" + (f" + {d} * k" if d else "")
     if kind == "move":
         return f"memmove({at(0)}, {at(1)}, {vals[2]});"
-    args = ", ".join(f"({t} *)({at(i)})" for i, t in enumerate(types))
+    args = ", ".join(f"({t} *)({at(i)})" if t != "int" else (f"{vals[i]} + {delta[i]} * k" if delta and delta[i]
+                                                             else str(vals[i])) for i, t in enumerate(types))
     return f"{fn}({args});"
 
 

@@ -79,6 +79,21 @@ def format_values(values, per_line: int = 16) -> str:
     return ",\n    ".join(lines)
 
 
+def rows_ranged(op: Op) -> bool:
+    """Whether one kernel of ``op`` can serve every band of a streamed chain, the band given as arguments.
+
+    The 8- and 16-bit Qm.n and the int8 convolutions (every kernel path: ops/band.j2), batch 1, unless a
+    1x1 stride-1 unpadded convolution, whose kernel runs all pixels as one row (its bands are all alike).
+    """
+    x = op.operands[0]
+    if op.opname not in ("qnn.conv2d", "s8.conv2d") or (op.opname == "s8.conv2d" and x.type.dtype != "i8"):
+        return False
+    _, kh, kw, _ = op.operands[1].shape
+    flat = (op.attrs["group"] == 1 and kh == kw == 1 and list(op.attrs["strides"]) == [1, 1]
+            and not any(op.attrs["pads"]))
+    return x.type.rank == 4 and x.shape[0] == 1 and not flat
+
+
 class LayerBuilder:
     """Makes the context of every step and collects the constant arrays they need."""
 
@@ -117,7 +132,9 @@ class LayerBuilder:
         return self.const_of[id(v)]
 
     # ------------------------------------------------------------ steps
-    def build(self, index: int, op: Op) -> dict:
+    def build(self, index: int, op: Op, ranged: bool = False) -> dict:
+        """The template context of one step; ``ranged`` (only where ``rows_ranged(op)``): its kernel takes a
+        band of output rows as arguments (ops/band.j2), for a streamed chain."""
         unknown = sorted(set(op.attrs) - HANDLED_ATTRS[op.opname])
         if unknown:
             raise UnsupportedModelError(f"{op.describe()}: the cmsis backend does not implement attribute(s) "
@@ -132,6 +149,9 @@ class LayerBuilder:
             ctx.update(build_recurrent(self, op, fn))
         else:
             ctx.update(getattr(self, "_" + kind)(op, fn))
+        if ranged:
+            assert rows_ranged(op) and ctx["n"] == 1 and ctx["oh"] == op.result.shape[1], op.describe()
+            ctx["ranged"] = True
         return ctx
 
     def base_context(self, index: int, op: Op) -> dict:
@@ -140,7 +160,7 @@ class LayerBuilder:
             F32_KINDS.get(op.opname) or op.opname.split(".")[1]
         fn = f"l{index}_{c_identifier(op.name or kind, fallback=kind, max_len=32)}"
         shapes = " x ".join("[" + ",".join(map(str, v.shape)) + "]" for v in op.operands)
-        return {"kind": kind, "fn": fn, "index": index,
+        return {"kind": kind, "fn": fn, "index": index, "ranged": False,
                 "comment": c_comment(f"{op.opname} \"{op.name}\": {shapes} -> [{','.join(map(str, op.results[0].shape))}]", 160),
                 "yt": ctype(op.results[0])}
 
