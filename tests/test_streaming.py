@@ -239,10 +239,10 @@ def test_max_recompute_option(tmp_path, capsys):
 @pytest.mark.parametrize("name,ratio", [("kws_dscnn", 1.25), ("ic_resnet8", 1.6)])
 def test_streamed_convolutions_keep_one_kernel_each(tmp_path, name, ratio):
     """A streamed convolution is its whole-tensor kernel called per band with the rows as arguments
-    (ops/band.j2), not one specialized copy per band shape: DS-CNN defines exactly the whole-tensor
-    kernels, and the streamed code (Cortex-M4 .text, -O3) stays within ``ratio`` of the whole-tensor
-    code (measured: DS-CNN 27.2 KB against 23.5 KB, ResNet-8 23.6 KB against 15.6 KB; before, with
-    a kernel per band shape, 34.2 KB and 38.8 KB)."""
+    (ops/band.j2), not one specialized copy per band shape: DS-CNN defines no more kernels than the
+    whole-tensor C, and the streamed code (Cortex-M4 .text, -O3) stays within ``ratio`` of the
+    whole-tensor code (measured: DS-CNN 17.0 KB against 17.3 KB, ResNet-8 23.6 KB against 15.6 KB;
+    with a kernel per band shape they were 34.2 KB and 38.8 KB)."""
     from elftools.elf.elffile import ELFFile
     from qcc.backends.cmsis.profile import build_bare_elf
     from qcc.fileio import write_files
@@ -261,4 +261,4 @@ def test_streamed_convolutions_keep_one_kernel_each(tmp_path, name, ratio):
             assert "int r0, int oy0, int oy1)" in c
     assert text["streamed"] <= ratio * text["whole"], text
     if name == "kws_dscnn":
-        assert kernels["streamed"] == kernels["whole"], kernels
+        assert kernels["streamed"] <= kernels["whole"], kernels

@@ -33,6 +33,7 @@ from qcc.ir.types import FixedPoint, UniformQuant
 from .layers import LayerBuilder, ctype, float_epilogue_context, format_values, rows_ranged, storage_min_max
 from .naming import c_comment, c_identifier
 from .plan import DEFAULT_MAX_RECOMPUTE, RECURRENT_OPS, Plan, _nbytes, make_plan
+from .share import share_kernels
 from .stream import Call, Finish, band_op, call_operands, is_reduction, row_bytes
 from .targets import TARGETS
 from .cmsis_nn import KERNELS, CmsisNNKernels
@@ -209,6 +210,8 @@ def generate(graph: Graph, name: str = "", target: str = "cortex-m4", float_outp
         layer_info.append({"fn": ctx["fn"], "op": step.op.opname, "name": step.op.name,
                            "shape": list(step.output.shape), "where": plan.where(step.output)})
 
+    # layers whose kernels differ only in their tables share one function (share.py)
+    layers, _ = share_kernels(layers, {c.symbol: c.ctype for c in builder.consts})
     if nn is not None:
         nn.warnings = list(dict.fromkeys(nn.warnings))
         nn.place_scratch(plan)  # before arena_size is read below
