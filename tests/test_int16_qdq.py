@@ -86,14 +86,7 @@ def test_onnxruntime_16x8_dscnn_bit_exact_and_top1(tmp_path):
     got = harness.read_outputs(out / "out.bin", gen, count)
     assert got.quantized[0].dtype == np.int16
     assert np.array_equal(got.quantized[0], want.quantized[0]), "host C != simulator"
-
-    src = shared_model_path("kws_dscnn", "kws_dscnn_float.onnx")
-    sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
-    iname = sess.get_inputs()[0].name
-    ref = np.concatenate([sess.run(None, {iname: c[None]})[0] for c in clips]).reshape(count, -1)
-    probs = want.floats[0].reshape(count, -1)
-    assert (probs.argmax(1) == ref.argmax(1)).sum() == count
-    assert np.abs(probs - ref).max() < 0.03
+    _assert_close_to_float(want, clips)
 
 
 def _host_vs_simulator(folder: Path, graph, clips: np.ndarray):
@@ -105,6 +98,17 @@ def _host_vs_simulator(folder: Path, graph, clips: np.ndarray):
     count = harness.write_samples(folder / "in.bin", graph, samples)
     harness.run_host(harness.build_host(folder, "net"), folder / "in.bin", folder / "out.bin")
     return harness.read_outputs(folder / "out.bin", gen, count), want
+
+
+def _assert_close_to_float(want, clips: np.ndarray):
+    """The simulator's probabilities: top-1 equal to the float DS-CNN's on every clip, within 0.03."""
+    src = shared_model_path("kws_dscnn", "kws_dscnn_float.onnx")
+    sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    iname = sess.get_inputs()[0].name
+    ref = np.concatenate([sess.run(None, {iname: c[None]})[0] for c in clips]).reshape(len(clips), -1)
+    probs = want.floats[0].reshape(len(clips), -1)
+    assert (probs.argmax(1) == ref.argmax(1)).sum() == len(clips)
+    assert np.abs(probs - ref).max() < 0.03
 
 
 @needs_gcc
@@ -139,12 +143,7 @@ def test_float_dscnn_with_scheme_int8_bits_16(tmp_path):
     assert all(op.operands[2].type.dtype == "i64" for op in ops if op.opname in ("s8.conv2d", "s8.dense"))
     got, want = _host_vs_simulator(tmp_path / "host", graph, clips)
     assert np.array_equal(got.quantized[0], want.quantized[0]), "host C != simulator"
-    sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
-    iname = sess.get_inputs()[0].name
-    ref = np.concatenate([sess.run(None, {iname: c[None]})[0] for c in clips]).reshape(len(clips), -1)
-    probs = want.floats[0].reshape(len(clips), -1)
-    assert (probs.argmax(1) == ref.argmax(1)).sum() == len(clips)
-    assert np.abs(probs - ref).max() < 0.03
+    _assert_close_to_float(want, clips)
 
 
 @needs_gcc
@@ -168,13 +167,7 @@ def test_asymmetric_int16_becomes_symmetric_and_keeps_its_clamps(tmp_path):
     clips = np.load(shared_model_path("kws_dscnn", "mfcc_real_float.npy")).astype(np.float32)
     got, want = _host_vs_simulator(tmp_path / "host", graph, clips)
     assert np.array_equal(got.quantized[0], want.quantized[0]), "host C != simulator"
-    src = shared_model_path("kws_dscnn", "kws_dscnn_float.onnx")
-    sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
-    iname = sess.get_inputs()[0].name
-    ref = np.concatenate([sess.run(None, {iname: c[None]})[0] for c in clips]).reshape(len(clips), -1)
-    probs = want.floats[0].reshape(len(clips), -1)
-    assert (probs.argmax(1) == ref.argmax(1)).sum() == len(clips)
-    assert np.abs(probs - ref).max() < 0.03
+    _assert_close_to_float(want, clips)
 
 
 def test_16x8_refuses_table_activations_before_calibration(tmp_path):
