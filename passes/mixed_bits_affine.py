@@ -165,6 +165,10 @@ class MixedBitsAffine(MixedBits):
             ctx["affine_widths"] = self._widths(chosen)
 
     # ------------------------------------------------------------ budgets
+    def code(self, chosen: FrozenSet[int]) -> int:
+        """Code is in ``flash``'s per-layer estimate; promotions are priced by their data bytes."""
+        return 0
+
     def flash(self, chosen: FrozenSet[int]) -> int:
         u = self.units
         total = CODE_BYTES_FIXED + sum(u.weight_elems[k] for k in chosen)

@@ -327,3 +327,47 @@ def test_layer_units_promote_weights_with_their_output(kws):
     m = context["mixed_bits"]
     assert {layer["bits"] for layer in m["layers"]} == {8, 16} and m["ram_bytes"] <= 900
     assert not any("(weights)" in layer["layer"] for layer in m["layers"])
+
+
+def repeated_dw(seed: int = 1) -> onnx.ModelProto:
+    """conv, then two depthwise 3x3 + pointwise blocks of one shape, global average pool, FC."""
+    rng = np.random.default_rng(seed)
+    w = lambda *s: (rng.standard_normal(s) * np.sqrt(1.0 / np.prod(s[1:]))).astype(np.float32)  # noqa: E731
+    inits = {"w0": w(8, 1, 3, 3), "dw1": w(8, 1, 3, 3), "pw1": w(8, 8, 1, 1), "dw2": w(8, 1, 3, 3),
+             "pw2": w(8, 8, 1, 1), "fc": w(4, 8), "shape": np.array([1, 8], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"], name="relu0")]
+    v = "r0"
+    for k in (1, 2):
+        nodes += [helper.make_node("Conv", [v, f"dw{k}"], [f"d{k}"], name=f"dw{k}", pads=[1, 1, 1, 1], group=8),
+                  helper.make_node("Relu", [f"d{k}"], [f"rd{k}"], name=f"relu_d{k}"),
+                  helper.make_node("Conv", [f"rd{k}", f"pw{k}"], [f"p{k}"], name=f"pw{k}"),
+                  helper.make_node("Relu", [f"p{k}"], [f"rp{k}"], name=f"relu_p{k}")]
+        v = f"rp{k}"
+    nodes += [helper.make_node("GlobalAveragePool", [v], ["gp"], name="pool"),
+              helper.make_node("Reshape", ["gp", "shape"], ["flat"], name="flatten"),
+              helper.make_node("Gemm", ["flat", "fc"], ["logits"], name="fc", transB=1)]
+    return build(nodes, {"x": [1, 1, 10, 6]}, ["logits"], inits)
+
+
+@needs_gcc
+def test_same_shape_depthwise_layers_are_promoted_together(tmp_path):
+    """Depthwise layers of one shape share one C function while their widths agree (share.py), so the
+    search ties their weights, their inputs and their outputs: whatever it promotes, the two stay one
+    function, and the C equals the simulator."""
+    onnx.save(repeated_dw(), tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", np.random.default_rng(2).normal(0, 1, (10, 1, 1, 10, 6)).astype(np.float32))
+    gen = compile_model(str(tmp_path / "m.onnx"), str(tmp_path / "o" / "net.c"), "cortex-m4",
+                        calib=str(tmp_path / "c.npy"), bits="mixed", target_sqnr=60.0,
+                        emit_ir=str(tmp_path / "net.qir"))
+    names = [u["layer"] for u in gen.mixed_bits["layers"]]
+    assert "dw1 (weights), dw2 (weights)" in names
+    bits = {u["layer"]: u["bits"] for u in gen.mixed_bits["layers"]}
+    assert sum(b == 16 for b in bits.values()) >= 2          # the 60 dB target promotes across units
+    assert "/* The code of 2 layers" in gen.files["net.c"].decode()
+    from qcc.ir.parser import parse_file
+    g = parse_file(tmp_path / "net.qir")
+    dws = [op for op in g.ops if op.opname == "qnn.conv2d" and op.attrs["group"] > 1]
+    assert len(dws) == 2 and len({(op.operands[0].type.dtype, op.operands[1].type.dtype, op.result.type.dtype)
+                                  for op in dws}) == 1
+    compile_and_compare(g, tmp_path / "host", combo_inputs(g, 3, 3))

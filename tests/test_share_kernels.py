@@ -35,7 +35,7 @@ def test_text_level_sharing():
     texts = [_kernel("l0_a", "net_l0_w"), _kernel("l1_b", "net_l1_w"), _kernel("l2_c", "net_l2_w", literal=4)]
     out, shared = share_kernels(texts, tables)
     assert shared == 1 and len(out) == 3
-    assert "static QCC_NOINLINE void l0_a_k(const int8_t *restrict x, int8_t *restrict y, const int8_t *t0)" in out[0]
+    assert "static QCC_NOINLINE void l0_a_k(const int8_t *restrict x, int8_t *restrict y, const int8_t *restrict t0)" in out[0]
     assert "t0[i]" in out[0] and "net_l0_w[i]" not in out[0].split("l0_a_k(x, y")[0]
     assert "l0_a_k(x, y, net_l0_w);" in out[0] and "l0_a_k(x, y, net_l1_w);" in out[1]
     assert out[2] == texts[2]                       # another literal: its own code

@@ -71,7 +71,7 @@ def share_kernels(texts: Sequence[str], tables: Dict[str, str]) -> Tuple[List[st
         args = ", ".join(names + symbols)
         wrapper = f"{comment}static QCC_NOINLINE void {fn}({params})\n{{\n    {kernel}({args});\n}}"
         if i == members[0]:
-            extra = ", ".join(f"const {key[1][k]} *t{k}" for k in range(len(symbols)))
+            extra = ", ".join(f"const {key[1][k]} *restrict t{k}" for k in range(len(symbols)))
             code = re.sub(rf"\b{re.escape(fn)}\b", kernel, body)
             for k, s in enumerate(symbols):
                 code = re.sub(rf"\b{re.escape(s)}\b", f"t{k}", code)
