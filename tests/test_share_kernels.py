@@ -39,6 +39,10 @@ def test_text_level_sharing():
     assert "t0[i]" in out[0] and "net_l0_w[i]" not in out[0].split("l0_a_k(x, y")[0]
     assert "l0_a_k(x, y, net_l0_w);" in out[0] and "l0_a_k(x, y, net_l1_w);" in out[1]
     assert out[2] == texts[2]                       # another literal: its own code
+    # equal kernels without tables: one body, no extra parameters
+    same, n = share_kernels([_kernel("l5_f", "7"), _kernel("l6_g", "7")], tables)
+    assert n == 1 and "void l5_f_k(const int8_t *restrict x, int8_t *restrict y)\n" in same[0]
+    assert "l5_f_k(x, y);" in same[1]
     helper = "static inline void l3_d_pair(void)\n{\n}\n" + _kernel("l3_d", "net_l0_w")
     assert share_kernels([helper, _kernel("l4_e", "net_l1_w")], tables)[1] == 0
 

@@ -19,6 +19,7 @@ from typing import Dict, List, Sequence, Tuple
 
 _SIGNATURE = re.compile(r"^static QCC_NOINLINE void (\w+)\(([^)]*)\)$", re.M)
 _STATIC_LINE = re.compile(r"^static\b", re.M)
+_IDENTIFIER = re.compile(r"\b[A-Za-z_]\w*\b")
 
 
 def _split(text: str):
@@ -37,19 +38,20 @@ def share_kernels(texts: Sequence[str], tables: Dict[str, str]) -> Tuple[List[st
     Returns the new texts (in the old order, a shared body where its first layer was) and how many
     kernels now call another's code.
     """
-    table = re.compile(r"\b(" + "|".join(sorted(map(re.escape, tables), key=len, reverse=True)) + r")\b") \
-        if tables else None
+    def table_names(body: str) -> List[str]:
+        """The table symbols ``body`` reads, in order of first appearance."""
+        return list(dict.fromkeys(t for t in _IDENTIFIER.findall(body) if t in tables))
     keys: List[object] = []
     groups: Dict[object, List[int]] = {}
     parts = []
     for i, text in enumerate(texts):
-        split = _split(text) if table is not None else None
+        split = _split(text) if tables else None
         parts.append(split)
         if split is None:
             keys.append(None)
             continue
         _, fn, params, body = split
-        symbols = list(dict.fromkeys(table.findall(body)))
+        symbols = table_names(body)
         canon = re.sub(rf"\b{re.escape(fn)}\b", "@FN@", body)
         for k, s in enumerate(symbols):
             canon = re.sub(rf"\b{re.escape(s)}\b", f"@T{k}@", canon)
@@ -64,7 +66,7 @@ def share_kernels(texts: Sequence[str], tables: Dict[str, str]) -> Tuple[List[st
             out.append(text)
             continue
         comment, fn, params, body = parts[i]
-        symbols = list(dict.fromkeys(table.findall(body)))
+        symbols = table_names(body)
         first = parts[members[0]][1]
         kernel = f"{first}_k"
         names = [re.search(r"(\w+)\s*$", p).group(1) for p in params.split(",")]
@@ -75,7 +77,8 @@ def share_kernels(texts: Sequence[str], tables: Dict[str, str]) -> Tuple[List[st
             code = re.sub(rf"\b{re.escape(fn)}\b", kernel, body)
             for k, s in enumerate(symbols):
                 code = re.sub(rf"\b{re.escape(s)}\b", f"t{k}", code)
-            code = code.replace(f"void {kernel}({params})", f"void {kernel}({params}, {extra})", 1)
+            if extra:
+                code = code.replace(f"void {kernel}({params})", f"void {kernel}({params}, {extra})", 1)
             layers = ", ".join(parts[j][1] for j in members)
             out.append(f"/* The code of {len(members)} layers ({layers}): their tables are arguments. */\n"
                        f"{code}\n\n{wrapper}")
