@@ -268,8 +268,6 @@ def gated_model(rng) -> onnx.ModelProto:
 
 @needs_gcc
 def test_float_model_with_gates_compiles_16x8_end_to_end(tmp_path):
-    import onnxruntime as ort
-    from test_int16_qdq import _host_vs_simulator
     rng = np.random.default_rng(7)
     model = gated_model(rng)
     onnx.save(model, tmp_path / "m.onnx")
@@ -279,18 +277,27 @@ def test_float_model_with_gates_compiles_16x8_end_to_end(tmp_path):
                                  "--bits", "16", "--calib", "calib.npy", "--emit-ir", "net.qir"])
     assert rc == 0, err
     graph = parse_file(tmp_path / "net.qir")
+    assert {op.result.type.dtype for op in graph.ops if op.opname.startswith("s8.")} == {"i16"}
+    sqnr = _check_gated(tmp_path, rng)
+    print(f"16x8 gated model SQNR vs float: {sqnr:.1f} dB")
+    assert sqnr > SQNR_FLOOR_DB, sqnr
+
+
+def _check_gated(tmp_path, rng) -> float:
+    """The compiled gated model (net.qir): its three int16 activations, host C == simulator on 32
+    random inputs; returns its SQNR against onnxruntime's float run of m.onnx."""
+    import onnxruntime as ort
+    from test_int16_qdq import _host_vs_simulator
+    graph = parse_file(tmp_path / "net.qir")
     acts = sorted(op.attrs["function"] for op in graph.ops if op.opname == "s8.activation16")
     assert acts == ["leaky_relu", "logistic", "tanh"]
-    assert {op.result.type.dtype for op in graph.ops if op.opname.startswith("s8.")} == {"i16"}
     test = rng.standard_normal((32, 1, 12)).astype(np.float32) * 1.5
     got, want = _host_vs_simulator(tmp_path / "host", graph, test)
     np.testing.assert_array_equal(got.quantized[0], want.quantized[0])
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     ref = np.concatenate([sess.run(None, {"x": t})[0] for t in test]).reshape(-1)
     y = want.floats[0].reshape(-1)
-    sqnr = 10 * np.log10(np.sum(ref ** 2) / np.sum((y - ref) ** 2))
-    print(f"16x8 gated model SQNR vs float: {sqnr:.1f} dB")
-    assert sqnr > SQNR_FLOOR_DB, sqnr
+    return float(10 * np.log10(np.sum(ref ** 2) / np.sum((y - ref) ** 2)))
 
 
 # Measured 38.0 dB (the same model with --bits 8: 33.1 dB; the int8 weights dominate what is left).
@@ -302,9 +309,7 @@ def test_onnxruntime_16x8_qdq_model_with_gates(tmp_path):
     """The same model quantized by onnxruntime (QInt16 symmetric activations, QInt8 weights): its sigmoid/tanh
     outputs (calibrated scales, not 2^-15) take s8.activation16 + s8.requantize; C == simulator; SQNR vs float
     measured 38.0 dB (onnxruntime's own run of the QDQ model: 36.4 dB)."""
-    import onnxruntime as ort
     quantization = pytest.importorskip("onnxruntime.quantization")
-    from test_int16_qdq import _host_vs_simulator
     rng = np.random.default_rng(7)
     onnx.save(gated_model(rng), tmp_path / "m.onnx")
     calib = rng.standard_normal((64, 1, 12)).astype(np.float32) * 1.5
@@ -321,16 +326,7 @@ def test_onnxruntime_16x8_qdq_model_with_gates(tmp_path):
         extra_options={"ActivationSymmetric": True})
     rc, err = run_qcc(tmp_path, ["q.onnx", "-o", "c/net.c", "--target", "cortex-m4", "--emit-ir", "net.qir"])
     assert rc == 0, err
-    graph = parse_file(tmp_path / "net.qir")
-    acts = sorted(op.attrs["function"] for op in graph.ops if op.opname == "s8.activation16")
-    assert acts == ["leaky_relu", "logistic", "tanh"]
-    test = rng.standard_normal((32, 1, 12)).astype(np.float32) * 1.5
-    got, want = _host_vs_simulator(tmp_path / "host", graph, test)
-    np.testing.assert_array_equal(got.quantized[0], want.quantized[0])
-    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    ref = np.concatenate([sess.run(None, {"x": t})[0] for t in test]).reshape(-1)
-    y = want.floats[0].reshape(-1)
-    assert 10 * np.log10(np.sum(ref ** 2) / np.sum((y - ref) ** 2)) > SQNR_FLOOR_DB
+    assert _check_gated(tmp_path, rng) > SQNR_FLOOR_DB
 
 
 def _qdq_activation_model(path, op_type: str, scale: float):
